@@ -1,0 +1,1 @@
+//! The crate's top-level error, folding each module's errors.

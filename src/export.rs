@@ -1,0 +1,172 @@
+//! The boundary between front-ends (the NBD server) and the engine.
+//!
+//! A front-end turns each client command into a [`Request`] and hands it to
+//! an [`Export`] with [`Export::submit`]. The export answers, from any
+//! thread and at any later time, by sending a [`Completion`] on the
+//! request's [`ReplySender`]. Buffers travel with the request and come back
+//! with the completion, so a front-end can recycle them (no per-request
+//! allocation on the hot path).
+
+use std::sync::Arc;
+
+/// Where completions go: one channel per client connection.
+pub type ReplySender = tokio::sync::mpsc::UnboundedSender<Completion>;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Read `len` bytes at `offset` into `buf[..len]`.
+    Read,
+    /// Write `buf[..len]` at `offset`.
+    Write,
+    /// Make every completed write stable.
+    Flush,
+    /// Discard (the range may read back as anything afterwards).
+    Trim,
+    /// Make the range read back as zeroes.
+    WriteZeroes {
+        /// The client forbids punching a hole (NBD_CMD_FLAG_NO_HOLE).
+        no_hole: bool,
+        /// Fail with [`IoError::NotSup`] rather than write zeroes slowly
+        /// (NBD_CMD_FLAG_FAST_ZERO).
+        fast: bool,
+    },
+}
+
+impl Op {
+    /// True for operations that change data.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Read | Op::Flush)
+    }
+}
+
+/// One IO request from a client.
+#[derive(Debug)]
+pub struct Request {
+    pub op: Op,
+    pub offset: u64,
+    pub len: u32,
+    /// Force unit access: the data must be stable before the completion.
+    pub fua: bool,
+    /// Opaque to the export; echoed in the completion.
+    pub cookie: u64,
+    /// For reads the export fills `buf[..len]`; for writes it holds the
+    /// payload in `buf[..len]`. `buf.len() >= len` always holds for reads
+    /// and writes; other operations may pass an empty buffer.
+    pub buf: Vec<u8>,
+    pub reply: ReplySender,
+}
+
+impl Request {
+    /// Answer this request. A closed channel means the client went away,
+    /// which is not the export's problem.
+    pub fn complete(self, result: Result<(), IoError>) {
+        let Request {
+            cookie, buf, reply, ..
+        } = self;
+        let _ = reply.send(Completion {
+            cookie,
+            result,
+            buf,
+        });
+    }
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug)]
+pub struct Completion {
+    pub cookie: u64,
+    pub result: Result<(), IoError>,
+    /// The request's buffer, returned for reuse (and carrying read data).
+    pub buf: Vec<u8>,
+}
+
+/// Errors a client can see; they map one to one onto NBD error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    #[error("operation not permitted (read-only export)")]
+    Perm,
+    #[error("input/output error")]
+    Io,
+    #[error("out of memory")]
+    NoMem,
+    #[error("invalid argument")]
+    Inval,
+    #[error("no space left (write past the end)")]
+    NoSpc,
+    #[error("value too large")]
+    Overflow,
+    #[error("operation not supported")]
+    NotSup,
+    #[error("server is shutting down")]
+    Shutdown,
+}
+
+impl IoError {
+    /// The NBD protocol's error number for this error.
+    pub fn nbd_errno(self) -> u32 {
+        match self {
+            IoError::Perm => 1,
+            IoError::Io => 5,
+            IoError::NoMem => 12,
+            IoError::Inval => 22,
+            IoError::NoSpc => 28,
+            IoError::Overflow => 75,
+            IoError::NotSup => 95,
+            IoError::Shutdown => 108,
+        }
+    }
+}
+
+/// What an export can do, advertised to clients as transmission flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportCaps {
+    pub read_only: bool,
+    pub flush: bool,
+    pub fua: bool,
+    pub trim: bool,
+    pub write_zeroes: bool,
+    pub fast_zero: bool,
+    /// Every connection sees every other connection's completed writes,
+    /// and a flush on one covers writes completed on all of them.
+    pub multi_conn: bool,
+}
+
+/// Block size constraints (NBD_INFO_BLOCK_SIZE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizes {
+    pub minimum: u32,
+    pub preferred: u32,
+    pub maximum: u32,
+}
+
+/// Something clients can connect to: one multipath map.
+pub trait Export: Send + Sync + 'static {
+    /// The export name clients ask for (the map's alias, else its WWID).
+    fn name(&self) -> &str;
+    /// A human description (shown by `nbdinfo`).
+    fn description(&self) -> String;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn caps(&self) -> ExportCaps;
+    fn block_sizes(&self) -> BlockSizes;
+    /// Start a request. The export must answer every request exactly once
+    /// through [`Request::complete`], possibly from another thread. The
+    /// front-end has already checked bounds and alignment.
+    fn submit(&self, req: Request);
+}
+
+/// The set of exports a front-end serves; it changes on reconfigure.
+pub trait ExportSet: Send + Sync + 'static {
+    /// All exports, in a stable order (for NBD_OPT_LIST).
+    fn list(&self) -> Vec<Arc<dyn Export>>;
+    /// The export with this name; the empty name means the default export
+    /// (the first in [`ExportSet::list`]).
+    fn get(&self, name: &str) -> Option<Arc<dyn Export>> {
+        let all = self.list();
+        if name.is_empty() {
+            return all.into_iter().next();
+        }
+        all.into_iter().find(|e| e.name() == name)
+    }
+}

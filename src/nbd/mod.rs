@@ -1,0 +1,1 @@
+//! NBD: a pure protocol codec ([`proto`]) and a tokio server ([`server`]).

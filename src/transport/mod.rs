@@ -1,0 +1,1 @@
+//! Transports: how a path reaches its LUN.
