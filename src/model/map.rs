@@ -1,1 +1,879 @@
-//! TODO
+//! A multipath map: the paths to one LUN, split into path groups, one of
+//! which is current. All state changes go through methods that return the
+//! [`MapEvent`]s they caused; the engine logs them and acts on them (for
+//! example re-dispatching held IO on [`MapEvent::Resumed`]).
+
+use super::path::{CheckState, DmState, Path, PathId, PathInfo};
+use super::Time;
+use crate::policy::failback::{self, FailbackState, GroupView, Trigger};
+use crate::policy::grouping::{group_paths, GroupKey};
+use crate::policy::no_path_retry::{Disposition, NoPathPolicy, NoPathState, Transition};
+use crate::policy::selector::{PathView, Selector};
+use crate::policy::{Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+
+/// The policy settings a map runs with (resolved from multipath.conf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapPolicy {
+    pub grouping: GroupingPolicy,
+    pub selector: SelectorKind,
+    /// Round-robin repeat count (see [`crate::policy::selector`]).
+    pub repeat: u32,
+    pub rr_weight: RrWeight,
+    pub failback: Failback,
+    pub no_path_retry: NoPathRetry,
+    /// Seconds; the unit of `no_path_retry N`.
+    pub polling_interval: u32,
+}
+
+/// A path group's status, as `multipath -ll` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStatus {
+    /// The group IO goes to.
+    Active,
+    /// A group that could take IO.
+    Enabled,
+    /// A group with no usable path.
+    Disabled,
+}
+
+impl GroupStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupStatus::Active => "active",
+            GroupStatus::Enabled => "enabled",
+            GroupStatus::Disabled => "disabled",
+        }
+    }
+}
+
+/// A path group with its own selector instance.
+#[derive(Debug, Clone)]
+pub struct PathGroup {
+    pub members: Vec<PathId>,
+    /// Average priority of the group's usable paths (0 if none).
+    pub prio: i64,
+    pub status: GroupStatus,
+    selector: Selector,
+}
+
+/// Why the current group changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The old group had no usable path left.
+    Failover,
+    /// A better group became usable (per `failback`).
+    Failback,
+    /// The map was (re)built.
+    Assembled,
+    /// An admin asked.
+    Admin,
+}
+
+/// Something that changed in a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapEvent {
+    /// The path no longer carries IO.
+    PathFailed { path: PathId, reason: String },
+    /// The path carries IO again.
+    PathReinstated { path: PathId },
+    /// The checker's verdict changed.
+    CheckerChanged {
+        path: PathId,
+        from: CheckState,
+        to: CheckState,
+    },
+    /// IO now goes to another group.
+    GroupSwitched {
+        from: Option<usize>,
+        to: Option<usize>,
+        reason: SwitchReason,
+    },
+    /// No usable path: IO is held until `deadline` (None: forever).
+    QueueingStarted { deadline: Option<Time> },
+    /// Held IO must fail now, and new IO fails until a path returns.
+    QueueExhausted,
+    /// No usable path and no_path_retry is `fail`: IO fails.
+    FailingStarted,
+    /// A path is usable again after none was: re-dispatch held IO.
+    Resumed,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Path(PathId),
+    /// No usable path: hold the request or fail it.
+    NoPath(Disposition),
+}
+
+/// Per-path load, as the engine counts it.
+pub trait LoadView {
+    fn in_flight(&self, id: PathId) -> u32;
+    fn in_flight_bytes(&self, id: PathId) -> u64;
+}
+
+/// A load view for callers that do not track load.
+pub struct NoLoad;
+
+impl LoadView for NoLoad {
+    fn in_flight(&self, _: PathId) -> u32 {
+        0
+    }
+    fn in_flight_bytes(&self, _: PathId) -> u64 {
+        0
+    }
+}
+
+/// One multipath map.
+#[derive(Debug, Clone)]
+pub struct Map {
+    pub name: String,
+    pub wwid: String,
+    paths: Vec<Path>,
+    groups: Vec<PathGroup>,
+    current: Option<usize>,
+    policy: MapPolicy,
+    failback_state: FailbackState,
+    no_path: NoPathPolicy,
+}
+
+struct View<'a, L> {
+    paths: &'a [Path],
+    load: &'a L,
+}
+
+impl<L: LoadView> PathView for View<'_, L> {
+    #[inline]
+    fn usable(&self, id: PathId) -> bool {
+        self.paths.get(id).is_some_and(Path::usable)
+    }
+    fn prio(&self, id: PathId) -> u32 {
+        self.paths
+            .get(id)
+            .map_or(1, |p| u32::try_from(p.prio.max(1)).unwrap_or(1))
+    }
+    fn in_flight(&self, id: PathId) -> u32 {
+        self.load.in_flight(id)
+    }
+    fn in_flight_bytes(&self, id: PathId) -> u64 {
+        self.load.in_flight_bytes(id)
+    }
+}
+
+impl Map {
+    /// Assembles a map from its paths. Paths whose initial check says they
+    /// do not work start failed.
+    pub fn new(
+        name: String,
+        wwid: String,
+        paths: Vec<Path>,
+        policy: MapPolicy,
+        now: Time,
+    ) -> (Map, Vec<MapEvent>) {
+        let no_path = NoPathPolicy::new(policy.no_path_retry, policy.polling_interval);
+        let mut map = Map {
+            name,
+            wwid,
+            paths,
+            groups: Vec::new(),
+            current: None,
+            policy,
+            failback_state: FailbackState::Idle,
+            no_path,
+        };
+        map.regroup();
+        let mut events = Vec::new();
+        map.reselect(
+            Trigger::Assembled,
+            SwitchReason::Assembled,
+            now,
+            &mut events,
+        );
+        map.update_no_path(now, &mut events);
+        (map, events)
+    }
+
+    pub fn paths(&self) -> &[Path] {
+        &self.paths
+    }
+
+    pub fn path(&self, id: PathId) -> Option<&Path> {
+        self.paths.get(id)
+    }
+
+    /// The id of the path with this name.
+    pub fn path_id(&self, name: &str) -> Option<PathId> {
+        self.paths.iter().position(|p| p.info.name == name)
+    }
+
+    pub fn groups(&self) -> &[PathGroup] {
+        &self.groups
+    }
+
+    pub fn current_group(&self) -> Option<usize> {
+        self.current
+    }
+
+    pub fn policy(&self) -> &MapPolicy {
+        &self.policy
+    }
+
+    pub fn no_path_state(&self) -> NoPathState {
+        self.no_path.state()
+    }
+
+    /// Number of paths that can carry IO.
+    pub fn usable_paths(&self) -> usize {
+        self.paths.iter().filter(|p| p.usable()).count()
+    }
+
+    /// Picks where the next request goes. Runs once per IO: no allocation.
+    #[inline]
+    pub fn route<L: LoadView>(&mut self, load: &L) -> Route {
+        if let Some(g) = self.current {
+            if let Some(group) = self.groups.get_mut(g) {
+                let view = View {
+                    paths: &self.paths,
+                    load,
+                };
+                if let Some(id) = group.selector.select(&group.members, &view) {
+                    return Route::Path(id);
+                }
+            }
+        }
+        // The current group cannot take it; any other usable group can
+        // (failover that the next state update will make official).
+        for group in self.groups.iter_mut() {
+            let view = View {
+                paths: &self.paths,
+                load,
+            };
+            if let Some(id) = group.selector.select(&group.members, &view) {
+                return Route::Path(id);
+            }
+        }
+        Route::NoPath(self.no_path.disposition())
+    }
+
+    /// An IO error on `id` (dm's fail_path). Idempotent.
+    pub fn fail_path(&mut self, id: PathId, reason: &str, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        if let Some(p) = self.paths.get_mut(id) {
+            if p.dm == DmState::Active {
+                p.dm = DmState::Failed;
+                p.reason = Some(reason.to_string());
+                p.since = now;
+                p.failures += 1;
+                events.push(MapEvent::PathFailed {
+                    path: id,
+                    reason: reason.to_string(),
+                });
+                self.after_change(Trigger::Failed, now, &mut events);
+            }
+        }
+        events
+    }
+
+    /// An admin fails the path; it stays failed until [`Map::admin_reinstate`].
+    pub fn admin_fail(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
+        if let Some(p) = self.paths.get_mut(id) {
+            p.admin_failed = true;
+        }
+        self.fail_path(id, "failed by admin", now)
+    }
+
+    /// An admin reinstates the path. It carries IO again at once unless its
+    /// checker says it is down (then it comes back when a check passes).
+    pub fn admin_reinstate(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
+        let Some(p) = self.paths.get_mut(id) else {
+            return Vec::new();
+        };
+        p.admin_failed = false;
+        if matches!(p.check, CheckState::Down | CheckState::Timeout) {
+            return Vec::new();
+        }
+        self.reinstate(id, now)
+    }
+
+    /// A path check finished.
+    pub fn check_result(
+        &mut self,
+        id: PathId,
+        state: CheckState,
+        reason: &str,
+        now: Time,
+    ) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        let Some(p) = self.paths.get_mut(id) else {
+            return events;
+        };
+        let from = p.check;
+        p.check = state;
+        if from != state {
+            events.push(MapEvent::CheckerChanged {
+                path: id,
+                from,
+                to: state,
+            });
+        }
+        match state {
+            s if s.is_usable() => {
+                if p.dm == DmState::Failed && !p.admin_failed {
+                    events.extend(self.reinstate(id, now));
+                }
+            }
+            CheckState::Down | CheckState::Timeout => {
+                events.extend(self.fail_path(id, reason, now));
+            }
+            // Pending or unchecked: no verdict yet, nothing changes.
+            _ => {}
+        }
+        events
+    }
+
+    /// Time passed: deferred failback and no_path_retry deadlines.
+    pub fn tick(&mut self, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        if let Some(t) = self.no_path.tick(now) {
+            events.push(transition_event(t));
+        }
+        if matches!(self.failback_state, FailbackState::Deferred { .. }) {
+            self.reselect(Trigger::Tick, SwitchReason::Failback, now, &mut events);
+        }
+        events
+    }
+
+    /// An admin switches to group `g` (multipathd's `switch group`).
+    pub fn switch_group(&mut self, g: usize) -> Vec<MapEvent> {
+        let usable = self
+            .groups
+            .get(g)
+            .is_some_and(|grp| grp.members.iter().any(|&id| self.paths[id].usable()));
+        if !usable || self.current == Some(g) {
+            return Vec::new();
+        }
+        let from = self.current;
+        self.current = Some(g);
+        self.update_status();
+        vec![MapEvent::GroupSwitched {
+            from,
+            to: Some(g),
+            reason: SwitchReason::Admin,
+        }]
+    }
+
+    /// Applies new settings (reconfigure): regroups and picks a group anew.
+    pub fn reconfigure(&mut self, policy: MapPolicy, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        if let Some(t) =
+            self.no_path
+                .reconfigure(policy.no_path_retry, policy.polling_interval, now)
+        {
+            events.push(transition_event(t));
+        }
+        if policy != self.policy {
+            self.policy = policy;
+            self.regroup();
+            self.current = None;
+            self.failback_state = FailbackState::Idle;
+            self.reselect(
+                Trigger::Assembled,
+                SwitchReason::Assembled,
+                now,
+                &mut events,
+            );
+        }
+        events
+    }
+
+    /// Sets a path's priority (from its prioritizer).
+    pub fn set_prio(&mut self, id: PathId, prio: i32, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        if let Some(p) = self.paths.get_mut(id) {
+            if p.prio != prio {
+                p.prio = prio;
+                if self.policy.grouping == GroupingPolicy::GroupByPrio {
+                    self.regroup();
+                }
+                self.after_change(Trigger::Tick, now, &mut events);
+            }
+        }
+        events
+    }
+
+    fn reinstate(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        let Some(group) = self.groups.iter().position(|g| g.members.contains(&id)) else {
+            return events;
+        };
+        let first_in_group = !self.groups[group]
+            .members
+            .iter()
+            .any(|&m| self.paths[m].usable());
+        let Some(p) = self.paths.get_mut(id) else {
+            return events;
+        };
+        if p.dm == DmState::Active {
+            return events;
+        }
+        p.dm = DmState::Active;
+        p.reason = None;
+        p.since = now;
+        events.push(MapEvent::PathReinstated { path: id });
+        self.after_change(
+            Trigger::Reinstated {
+                group,
+                first_in_group,
+            },
+            now,
+            &mut events,
+        );
+        events
+    }
+
+    fn after_change(&mut self, trigger: Trigger, now: Time, events: &mut Vec<MapEvent>) {
+        let reason = match trigger {
+            Trigger::Failed => SwitchReason::Failover,
+            _ => SwitchReason::Failback,
+        };
+        self.reselect(trigger, reason, now, events);
+        self.update_no_path(now, events);
+    }
+
+    fn update_no_path(&mut self, now: Time, events: &mut Vec<MapEvent>) {
+        let t = if self.usable_paths() == 0 {
+            self.no_path.all_paths_down(now)
+        } else {
+            self.no_path.path_restored()
+        };
+        if let Some(t) = t {
+            events.push(transition_event(t));
+        }
+    }
+
+    fn group_views(&self) -> Vec<GroupView> {
+        self.groups
+            .iter()
+            .map(|g| GroupView {
+                prio: g.prio,
+                usable: g
+                    .members
+                    .iter()
+                    .filter(|&&id| self.paths[id].usable())
+                    .count(),
+            })
+            .collect()
+    }
+
+    fn reselect(
+        &mut self,
+        trigger: Trigger,
+        reason: SwitchReason,
+        now: Time,
+        events: &mut Vec<MapEvent>,
+    ) {
+        self.update_prios();
+        let views = self.group_views();
+        let d = failback::decide(
+            self.policy.failback,
+            &views,
+            self.current,
+            self.failback_state,
+            trigger,
+            now,
+        );
+        self.failback_state = d.state;
+        if d.group != self.current {
+            let reason = if self
+                .current
+                .is_some_and(|c| views.get(c).is_some_and(|v| v.usable == 0))
+            {
+                SwitchReason::Failover
+            } else {
+                reason
+            };
+            events.push(MapEvent::GroupSwitched {
+                from: self.current,
+                to: d.group,
+                reason,
+            });
+            self.current = d.group;
+        }
+        self.update_status();
+    }
+
+    fn update_prios(&mut self) {
+        for g in &mut self.groups {
+            let (sum, n) = g
+                .members
+                .iter()
+                .map(|&id| &self.paths[id])
+                .filter(|p| p.usable())
+                .fold((0i64, 0i64), |(s, n), p| (s + i64::from(p.prio), n + 1));
+            g.prio = if n == 0 { 0 } else { sum / n };
+        }
+    }
+
+    fn update_status(&mut self) {
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            let usable = g.members.iter().any(|&id| self.paths[id].usable());
+            g.status = if Some(i) == self.current {
+                GroupStatus::Active
+            } else if usable {
+                GroupStatus::Enabled
+            } else {
+                GroupStatus::Disabled
+            };
+        }
+    }
+
+    fn regroup(&mut self) {
+        let keys: Vec<GroupKey<'_>> = self
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(id, p)| GroupKey {
+                id,
+                prio: p.prio,
+                serial: &p.info.serial,
+                node_name: &p.info.node_name,
+                tpg: None,
+            })
+            .collect();
+        let policy = &self.policy;
+        self.groups = group_paths(policy.grouping, &keys)
+            .into_iter()
+            .map(|members| PathGroup {
+                members,
+                prio: 0,
+                status: GroupStatus::Enabled,
+                selector: Selector::new(policy.selector, policy.repeat, policy.rr_weight),
+            })
+            .collect();
+        self.update_prios();
+    }
+}
+
+fn transition_event(t: Transition) -> MapEvent {
+    match t {
+        Transition::QueueingStarted { deadline } => MapEvent::QueueingStarted { deadline },
+        Transition::QueueExhausted => MapEvent::QueueExhausted,
+        Transition::FailingStarted => MapEvent::FailingStarted,
+        Transition::Resumed => MapEvent::Resumed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(grouping: GroupingPolicy, failback: Failback, npr: NoPathRetry) -> MapPolicy {
+        MapPolicy {
+            grouping,
+            selector: SelectorKind::RoundRobin,
+            repeat: 1,
+            rr_weight: RrWeight::Uniform,
+            failback,
+            no_path_retry: npr,
+            polling_interval: 1,
+        }
+    }
+
+    fn paths(n: usize) -> Vec<Path> {
+        (0..n)
+            .map(|i| {
+                let mut p = Path::new(PathInfo {
+                    name: format!("p{i}"),
+                    ..Default::default()
+                });
+                p.check = CheckState::Up;
+                p
+            })
+            .collect()
+    }
+
+    fn route_n(m: &mut Map, n: usize) -> Vec<Route> {
+        (0..n).map(|_| m.route(&NoLoad)).collect()
+    }
+
+    const T0: Time = Time(0);
+
+    #[test]
+    fn multibus_map_round_robins_over_both_paths() {
+        let (mut m, ev) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(m.groups().len(), 1);
+        assert_eq!(m.current_group(), Some(0));
+        assert_eq!(m.groups()[0].status, GroupStatus::Active);
+        assert!(matches!(
+            ev[0],
+            MapEvent::GroupSwitched {
+                from: None,
+                to: Some(0),
+                ..
+            }
+        ));
+        assert_eq!(
+            route_n(&mut m, 4),
+            vec![
+                Route::Path(0),
+                Route::Path(1),
+                Route::Path(0),
+                Route::Path(1)
+            ]
+        );
+    }
+
+    #[test]
+    fn io_error_fails_the_path_and_io_continues_on_the_other() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        let ev = m.fail_path(0, "EIO", T0);
+        assert_eq!(
+            ev,
+            vec![MapEvent::PathFailed {
+                path: 0,
+                reason: "EIO".into()
+            }]
+        );
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(1); 3]);
+        // A second failure report is a no-op.
+        assert!(m.fail_path(0, "EIO", T0).is_empty());
+        // The checker finds it healthy again: reinstated.
+        let ev = m.check_result(0, CheckState::Up, "", Time(1000));
+        assert_eq!(ev, vec![MapEvent::PathReinstated { path: 0 }]);
+        assert!(route_n(&mut m, 2).contains(&Route::Path(0)));
+    }
+
+    #[test]
+    fn failover_group_switch_and_immediate_failback() {
+        let mut ps = paths(2);
+        ps[0].prio = 50;
+        ps[1].prio = 10;
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(m.groups().len(), 2);
+        assert_eq!(m.current_group(), Some(0));
+        assert_eq!(m.route(&NoLoad), Route::Path(0));
+        let ev = m.fail_path(0, "EIO", T0);
+        assert!(ev.contains(&MapEvent::GroupSwitched {
+            from: Some(0),
+            to: Some(1),
+            reason: SwitchReason::Failover
+        }));
+        assert_eq!(m.route(&NoLoad), Route::Path(1));
+        assert_eq!(m.groups()[0].status, GroupStatus::Disabled);
+        let ev = m.check_result(0, CheckState::Up, "", Time(5000));
+        assert!(ev.contains(&MapEvent::GroupSwitched {
+            from: Some(1),
+            to: Some(0),
+            reason: SwitchReason::Failback
+        }));
+        assert_eq!(m.route(&NoLoad), Route::Path(0));
+    }
+
+    #[test]
+    fn manual_failback_stays_on_the_working_group() {
+        let mut ps = paths(2);
+        ps[0].prio = 50;
+        ps[1].prio = 10;
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Manual,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.fail_path(0, "EIO", T0);
+        m.check_result(0, CheckState::Up, "", Time(5000));
+        assert_eq!(m.current_group(), Some(1));
+        assert_eq!(m.route(&NoLoad), Route::Path(1));
+        assert!(!m.switch_group(0).is_empty());
+        assert_eq!(m.route(&NoLoad), Route::Path(0));
+    }
+
+    #[test]
+    fn all_paths_down_queues_then_resumes() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Queue,
+            ),
+            T0,
+        );
+        m.fail_path(0, "EIO", T0);
+        let ev = m.fail_path(1, "EIO", T0);
+        assert!(ev.contains(&MapEvent::QueueingStarted { deadline: None }));
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Queue));
+        let ev = m.check_result(1, CheckState::Up, "", Time(1000));
+        assert!(ev.contains(&MapEvent::Resumed));
+        assert_eq!(m.route(&NoLoad), Route::Path(1));
+    }
+
+    #[test]
+    fn no_path_retry_n_fails_after_n_intervals() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(1),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Retries(3),
+            ),
+            T0,
+        );
+        m.fail_path(0, "EIO", T0);
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Queue));
+        assert!(m.tick(Time(2999)).is_empty());
+        assert_eq!(m.tick(Time(3000)), vec![MapEvent::QueueExhausted]);
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Fail));
+    }
+
+    #[test]
+    fn no_path_retry_fail_fails_at_once() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(1),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        let ev = m.fail_path(0, "EIO", T0);
+        assert!(ev.contains(&MapEvent::FailingStarted));
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Fail));
+    }
+
+    #[test]
+    fn admin_failed_path_stays_failed_until_reinstated() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.admin_fail(0, T0);
+        assert!(m.check_result(0, CheckState::Up, "", Time(1000)).is_empty());
+        assert_eq!(m.paths()[0].dm, DmState::Failed);
+        let ev = m.admin_reinstate(0, Time(2000));
+        assert_eq!(ev, vec![MapEvent::PathReinstated { path: 0 }]);
+    }
+
+    #[test]
+    fn a_path_that_starts_down_starts_failed() {
+        let mut ps = paths(2);
+        ps[1] = Path::new_checked(
+            ps[1].info.clone(),
+            CheckState::Down,
+            Some("no such file".into()),
+            T0,
+        );
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(m.paths()[1].dm, DmState::Failed);
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(0); 3]);
+    }
+
+    #[test]
+    fn timeout_fails_the_path_pending_changes_nothing() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert!(m
+            .check_result(0, CheckState::Pending, "", T0)
+            .iter()
+            .all(|e| matches!(e, MapEvent::CheckerChanged { .. })));
+        assert_eq!(m.paths()[0].dm, DmState::Active);
+        let ev = m.check_result(0, CheckState::Timeout, "check timed out", T0);
+        assert!(ev.contains(&MapEvent::PathFailed {
+            path: 0,
+            reason: "check timed out".into()
+        }));
+    }
+
+    #[test]
+    fn reconfigure_regroups() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.reconfigure(
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(m.groups().len(), 2);
+        assert!(m.current_group().is_some());
+    }
+}

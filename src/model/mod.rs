@@ -4,7 +4,6 @@
 pub mod map;
 pub mod path;
 
-
 /// Monotonic time in milliseconds since an arbitrary epoch (the daemon's
 /// start). Passed into every time-dependent decision so logic can be
 /// tested without sleeping.
@@ -26,3 +25,8 @@ impl Time {
         self.0.saturating_sub(earlier.0)
     }
 }
+
+pub use map::{
+    GroupStatus, LoadView, Map, MapEvent, MapPolicy, NoLoad, PathGroup, Route, SwitchReason,
+};
+pub use path::{CheckState, DmState, Path, PathId, PathInfo};

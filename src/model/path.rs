@@ -81,3 +81,76 @@ impl fmt::Display for DmState {
         f.write_str(self.as_str())
     }
 }
+
+/// What a path is, as discovery or the config declared it: the role of
+/// SCSI INQUIRY and VPD data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathInfo {
+    pub name: String,
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    pub wwid: String,
+    pub serial: String,
+    /// Target node name, for group_by_node_name (empty if unknown).
+    pub node_name: String,
+    /// How the path is reached, for display ("file /var/lib/...").
+    pub transport: String,
+}
+
+/// A path's state inside a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    pub info: PathInfo,
+    pub check: CheckState,
+    pub dm: DmState,
+    /// Failed by an admin: checks do not reinstate it.
+    pub admin_failed: bool,
+    pub prio: i32,
+    /// Why the path is failed (None while active).
+    pub reason: Option<String>,
+    /// When `dm` last changed.
+    pub since: super::Time,
+    /// How many times the path has failed.
+    pub failures: u64,
+}
+
+impl Path {
+    /// A path not checked yet: active until something says otherwise.
+    pub fn new(info: PathInfo) -> Self {
+        Path {
+            info,
+            check: CheckState::Unchecked,
+            dm: DmState::Active,
+            admin_failed: false,
+            prio: 1,
+            reason: None,
+            since: super::Time(0),
+            failures: 0,
+        }
+    }
+
+    /// A path with a first check result: failed if the check says it
+    /// cannot carry IO.
+    pub fn new_checked(
+        info: PathInfo,
+        check: CheckState,
+        reason: Option<String>,
+        now: super::Time,
+    ) -> Self {
+        let mut p = Path::new(info);
+        p.check = check;
+        p.since = now;
+        if matches!(check, CheckState::Down | CheckState::Timeout) {
+            p.dm = DmState::Failed;
+            p.reason = reason;
+        }
+        p
+    }
+
+    /// May IO go down this path?
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.dm == DmState::Active
+    }
+}
