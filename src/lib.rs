@@ -30,3 +30,4 @@ pub mod model;
 pub mod nbd;
 pub mod policy;
 pub mod transport;
+pub mod unixsock;

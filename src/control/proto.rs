@@ -1,0 +1,202 @@
+//! Control protocol: command parsing and the response envelope. Pure.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the server reads.
+pub const MAX_REQUEST: usize = 4096;
+
+/// What `show` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowWhat {
+    Paths,
+    Maps,
+    Topology,
+    Config,
+    Status,
+}
+
+/// A control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Show { what: ShowWhat, json: bool },
+    /// `show path NAME config`: the effective settings of one live path.
+    ShowPathConfig { path: String, json: bool },
+    FailPath { path: String },
+    ReinstatePath { path: String },
+    /// `fault path NAME SPEC...` (e.g. `error`, `delay 50 read`, `clear`).
+    FaultPath { path: String, spec: String },
+    /// `switch map NAME group N` (1-based, like multipathd).
+    SwitchGroup { map: String, group: usize },
+    Reconfigure,
+    Shutdown,
+}
+
+impl Command {
+    /// Parses a request line. Errors say what was expected.
+    pub fn parse(line: &str) -> Result<Command, String> {
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        let json = if words.last() == Some(&"--json") || words.last() == Some(&"json") {
+            words.pop();
+            true
+        } else {
+            false
+        };
+        let cmd = match words.as_slice() {
+            ["show", "paths"] => Command::Show { what: ShowWhat::Paths, json },
+            ["show", "maps"] => Command::Show { what: ShowWhat::Maps, json },
+            ["show", "topology"] | ["show", "maps", "topology"] => Command::Show {
+                what: ShowWhat::Topology,
+                json,
+            },
+            ["show", "config"] => Command::Show { what: ShowWhat::Config, json },
+            ["show", "status"] | ["show", "daemon"] => Command::Show { what: ShowWhat::Status, json },
+            ["show", "path", name, "config"] => Command::ShowPathConfig {
+                path: name.to_string(),
+                json,
+            },
+            ["fail", "path", name] => Command::FailPath { path: name.to_string() },
+            ["reinstate", "path", name] => Command::ReinstatePath { path: name.to_string() },
+            ["fault", "path", name, spec @ ..] if !spec.is_empty() => Command::FaultPath {
+                path: name.to_string(),
+                spec: spec.join(" "),
+            },
+            ["switch", "map", map, "group", n] | ["switchgroup", "map", map, "group", n] => {
+                let group = n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|g| *g >= 1)
+                    .ok_or_else(|| format!("group must be a number from 1, not {n:?}"))?;
+                Command::SwitchGroup { map: map.to_string(), group }
+            }
+            ["reconfigure"] => Command::Reconfigure,
+            ["shutdown"] => Command::Shutdown,
+            [] => return Err("empty command".to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown command {:?}; try: show paths|maps|topology|config|status [--json], \
+                     show path NAME config, fail path NAME, reinstate path NAME, \
+                     fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
+                     switch map NAME group N, reconfigure, shutdown",
+                    line.trim()
+                ))
+            }
+        };
+        Ok(cmd)
+    }
+
+    /// The request line for this command (inverse of [`Command::parse`]).
+    pub fn to_line(&self) -> String {
+        let show = |w: &str, json: bool| format!("show {w}{}", if json { " --json" } else { "" });
+        match self {
+            Command::Show { what, json } => show(
+                match what {
+                    ShowWhat::Paths => "paths",
+                    ShowWhat::Maps => "maps",
+                    ShowWhat::Topology => "topology",
+                    ShowWhat::Config => "config",
+                    ShowWhat::Status => "status",
+                },
+                *json,
+            ),
+            Command::ShowPathConfig { path, json } => show(&format!("path {path} config"), *json),
+            Command::FailPath { path } => format!("fail path {path}"),
+            Command::ReinstatePath { path } => format!("reinstate path {path}"),
+            Command::FaultPath { path, spec } => format!("fault path {path} {spec}"),
+            Command::SwitchGroup { map, group } => format!("switch map {map} group {group}"),
+            Command::Reconfigure => "reconfigure".to_string(),
+            Command::Shutdown => "shutdown".to_string(),
+        }
+    }
+}
+
+/// The server's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// Human-readable output (or the error message when `ok` is false).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    /// Structured output for `--json` requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn text(text: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            text: text.into(),
+            data: None,
+        }
+    }
+    pub fn json(data: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            text: String::new(),
+            data: Some(data),
+        }
+    }
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            text: msg.into(),
+            data: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_multipathd_vocabulary() {
+        assert_eq!(
+            Command::parse("show paths"),
+            Ok(Command::Show { what: ShowWhat::Paths, json: false })
+        );
+        assert_eq!(
+            Command::parse("  show   maps  --json\n"),
+            Ok(Command::Show { what: ShowWhat::Maps, json: true })
+        );
+        assert_eq!(
+            Command::parse("show maps topology"),
+            Ok(Command::Show { what: ShowWhat::Topology, json: false })
+        );
+        assert_eq!(Command::parse("fail path p0"), Ok(Command::FailPath { path: "p0".into() }));
+        assert_eq!(
+            Command::parse("fault path p1 delay 50 read"),
+            Ok(Command::FaultPath { path: "p1".into(), spec: "delay 50 read".into() })
+        );
+        assert_eq!(
+            Command::parse("switch map lun0 group 2"),
+            Ok(Command::SwitchGroup { map: "lun0".into(), group: 2 })
+        );
+    }
+
+    #[test]
+    fn rejects_junk_with_a_hint() {
+        assert!(Command::parse("").is_err());
+        assert!(Command::parse("fail path").unwrap_err().contains("try:"));
+        assert!(Command::parse("switch map m group 0").is_err());
+        assert!(Command::parse("fault path p0").is_err());
+    }
+
+    #[test]
+    fn round_trips() {
+        for line in [
+            "show paths --json",
+            "show topology",
+            "show path p0 config",
+            "fail path p0",
+            "reinstate path p0",
+            "fault path p0 error write",
+            "switch map m group 1",
+            "reconfigure",
+            "shutdown",
+        ] {
+            let c = Command::parse(line).unwrap();
+            assert_eq!(Command::parse(&c.to_line()).unwrap(), c);
+        }
+    }
+}
