@@ -15,7 +15,7 @@ use super::proto::{Command, Response, MAX_REQUEST};
 
 /// What answers control commands (the daemon).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, cmd: Command) -> impl Future<Output = Response> + Send;
+    fn handle(self: Arc<Self>, cmd: Command) -> impl Future<Output = Response> + Send;
 }
 
 /// Binds the control socket: a stale socket file is replaced, a live one

@@ -1,1 +1,615 @@
-//! TODO
+//! The daemon: the only module that sees everything.
+//!
+//! Start-up: load the configuration, plan maps ([`assemble`]), open each
+//! path and run a first check, start a [`MapEngine`] per map, start one
+//! checker task per path, serve NBD and the control socket, then tell
+//! systemd READY=1. SIGHUP or `reconfigure` re-reads the configuration
+//! (a bad file is rejected and the running configuration stays);
+//! SIGTERM/SIGINT or `shutdown` stop accepting clients, let in-flight IO
+//! finish, flush every map and exit.
+
+pub mod assemble;
+pub mod show;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::task::JoinHandle;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::checker::{CheckResult, PathChecker};
+use crate::config::{self, Config, PathSettings};
+use crate::control::{self, Command, Response, ShowWhat};
+use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
+use crate::export::{Export, ExportSet};
+use crate::model::{CheckState, Map, Path as ModelPath};
+use crate::policy::CheckerKind;
+use crate::transport::{Fault, PathDev, Transport};
+use assemble::{MapPlan, PathPlan};
+
+/// Default locations.
+pub const DEFAULT_CONFIG: &str = "/etc/multipath.conf";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/umpath/control.sock";
+pub const DEFAULT_NBD_SOCKET: &str = "/run/umpath/nbd.sock";
+
+/// Default check timeout when neither the config nor the device says.
+const DEFAULT_CHECKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the daemon is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub nbd_socket: Option<PathBuf>,
+    pub nbd_listen: Option<String>,
+    pub control_socket: PathBuf,
+}
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A path at work: its device, checker and resolved settings.
+struct PathRt {
+    map: String,
+    id: usize,
+    dev: Arc<PathDev>,
+    settings: PathSettings,
+    checker: JoinHandle<()>,
+}
+
+/// A map at work.
+struct MapRt {
+    engine: MapEngine,
+    plan: MapPlan,
+}
+
+/// Everything the running daemon knows.
+struct State {
+    config: Arc<Config>,
+    maps: Vec<MapRt>,
+    paths: HashMap<String, PathRt>,
+}
+
+/// The running daemon.
+pub struct Daemon {
+    opts: Options,
+    clock: Clock,
+    state: AsyncMutex<State>,
+    exports: Arc<Exports>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+/// The export set the NBD server sees; swapped on reconfigure.
+#[derive(Default)]
+pub struct Exports {
+    list: ArcSwap<Vec<Arc<dyn Export>>>,
+}
+
+impl ExportSet for Exports {
+    fn list(&self) -> Vec<Arc<dyn Export>> {
+        self.list.load().as_ref().clone()
+    }
+}
+
+/// Runs the daemon until a signal or `shutdown` stops it.
+pub fn run(opts: Options) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("umpath")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(async move {
+        let (daemon, servers) = Daemon::start(opts).await?;
+        daemon.wait(servers).await;
+        Ok(())
+    })
+}
+
+/// Server tasks to wait for at shutdown.
+pub struct Servers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Loads the configuration, assembles maps and starts serving.
+    pub async fn start(opts: Options) -> Result<(Arc<Daemon>, Servers), DaemonError> {
+        let cfg = config::load(&opts.config)?;
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let daemon = Arc::new(Daemon {
+            opts: opts.clone(),
+            clock: Clock::new(),
+            state: AsyncMutex::new(State {
+                config: Arc::new(cfg),
+                maps: Vec::new(),
+                paths: HashMap::new(),
+            }),
+            exports: Arc::new(Exports::default()),
+            shutdown_tx,
+        });
+        {
+            let mut st = daemon.state.lock().await;
+            let cfg = st.config.clone();
+            daemon.apply_config(&mut st, cfg).await;
+        }
+
+        let mut tasks = Vec::new();
+        let nbd_socket = opts.nbd_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_NBD_SOCKET));
+        let exports: Arc<dyn ExportSet> = daemon.exports.clone();
+        tasks.push(
+            crate::nbd::server::spawn_unix(&nbd_socket, exports.clone(), shutdown_rx.clone()).map_err(|source| {
+                DaemonError::Listen {
+                    what: "NBD socket",
+                    addr: nbd_socket.display().to_string(),
+                    source,
+                }
+            })?,
+        );
+        info!("NBD listening on unix:{}", nbd_socket.display());
+        if let Some(addr) = &opts.nbd_listen {
+            let (task, local) = crate::nbd::server::spawn_tcp(addr, exports.clone(), shutdown_rx.clone())
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    what: "NBD TCP address",
+                    addr: addr.clone(),
+                    source,
+                })?;
+            info!("NBD listening on tcp:{local}");
+            tasks.push(task);
+        }
+        let listener = control::server::bind(&opts.control_socket).map_err(|source| DaemonError::Listen {
+            what: "control socket",
+            addr: opts.control_socket.display().to_string(),
+            source,
+        })?;
+        tasks.push(tokio::spawn(control::server::serve(
+            listener,
+            opts.control_socket.clone(),
+            daemon.clone(),
+            shutdown_rx.clone(),
+        )));
+        info!("control socket {}", opts.control_socket.display());
+
+        // Time-driven policy: no_path_retry deadlines, deferred failback.
+        let d = daemon.clone();
+        let mut sd = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = sd.changed() => break,
+                    _ = tick.tick() => {
+                        for e in d.engines().await { e.tick(); }
+                    }
+                }
+            }
+        }));
+
+        tasks.push(spawn_signal_handler(daemon.clone()));
+        let n = daemon.exports.list().len();
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(&format!("serving {n} map(s)")),
+            ],
+        );
+        info!(maps = n, "umpath ready");
+        Ok((daemon, Servers { tasks }))
+    }
+
+    /// Waits for the servers to stop (after [`Daemon::shutdown`]), then
+    /// drains and flushes every map.
+    pub async fn wait(&self, servers: Servers) {
+        let mut rx = self.shutdown_tx.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        info!("shutting down: draining in-flight IO");
+        for t in servers.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        let st = self.state.lock().await;
+        for m in &st.maps {
+            for _ in 0..300 {
+                if m.engine.outstanding() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            m.engine.shutdown();
+        }
+        for p in st.paths.values() {
+            p.checker.abort();
+            if let Err(e) = p.dev.flush() {
+                if p.dev.is_open() {
+                    warn!(path = %p.dev.describe(), "flush at shutdown failed: {e}");
+                }
+            }
+        }
+        info!("umpath stopped");
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    async fn engines(&self) -> Vec<MapEngine> {
+        self.state.lock().await.maps.iter().map(|m| m.engine.clone()).collect()
+    }
+
+    /// Re-reads the configuration; a bad file leaves everything as it was.
+    pub async fn reconfigure(self: &Arc<Self>) -> Result<String, String> {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let result = match config::load(&self.opts.config) {
+            Err(e) => {
+                error!("reconfigure rejected, keeping the running configuration:\n{e}");
+                Err(format!("configuration rejected, the running one stays in force:\n{e}"))
+            }
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    warn!("{w}");
+                }
+                let mut st = self.state.lock().await;
+                let summary = self.apply_config(&mut st, Arc::new(cfg)).await;
+                info!("reconfigured: {summary}");
+                Ok(summary)
+            }
+        };
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        result
+    }
+
+    /// Brings the running maps in line with `cfg`. Maps whose path set is
+    /// unchanged keep running and take the new settings; new maps start;
+    /// maps that are gone or whose paths changed are stopped (connections
+    /// still using an old map keep it until they disconnect).
+    async fn apply_config(self: &Arc<Self>, st: &mut State, cfg: Arc<Config>) -> String {
+        let (plans, skipped) = assemble::plan(&cfg);
+        for s in &skipped {
+            info!(path = %s.path, "blacklisted: {}", s.reason);
+        }
+        let mut kept = 0;
+        let mut started = 0;
+        let old_maps = std::mem::take(&mut st.maps);
+        let mut old_by_wwid: HashMap<String, MapRt> = old_maps.into_iter().map(|m| (m.plan.wwid.clone(), m)).collect();
+        for plan in plans {
+            match old_by_wwid.remove(&plan.wwid) {
+                Some(old) if same_paths(&old.plan, &plan) && old.plan.name == plan.name => {
+                    old.engine.reconfigure(plan.policy.clone());
+                    for p in &plan.paths {
+                        if let Some(rt) = st.paths.get_mut(&p.decl.name) {
+                            rt.settings = p.settings.clone();
+                        }
+                    }
+                    st.maps.push(MapRt {
+                        engine: old.engine,
+                        plan,
+                    });
+                    kept += 1;
+                }
+                other => {
+                    if let Some(old) = other {
+                        self.stop_map(st, old);
+                    }
+                    if let Some(m) = self.start_map(st, plan).await {
+                        st.maps.push(m);
+                        started += 1;
+                    }
+                }
+            }
+        }
+        let stopped = old_by_wwid.len();
+        for (_, old) in old_by_wwid {
+            self.stop_map(st, old);
+        }
+        st.config = cfg;
+        let list: Vec<Arc<dyn Export>> = st
+            .maps
+            .iter()
+            .map(|m| Arc::new(m.engine.clone()) as Arc<dyn Export>)
+            .collect();
+        self.exports.list.store(Arc::new(list));
+        format!("{kept} map(s) kept, {started} started, {stopped} stopped")
+    }
+
+    fn stop_map(&self, st: &mut State, old: MapRt) {
+        info!(map = %old.plan.name, "stopping map");
+        for p in &old.plan.paths {
+            if let Some(rt) = st.paths.remove(&p.decl.name) {
+                rt.checker.abort();
+            }
+        }
+        old.engine.shutdown();
+    }
+
+    /// Opens a map's paths, runs their first checks and starts the engine.
+    async fn start_map(self: &Arc<Self>, st: &mut State, plan: MapPlan) -> Option<MapRt> {
+        let now = self.clock.now();
+        let mut devs = Vec::new();
+        let mut model_paths = Vec::new();
+        let mut size: Option<u64> = None;
+        for p in &plan.paths {
+            let dev = Arc::new(open_path(p));
+            let timeout = checker_timeout(&p.settings);
+            let checker = PathChecker::new(dev.clone(), effective_checker(p));
+            let CheckResult { state, message } = checker.check(timeout).await;
+            if state.is_usable() && !dev.is_open() {
+                let _ = dev.reopen();
+            }
+            match dev.size() {
+                Ok(s) => match size {
+                    None => size = Some(s),
+                    Some(prev) if prev != s => {
+                        warn!(map = %plan.name, path = %p.decl.name, "path size {s} differs from {prev}; using the smaller");
+                        size = Some(prev.min(s));
+                    }
+                    _ => {}
+                },
+                Err(e) => warn!(map = %plan.name, path = %p.decl.name, "cannot read size: {e}"),
+            }
+            let reason = (!state.is_usable()).then(|| message.clone());
+            info!(map = %plan.name, path = %p.decl.name, transport = %dev.describe(), "path {}{}", state, reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+            model_paths.push(ModelPath::new_checked(p.info.clone(), state, reason, now));
+            devs.push(dev);
+        }
+        let Some(size) = size else {
+            error!(map = %plan.name, "no path could tell the size of the LUN; map not exported (it is retried on reconfigure)");
+            return None;
+        };
+        let (map, events) = Map::new(plan.name.clone(), plan.wwid.clone(), model_paths, plan.policy.clone(), now);
+        for e in &events {
+            tracing::debug!(map = %plan.name, "{e:?}");
+        }
+        let info = MapInfo {
+            name: plan.name.clone(),
+            wwid: plan.wwid.clone(),
+            vendor: plan.vendor.clone(),
+            product: plan.product.clone(),
+            size,
+        };
+        let engine = MapEngine::start(info, map, devs.clone(), self.clock);
+        info!(map = %plan.name, wwid = %plan.wwid, size, paths = plan.paths.len(), policy = %plan.policy.grouping, selector = %plan.policy.selector, rr_min_io = plan.policy.repeat, "map assembled");
+        for (id, (p, dev)) in plan.paths.iter().zip(devs).enumerate() {
+            let checker = spawn_checker(self.clone(), engine.clone(), id, p, dev.clone());
+            st.paths.insert(
+                p.decl.name.clone(),
+                PathRt {
+                    map: plan.name.clone(),
+                    id,
+                    dev,
+                    settings: p.settings.clone(),
+                    checker,
+                },
+            );
+        }
+        Some(MapRt { engine, plan })
+    }
+
+    /// The topology in `multipath -ll` shape.
+    pub async fn topology_text(&self) -> String {
+        show::topology_text(&self.snapshots().await)
+    }
+
+    async fn snapshots(&self) -> Vec<MapSnapshot> {
+        self.engines().await.iter().map(MapEngine::snapshot).collect()
+    }
+
+    async fn find_path(&self, name: &str) -> Result<(MapEngine, usize, Arc<PathDev>, PathSettings), Response> {
+        let st = self.state.lock().await;
+        let Some(p) = st.paths.get(name) else {
+            let known: Vec<&str> = st.paths.keys().map(String::as_str).collect();
+            return Err(Response::error(format!("no path named {name:?} (paths: {})", known.join(", "))));
+        };
+        let Some(m) = st.maps.iter().find(|m| m.plan.name == p.map) else {
+            return Err(Response::error(format!("path {name:?} has no running map")));
+        };
+        Ok((m.engine.clone(), p.id, p.dev.clone(), p.settings.clone()))
+    }
+}
+
+fn same_paths(a: &MapPlan, b: &MapPlan) -> bool {
+    a.paths.len() == b.paths.len() && a.paths.iter().zip(&b.paths).all(|(x, y)| x.decl == y.decl)
+}
+
+fn open_path(p: &PathPlan) -> PathDev {
+    let transport = match &p.decl.file {
+        Some(f) => Transport::file(f.clone()),
+        None => Transport::file(PathBuf::new()),
+    };
+    PathDev::new(transport)
+}
+
+/// The checker a path runs: `tur` on a `file` path has no SCSI target to
+/// ask and checks with a direct read instead.
+fn effective_checker(p: &PathPlan) -> CheckerKind {
+    p.settings.path_checker.value
+}
+
+fn checker_timeout(s: &PathSettings) -> Duration {
+    s.checker_timeout
+        .value
+        .map_or(DEFAULT_CHECKER_TIMEOUT, |secs| Duration::from_secs(u64::from(secs.max(1))))
+}
+
+/// One task per path: check every polling_interval (healthy paths back
+/// off up to max_polling_interval, like multipathd), report results to the
+/// engine, reopen a path whose device came back.
+fn spawn_checker(daemon: Arc<Daemon>, engine: MapEngine, id: usize, p: &PathPlan, dev: Arc<PathDev>) -> JoinHandle<()> {
+    let span = info_span!("path", map = %engine.info().name, path = %p.decl.name);
+    let checker = PathChecker::new(dev.clone(), effective_checker(p));
+    let name = p.decl.name.clone();
+    let mut shutdown = daemon.shutdown_tx.subscribe();
+    tokio::spawn(
+        async move {
+            let mut interval_s = 0u64;
+            let mut last = CheckState::Unchecked;
+            loop {
+                let (min_s, max_s, timeout) = {
+                    let st = daemon.state.lock().await;
+                    let settings = st.paths.get(&name).map(|rt| rt.settings.clone());
+                    let min = u64::from(st.config.polling_interval().max(1));
+                    let max = u64::from(st.config.max_polling_interval().max(st.config.polling_interval()).max(1));
+                    (min, max, settings.as_ref().map_or(DEFAULT_CHECKER_TIMEOUT, checker_timeout))
+                };
+                interval_s = if interval_s == 0 { min_s } else { interval_s.clamp(min_s, max_s) };
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(interval_s)) => {}
+                }
+                let CheckResult { state, message } = checker.check(timeout).await;
+                if state.is_usable() && !dev.is_open() {
+                    if let Err(e) = dev.reopen() {
+                        engine.check_result(id, CheckState::Down, &e.to_string());
+                        interval_s = min_s;
+                        continue;
+                    }
+                    info!("device reopened");
+                }
+                engine.check_result(id, state, &message);
+                // Healthy and unchanged: check less often, up to the max.
+                interval_s = if state == CheckState::Up && last == CheckState::Up {
+                    (interval_s * 2).min(max_s)
+                } else {
+                    min_s
+                };
+                last = state;
+            }
+        }
+        .instrument(span),
+    )
+}
+
+fn spawn_signal_handler(daemon: Arc<Daemon>) -> JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        let mut shutdown = daemon.shutdown_tx.subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = term.recv() => { info!("SIGTERM: shutting down"); daemon.shutdown(); }
+                _ = int.recv() => { info!("SIGINT: shutting down"); daemon.shutdown(); }
+                _ = hup.recv() => {
+                    info!("SIGHUP: reconfiguring");
+                    let _ = daemon.reconfigure().await;
+                }
+            }
+        }
+    })
+}
+
+impl control::server::Handler for Daemon {
+    async fn handle(self: Arc<Self>, cmd: Command) -> Response {
+        match cmd {
+            Command::Show { what, json } => {
+                let snaps = self.snapshots().await;
+                match (what, json) {
+                    (ShowWhat::Paths, true) => Response::json(show::paths_json(&snaps)),
+                    (ShowWhat::Paths, false) => Response::text(show::paths_text(&snaps)),
+                    (ShowWhat::Maps, true) | (ShowWhat::Topology, true) => Response::json(show::maps_json(&snaps)),
+                    (ShowWhat::Maps, false) => Response::text(show::maps_text(&snaps)),
+                    (ShowWhat::Topology, false) => Response::text(show::topology_text(&snaps)),
+                    (ShowWhat::Config, _) => {
+                        let st = self.state.lock().await;
+                        Response::text(st.config.to_string())
+                    }
+                    (ShowWhat::Status, _) => {
+                        let st = self.state.lock().await;
+                        Response::json(json!({
+                            "config": self.opts.config.display().to_string(),
+                            "maps": st.maps.len(),
+                            "paths": st.paths.len(),
+                            "uptime_ms": self.clock.now().0,
+                        }))
+                    }
+                }
+            }
+            Command::ShowPathConfig { path, json } => match self.find_path(&path).await {
+                Err(r) => r,
+                Ok((_, _, _, settings)) => {
+                    if json {
+                        Response::json(settings.to_json())
+                    } else {
+                        Response::text(settings.to_string())
+                    }
+                }
+            },
+            Command::FailPath { path } => match self.find_path(&path).await {
+                Err(r) => r,
+                Ok((engine, id, _, _)) => {
+                    engine.admin_fail(id);
+                    Response::text(format!("ok: path {path} failed (it stays failed until `reinstate path {path}`)\n"))
+                }
+            },
+            Command::ReinstatePath { path } => match self.find_path(&path).await {
+                Err(r) => r,
+                Ok((engine, id, _, _)) => {
+                    engine.admin_reinstate(id);
+                    Response::text(format!("ok: path {path} reinstated\n"))
+                }
+            },
+            Command::FaultPath { path, spec } => match self.find_path(&path).await {
+                Err(r) => r,
+                Ok((_, _, dev, _)) => match Fault::parse_command(&spec) {
+                    Err(e) => Response::error(e.to_string()),
+                    Ok((targets, fault)) => {
+                        dev.faults.set(targets, fault);
+                        let now = dev.faults.describe().unwrap_or_else(|| "none".into());
+                        info!(path = %path, "fault set: {now}");
+                        Response::text(format!("ok: path {path} fault: {now}\n"))
+                    }
+                },
+            },
+            Command::SwitchGroup { map, group } => {
+                let engines = self.engines().await;
+                match engines.iter().find(|e| e.info().name == map) {
+                    None => Response::error(format!("no map named {map:?}")),
+                    Some(e) => {
+                        if e.switch_group(group - 1) {
+                            Response::text(format!("ok: map {map} switched to group {group}\n"))
+                        } else {
+                            Response::error(format!("map {map}: group {group} does not exist, has no usable path, or is already active"))
+                        }
+                    }
+                }
+            }
+            Command::Reconfigure => match self.reconfigure().await {
+                Ok(summary) => Response::text(format!("ok: {summary}\n")),
+                Err(e) => Response::error(e),
+            },
+            Command::Shutdown => {
+                self.shutdown();
+                Response::text("ok: shutting down\n")
+            }
+        }
+    }
+}

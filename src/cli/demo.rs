@@ -1,0 +1,163 @@
+//! `umpath demo`: the engine on an embedded default, no root needed.
+//!
+//! Makes a scratch directory with a sparse image, a multipath.conf with the
+//! QuantaStor stanza (as the vendor documents it) and two `file` paths to
+//! the image, starts the engine, prints the NBD URI, client commands and
+//! the topology, serves until Ctrl-C, then removes what it made.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::daemon::{self, Daemon};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Scratch directory (default: a new one under $TMPDIR).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Image size in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub size: u64,
+    /// Also serve NBD on TCP HOST:PORT.
+    #[arg(long)]
+    pub nbd_listen: Option<String>,
+}
+
+/// The export name of the demo map.
+pub const DEMO_MAP: &str = "lun0";
+
+/// The embedded configuration. `@IMAGE@` is replaced by the image path.
+pub const DEMO_CONFIG: &str = r#"# umpath demo: one LUN (a sparse image) reached through two paths.
+defaults {
+    polling_interval 2
+    checker_timeout  5
+}
+
+devices {
+    # The QuantaStor stanza, verbatim from the vendor's XenServer guide.
+    device {
+          vendor                  "OSNEXUS"
+          product                 "QUANTASTOR"
+          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
+          path_selector           "round-robin 0"
+          path_grouping_policy    multibus
+          failback                immediate
+          rr_weight               uniform
+          rr_min_io               100
+          path_checker            tur
+    }
+}
+
+multipaths {
+    multipath {
+        wwid  "36000c29abcdef001"
+        alias lun0
+    }
+}
+
+paths {
+    path {
+        name      p0
+        transport file
+        file      @IMAGE@
+        vendor    "OSNEXUS"
+        product   "QUANTASTOR"
+        revision  "0001"
+        wwid      "36000c29abcdef001"
+        serial    "QS0001"
+    }
+    path {
+        name      p1
+        transport file
+        file      @IMAGE@
+        vendor    "OSNEXUS"
+        product   "QUANTASTOR"
+        revision  "0001"
+        wwid      "36000c29abcdef001"
+        serial    "QS0001"
+    }
+}
+"#;
+
+/// Writes the demo's files into `dir`; returns the config path.
+pub fn prepare(dir: &Path, size: u64) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let image = dir.join("lun0.img");
+    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&image)?;
+    f.set_len(size)?;
+    let config = dir.join("multipath.conf");
+    std::fs::write(&config, DEMO_CONFIG.replace("@IMAGE@", &image.display().to_string()))?;
+    Ok(config)
+}
+
+pub fn run(args: DemoArgs) -> ExitCode {
+    crate::cli::init_logging();
+    let made_dir = args.dir.is_none();
+    let dir = args
+        .dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("umpath-demo-{}", std::process::id())));
+    let config = match prepare(&dir, args.size) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("umpath demo: cannot prepare {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let nbd_socket = dir.join("nbd.sock");
+    let control_socket = dir.join("control.sock");
+    let opts = daemon::Options {
+        config,
+        nbd_socket: Some(nbd_socket.clone()),
+        nbd_listen: args.nbd_listen,
+        control_socket: control_socket.clone(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("umpath demo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let (d, servers) = Daemon::start(opts).await?;
+        print_banner(&d, &nbd_socket, &control_socket).await;
+        d.wait(servers).await;
+        Ok::<(), daemon::DaemonError>(())
+    });
+    drop(rt);
+    if made_dir {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("umpath demo: cannot remove {}: {e}", dir.display());
+        }
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("umpath demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn print_banner(d: &Daemon, nbd_socket: &Path, control_socket: &Path) {
+    let sock = nbd_socket.display();
+    let uri = format!("nbd+unix:///{DEMO_MAP}?socket={sock}");
+    let ctl = control_socket.display();
+    println!("umpath demo: map {DEMO_MAP} is served over NBD at");
+    println!("{uri}");
+    println!();
+    println!("Try, from another terminal:");
+    println!("  nbdinfo '{uri}'");
+    println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '{uri}'");
+    println!("  nbd-client -unix {sock} -N {DEMO_MAP} /dev/nbd0     # needs the nbd kernel module");
+    println!("  mkdir -p /tmp/lun0 && nbdfuse /tmp/lun0 '{uri}' &  # the export as a file");
+    println!("  umpath --control-socket {ctl} show topology");
+    println!("  umpath --control-socket {ctl} fail path p0");
+    println!("  umpath --control-socket {ctl} reinstate path p0");
+    println!();
+    print!("{}", d.topology_text().await);
+    println!();
+    println!("Serving until Ctrl-C.");
+}

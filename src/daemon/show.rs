@@ -1,0 +1,225 @@
+//! Rendering map snapshots for `show paths|maps|topology` (text in
+//! multipathd's shapes, and JSON).
+
+use serde_json::{json, Value};
+
+use crate::engine::MapSnapshot;
+use crate::model::DmState;
+
+/// Sizes the way multipath -ll prints them (1024-based, one decimal).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["", "K", "M", "G", "T", "P"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn dev_state(s: &MapSnapshot, i: usize) -> &'static str {
+    let p = &s.map.paths()[i];
+    if p.dm == DmState::Active {
+        "running"
+    } else if p.admin_failed {
+        "offline"
+    } else {
+        "failed"
+    }
+}
+
+pub fn paths_json(maps: &[MapSnapshot]) -> Value {
+    let mut out = Vec::new();
+    for s in maps {
+        for (i, p) in s.map.paths().iter().enumerate() {
+            let c = &s.paths[i];
+            let group = s.map.groups().iter().position(|g| g.members.contains(&i));
+            out.push(json!({
+                "name": p.info.name,
+                "map": s.info.name,
+                "wwid": p.info.wwid,
+                "vendor": p.info.vendor,
+                "product": p.info.product,
+                "revision": p.info.revision,
+                "serial": p.info.serial,
+                "transport": c.transport,
+                "state": p.check.as_str(),
+                "dm_state": p.dm.as_str(),
+                "admin_failed": p.admin_failed,
+                "prio": p.prio,
+                "group": group.map(|g| g + 1),
+                "ios": c.ios,
+                "errors": c.errors,
+                "in_flight": c.in_flight,
+                "failures": p.failures,
+                "reason": p.reason,
+                "fault": c.fault,
+            }));
+        }
+    }
+    Value::Array(out)
+}
+
+pub fn maps_json(maps: &[MapSnapshot]) -> Value {
+    Value::Array(
+        maps.iter()
+            .map(|s| {
+                let pol = s.map.policy();
+                let groups: Vec<Value> = s
+                    .map
+                    .groups()
+                    .iter()
+                    .map(|g| {
+                        json!({
+                            "policy": pol.selector.to_string(),
+                            "prio": g.prio,
+                            "status": g.status.as_str(),
+                            "paths": g.members.iter().map(|&id| s.map.paths()[id].info.name.clone()).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.info.name,
+                    "wwid": s.info.wwid,
+                    "vendor": s.info.vendor,
+                    "product": s.info.product,
+                    "size": s.info.size,
+                    "path_grouping_policy": pol.grouping.as_str(),
+                    "path_selector": pol.selector.to_string(),
+                    "rr_min_io": pol.repeat,
+                    "rr_weight": pol.rr_weight.as_str(),
+                    "failback": pol.failback.to_string(),
+                    "no_path_retry": pol.no_path_retry.to_string(),
+                    "queueing": format!("{:?}", s.map.no_path_state()),
+                    "held_requests": s.held,
+                    "usable_paths": s.map.usable_paths(),
+                    "current_group": s.map.current_group().map(|g| g + 1),
+                    "groups": groups,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
+            .collect();
+        out.push_str(line.join(" ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn paths_text(maps: &[MapSnapshot]) -> String {
+    let mut rows = vec![["name", "map", "transport", "pri", "dm_st", "chk_st", "dev_st", "ios", "errors", "fault", "reason"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+    for s in maps {
+        for (i, p) in s.map.paths().iter().enumerate() {
+            let c = &s.paths[i];
+            rows.push(vec![
+                p.info.name.clone(),
+                s.info.name.clone(),
+                c.transport.clone(),
+                p.prio.to_string(),
+                p.dm.as_str().to_string(),
+                p.check.as_str().to_string(),
+                dev_state(s, i).to_string(),
+                c.ios.to_string(),
+                c.errors.to_string(),
+                c.fault.clone().unwrap_or_else(|| "-".into()),
+                p.reason.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    table(rows)
+}
+
+pub fn maps_text(maps: &[MapSnapshot]) -> String {
+    let mut rows = vec![["name", "wwid", "size", "paths", "usable", "queueing"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+    for s in maps {
+        rows.push(vec![
+            s.info.name.clone(),
+            s.info.wwid.clone(),
+            human_size(s.info.size),
+            s.map.paths().len().to_string(),
+            s.map.usable_paths().to_string(),
+            format!("{:?}", s.map.no_path_state()),
+        ]);
+    }
+    table(rows)
+}
+
+/// The shape of `multipath -ll`.
+pub fn topology_text(maps: &[MapSnapshot]) -> String {
+    let mut out = String::new();
+    for s in maps {
+        let pol = s.map.policy();
+        let name_part = if s.info.name == s.info.wwid {
+            s.info.wwid.clone()
+        } else {
+            format!("{} ({})", s.info.name, s.info.wwid)
+        };
+        out.push_str(&format!("{name_part} nbd:{} {},{}\n", s.info.name, s.info.vendor, s.info.product));
+        let features = match s.map.no_path_state() {
+            crate::policy::no_path_retry::NoPathState::Queueing { .. } => "'1 queue_if_no_path'",
+            _ => "'0'",
+        };
+        out.push_str(&format!(
+            "size={} features={features} hwhandler='0' wp=rw\n",
+            human_size(s.info.size)
+        ));
+        let ngroups = s.map.groups().len();
+        for (gi, g) in s.map.groups().iter().enumerate() {
+            let last_group = gi + 1 == ngroups;
+            let (gbranch, gindent) = if last_group { ("`-+-", "  ") } else { ("|-+-", "| ") };
+            out.push_str(&format!(
+                "{gbranch} policy='{}' prio={} status={}\n",
+                pol.selector, g.prio, g.status.as_str()
+            ));
+            for (pi, &id) in g.members.iter().enumerate() {
+                let p = &s.map.paths()[id];
+                let branch = if pi + 1 == g.members.len() { "`-" } else { "|-" };
+                out.push_str(&format!(
+                    "{gindent}{branch} {} {} {} {} {}\n",
+                    p.info.name,
+                    s.paths[id].transport,
+                    p.dm.as_str(),
+                    p.check.as_str(),
+                    dev_state(s, id),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_multipath() {
+        assert_eq!(human_size(512), "512");
+        assert_eq!(human_size(1 << 30), "1.0G");
+        assert_eq!(human_size(1536 * 1024 * 1024), "1.5G");
+    }
+}
