@@ -1,0 +1,187 @@
+//! The command line and the control socket: bad input gets clear errors,
+//! `show` has the documented shapes, `demo` works, reconfigure keeps a
+//! good configuration when the new one is bad.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = run(Command::new(BIN).args(["daemon", "--config", "/nonexistent/multipath.conf", "--nbd-socket", "/tmp/x-umpath-test.sock", "--control-socket", "/tmp/x-umpath-ctl.sock"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/multipath.conf"), "{err}");
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.conf");
+    std::fs::write(&cfg, "defaults {\n    polling_interval 5\n\ndevices {\n").unwrap();
+    let out = run(Command::new(BIN).arg("check-config").arg("--config").arg(&cfg));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:", cfg.display())), "{err}");
+    assert!(err.contains("error"), "{err}");
+    let out = run(Command::new(BIN).arg("daemon").arg("--config").arg(&cfg).arg("--nbd-socket").arg(dir.path().join("n.sock")).arg("--control-socket").arg(dir.path().join("c.sock")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}:", cfg.display())));
+}
+
+#[test]
+fn unknown_keyword_is_a_warning_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("warn.conf");
+    std::fs::write(&cfg, "defaults {\n    polling_interval 5\n    no_such_keyword 1\n}\n").unwrap();
+    let out = run(Command::new(BIN).arg("check-config").arg("--config").arg(&cfg));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3", cfg.display())), "{err}");
+    assert!(err.contains("no_such_keyword"), "{err}");
+}
+
+#[test]
+fn show_json_shapes_and_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 16 << 20);
+    let cfg = seed_config("    polling_interval 1", &[file_path("p0", &img), file_path("p1", &img)]);
+    let d = Daemon::start_in(dir, &cfg);
+    let paths = d.paths_json();
+    assert_eq!(paths.len(), 2);
+    for p in &paths {
+        for k in ["name", "map", "state", "dm_state", "ios"] {
+            assert!(p.get(k).is_some(), "{k} missing in {p}");
+        }
+        assert_eq!(p["map"], "lun0");
+        assert_eq!(p["state"], "ready");
+        assert_eq!(p["dm_state"], "active");
+    }
+    let maps: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+    let m = &maps[0];
+    assert_eq!(m["name"], "lun0");
+    assert_eq!(m["wwid"], WWID);
+    assert_eq!(m["size"], 16u64 << 20);
+    assert_eq!(m["rr_min_io"], 100);
+    let groups = m["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "multibus: one group");
+    assert_eq!(groups[0]["policy"], "round-robin 0");
+    assert_eq!(groups[0]["status"], "active");
+    assert_eq!(groups[0]["paths"], serde_json::json!(["p0", "p1"]));
+    assert!(groups[0].get("prio").is_some());
+    let topo = d.ctl_ok(&["show", "topology"]);
+    assert!(topo.starts_with(&format!("lun0 ({WWID})")), "{topo}");
+    assert!(topo.contains("OSNEXUS,QUANTASTOR"), "{topo}");
+    assert!(topo.contains("size=16M"), "{topo}");
+    assert!(topo.contains("`-+- policy='round-robin 0' prio=1 status=active"), "{topo}");
+    assert!(topo.contains("|- p0 ") && topo.contains("`- p1 "), "{topo}");
+    // Unknown path names are clear errors.
+    let out = d.ctl(&["fail", "path", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no path named \"nope\""));
+    let out = d.ctl(&["fault", "path", "p0", "explode"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_path_whose_file_is_missing_is_down_with_the_reason_and_the_map_serves() {
+    need("qemu-io");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    let missing = dir.path().join("gone.img");
+    make_image(&img, 16 << 20);
+    let cfg = seed_config("    polling_interval 1", &[file_path("p0", &img), file_path("p1", &missing)]);
+    let d = Daemon::start_in(dir, &cfg);
+    let p1 = d.path_json("p1");
+    assert_eq!(p1["state"], "faulty", "{p1}");
+    assert_eq!(p1["dm_state"], "failed", "{p1}");
+    assert!(p1["reason"].as_str().unwrap_or("").contains("gone.img"), "{p1}");
+    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 7 0 1M", "-c", "read -P 7 0 1M", &d.uri("lun0")]));
+    // The file appears: the checker opens it and reinstates the path.
+    std::fs::hard_link(&img, &missing).unwrap();
+    d.wait_path("p1", "reinstated once its file exists", Duration::from_secs(10), |p| p["dm_state"] == "active");
+    let before = d.ios("p1");
+    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 8 0 4M", "-c", "read -P 8 0 4M", &d.uri("lun0")]));
+    assert!(d.ios("p1") > before);
+}
+
+#[test]
+fn reconfigure_applies_a_good_file_and_rejects_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 16 << 20);
+    let paths = [file_path("p0", &img), file_path("p1", &img)];
+    let d = Daemon::start_in(dir, &seed_config("    polling_interval 1", &paths));
+    // A broken file: rejected, the running configuration stays.
+    std::fs::write(&d.config, "defaults {\n  polling_interval\n").unwrap();
+    let out = d.ctl(&["reconfigure"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multipath.conf:"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(d.paths_json().len(), 2);
+    // A good one with another policy: applied to the running map.
+    let cfg = seed_config("    polling_interval 1", &paths).replace("rr_min_io               100", "rr_min_io               7");
+    std::fs::write(&d.config, cfg).unwrap();
+    d.ctl_ok(&["reconfigure"]);
+    let maps: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+    assert_eq!(maps[0]["rr_min_io"], 7);
+    // SIGHUP does the same.
+    std::fs::write(&d.config, seed_config("    polling_interval 1", &paths)).unwrap();
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let maps: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+        if maps[0]["rr_min_io"] == 100 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reconfigure");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 16 << 20);
+    let mut d = Daemon::start_in(dir, &seed_config("    polling_interval 1", &[file_path("p0", &img)]));
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(!d.control_socket.exists(), "control socket removed at exit");
+}
+
+#[test]
+fn control_commands_without_a_daemon_say_what_to_do() {
+    let out = run(Command::new(BIN).args(["--control-socket", "/nonexistent/ctl.sock", "show", "paths"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ctl.sock") && err.contains("umpath daemon"), "{err}");
+}
+
+#[test]
+fn demo_serves_the_embedded_default_and_cleans_up() {
+    need("nbdinfo");
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--size", "67108864", "--dir"])
+        .arg(&demo_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let lines = read_until(&mut child, Duration::from_secs(20), |l| l.starts_with("Serving until Ctrl-C"));
+    let uri = lines.iter().find(|l| l.starts_with("nbd+unix:///")).expect("a URI line").clone();
+    assert!(uri.starts_with("nbd+unix:///lun0?socket="), "{uri}");
+    assert!(lines.iter().any(|l| l.contains("policy='round-robin 0'")), "{lines:?}");
+    let size = run_ok(Command::new("nbdinfo").arg("--size").arg(&uri));
+    assert_eq!(size.trim(), "67108864");
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,261 @@
+//! Shared helpers for integration tests: start the real `umpath` binary on
+//! a scratch directory and talk to it with real clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_umpath");
+pub const WWID: &str = "36000c29abcdef001";
+
+/// The QuantaStor stanza exactly as the vendor documents it.
+pub const SEED_STANZA: &str = r#"    device {
+          vendor                  "OSNEXUS"
+          product                 "QUANTASTOR"
+          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
+          path_selector           "round-robin 0"
+          path_grouping_policy    multibus
+          failback                immediate
+          rr_weight               uniform
+          rr_min_io               100
+          path_checker            tur
+    }
+"#;
+
+/// Fails the test with an install hint when a peer program is missing.
+pub fn need(bin: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{bin} is not installed: run ./scripts/test.sh, or apt-get install nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools"
+    );
+}
+
+/// A `paths { }` entry for a file path with the seed's identity.
+pub fn file_path(name: &str, file: &Path) -> String {
+    format!(
+        "    path {{\n        name {name}\n        transport file\n        file {}\n        vendor \"OSNEXUS\"\n        product \"QUANTASTOR\"\n        revision \"0001\"\n        wwid \"{WWID}\"\n        serial \"QS0001\"\n    }}\n",
+        file.display()
+    )
+}
+
+/// A config: defaults, the seed stanza, an alias `lun0` and the given paths.
+pub fn seed_config(defaults: &str, paths: &[String]) -> String {
+    format!(
+        "defaults {{\n{defaults}\n}}\ndevices {{\n{SEED_STANZA}}}\nmultipaths {{\n    multipath {{\n        wwid \"{WWID}\"\n        alias lun0\n    }}\n}}\npaths {{\n{}}}\n",
+        paths.concat()
+    )
+}
+
+pub fn make_image(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).expect("create image");
+    f.set_len(size).expect("size image");
+}
+
+/// A running `umpath daemon`.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub nbd_socket: PathBuf,
+    pub control_socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on `config_text` (written to DIR/multipath.conf)
+    /// and waits until its control socket answers.
+    pub fn start_in(dir: tempfile::TempDir, config_text: &str) -> Daemon {
+        let config = dir.path().join("multipath.conf");
+        std::fs::write(&config, config_text).expect("write config");
+        let nbd_socket = dir.path().join("nbd.sock");
+        let control_socket = dir.path().join("control.sock");
+        let log = dir.path().join("daemon.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .arg("--control-socket")
+            .arg(&control_socket)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .arg("--nbd-socket")
+            .arg(&nbd_socket)
+            .env("UMPATH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start umpath daemon");
+        let mut d = Daemon {
+            child,
+            dir,
+            config,
+            nbd_socket,
+            control_socket,
+            log,
+        };
+        d.wait_ready();
+        d
+    }
+
+    pub fn start(config_text: &str) -> Daemon {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config_text)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("umpath daemon exited early ({status}):\n{}", self.log_text());
+            }
+            if self.nbd_socket.exists() && self.ctl(&["show", "status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("umpath daemon not ready after 20 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.nbd_socket.display())
+    }
+
+    /// Runs `umpath --control-socket S ARGS...`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .args(args)
+            .output()
+            .expect("run umpath")
+    }
+
+    /// Runs a control command that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "umpath {args:?} failed: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn paths_json(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl_ok(&["show", "paths", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("show paths --json is JSON")
+            .as_array()
+            .cloned()
+            .expect("an array")
+    }
+
+    pub fn path_json(&self, name: &str) -> serde_json::Value {
+        self.paths_json()
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no path {name} in show paths"))
+    }
+
+    pub fn ios(&self, name: &str) -> u64 {
+        self.path_json(name)["ios"].as_u64().expect("ios is a number")
+    }
+
+    /// Waits until `pred` holds for path `name`'s JSON, or panics.
+    pub fn wait_path(&self, name: &str, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.path_json(name);
+            if pred(&p) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("path {name}: {what} not reached in {timeout:?}; now {p}\n--- daemon log ---\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("umpath daemon did not stop on SIGTERM within 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a command, returning its output; panics if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads lines from a child's stdout until one satisfies `pred`.
+pub fn read_until(child: &mut Child, timeout: Duration, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut lines = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let done = pred(&l);
+                lines.push(l);
+                if done {
+                    return lines;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("expected output not seen in {timeout:?}; got:\n{}", lines.join("\n"));
+}
