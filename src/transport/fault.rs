@@ -7,7 +7,7 @@
 //! write, flush, trim and write-zeroes. [`Faults::before_io`] is called
 //! before each IO or check and applies the target's fault:
 //!
-//! * [`Fault::Error`]: fail with EIO ([`ErrorClass::Path`](super::ErrorClass::Path)).
+//! * [`Fault::Error`]: fail with EIO ([`ErrorClass::Path`]).
 //! * [`Fault::Delay`]: wait that long, then go ahead.
 //! * [`Fault::Hang`]: block until the target's fault is changed or cleared,
 //!   then apply the new fault (so `hang` followed by `error` fails the hung
