@@ -1,1 +1,516 @@
 //! Transports: how a path reaches its LUN.
+//!
+//! A [`Transport`] is one of a fixed set of engines (an enum, not a trait
+//! object): today only [`file::FileTransport`] (a regular file or a block
+//! device); SCSI, NBD and iSCSI variants come later. Every method is
+//! synchronous and takes `&self`: IO worker threads and the path checker
+//! call them concurrently, so each may block in a syscall but none holds a
+//! lock across one.
+//!
+//! Nobody calls a transport directly: the engine and the checker go
+//! through a [`PathDev`], which runs every IO and check past the path's
+//! fault hook ([`fault::Faults`]) first.
+//!
+//! Errors are [`TransportError`]s: what was attempted where, the OS error,
+//! and an [`ErrorClass`] telling the engine whether to fail the path and
+//! retry elsewhere, or hand the error to the client.
+
+pub mod fault;
+pub mod file;
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::export::IoError;
+
+pub use fault::{
+    Fault, FaultError, FaultParseError, FaultSpec, FaultTargets, Faults, IoKindForFault,
+};
+pub use file::FileTransport;
+
+/// The operation a [`TransportError`] happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoOp {
+    Open,
+    Size,
+    Read,
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+    /// The checker's probe read.
+    Check,
+}
+
+impl IoOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoOp::Open => "open",
+            IoOp::Size => "size",
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Flush => "flush",
+            IoOp::Trim => "trim",
+            IoOp::WriteZeroes => "write zeroes",
+            IoOp::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for IoOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is to blame for a failed operation, which decides what the engine
+/// does with it.
+///
+/// Classification by transport:
+///
+/// * `file`: a file has no way to tell a broken path from a broken LUN,
+///   so every error is [`ErrorClass::Path`] (including a short read at end
+///   of file and a transport that is not open), except `ENOTSUP` /
+///   `EOPNOTSUPP` from trim or write-zeroes, which is
+///   [`ErrorClass::Unsupported`], as is a fast-only write-zeroes the file
+///   cannot do quickly.
+/// * Injected faults ([`fault::Faults`]) are always [`ErrorClass::Path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The path is broken: fail it and retry the IO on another path.
+    Path,
+    /// The LUN itself answered with an error (e.g. a medium error): return
+    /// it to the client, don't fail the path.
+    Lun,
+    /// The operation is not supported here (e.g. fast zero): return
+    /// "not supported" to the client, don't fail the path.
+    Unsupported,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Path => "path",
+            ErrorClass::Lun => "lun",
+            ErrorClass::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed transport operation, with where and what.
+///
+/// Displays as `"<target>: <op> of <len> bytes at offset <offset>: <os
+/// error>"` (the range is left out for operations without one), e.g.
+/// `"/x/lun0.img: read of 4096 bytes at offset 0: not open: No such file or
+/// directory (os error 2)"`.
+#[derive(Debug, thiserror::Error)]
+pub struct TransportError {
+    pub op: IoOp,
+    pub offset: u64,
+    pub len: u64,
+    /// What the transport talks to (for a file: its path).
+    pub target: String,
+    pub class: ErrorClass,
+    #[source]
+    pub source: io::Error,
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.target, self.op)?;
+        if self.len > 0 {
+            write!(f, " of {} bytes at offset {}", self.len, self.offset)?;
+        }
+        write!(f, ": {}", self.source)
+    }
+}
+
+impl TransportError {
+    pub fn new(
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        target: impl Into<String>,
+        class: ErrorClass,
+        source: io::Error,
+    ) -> Self {
+        TransportError {
+            op,
+            offset,
+            len,
+            target: target.into(),
+            class,
+            source,
+        }
+    }
+
+    /// The error number behind the error: the OS error, EIO for an
+    /// injected fault, or the last open's error for a transport that is
+    /// not open.
+    pub fn errno(&self) -> Option<i32> {
+        if let Some(n) = self.source.raw_os_error() {
+            return Some(n);
+        }
+        let inner = self.source.get_ref()?;
+        if let Some(f) = inner.downcast_ref::<FaultError>() {
+            return Some(f.errno());
+        }
+        inner.downcast_ref::<file::NotOpen>().and_then(|n| n.errno)
+    }
+
+    /// True if the engine should fail the path and retry elsewhere.
+    pub fn is_path_failure(&self) -> bool {
+        self.class == ErrorClass::Path
+    }
+
+    /// What the client sees if this error ends up being its answer.
+    ///
+    /// * [`ErrorClass::Unsupported`] → [`IoError::NotSup`].
+    /// * [`ErrorClass::Lun`] → the nearest NBD error to the OS error
+    ///   (`ENOSPC` → `NoSpc`, `EROFS`/`EPERM`/`EACCES` → `Perm`, ...),
+    ///   else [`IoError::Io`].
+    /// * [`ErrorClass::Path`] → [`IoError::Io`]: the path failed, and the
+    ///   client only sees that when no other path could serve the IO
+    ///   either (as with dm-multipath).
+    pub fn client_error(&self) -> IoError {
+        match self.class {
+            ErrorClass::Unsupported => IoError::NotSup,
+            ErrorClass::Path => IoError::Io,
+            ErrorClass::Lun => match self.errno() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => IoError::NoSpc,
+                Some(libc::EROFS) | Some(libc::EPERM) | Some(libc::EACCES) => IoError::Perm,
+                Some(libc::ENOMEM) => IoError::NoMem,
+                Some(libc::EINVAL) => IoError::Inval,
+                Some(libc::EOVERFLOW) => IoError::Overflow,
+                Some(libc::EOPNOTSUPP) => IoError::NotSup,
+                Some(libc::ESHUTDOWN) => IoError::Shutdown,
+                _ => IoError::Io,
+            },
+        }
+    }
+}
+
+/// What a transport can do (for the export's advertised capabilities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportCaps {
+    pub flush: bool,
+    pub fua: bool,
+    pub trim: bool,
+    pub write_zeroes: bool,
+    /// Write-zeroes may be asked to fail rather than be slow; it then
+    /// fails with [`ErrorClass::Unsupported`] when it would be slow.
+    pub fast_zero: bool,
+}
+
+/// The result of a checker's probe read ([`Transport::probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Bytes actually read (less than asked for if the LUN is smaller).
+    pub bytes: usize,
+    /// True if the read bypassed the page cache (O_DIRECT).
+    pub direct: bool,
+    /// Something worth telling the admin (e.g. why O_DIRECT was not used).
+    pub note: Option<String>,
+}
+
+/// What [`Transport::revalidate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revalidated {
+    /// The IO handle was fine and kept.
+    Unchanged,
+    /// The IO handle was (re)opened, for the reason given.
+    Reopened(String),
+}
+
+/// One way to reach a LUN. See the module docs.
+#[derive(Debug)]
+pub enum Transport {
+    File(file::FileTransport),
+}
+
+impl Transport {
+    /// A `file` transport for a regular file or block device; opened now if
+    /// possible, else left "not open" (see [`file::FileTransport::new`]).
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Transport {
+        Transport::File(file::FileTransport::new(path))
+    }
+
+    /// The LUN's size in bytes.
+    pub fn size(&self) -> Result<u64, TransportError> {
+        match self {
+            Transport::File(t) => t.size(),
+        }
+    }
+
+    /// Fill all of `buf` from `offset`. Reading past the end is an error.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
+        match self {
+            Transport::File(t) => t.read_at(buf, offset),
+        }
+    }
+
+    /// Write all of `buf` at `offset`; with `fua` the data is stable when
+    /// this returns.
+    pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
+        match self {
+            Transport::File(t) => t.write_at(buf, offset, fua),
+        }
+    }
+
+    /// Make every completed write stable.
+    pub fn flush(&self) -> Result<(), TransportError> {
+        match self {
+            Transport::File(t) => t.flush(),
+        }
+    }
+
+    /// Discard a range (it may read back as anything afterwards).
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
+        match self {
+            Transport::File(t) => t.trim(offset, len),
+        }
+    }
+
+    /// Make a range read back as zeroes. `may_unmap` allows deallocating
+    /// it; `fast_only` asks for [`ErrorClass::Unsupported`] rather than
+    /// writing zeroes slowly.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fast_only: bool,
+    ) -> Result<(), TransportError> {
+        match self {
+            Transport::File(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+        }
+    }
+
+    /// A human description, e.g. `"file /var/lib/umpath/lun0.img"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::File(t) => t.describe(),
+        }
+    }
+
+    /// What the transport talks to, as [`TransportError::target`] names it.
+    pub fn target(&self) -> String {
+        match self {
+            Transport::File(t) => t.path().display().to_string(),
+        }
+    }
+
+    pub fn caps(&self) -> TransportCaps {
+        match self {
+            Transport::File(t) => t.caps(),
+        }
+    }
+
+    /// True if the IO handle is open (IO may still fail).
+    pub fn is_open(&self) -> bool {
+        match self {
+            Transport::File(t) => t.is_open(),
+        }
+    }
+
+    /// Open the IO handle again (after the file came back). IO already in
+    /// flight finishes on the old handle. On failure the old handle, if
+    /// any, is kept.
+    pub fn reopen(&self) -> Result<(), TransportError> {
+        match self {
+            Transport::File(t) => t.reopen(),
+        }
+    }
+
+    /// Called after a successful check: reopen the IO handle if it is not
+    /// open, has seen a path error since it was opened, or no longer refers
+    /// to what the transport's name now refers to.
+    pub fn revalidate(&self) -> Result<Revalidated, TransportError> {
+        match self {
+            Transport::File(t) => t.revalidate(),
+        }
+    }
+
+    /// The checker's probe: read up to `len` bytes at offset 0, bypassing
+    /// caches where possible, on a handle of its own.
+    pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
+        match self {
+            Transport::File(t) => t.probe(len),
+        }
+    }
+}
+
+/// A path's device: its transport behind its fault hook. This is what the
+/// engine's IO workers and the checker call. `Send + Sync`; share it in an
+/// `Arc`.
+#[derive(Debug)]
+pub struct PathDev {
+    pub transport: Transport,
+    pub faults: Faults,
+}
+
+/// Distinct default fault seeds for paths created in one process.
+static SEED_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl PathDev {
+    /// A device with no faults set; the flaky-fault generator is seeded
+    /// from the transport's description (and a per-process counter).
+    pub fn new(transport: Transport) -> Self {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        transport.describe().hash(&mut h);
+        SEED_COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+        PathDev {
+            transport,
+            faults: Faults::new(h.finish()),
+        }
+    }
+
+    pub fn with_faults(transport: Transport, faults: Faults) -> Self {
+        PathDev { transport, faults }
+    }
+
+    /// Shorthand for `Arc::new(PathDev::new(Transport::file(path)))`.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Arc<PathDev> {
+        Arc::new(PathDev::new(Transport::file(path)))
+    }
+
+    fn fault(
+        &self,
+        kind: IoKindForFault,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), TransportError> {
+        self.faults
+            .before_io(kind)
+            .map_err(|e| e.into_transport_error(op, offset, len, self.transport.target()))
+    }
+
+    /// Not subject to faults (it is asked while assembling maps).
+    pub fn size(&self) -> Result<u64, TransportError> {
+        self.transport.size()
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
+        self.fault(IoKindForFault::Read, IoOp::Read, offset, buf.len() as u64)?;
+        self.transport.read_at(buf, offset)
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
+        self.fault(IoKindForFault::Write, IoOp::Write, offset, buf.len() as u64)?;
+        self.transport.write_at(buf, offset, fua)
+    }
+
+    /// Counts as a write for faults.
+    pub fn flush(&self) -> Result<(), TransportError> {
+        self.fault(IoKindForFault::Write, IoOp::Flush, 0, 0)?;
+        self.transport.flush()
+    }
+
+    /// Counts as a write for faults.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
+        self.fault(IoKindForFault::Write, IoOp::Trim, offset, len)?;
+        self.transport.trim(offset, len)
+    }
+
+    /// Counts as a write for faults.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fast_only: bool,
+    ) -> Result<(), TransportError> {
+        self.fault(IoKindForFault::Write, IoOp::WriteZeroes, offset, len)?;
+        self.transport
+            .write_zeroes(offset, len, may_unmap, fast_only)
+    }
+
+    /// The checker's probe, behind the `checks` fault target.
+    pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
+        self.fault(IoKindForFault::Check, IoOp::Check, 0, len as u64)?;
+        self.transport.probe(len)
+    }
+
+    pub fn describe(&self) -> String {
+        self.transport.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(class: ErrorClass, errno: i32) -> TransportError {
+        TransportError::new(
+            IoOp::Write,
+            4096,
+            512,
+            "/x/lun0.img",
+            class,
+            io::Error::from_raw_os_error(errno),
+        )
+    }
+
+    #[test]
+    fn client_error_by_class() {
+        assert_eq!(
+            err(ErrorClass::Path, libc::ENOSPC).client_error(),
+            IoError::Io
+        );
+        assert_eq!(
+            err(ErrorClass::Unsupported, libc::EIO).client_error(),
+            IoError::NotSup
+        );
+        assert_eq!(
+            err(ErrorClass::Lun, libc::ENOSPC).client_error(),
+            IoError::NoSpc
+        );
+        assert_eq!(
+            err(ErrorClass::Lun, libc::EROFS).client_error(),
+            IoError::Perm
+        );
+        assert_eq!(err(ErrorClass::Lun, libc::EIO).client_error(), IoError::Io);
+        assert_eq!(
+            err(ErrorClass::Lun, libc::EOPNOTSUPP).client_error(),
+            IoError::NotSup
+        );
+    }
+
+    #[test]
+    fn display_names_target_op_and_range() {
+        let e = err(ErrorClass::Path, libc::EIO);
+        let s = e.to_string();
+        assert!(
+            s.starts_with("/x/lun0.img: write of 512 bytes at offset 4096: "),
+            "{s}"
+        );
+        assert!(s.contains("Input/output error"), "{s}");
+        let e = TransportError::new(
+            IoOp::Flush,
+            0,
+            0,
+            "/x",
+            ErrorClass::Path,
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert!(e.to_string().starts_with("/x: flush: "), "{e}");
+    }
+
+    #[test]
+    fn types_are_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Transport>();
+        check::<PathDev>();
+        check::<TransportError>();
+    }
+}

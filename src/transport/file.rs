@@ -1,0 +1,906 @@
+//! The `file` transport: a path that is a regular file or a block device.
+//!
+//! * Opening is lazy and robust: [`FileTransport::new`] never fails. If the
+//!   file cannot be opened (missing, permissions, ...), the transport is
+//!   "not open" and every IO fails with an [`ErrorClass::Path`] error
+//!   saying why (`"/x/lun0.img: read of 4096 bytes at offset 0: not open:
+//!   No such file or directory (os error 2)"`). [`FileTransport::reopen`]
+//!   (the checker calls it through [`FileTransport::revalidate`] once the
+//!   path checks healthy) opens it.
+//! * The IO handle lives in an [`ArcSwapOption`]: IO takes a reference
+//!   without locking and keeps it across its syscalls, so a reopen never
+//!   waits for IO and IO never waits for a reopen (IO in flight finishes on
+//!   the old handle).
+//! * IO is buffered (`pread`/`pwrite`), looping on short transfers. A read
+//!   that hits end of file is an error, never silent zeroes.
+//! * FUA is a write followed by `fdatasync`; flush is `fdatasync`.
+//! * Trim punches a hole (`fallocate(PUNCH_HOLE|KEEP_SIZE)`) in a regular
+//!   file and issues `BLKDISCARD` on a block device.
+//! * Write-zeroes: see [`FileTransport::write_zeroes`].
+//! * Size: the file's length, or `BLKGETSIZE64` for a block device.
+//!
+//! Error classes: see [`ErrorClass`]; for files everything is a path error
+//! except "not supported" from trim and write-zeroes.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use nix::fcntl::{fallocate, FallocateFlags};
+
+use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
+
+/// Block device ioctls (linux/fs.h).
+mod ioctl {
+    // BLKGETSIZE64 is _IOR(0x12, 114, size_t) but always stores a u64.
+    nix::ioctl_read_bad!(
+        blkgetsize64,
+        nix::request_code_read!(0x12, 114, std::mem::size_of::<libc::size_t>()),
+        u64
+    );
+    // BLKDISCARD is _IO(0x12, 119) taking a pointer to {start, len}.
+    nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+    // BLKSSZGET is _IO(0x12, 104) storing an int: the logical block size.
+    nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
+}
+
+/// Alignment of the checker's O_DIRECT buffer (covers any logical block
+/// size up to 4 KiB and the usual page size).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Largest buffer used to write zeroes by hand.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+/// An open IO handle and what it refers to.
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    blkdev: bool,
+    dev: u64,
+    ino: u64,
+    rdev: u64,
+    /// Set when IO on this handle failed with a path error: the next
+    /// successful check reopens it.
+    failed: AtomicBool,
+}
+
+/// Why the transport is not open: the last open error, kept in a form that
+/// can be turned back into an [`io::Error`] for every failed IO.
+#[derive(Debug)]
+struct OpenFailure {
+    errno: Option<i32>,
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl OpenFailure {
+    fn from_io(e: &io::Error) -> Self {
+        OpenFailure {
+            errno: e.raw_os_error(),
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The source of an IO error on a transport that is not open.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not open: {reason}")]
+pub struct NotOpen {
+    /// Why the last open failed.
+    pub reason: String,
+    /// The last open's error number, if it came from the OS.
+    pub errno: Option<i32>,
+}
+
+/// A regular file or block device. See the module docs.
+pub struct FileTransport {
+    path: PathBuf,
+    /// `path` as text, for error messages.
+    target: String,
+    io: ArcSwapOption<Opened>,
+    last_open_error: ArcSwapOption<OpenFailure>,
+    /// O_DIRECT was refused for the checker's probe; probe buffered.
+    direct_refused: AtomicBool,
+}
+
+impl fmt::Debug for FileTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileTransport")
+            .field("path", &self.path)
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+fn errno_error(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+fn to_off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| errno_error(libc::EOVERFLOW))
+}
+
+/// "Not supported" from fallocate or an ioctl: try something else.
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(n) if n == libc::EOPNOTSUPP || n == libc::ENOTSUP || n == libc::ENOSYS || n == libc::ENODEV || n == libc::ENOTTY)
+}
+
+/// The error class of a failed operation on a file (see [`ErrorClass`]).
+fn classify(op: IoOp, e: &io::Error) -> ErrorClass {
+    let notsup = matches!(e.raw_os_error(), Some(n) if n == libc::EOPNOTSUPP || n == libc::ENOTSUP);
+    if notsup && matches!(op, IoOp::Trim | IoOp::WriteZeroes) {
+        ErrorClass::Unsupported
+    } else {
+        ErrorClass::Path
+    }
+}
+
+fn open_io(path: &Path) -> io::Result<Opened> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ));
+    }
+    Ok(Opened {
+        file,
+        blkdev: ft.is_block_device(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        rdev: meta.rdev(),
+        failed: AtomicBool::new(false),
+    })
+}
+
+/// `pread` until `buf` is full; end of file first is an error.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+        match file.read_at(&mut buf[done..], at) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "short read: end of file at offset {at} after {done} of {} bytes",
+                        buf.len()
+                    ),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `pwrite` until all of `buf` is written.
+fn write_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+        match file.write_at(&buf[done..], at) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!(
+                        "short write: nothing written at offset {at} after {done} of {} bytes",
+                        buf.len()
+                    ),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn falloc(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+    let (off, len) = (to_off(offset)?, to_off(len)?);
+    loop {
+        match fallocate(file.as_raw_fd(), mode, off, len) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+fn blk_size(file: &File) -> io::Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: the fd is open for the lifetime of `file`, and BLKGETSIZE64
+    // writes exactly one u64 through the pointer, which points to a live,
+    // writable u64.
+    unsafe { ioctl::blkgetsize64(file.as_raw_fd(), &mut size) }.map_err(io::Error::from)?;
+    Ok(size)
+}
+
+fn blk_sector_size(file: &File) -> io::Result<usize> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: the fd is open for the lifetime of `file`, and BLKSSZGET
+    // writes exactly one int through the pointer, which points to a live,
+    // writable c_int.
+    unsafe { ioctl::blksszget(file.as_raw_fd(), &mut size) }.map_err(io::Error::from)?;
+    usize::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| errno_error(libc::EINVAL))
+}
+
+fn blk_discard(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let range = [offset, len];
+    // SAFETY: the fd is open for the lifetime of `file`, and BLKDISCARD
+    // only reads two u64s (start, length) through the pointer, which
+    // points to a live [u64; 2].
+    unsafe { ioctl::blkdiscard(file.as_raw_fd(), &range) }.map_err(io::Error::from)?;
+    Ok(())
+}
+
+impl FileTransport {
+    /// A transport for `path`, opened now if possible. If the open fails,
+    /// the transport is "not open" (IO fails saying why) until
+    /// [`FileTransport::reopen`] succeeds.
+    pub fn new(path: impl Into<PathBuf>) -> FileTransport {
+        let t = FileTransport::unopened(path.into());
+        if let Err(e) = t.reopen() {
+            tracing::warn!(path = %t.target, "file path not open: {e}");
+        }
+        t
+    }
+
+    /// Like [`FileTransport::new`], but fails if the file cannot be opened.
+    pub fn open(path: impl Into<PathBuf>) -> Result<FileTransport, TransportError> {
+        let t = FileTransport::unopened(path.into());
+        t.reopen()?;
+        Ok(t)
+    }
+
+    fn unopened(path: PathBuf) -> FileTransport {
+        FileTransport {
+            target: path.display().to_string(),
+            path,
+            io: ArcSwapOption::empty(),
+            last_open_error: ArcSwapOption::empty(),
+            direct_refused: AtomicBool::new(false),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `"file <path>"`.
+    pub fn describe(&self) -> String {
+        format!("file {}", self.target)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.io.load().is_some()
+    }
+
+    /// True if the open IO handle is a block device (false if not open).
+    pub fn is_block_device(&self) -> bool {
+        self.io.load().as_ref().is_some_and(|o| o.blkdev)
+    }
+
+    pub fn caps(&self) -> TransportCaps {
+        TransportCaps {
+            flush: true,
+            fua: true,
+            trim: true,
+            write_zeroes: true,
+            fast_zero: true,
+        }
+    }
+
+    fn error(
+        &self,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        class: ErrorClass,
+        e: io::Error,
+    ) -> TransportError {
+        TransportError::new(op, offset, len, self.target.clone(), class, e)
+    }
+
+    /// The IO handle, or the path error for IO on a transport not open.
+    fn handle(&self, op: IoOp, offset: u64, len: u64) -> Result<Arc<Opened>, TransportError> {
+        if let Some(o) = self.io.load_full() {
+            return Ok(o);
+        }
+        let why = self.last_open_error.load_full();
+        let (kind, not_open) = match why.as_deref() {
+            Some(f) => (
+                f.kind,
+                NotOpen {
+                    reason: f.message.clone(),
+                    errno: f.errno,
+                },
+            ),
+            None => (
+                io::ErrorKind::NotFound,
+                NotOpen {
+                    reason: "never opened".to_string(),
+                    errno: None,
+                },
+            ),
+        };
+        Err(self.error(
+            op,
+            offset,
+            len,
+            ErrorClass::Path,
+            io::Error::new(kind, not_open),
+        ))
+    }
+
+    /// Turn an IO error on `o` into a [`TransportError`], marking the
+    /// handle for reopening if it is a path error.
+    fn io_error(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        e: io::Error,
+    ) -> TransportError {
+        let class = classify(op, &e);
+        if class == ErrorClass::Path {
+            o.failed.store(true, Ordering::Relaxed);
+        }
+        self.error(op, offset, len, class, e)
+    }
+
+    pub fn size(&self) -> Result<u64, TransportError> {
+        let o = self.handle(IoOp::Size, 0, 0)?;
+        let r = if o.blkdev {
+            blk_size(&o.file)
+        } else {
+            o.file.metadata().map(|m| m.len())
+        };
+        r.map_err(|e| self.io_error(&o, IoOp::Size, 0, 0, e))
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
+        let len = buf.len() as u64;
+        let o = self.handle(IoOp::Read, offset, len)?;
+        read_full(&o.file, buf, offset).map_err(|e| self.io_error(&o, IoOp::Read, offset, len, e))
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
+        let len = buf.len() as u64;
+        let o = self.handle(IoOp::Write, offset, len)?;
+        write_full(&o.file, buf, offset)
+            .and_then(|()| if fua { o.file.sync_data() } else { Ok(()) })
+            .map_err(|e| self.io_error(&o, IoOp::Write, offset, len, e))
+    }
+
+    pub fn flush(&self) -> Result<(), TransportError> {
+        let o = self.handle(IoOp::Flush, 0, 0)?;
+        o.file
+            .sync_data()
+            .map_err(|e| self.io_error(&o, IoOp::Flush, 0, 0, e))
+    }
+
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
+        let o = self.handle(IoOp::Trim, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let r = if o.blkdev {
+            blk_discard(&o.file, offset, len)
+        } else {
+            falloc(
+                &o.file,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        r.map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
+    }
+
+    /// Make `len` bytes at `offset` read back as zeroes.
+    ///
+    /// * With `may_unmap`, first punch a hole (`fallocate(PUNCH_HOLE)`;
+    ///   on a block device the kernel turns it into a zero-out that never
+    ///   falls back to writing zeroes, and may unmap).
+    /// * Then `fallocate(ZERO_RANGE)`: on a regular file this allocates
+    ///   zeroed extents (fast); on a block device the kernel may fall back
+    ///   to writing zeroes, so it is skipped when `fast_only`.
+    /// * Last, write zero buffers, unless `fast_only`: then the result is
+    ///   an [`ErrorClass::Unsupported`] error.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fast_only: bool,
+    ) -> Result<(), TransportError> {
+        let op = IoOp::WriteZeroes;
+        let o = self.handle(op, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let mut why_not = Vec::new();
+        if may_unmap {
+            match falloc(
+                &o.file,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_unsupported(&e) => why_not.push(format!("punch hole: {e}")),
+                Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
+            }
+        }
+        if !(o.blkdev && fast_only) {
+            match falloc(
+                &o.file,
+                FallocateFlags::FALLOC_FL_ZERO_RANGE | keep,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_unsupported(&e) => why_not.push(format!("zero range: {e}")),
+                Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
+            }
+        }
+        if fast_only {
+            let reason = if why_not.is_empty() {
+                "no fast zeroing without unmapping on a block device".to_string()
+            } else {
+                why_not.join("; ")
+            };
+            return Err(self.error(
+                op,
+                offset,
+                len,
+                ErrorClass::Unsupported,
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot zero quickly ({reason})"),
+                ),
+            ));
+        }
+        self.write_zero_buffers(&o, offset, len)
+            .map_err(|e| self.io_error(&o, op, offset, len, e))
+    }
+
+    fn write_zero_buffers(&self, o: &Opened, offset: u64, len: u64) -> io::Result<()> {
+        let chunk = len.min(ZERO_CHUNK);
+        // `chunk` is at most ZERO_CHUNK, so it fits in usize.
+        let zeroes = vec![0u8; chunk as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk) as usize;
+            let at = offset
+                .checked_add(done)
+                .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+            write_full(&o.file, &zeroes[..n], at)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Open the file again and swap the new handle in. On failure the old
+    /// handle (if any) is kept and the error is remembered for IO on a
+    /// transport that is not open.
+    pub fn reopen(&self) -> Result<(), TransportError> {
+        match open_io(&self.path) {
+            Ok(o) => {
+                self.io.store(Some(Arc::new(o)));
+                self.last_open_error.store(None);
+                Ok(())
+            }
+            Err(e) => {
+                self.last_open_error
+                    .store(Some(Arc::new(OpenFailure::from_io(&e))));
+                Err(self.error(IoOp::Open, 0, 0, ErrorClass::Path, e))
+            }
+        }
+    }
+
+    /// Reopen if not open, if IO on the handle failed with a path error, or
+    /// if the path now names a different file (deleted and recreated, or a
+    /// block device that came back as a new node).
+    pub fn revalidate(&self) -> Result<Revalidated, TransportError> {
+        let reason = match self.io.load_full() {
+            None => Some("was not open"),
+            Some(o) if o.failed.load(Ordering::Relaxed) => Some("IO failed on the old handle"),
+            Some(o) => {
+                let meta = std::fs::metadata(&self.path)
+                    .map_err(|e| self.error(IoOp::Open, 0, 0, ErrorClass::Path, e))?;
+                if (meta.dev(), meta.ino(), meta.rdev()) != (o.dev, o.ino, o.rdev) {
+                    Some("the path now names a different file")
+                } else {
+                    None
+                }
+            }
+        };
+        match reason {
+            None => Ok(Revalidated::Unchanged),
+            Some(reason) => {
+                self.reopen()?;
+                tracing::info!(path = %self.target, "reopened: {reason}");
+                Ok(Revalidated::Reopened(reason.to_string()))
+            }
+        }
+    }
+
+    /// The checker's probe: open the path afresh (read-only, O_DIRECT
+    /// unless the filesystem refused it before) and read up to `len`
+    /// bytes at offset 0 into an aligned buffer. On a block device the
+    /// length is rounded up to the logical block size. If O_DIRECT is
+    /// refused with EINVAL (e.g. by some filesystems), fall back to a
+    /// buffered read; the first probe that does says so in its note.
+    pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
+        let len = len.max(1);
+        let mut note = None;
+        if !self.direct_refused.load(Ordering::Relaxed) {
+            match self.probe_once(len, true) {
+                Err((op, e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct_refused.store(true, Ordering::Relaxed);
+                    let msg = format!("O_DIRECT refused ({op}: {e}); using buffered reads");
+                    tracing::warn!(path = %self.target, "{msg}");
+                    note = Some(msg);
+                }
+                Err((op, e)) => return Err(self.error(op, 0, len as u64, ErrorClass::Path, e)),
+                Ok(bytes) => {
+                    return Ok(Probe {
+                        bytes,
+                        direct: true,
+                        note: None,
+                    })
+                }
+            }
+        }
+        match self.probe_once(len, false) {
+            Ok(bytes) => Ok(Probe {
+                bytes,
+                direct: false,
+                note,
+            }),
+            Err((op, e)) => Err(self.error(op, 0, len as u64, ErrorClass::Path, e)),
+        }
+    }
+
+    /// One probe read; the error says which step failed.
+    fn probe_once(&self, len: usize, direct: bool) -> Result<usize, (IoOp, io::Error)> {
+        let flags = libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&self.path)
+            .map_err(|e| (IoOp::Open, e))?;
+        let is_blk = file
+            .metadata()
+            .map_err(|e| (IoOp::Open, e))?
+            .file_type()
+            .is_block_device();
+        let len = if is_blk {
+            let sector = blk_sector_size(&file).map_err(|e| (IoOp::Check, e))?;
+            len.div_ceil(sector) * sector
+        } else {
+            len
+        };
+        // Over-allocate and slice at an aligned offset: O_DIRECT needs an
+        // aligned buffer, and this gets one without unsafe code.
+        let mut raw = vec![0u8; len + DIRECT_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        let buf = &mut raw[start..start + len];
+        loop {
+            match file.read_at(buf, 0) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((IoOp::Check, e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn image(len: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun0.img");
+        let mut f = File::create(&path).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn read_write_flush_round_trip() {
+        let (_d, path) = image(64 * 1024);
+        let t = FileTransport::open(&path).unwrap();
+        assert!(t.is_open());
+        assert!(!t.is_block_device());
+        assert_eq!(t.size().unwrap(), 64 * 1024);
+        assert_eq!(t.describe(), format!("file {}", path.display()));
+
+        let mut buf = vec![0u8; 4096];
+        t.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(buf[0], (8192 % 251) as u8);
+
+        let data = vec![0xabu8; 4096];
+        t.write_at(&data, 4096, false).unwrap();
+        t.write_at(&data[..512], 60 * 1024, true).unwrap();
+        t.flush().unwrap();
+        t.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(buf, data);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[4096..8192], &data[..]);
+        assert_eq!(&on_disk[60 * 1024..60 * 1024 + 512], &data[..512]);
+    }
+
+    #[test]
+    fn trim_and_write_zeroes_read_back_zero() {
+        let (_d, path) = image(5 * 64 * 1024);
+        let t = FileTransport::open(&path).unwrap();
+        let mut buf = vec![0xffu8; 64 * 1024];
+
+        t.trim(0, 64 * 1024).unwrap();
+        t.read_at(&mut buf, 0).unwrap();
+        assert!(
+            buf.iter().all(|b| *b == 0),
+            "trim did not zero (punch hole)"
+        );
+
+        for (i, (may_unmap, fast_only)) in
+            [(true, false), (false, false), (true, true), (false, true)]
+                .into_iter()
+                .enumerate()
+        {
+            let off = (i as u64 + 1) * 64 * 1024;
+            match t.write_zeroes(off, 64 * 1024, may_unmap, fast_only) {
+                Ok(()) => {}
+                // Fast zeroing without unmap may be unsupported here.
+                Err(e) if fast_only && e.class == ErrorClass::Unsupported => continue,
+                Err(e) => panic!("{e}"),
+            }
+            buf.fill(0xff);
+            t.read_at(&mut buf, off).unwrap();
+            assert!(
+                buf.iter().all(|b| *b == 0),
+                "write_zeroes({may_unmap}, {fast_only})"
+            );
+        }
+        assert_eq!(t.size().unwrap(), 5 * 64 * 1024, "size changed");
+        // Zero-length requests are no-ops.
+        t.trim(0, 0).unwrap();
+        t.write_zeroes(0, 0, false, false).unwrap();
+    }
+
+    #[test]
+    fn write_zero_buffers_fallback() {
+        let (_d, path) = image(3 * 1024 * 1024);
+        let t = FileTransport::open(&path).unwrap();
+        let o = t.io.load_full().unwrap();
+        let off = 1000;
+        let len = ZERO_CHUNK * 2 + 123;
+        t.write_zero_buffers(&o, off, len).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(on_disk[off as usize..(off + len) as usize]
+            .iter()
+            .all(|b| *b == 0));
+        assert_ne!(on_disk[off as usize - 1], 0);
+        assert_ne!(on_disk[(off + len) as usize], 0);
+    }
+
+    #[test]
+    fn short_read_at_eof_is_an_error() {
+        let (_d, path) = image(6000);
+        let t = FileTransport::open(&path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let e = t.read_at(&mut buf, 4096).unwrap_err();
+        assert_eq!(e.op, IoOp::Read);
+        assert_eq!(e.class, ErrorClass::Path);
+        assert_eq!((e.offset, e.len), (4096, 4096));
+        assert_eq!(e.source.kind(), io::ErrorKind::UnexpectedEof);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("short read") && msg.contains("1904 of 4096"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_file_fails_with_path_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun0.img");
+        let t = FileTransport::new(&path);
+        assert!(!t.is_open());
+        let mut buf = [0u8; 512];
+        let e = t.read_at(&mut buf, 0).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Path);
+        assert_eq!(e.op, IoOp::Read);
+        let msg = e.to_string();
+        assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("No such file or directory"), "{msg}");
+        assert!(t.write_at(&buf, 0, true).unwrap_err().is_path_failure());
+        assert!(t.size().is_err());
+        assert!(FileTransport::open(&path).is_err());
+    }
+
+    #[test]
+    fn reopen_after_the_file_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun0.img");
+        let t = FileTransport::new(&path);
+        let e = t.reopen().unwrap_err();
+        assert_eq!(e.op, IoOp::Open);
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        assert_eq!(
+            t.revalidate().unwrap(),
+            Revalidated::Reopened("was not open".into())
+        );
+        let mut buf = [0u8; 16];
+        t.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [7u8; 16]);
+        assert_eq!(t.revalidate().unwrap(), Revalidated::Unchanged);
+    }
+
+    #[test]
+    fn revalidate_notices_a_replaced_file_and_failed_io() {
+        let (dir, path) = image(4096);
+        let t = FileTransport::open(&path).unwrap();
+        // Replace the file: the old handle still works but is stale.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(dir.path().join("new"), vec![9u8; 4096]).unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        assert!(matches!(t.revalidate().unwrap(), Revalidated::Reopened(_)));
+        let mut buf = [0u8; 4];
+        t.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [9u8; 4]);
+        // A path error marks the handle for reopening.
+        assert!(t.read_at(&mut buf, 4095).is_err());
+        assert_eq!(
+            t.revalidate().unwrap(),
+            Revalidated::Reopened("IO failed on the old handle".into())
+        );
+        assert_eq!(t.revalidate().unwrap(), Revalidated::Unchanged);
+    }
+
+    #[test]
+    fn failed_reopen_keeps_the_old_handle() {
+        let (_d, path) = image(4096);
+        let t = FileTransport::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(t.reopen().is_err());
+        assert!(t.is_open());
+        let mut buf = [0u8; 4];
+        t.read_at(&mut buf, 0).unwrap();
+    }
+
+    #[test]
+    fn probe_reads_the_first_block() {
+        let (_d, path) = image(8192);
+        let t = FileTransport::open(&path).unwrap();
+        let p = t.probe(4096).unwrap();
+        assert_eq!(p.bytes, 4096);
+        let p = t.probe(512).unwrap();
+        assert_eq!(p.bytes, 512);
+        // A LUN smaller than the probe is fine.
+        let (_d2, small) = image(100);
+        let p = FileTransport::new(&small).probe(4096).unwrap();
+        assert_eq!(p.bytes, 100);
+    }
+
+    #[test]
+    fn probe_of_missing_file_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = FileTransport::new(dir.path().join("gone.img"));
+        let e = t.probe(4096).unwrap_err();
+        assert_eq!(e.op, IoOp::Open);
+        assert!(e.to_string().contains("No such file or directory"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file_is_not_open() {
+        if nix::unistd::geteuid().is_root() {
+            return; // root ignores permissions
+        }
+        let (_d, path) = image(4096);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let t = FileTransport::new(&path);
+        assert!(!t.is_open());
+        let e = t.read_at(&mut [0u8; 1], 0).unwrap_err();
+        assert!(e.to_string().contains("Permission denied"), "{e}");
+    }
+
+    #[test]
+    fn classification() {
+        let notsup = || errno_error(libc::EOPNOTSUPP);
+        assert_eq!(classify(IoOp::Trim, &notsup()), ErrorClass::Unsupported);
+        assert_eq!(
+            classify(IoOp::WriteZeroes, &notsup()),
+            ErrorClass::Unsupported
+        );
+        assert_eq!(classify(IoOp::Write, &notsup()), ErrorClass::Path);
+        assert_eq!(
+            classify(IoOp::Trim, &errno_error(libc::EIO)),
+            ErrorClass::Path
+        );
+        assert_eq!(
+            classify(IoOp::Read, &errno_error(libc::ENOSPC)),
+            ErrorClass::Path
+        );
+    }
+
+    /// Destructive: set UMPATH_TEST_BLOCKDEV to a scratch block device
+    /// (e.g. a loop device) of at least 1 MiB and run with `--ignored`.
+    #[test]
+    #[ignore = "needs a scratch block device in UMPATH_TEST_BLOCKDEV"]
+    fn block_device_round_trip() {
+        let Some(dev) = std::env::var_os("UMPATH_TEST_BLOCKDEV") else {
+            return;
+        };
+        let t = FileTransport::open(PathBuf::from(dev)).unwrap();
+        assert!(t.is_block_device());
+        let size = t.size().unwrap();
+        assert!(size >= 1 << 20, "{size}");
+        let data = vec![0x5au8; 8192];
+        t.write_at(&data, 0, true).unwrap();
+        t.flush().unwrap();
+        let mut buf = vec![0u8; 8192];
+        t.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, data);
+        match t.trim(0, 4096) {
+            Ok(()) => {}
+            Err(e) => assert_eq!(e.class, ErrorClass::Unsupported, "{e}"),
+        }
+        for (may_unmap, fast_only) in [(false, false), (true, false), (true, true), (false, true)] {
+            t.write_at(&data, 0, false).unwrap();
+            match t.write_zeroes(0, 8192, may_unmap, fast_only) {
+                Ok(()) => {
+                    t.read_at(&mut buf, 0).unwrap();
+                    assert!(buf.iter().all(|b| *b == 0), "{may_unmap} {fast_only}");
+                }
+                Err(e) if fast_only => assert_eq!(e.class, ErrorClass::Unsupported, "{e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for len in [512, 4096] {
+            let p = t.probe(len).unwrap();
+            assert!(p.direct, "{p:?}");
+            assert!(p.bytes >= len, "{p:?}");
+        }
+        let e = t.read_at(&mut buf, size - 4096).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = FileTransport::new(dir.path());
+        assert!(!t.is_open());
+    }
+}
