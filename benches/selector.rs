@@ -41,13 +41,17 @@ fn bench(c: &mut Criterion) {
     ] {
         for n in [2usize, 8] {
             let mut m = map(n, sel, repeat);
-            g.bench_function(format!("{name}/{n} paths"), |b| b.iter(|| black_box(m.route(&NoLoad))));
+            g.bench_function(format!("{name}/{n} paths"), |b| {
+                b.iter(|| black_box(m.route(&NoLoad)))
+            });
         }
     }
     // A map with one of two paths failed: the selector skips it every time.
     let mut m = map(2, SelectorKind::RoundRobin, 1);
     m.fail_path(0, "EIO", Time(0));
-    g.bench_function("round-robin/1 of 2 failed", |b| b.iter(|| black_box(m.route(&NoLoad))));
+    g.bench_function("round-robin/1 of 2 failed", |b| {
+        b.iter(|| black_box(m.route(&NoLoad)))
+    });
     g.finish();
 }
 

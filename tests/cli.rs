@@ -11,7 +11,15 @@ use common::*;
 
 #[test]
 fn missing_config_file_is_named() {
-    let out = run(Command::new(BIN).args(["daemon", "--config", "/nonexistent/multipath.conf", "--nbd-socket", "/tmp/x-umpath-test.sock", "--control-socket", "/tmp/x-umpath-ctl.sock"]));
+    let out = run(Command::new(BIN).args([
+        "daemon",
+        "--config",
+        "/nonexistent/multipath.conf",
+        "--nbd-socket",
+        "/tmp/x-umpath-test.sock",
+        "--control-socket",
+        "/tmp/x-umpath-ctl.sock",
+    ]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/multipath.conf"), "{err}");
@@ -22,12 +30,22 @@ fn syntax_error_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.conf");
     std::fs::write(&cfg, "defaults {\n    polling_interval 5\n\ndevices {\n").unwrap();
-    let out = run(Command::new(BIN).arg("check-config").arg("--config").arg(&cfg));
+    let out = run(Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:", cfg.display())), "{err}");
     assert!(err.contains("error"), "{err}");
-    let out = run(Command::new(BIN).arg("daemon").arg("--config").arg(&cfg).arg("--nbd-socket").arg(dir.path().join("n.sock")).arg("--control-socket").arg(dir.path().join("c.sock")));
+    let out = run(Command::new(BIN)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--nbd-socket")
+        .arg(dir.path().join("n.sock"))
+        .arg("--control-socket")
+        .arg(dir.path().join("c.sock")));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}:", cfg.display())));
 }
@@ -36,9 +54,20 @@ fn syntax_error_names_file_and_line() {
 fn unknown_keyword_is_a_warning_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("warn.conf");
-    std::fs::write(&cfg, "defaults {\n    polling_interval 5\n    no_such_keyword 1\n}\n").unwrap();
-    let out = run(Command::new(BIN).arg("check-config").arg("--config").arg(&cfg));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &cfg,
+        "defaults {\n    polling_interval 5\n    no_such_keyword 1\n}\n",
+    )
+    .unwrap();
+    let out = run(Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:3", cfg.display())), "{err}");
     assert!(err.contains("no_such_keyword"), "{err}");
@@ -49,7 +78,10 @@ fn show_json_shapes_and_topology() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("lun0.img");
     make_image(&img, 16 << 20);
-    let cfg = seed_config("    polling_interval 1", &[file_path("p0", &img), file_path("p1", &img)]);
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
     let d = Daemon::start_in(dir, &cfg);
     let paths = d.paths_json();
     assert_eq!(paths.len(), 2);
@@ -61,7 +93,8 @@ fn show_json_shapes_and_topology() {
         assert_eq!(p["state"], "ready");
         assert_eq!(p["dm_state"], "active");
     }
-    let maps: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+    let maps: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
     let m = &maps[0];
     assert_eq!(m["name"], "lun0");
     assert_eq!(m["wwid"], WWID);
@@ -77,7 +110,10 @@ fn show_json_shapes_and_topology() {
     assert!(topo.starts_with(&format!("lun0 ({WWID})")), "{topo}");
     assert!(topo.contains("OSNEXUS,QUANTASTOR"), "{topo}");
     assert!(topo.contains("size=16M"), "{topo}");
-    assert!(topo.contains("`-+- policy='round-robin 0' prio=1 status=active"), "{topo}");
+    assert!(
+        topo.contains("`-+- policy='round-robin 0' prio=1 status=active"),
+        "{topo}"
+    );
     assert!(topo.contains("|- p0 ") && topo.contains("`- p1 "), "{topo}");
     // Unknown path names are clear errors.
     let out = d.ctl(&["fail", "path", "nope"]);
@@ -94,18 +130,45 @@ fn a_path_whose_file_is_missing_is_down_with_the_reason_and_the_map_serves() {
     let img = dir.path().join("lun0.img");
     let missing = dir.path().join("gone.img");
     make_image(&img, 16 << 20);
-    let cfg = seed_config("    polling_interval 1", &[file_path("p0", &img), file_path("p1", &missing)]);
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &missing)],
+    );
     let d = Daemon::start_in(dir, &cfg);
     let p1 = d.path_json("p1");
     assert_eq!(p1["state"], "faulty", "{p1}");
     assert_eq!(p1["dm_state"], "failed", "{p1}");
-    assert!(p1["reason"].as_str().unwrap_or("").contains("gone.img"), "{p1}");
-    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 7 0 1M", "-c", "read -P 7 0 1M", &d.uri("lun0")]));
+    assert!(
+        p1["reason"].as_str().unwrap_or("").contains("gone.img"),
+        "{p1}"
+    );
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 7 0 1M",
+        "-c",
+        "read -P 7 0 1M",
+        &d.uri("lun0"),
+    ]));
     // The file appears: the checker opens it and reinstates the path.
     std::fs::hard_link(&img, &missing).unwrap();
-    d.wait_path("p1", "reinstated once its file exists", Duration::from_secs(10), |p| p["dm_state"] == "active");
+    d.wait_path(
+        "p1",
+        "reinstated once its file exists",
+        Duration::from_secs(10),
+        |p| p["dm_state"] == "active",
+    );
     let before = d.ios("p1");
-    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 8 0 4M", "-c", "read -P 8 0 4M", &d.uri("lun0")]));
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 8 0 4M",
+        "-c",
+        "read -P 8 0 4M",
+        &d.uri("lun0"),
+    ]));
     assert!(d.ios("p1") > before);
 }
 
@@ -120,13 +183,19 @@ fn reconfigure_applies_a_good_file_and_rejects_a_bad_one() {
     std::fs::write(&d.config, "defaults {\n  polling_interval\n").unwrap();
     let out = d.ctl(&["reconfigure"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("multipath.conf:"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("multipath.conf:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(d.paths_json().len(), 2);
     // A good one with another policy: applied to the running map.
-    let cfg = seed_config("    polling_interval 1", &paths).replace("rr_min_io               100", "rr_min_io               7");
+    let cfg = seed_config("    polling_interval 1", &paths)
+        .replace("rr_min_io               100", "rr_min_io               7");
     std::fs::write(&d.config, cfg).unwrap();
     d.ctl_ok(&["reconfigure"]);
-    let maps: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+    let maps: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
     assert_eq!(maps[0]["rr_min_io"], 7);
     // SIGHUP does the same.
     std::fs::write(&d.config, seed_config("    polling_interval 1", &paths)).unwrap();
@@ -134,11 +203,15 @@ fn reconfigure_applies_a_good_file_and_rejects_a_bad_one() {
     unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let maps: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+        let maps: serde_json::Value =
+            serde_json::from_str(&d.ctl_ok(&["show", "maps", "--json"])).unwrap();
         if maps[0]["rr_min_io"] == 100 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reconfigure");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reconfigure"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -148,7 +221,10 @@ fn sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("lun0.img");
     make_image(&img, 16 << 20);
-    let mut d = Daemon::start_in(dir, &seed_config("    polling_interval 1", &[file_path("p0", &img)]));
+    let mut d = Daemon::start_in(
+        dir,
+        &seed_config("    polling_interval 1", &[file_path("p0", &img)]),
+    );
     let status = d.stop();
     assert!(status.success(), "{status}\n{}", d.log_text());
     assert!(!d.control_socket.exists(), "control socket removed at exit");
@@ -156,10 +232,14 @@ fn sigterm_stops_cleanly() {
 
 #[test]
 fn control_commands_without_a_daemon_say_what_to_do() {
-    let out = run(Command::new(BIN).args(["--control-socket", "/nonexistent/ctl.sock", "show", "paths"]));
+    let out =
+        run(Command::new(BIN).args(["--control-socket", "/nonexistent/ctl.sock", "show", "paths"]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/ctl.sock") && err.contains("umpath daemon"), "{err}");
+    assert!(
+        err.contains("/nonexistent/ctl.sock") && err.contains("umpath daemon"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -174,10 +254,19 @@ fn demo_serves_the_embedded_default_and_cleans_up() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start demo");
-    let lines = read_until(&mut child, Duration::from_secs(20), |l| l.starts_with("Serving until Ctrl-C"));
-    let uri = lines.iter().find(|l| l.starts_with("nbd+unix:///")).expect("a URI line").clone();
+    let lines = read_until(&mut child, Duration::from_secs(20), |l| {
+        l.starts_with("Serving until Ctrl-C")
+    });
+    let uri = lines
+        .iter()
+        .find(|l| l.starts_with("nbd+unix:///"))
+        .expect("a URI line")
+        .clone();
     assert!(uri.starts_with("nbd+unix:///lun0?socket="), "{uri}");
-    assert!(lines.iter().any(|l| l.contains("policy='round-robin 0'")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("policy='round-robin 0'")),
+        "{lines:?}"
+    );
     let size = run_ok(Command::new("nbdinfo").arg("--size").arg(&uri));
     assert_eq!(size.trim(), "67108864");
     // SAFETY: kill(2) on our child.

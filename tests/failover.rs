@@ -12,7 +12,10 @@ fn daemon() -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let img = dir.path().join("lun0.img");
     make_image(&img, 128 << 20);
-    let cfg = seed_config("    polling_interval 1\n    checker_timeout 5", &[file_path("p0", &img), file_path("p1", &img)]);
+    let cfg = seed_config(
+        "    polling_interval 1\n    checker_timeout 5",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
     Daemon::start_in(dir, &cfg)
 }
 
@@ -51,7 +54,8 @@ fn fio_ok(child: std::process::Child, d: &Daemon) {
         stdout,
         d.log_text()
     );
-    let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..]).expect("fio json");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..]).expect("fio json");
     assert_eq!(v["jobs"][0]["error"], 0, "{stdout}");
 }
 
@@ -75,9 +79,12 @@ fn admin_fail_during_writes_then_reinstate() {
     assert_eq!(d.path_json("p0")["dm_state"], "failed");
     d.ctl_ok(&["reinstate", "path", "p0"]);
     assert_eq!(d.path_json("p0")["dm_state"], "active");
-    d.wait_path("p0", "ios growing after reinstate", Duration::from_secs(10), |p| {
-        p["ios"].as_u64().unwrap_or(0) > p0_failed
-    });
+    d.wait_path(
+        "p0",
+        "ios growing after reinstate",
+        Duration::from_secs(10),
+        |p| p["ios"].as_u64().unwrap_or(0) > p0_failed,
+    );
     fio_ok(fio, &d);
 }
 
@@ -88,16 +95,32 @@ fn io_errors_underneath_fail_the_path_and_it_comes_back_by_itself() {
     std::thread::sleep(Duration::from_millis(1500));
     // The file transport's fault hook: every read, write and check of p1 fails.
     d.ctl_ok(&["fault", "path", "p1", "error"]);
-    d.wait_path("p1", "failed by IO errors", Duration::from_secs(5), |p| p["dm_state"] == "failed");
+    d.wait_path("p1", "failed by IO errors", Duration::from_secs(5), |p| {
+        p["dm_state"] == "failed"
+    });
     let p1 = d.path_json("p1");
     assert!(p1["fault"].as_str().unwrap_or("").contains("error"), "{p1}");
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(d.path_json("p1")["dm_state"], "failed", "the checker sees the fault too");
+    assert_eq!(
+        d.path_json("p1")["dm_state"],
+        "failed",
+        "the checker sees the fault too"
+    );
     let p1_ios = d.ios("p1");
     d.ctl_ok(&["fault", "path", "p1", "clear"]);
     // failback immediate: the checker reinstates it within a polling interval or two.
-    d.wait_path("p1", "reinstated by the checker", Duration::from_secs(5), |p| p["dm_state"] == "active" && p["state"] == "ready");
-    d.wait_path("p1", "ios growing after recovery", Duration::from_secs(10), |p| p["ios"].as_u64().unwrap_or(0) > p1_ios);
+    d.wait_path(
+        "p1",
+        "reinstated by the checker",
+        Duration::from_secs(5),
+        |p| p["dm_state"] == "active" && p["state"] == "ready",
+    );
+    d.wait_path(
+        "p1",
+        "ios growing after recovery",
+        Duration::from_secs(10),
+        |p| p["ios"].as_u64().unwrap_or(0) > p1_ios,
+    );
     fio_ok(fio, &d);
     assert!(d.log_text().contains("failed"), "the failure is logged");
 }

@@ -85,19 +85,26 @@ paths {
 pub fn prepare(dir: &Path, size: u64) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let image = dir.join("lun0.img");
-    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&image)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&image)?;
     f.set_len(size)?;
     let config = dir.join("multipath.conf");
-    std::fs::write(&config, DEMO_CONFIG.replace("@IMAGE@", &image.display().to_string()))?;
+    std::fs::write(
+        &config,
+        DEMO_CONFIG.replace("@IMAGE@", &image.display().to_string()),
+    )?;
     Ok(config)
 }
 
 pub fn run(args: DemoArgs) -> ExitCode {
     crate::cli::init_logging();
     let made_dir = args.dir.is_none();
-    let dir = args
-        .dir
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("umpath-demo-{}", std::process::id())));
+    let dir = args.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("umpath-demo-{}", std::process::id()))
+    });
     let config = match prepare(&dir, args.size) {
         Ok(c) => c,
         Err(e) => {
@@ -113,7 +120,10 @@ pub fn run(args: DemoArgs) -> ExitCode {
         nbd_listen: args.nbd_listen,
         control_socket: control_socket.clone(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("umpath demo: cannot start the runtime: {e}");

@@ -15,7 +15,11 @@ use crate::control::{self, Command as Ctl, ShowWhat};
 use crate::daemon::{self, DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET};
 
 #[derive(Debug, Parser)]
-#[command(name = "umpath", version, about = "Userspace multipath engine: multipath.conf, round-robin, TUR checks, failover/failback, served over NBD")]
+#[command(
+    name = "umpath",
+    version,
+    about = "Userspace multipath engine: multipath.conf, round-robin, TUR checks, failover/failback, served over NBD"
+)]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "UMPATH_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
@@ -166,7 +170,9 @@ pub fn main() -> ExitCode {
             send(&cli.control_socket, &cmd)
         }
         Cmd::Fail { name, .. } => send(&cli.control_socket, &Ctl::FailPath { path: name }),
-        Cmd::Reinstate { name, .. } => send(&cli.control_socket, &Ctl::ReinstatePath { path: name }),
+        Cmd::Reinstate { name, .. } => {
+            send(&cli.control_socket, &Ctl::ReinstatePath { path: name })
+        }
         Cmd::Fault { name, spec, .. } => send(
             &cli.control_socket,
             &Ctl::FaultPath {

@@ -35,7 +35,9 @@ pub fn request(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Respon
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io_err)?;
     let mut buf = Vec::new();
-    s.take(64 * 1024 * 1024).read_to_end(&mut buf).map_err(io_err)?;
+    s.take(64 * 1024 * 1024)
+        .read_to_end(&mut buf)
+        .map_err(io_err)?;
     serde_json::from_slice(&buf).map_err(|e| ClientError::BadAnswer {
         path: path.clone(),
         detail: e.to_string(),

@@ -18,15 +18,31 @@ pub enum ShowWhat {
 /// A control command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Show { what: ShowWhat, json: bool },
+    Show {
+        what: ShowWhat,
+        json: bool,
+    },
     /// `show path NAME config`: the effective settings of one live path.
-    ShowPathConfig { path: String, json: bool },
-    FailPath { path: String },
-    ReinstatePath { path: String },
+    ShowPathConfig {
+        path: String,
+        json: bool,
+    },
+    FailPath {
+        path: String,
+    },
+    ReinstatePath {
+        path: String,
+    },
     /// `fault path NAME SPEC...` (e.g. `error`, `delay 50 read`, `clear`).
-    FaultPath { path: String, spec: String },
+    FaultPath {
+        path: String,
+        spec: String,
+    },
     /// `switch map NAME group N` (1-based, like multipathd).
-    SwitchGroup { map: String, group: usize },
+    SwitchGroup {
+        map: String,
+        group: usize,
+    },
     Reconfigure,
     Shutdown,
 }
@@ -42,20 +58,36 @@ impl Command {
             false
         };
         let cmd = match words.as_slice() {
-            ["show", "paths"] => Command::Show { what: ShowWhat::Paths, json },
-            ["show", "maps"] => Command::Show { what: ShowWhat::Maps, json },
+            ["show", "paths"] => Command::Show {
+                what: ShowWhat::Paths,
+                json,
+            },
+            ["show", "maps"] => Command::Show {
+                what: ShowWhat::Maps,
+                json,
+            },
             ["show", "topology"] | ["show", "maps", "topology"] => Command::Show {
                 what: ShowWhat::Topology,
                 json,
             },
-            ["show", "config"] => Command::Show { what: ShowWhat::Config, json },
-            ["show", "status"] | ["show", "daemon"] => Command::Show { what: ShowWhat::Status, json },
+            ["show", "config"] => Command::Show {
+                what: ShowWhat::Config,
+                json,
+            },
+            ["show", "status"] | ["show", "daemon"] => Command::Show {
+                what: ShowWhat::Status,
+                json,
+            },
             ["show", "path", name, "config"] => Command::ShowPathConfig {
                 path: name.to_string(),
                 json,
             },
-            ["fail", "path", name] => Command::FailPath { path: name.to_string() },
-            ["reinstate", "path", name] => Command::ReinstatePath { path: name.to_string() },
+            ["fail", "path", name] => Command::FailPath {
+                path: name.to_string(),
+            },
+            ["reinstate", "path", name] => Command::ReinstatePath {
+                path: name.to_string(),
+            },
             ["fault", "path", name, spec @ ..] if !spec.is_empty() => Command::FaultPath {
                 path: name.to_string(),
                 spec: spec.join(" "),
@@ -66,7 +98,10 @@ impl Command {
                     .ok()
                     .filter(|g| *g >= 1)
                     .ok_or_else(|| format!("group must be a number from 1, not {n:?}"))?;
-                Command::SwitchGroup { map: map.to_string(), group }
+                Command::SwitchGroup {
+                    map: map.to_string(),
+                    group,
+                }
             }
             ["reconfigure"] => Command::Reconfigure,
             ["shutdown"] => Command::Shutdown,
@@ -153,24 +188,42 @@ mod tests {
     fn parses_multipathd_vocabulary() {
         assert_eq!(
             Command::parse("show paths"),
-            Ok(Command::Show { what: ShowWhat::Paths, json: false })
+            Ok(Command::Show {
+                what: ShowWhat::Paths,
+                json: false
+            })
         );
         assert_eq!(
             Command::parse("  show   maps  --json\n"),
-            Ok(Command::Show { what: ShowWhat::Maps, json: true })
+            Ok(Command::Show {
+                what: ShowWhat::Maps,
+                json: true
+            })
         );
         assert_eq!(
             Command::parse("show maps topology"),
-            Ok(Command::Show { what: ShowWhat::Topology, json: false })
+            Ok(Command::Show {
+                what: ShowWhat::Topology,
+                json: false
+            })
         );
-        assert_eq!(Command::parse("fail path p0"), Ok(Command::FailPath { path: "p0".into() }));
+        assert_eq!(
+            Command::parse("fail path p0"),
+            Ok(Command::FailPath { path: "p0".into() })
+        );
         assert_eq!(
             Command::parse("fault path p1 delay 50 read"),
-            Ok(Command::FaultPath { path: "p1".into(), spec: "delay 50 read".into() })
+            Ok(Command::FaultPath {
+                path: "p1".into(),
+                spec: "delay 50 read".into()
+            })
         );
         assert_eq!(
             Command::parse("switch map lun0 group 2"),
-            Ok(Command::SwitchGroup { map: "lun0".into(), group: 2 })
+            Ok(Command::SwitchGroup {
+                map: "lun0".into(),
+                group: 2
+            })
         );
     }
 

@@ -26,7 +26,12 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve<H: Handler>(listener: UnixListener, path: PathBuf, handler: Arc<H>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve<H: Handler>(
+    listener: UnixListener,
+    path: PathBuf,
+    handler: Arc<H>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,

@@ -29,7 +29,8 @@ use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
 use crate::export::{Export, ExportSet};
 use crate::model::{CheckState, Map, Path as ModelPath};
 use crate::policy::CheckerKind;
-use crate::transport::{Fault, PathDev, Transport};
+use crate::transport::fault::FaultSpec;
+use crate::transport::{PathDev, Transport};
 use assemble::{MapPlan, PathPlan};
 
 /// Default locations.
@@ -152,34 +153,38 @@ impl Daemon {
         }
 
         let mut tasks = Vec::new();
-        let nbd_socket = opts.nbd_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_NBD_SOCKET));
+        let nbd_socket = opts
+            .nbd_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_NBD_SOCKET));
         let exports: Arc<dyn ExportSet> = daemon.exports.clone();
         tasks.push(
-            crate::nbd::server::spawn_unix(&nbd_socket, exports.clone(), shutdown_rx.clone()).map_err(|source| {
-                DaemonError::Listen {
+            crate::nbd::server::spawn_unix(&nbd_socket, exports.clone(), shutdown_rx.clone())
+                .map_err(|source| DaemonError::Listen {
                     what: "NBD socket",
                     addr: nbd_socket.display().to_string(),
                     source,
-                }
-            })?,
+                })?,
         );
         info!("NBD listening on unix:{}", nbd_socket.display());
         if let Some(addr) = &opts.nbd_listen {
-            let (task, local) = crate::nbd::server::spawn_tcp(addr, exports.clone(), shutdown_rx.clone())
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    what: "NBD TCP address",
-                    addr: addr.clone(),
-                    source,
-                })?;
+            let (task, local) =
+                crate::nbd::server::spawn_tcp(addr, exports.clone(), shutdown_rx.clone())
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        what: "NBD TCP address",
+                        addr: addr.clone(),
+                        source,
+                    })?;
             info!("NBD listening on tcp:{local}");
             tasks.push(task);
         }
-        let listener = control::server::bind(&opts.control_socket).map_err(|source| DaemonError::Listen {
-            what: "control socket",
-            addr: opts.control_socket.display().to_string(),
-            source,
-        })?;
+        let listener =
+            control::server::bind(&opts.control_socket).map_err(|source| DaemonError::Listen {
+                what: "control socket",
+                addr: opts.control_socket.display().to_string(),
+                source,
+            })?;
         tasks.push(tokio::spawn(control::server::serve(
             listener,
             opts.control_socket.clone(),
@@ -227,6 +232,10 @@ impl Daemon {
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         info!("shutting down: draining in-flight IO");
+        // Release IO stuck on an injected hang so it can drain.
+        for p in self.state.lock().await.paths.values() {
+            p.dev.faults.clear();
+        }
         for t in servers.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
@@ -243,7 +252,7 @@ impl Daemon {
         for p in st.paths.values() {
             p.checker.abort();
             if let Err(e) = p.dev.flush() {
-                if p.dev.is_open() {
+                if p.dev.transport.is_open() {
                     warn!(path = %p.dev.describe(), "flush at shutdown failed: {e}");
                 }
             }
@@ -256,7 +265,13 @@ impl Daemon {
     }
 
     async fn engines(&self) -> Vec<MapEngine> {
-        self.state.lock().await.maps.iter().map(|m| m.engine.clone()).collect()
+        self.state
+            .lock()
+            .await
+            .maps
+            .iter()
+            .map(|m| m.engine.clone())
+            .collect()
     }
 
     /// Re-reads the configuration; a bad file leaves everything as it was.
@@ -265,7 +280,9 @@ impl Daemon {
         let result = match config::load(&self.opts.config) {
             Err(e) => {
                 error!("reconfigure rejected, keeping the running configuration:\n{e}");
-                Err(format!("configuration rejected, the running one stays in force:\n{e}"))
+                Err(format!(
+                    "configuration rejected, the running one stays in force:\n{e}"
+                ))
             }
             Ok(cfg) => {
                 for w in cfg.warnings() {
@@ -293,7 +310,10 @@ impl Daemon {
         let mut kept = 0;
         let mut started = 0;
         let old_maps = std::mem::take(&mut st.maps);
-        let mut old_by_wwid: HashMap<String, MapRt> = old_maps.into_iter().map(|m| (m.plan.wwid.clone(), m)).collect();
+        let mut old_by_wwid: HashMap<String, MapRt> = old_maps
+            .into_iter()
+            .map(|m| (m.plan.wwid.clone(), m))
+            .collect();
         for plan in plans {
             match old_by_wwid.remove(&plan.wwid) {
                 Some(old) if same_paths(&old.plan, &plan) && old.plan.name == plan.name => {
@@ -355,9 +375,6 @@ impl Daemon {
             let timeout = checker_timeout(&p.settings);
             let checker = PathChecker::new(dev.clone(), effective_checker(p));
             let CheckResult { state, message } = checker.check(timeout).await;
-            if state.is_usable() && !dev.is_open() {
-                let _ = dev.reopen();
-            }
             match dev.size() {
                 Ok(s) => match size {
                     None => size = Some(s),
@@ -378,7 +395,13 @@ impl Daemon {
             error!(map = %plan.name, "no path could tell the size of the LUN; map not exported (it is retried on reconfigure)");
             return None;
         };
-        let (map, events) = Map::new(plan.name.clone(), plan.wwid.clone(), model_paths, plan.policy.clone(), now);
+        let (map, events) = Map::new(
+            plan.name.clone(),
+            plan.wwid.clone(),
+            model_paths,
+            plan.policy.clone(),
+            now,
+        );
         for e in &events {
             tracing::debug!(map = %plan.name, "{e:?}");
         }
@@ -413,14 +436,24 @@ impl Daemon {
     }
 
     async fn snapshots(&self) -> Vec<MapSnapshot> {
-        self.engines().await.iter().map(MapEngine::snapshot).collect()
+        self.engines()
+            .await
+            .iter()
+            .map(MapEngine::snapshot)
+            .collect()
     }
 
-    async fn find_path(&self, name: &str) -> Result<(MapEngine, usize, Arc<PathDev>, PathSettings), Response> {
+    async fn find_path(
+        &self,
+        name: &str,
+    ) -> Result<(MapEngine, usize, Arc<PathDev>, PathSettings), Response> {
         let st = self.state.lock().await;
         let Some(p) = st.paths.get(name) else {
             let known: Vec<&str> = st.paths.keys().map(String::as_str).collect();
-            return Err(Response::error(format!("no path named {name:?} (paths: {})", known.join(", "))));
+            return Err(Response::error(format!(
+                "no path named {name:?} (paths: {})",
+                known.join(", ")
+            )));
         };
         let Some(m) = st.maps.iter().find(|m| m.plan.name == p.map) else {
             return Err(Response::error(format!("path {name:?} has no running map")));
@@ -450,13 +483,21 @@ fn effective_checker(p: &PathPlan) -> CheckerKind {
 fn checker_timeout(s: &PathSettings) -> Duration {
     s.checker_timeout
         .value
-        .map_or(DEFAULT_CHECKER_TIMEOUT, |secs| Duration::from_secs(u64::from(secs.max(1))))
+        .map_or(DEFAULT_CHECKER_TIMEOUT, |secs| {
+            Duration::from_secs(u64::from(secs.max(1)))
+        })
 }
 
 /// One task per path: check every polling_interval (healthy paths back
 /// off up to max_polling_interval, like multipathd), report results to the
 /// engine, reopen a path whose device came back.
-fn spawn_checker(daemon: Arc<Daemon>, engine: MapEngine, id: usize, p: &PathPlan, dev: Arc<PathDev>) -> JoinHandle<()> {
+fn spawn_checker(
+    daemon: Arc<Daemon>,
+    engine: MapEngine,
+    id: usize,
+    p: &PathPlan,
+    dev: Arc<PathDev>,
+) -> JoinHandle<()> {
     let span = info_span!("path", map = %engine.info().name, path = %p.decl.name);
     let checker = PathChecker::new(dev.clone(), effective_checker(p));
     let name = p.decl.name.clone();
@@ -470,23 +511,31 @@ fn spawn_checker(daemon: Arc<Daemon>, engine: MapEngine, id: usize, p: &PathPlan
                     let st = daemon.state.lock().await;
                     let settings = st.paths.get(&name).map(|rt| rt.settings.clone());
                     let min = u64::from(st.config.polling_interval().max(1));
-                    let max = u64::from(st.config.max_polling_interval().max(st.config.polling_interval()).max(1));
-                    (min, max, settings.as_ref().map_or(DEFAULT_CHECKER_TIMEOUT, checker_timeout))
+                    let max = u64::from(
+                        st.config
+                            .max_polling_interval()
+                            .max(st.config.polling_interval())
+                            .max(1),
+                    );
+                    (
+                        min,
+                        max,
+                        settings
+                            .as_ref()
+                            .map_or(DEFAULT_CHECKER_TIMEOUT, checker_timeout),
+                    )
                 };
-                interval_s = if interval_s == 0 { min_s } else { interval_s.clamp(min_s, max_s) };
+                interval_s = if interval_s == 0 {
+                    min_s
+                } else {
+                    interval_s.clamp(min_s, max_s)
+                };
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     _ = tokio::time::sleep(Duration::from_secs(interval_s)) => {}
                 }
+                // A healthy check also (re)opens the device if needed.
                 let CheckResult { state, message } = checker.check(timeout).await;
-                if state.is_usable() && !dev.is_open() {
-                    if let Err(e) = dev.reopen() {
-                        engine.check_result(id, CheckState::Down, &e.to_string());
-                        interval_s = min_s;
-                        continue;
-                    }
-                    info!("device reopened");
-                }
                 engine.check_result(id, state, &message);
                 // Healthy and unchanged: check less often, up to the max.
                 interval_s = if state == CheckState::Up && last == CheckState::Up {
@@ -535,7 +584,9 @@ impl control::server::Handler for Daemon {
                 match (what, json) {
                     (ShowWhat::Paths, true) => Response::json(show::paths_json(&snaps)),
                     (ShowWhat::Paths, false) => Response::text(show::paths_text(&snaps)),
-                    (ShowWhat::Maps, true) | (ShowWhat::Topology, true) => Response::json(show::maps_json(&snaps)),
+                    (ShowWhat::Maps, true) | (ShowWhat::Topology, true) => {
+                        Response::json(show::maps_json(&snaps))
+                    }
                     (ShowWhat::Maps, false) => Response::text(show::maps_text(&snaps)),
                     (ShowWhat::Topology, false) => Response::text(show::topology_text(&snaps)),
                     (ShowWhat::Config, _) => {
@@ -563,13 +614,15 @@ impl control::server::Handler for Daemon {
                     }
                 }
             },
-            Command::FailPath { path } => match self.find_path(&path).await {
-                Err(r) => r,
-                Ok((engine, id, _, _)) => {
-                    engine.admin_fail(id);
-                    Response::text(format!("ok: path {path} failed (it stays failed until `reinstate path {path}`)\n"))
+            Command::FailPath { path } => {
+                match self.find_path(&path).await {
+                    Err(r) => r,
+                    Ok((engine, id, _, _)) => {
+                        engine.admin_fail(id);
+                        Response::text(format!("ok: path {path} failed (it stays failed until `reinstate path {path}`)\n"))
+                    }
                 }
-            },
+            }
             Command::ReinstatePath { path } => match self.find_path(&path).await {
                 Err(r) => r,
                 Ok((engine, id, _, _)) => {
@@ -579,10 +632,10 @@ impl control::server::Handler for Daemon {
             },
             Command::FaultPath { path, spec } => match self.find_path(&path).await {
                 Err(r) => r,
-                Ok((_, _, dev, _)) => match Fault::parse_command(&spec) {
+                Ok((_, _, dev, _)) => match FaultSpec::parse(&spec) {
                     Err(e) => Response::error(e.to_string()),
-                    Ok((targets, fault)) => {
-                        dev.faults.set(targets, fault);
+                    Ok(spec) => {
+                        dev.faults.apply(spec);
                         let now = dev.faults.describe().unwrap_or_else(|| "none".into());
                         info!(path = %path, "fault set: {now}");
                         Response::text(format!("ok: path {path} fault: {now}\n"))

@@ -109,7 +109,12 @@ pub fn maps_json(maps: &[MapSnapshot]) -> Value {
 fn table(rows: Vec<Vec<String>>) -> String {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -125,10 +130,22 @@ fn table(rows: Vec<Vec<String>>) -> String {
 }
 
 pub fn paths_text(maps: &[MapSnapshot]) -> String {
-    let mut rows = vec![["name", "map", "transport", "pri", "dm_st", "chk_st", "dev_st", "ios", "errors", "fault", "reason"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()];
+    let mut rows = vec![[
+        "name",
+        "map",
+        "transport",
+        "pri",
+        "dm_st",
+        "chk_st",
+        "dev_st",
+        "ios",
+        "errors",
+        "fault",
+        "reason",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
     for s in maps {
         for (i, p) in s.map.paths().iter().enumerate() {
             let c = &s.paths[i];
@@ -178,7 +195,10 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
         } else {
             format!("{} ({})", s.info.name, s.info.wwid)
         };
-        out.push_str(&format!("{name_part} nbd:{} {},{}\n", s.info.name, s.info.vendor, s.info.product));
+        out.push_str(&format!(
+            "{name_part} nbd:{} {},{}\n",
+            s.info.name, s.info.vendor, s.info.product
+        ));
         let features = match s.map.no_path_state() {
             crate::policy::no_path_retry::NoPathState::Queueing { .. } => "'1 queue_if_no_path'",
             _ => "'0'",
@@ -190,14 +210,24 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
         let ngroups = s.map.groups().len();
         for (gi, g) in s.map.groups().iter().enumerate() {
             let last_group = gi + 1 == ngroups;
-            let (gbranch, gindent) = if last_group { ("`-+-", "  ") } else { ("|-+-", "| ") };
+            let (gbranch, gindent) = if last_group {
+                ("`-+-", "  ")
+            } else {
+                ("|-+-", "| ")
+            };
             out.push_str(&format!(
                 "{gbranch} policy='{}' prio={} status={}\n",
-                pol.selector, g.prio, g.status.as_str()
+                pol.selector,
+                g.prio,
+                g.status.as_str()
             ));
             for (pi, &id) in g.members.iter().enumerate() {
                 let p = &s.map.paths()[id];
-                let branch = if pi + 1 == g.members.len() { "`-" } else { "|-" };
+                let branch = if pi + 1 == g.members.len() {
+                    "`-"
+                } else {
+                    "|-"
+                };
                 out.push_str(&format!(
                     "{gindent}{branch} {} {} {} {} {}\n",
                     p.info.name,

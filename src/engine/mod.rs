@@ -31,9 +31,11 @@ use parking_lot::Mutex;
 use tracing::{debug, error, info, warn};
 
 use crate::export::{BlockSizes, Export, ExportCaps, IoError, Op, Request};
-use crate::model::{CheckState, LoadView, Map, MapEvent, MapPolicy, PathId, Route, SwitchReason, Time};
+use crate::model::{
+    CheckState, LoadView, Map, MapEvent, MapPolicy, PathId, Route, SwitchReason, Time,
+};
 use crate::policy::no_path_retry::Disposition;
-use crate::transport::{ErrorClass, PathDev, TransportError};
+use crate::transport::{ErrorClass, IoOp, PathDev, TransportError};
 
 /// IO worker threads per path.
 pub const WORKERS_PER_PATH: usize = 4;
@@ -86,11 +88,15 @@ struct PathsLoad<'a>(&'a [Arc<PathRt>]);
 impl LoadView for PathsLoad<'_> {
     #[inline]
     fn in_flight(&self, id: PathId) -> u32 {
-        self.0.get(id).map_or(0, |p| p.in_flight.load(Ordering::Relaxed))
+        self.0
+            .get(id)
+            .map_or(0, |p| p.in_flight.load(Ordering::Relaxed))
     }
     #[inline]
     fn in_flight_bytes(&self, id: PathId) -> u64 {
-        self.0.get(id).map_or(0, |p| p.in_flight_bytes.load(Ordering::Relaxed))
+        self.0
+            .get(id)
+            .map_or(0, |p| p.in_flight_bytes.load(Ordering::Relaxed))
     }
 }
 
@@ -254,7 +260,11 @@ impl MapEngine {
     /// Requests in flight on any path, plus held ones.
     pub fn outstanding(&self) -> usize {
         let st = self.inner.state.lock();
-        st.held.len() + st.paths.iter().map(|p| p.in_flight() as usize).sum::<usize>()
+        st.held.len()
+            + st.paths
+                .iter()
+                .map(|p| p.in_flight() as usize)
+                .sum::<usize>()
     }
 }
 
@@ -270,14 +280,13 @@ impl Inner {
             for e in &events {
                 match e {
                     MapEvent::Resumed => redispatch.extend(st.held.drain(..)),
-                    MapEvent::QueueExhausted | MapEvent::FailingStarted => fail.extend(st.held.drain(..)),
+                    MapEvent::QueueExhausted | MapEvent::FailingStarted => {
+                        fail.extend(st.held.drain(..))
+                    }
                     _ => {}
                 }
             }
-            let names: Vec<String> = events
-                .iter()
-                .map(|e| describe_event(e, &st.map))
-                .collect();
+            let names: Vec<String> = events.iter().map(|e| describe_event(e, &st.map)).collect();
             (names, redispatch, fail)
         };
         for e in &events {
@@ -377,11 +386,17 @@ impl Inner {
 }
 
 fn describe_event(e: &MapEvent, map: &Map) -> String {
-    let pname = |id: PathId| map.path(id).map_or("?", |p| p.info.name.as_str()).to_string();
+    let pname = |id: PathId| {
+        map.path(id)
+            .map_or("?", |p| p.info.name.as_str())
+            .to_string()
+    };
     match e {
         MapEvent::PathFailed { path, reason } => format!("path {} failed: {reason}", pname(*path)),
         MapEvent::PathReinstated { path } => format!("path {} reinstated", pname(*path)),
-        MapEvent::CheckerChanged { path, from, to } => format!("path {} checker: {from} -> {to}", pname(*path)),
+        MapEvent::CheckerChanged { path, from, to } => {
+            format!("path {} checker: {from} -> {to}", pname(*path))
+        }
         MapEvent::GroupSwitched { from, to, reason } => {
             let g = |x: &Option<usize>| x.map_or("none".to_string(), |g| (g + 1).to_string());
             let why = match reason {
@@ -392,9 +407,14 @@ fn describe_event(e: &MapEvent, map: &Map) -> String {
             };
             format!("path group {} -> {} ({why})", g(from), g(to))
         }
-        MapEvent::QueueingStarted { deadline: None } => "no usable path: queueing IO (no_path_retry queue)".to_string(),
+        MapEvent::QueueingStarted { deadline: None } => {
+            "no usable path: queueing IO (no_path_retry queue)".to_string()
+        }
         MapEvent::QueueingStarted { deadline: Some(d) } => {
-            format!("no usable path: queueing IO until t={}ms (no_path_retry)", d.0)
+            format!(
+                "no usable path: queueing IO until t={}ms (no_path_retry)",
+                d.0
+            )
         }
         MapEvent::QueueExhausted => "no_path_retry exhausted: failing IO".to_string(),
         MapEvent::FailingStarted => "no usable path: failing IO (no_path_retry fail)".to_string(),
@@ -441,11 +461,21 @@ fn do_io(dev: &PathDev, req: &mut Request) -> Result<(), TransportError> {
     match req.op {
         Op::Read => match req.buf.get_mut(..len) {
             Some(buf) => dev.read_at(buf, req.offset),
-            None => Err(TransportError::invalid("read", req.offset, len as u64, "buffer shorter than request")),
+            None => Err(TransportError::invalid(
+                "read",
+                req.offset,
+                len as u64,
+                "buffer shorter than request",
+            )),
         },
         Op::Write => match req.buf.get(..len) {
             Some(buf) => dev.write_at(buf, req.offset, req.fua),
-            None => Err(TransportError::invalid("write", req.offset, len as u64, "buffer shorter than request")),
+            None => Err(TransportError::invalid(
+                "write",
+                req.offset,
+                len as u64,
+                "buffer shorter than request",
+            )),
         },
         Op::Flush => dev.flush(),
         Op::Trim => {

@@ -109,7 +109,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("umpath daemon exited early ({status}):\n{}", self.log_text());
+                panic!(
+                    "umpath daemon exited early ({status}):\n{}",
+                    self.log_text()
+                );
             }
             if self.nbd_socket.exists() && self.ctl(&["show", "status"]).status.success() {
                 return;
@@ -166,11 +169,19 @@ impl Daemon {
     }
 
     pub fn ios(&self, name: &str) -> u64 {
-        self.path_json(name)["ios"].as_u64().expect("ios is a number")
+        self.path_json(name)["ios"]
+            .as_u64()
+            .expect("ios is a number")
     }
 
     /// Waits until `pred` holds for path `name`'s JSON, or panics.
-    pub fn wait_path(&self, name: &str, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) {
+    pub fn wait_path(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let p = self.path_json(name);
@@ -198,7 +209,10 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("umpath daemon did not stop on SIGTERM within 30 s:\n{}", self.log_text());
+                panic!(
+                    "umpath daemon did not stop on SIGTERM within 30 s:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -216,7 +230,8 @@ impl Drop for Daemon {
 
 /// Runs a command, returning its output; panics if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs a command that must succeed.
@@ -233,7 +248,11 @@ pub fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// Reads lines from a child's stdout until one satisfies `pred`.
-pub fn read_until(child: &mut Child, timeout: Duration, pred: impl Fn(&str) -> bool) -> Vec<String> {
+pub fn read_until(
+    child: &mut Child,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -257,5 +276,8 @@ pub fn read_until(child: &mut Child, timeout: Duration, pred: impl Fn(&str) -> b
             Err(_) => break,
         }
     }
-    panic!("expected output not seen in {timeout:?}; got:\n{}", lines.join("\n"));
+    panic!(
+        "expected output not seen in {timeout:?}; got:\n{}",
+        lines.join("\n")
+    );
 }
