@@ -37,8 +37,7 @@ use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
 use super::propsel::defaults;
 use super::sections::{
-    AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry,
-    ProtocolEntry,
+    AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
 };
 use super::Config;
 
@@ -90,10 +89,9 @@ impl Builder<'_> {
                 }
                 match kw.effect {
                     Effect::Supported => {}
-                    Effect::Deprecated(why) => self.diags.warning(
-                        &a.span,
-                        format!("keyword '{}' is deprecated: {why}", a.key),
-                    ),
+                    Effect::Deprecated(why) => self
+                        .diags
+                        .warning(&a.span, format!("keyword '{}' is deprecated: {why}", a.key)),
                     Effect::NoEffect(why) => {
                         if self.noted.insert(kw.name) {
                             self.diags.warning(
@@ -137,7 +135,10 @@ impl Builder<'_> {
                 b.name
             )
         } else {
-            format!("unknown section '{}' in section '{section}'; ignored", b.name)
+            format!(
+                "unknown section '{}' in section '{section}'; ignored",
+                b.name
+            )
         };
         self.diags.warning(&b.span, msg);
     }
@@ -199,10 +200,8 @@ impl Builder<'_> {
                 }
                 Item::Block(b) => {
                     let Some(section) = Section::top(&b.name) else {
-                        self.diags.warning(
-                            &b.span,
-                            format!("unknown section '{}'; ignored", b.name),
-                        );
+                        self.diags
+                            .warning(&b.span, format!("unknown section '{}'; ignored", b.name));
                         continue;
                     };
                     if let Some(first) = seen.get(&section) {
@@ -657,8 +656,10 @@ impl Builder<'_> {
             }
         }
         for (span, name, reason) in found {
-            self.diags
-                .warning(&span, format!("path '{name}' is {reason}; it will not be used"));
+            self.diags.warning(
+                &span,
+                format!("path '{name}' is {reason}; it will not be used"),
+            );
         }
     }
 }

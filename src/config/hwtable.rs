@@ -176,8 +176,8 @@ fn compile_entry(e: &HwEntry, span: &Span) -> Result<DeviceEntry, String> {
     let revision = e.revision.map(Pattern::new).transpose()?;
     let mut attrs = AttrMap::new();
     for (k, v) in e.attrs {
-        let kw = lookup(k, Section::Device)
-            .ok_or_else(|| format!("unknown device keyword '{k}'"))?;
+        let kw =
+            lookup(k, Section::Device).ok_or_else(|| format!("unknown device keyword '{k}'"))?;
         // Warnings (e.g. a hardware-specific checker) are expected here and
         // only matter for the user's own entries.
         let (value, _warning) = kw.check(v)?;

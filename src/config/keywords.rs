@@ -84,7 +84,7 @@ impl Section {
     }
 
     /// The subsection of `self` called `name`.
-    pub fn sub(self, name: &str) -> Option<Section> {
+    pub fn subsection(self, name: &str) -> Option<Section> {
         match (self, name) {
             (Section::Blacklist | Section::BlacklistExceptions, "device") => {
                 Some(Section::BlacklistDevice)
@@ -148,9 +148,15 @@ pub enum Kind {
     Checker,
     Prio,
     /// An unsigned integer in `min..=max`.
-    UInt { min: u32, max: u32 },
+    UInt {
+        min: u32,
+        max: u32,
+    },
     /// A signed integer in `min..=max`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// An unsigned integer in `min..=max`, or one of `words`.
     UIntOr {
         min: u32,
@@ -369,7 +375,8 @@ impl Keyword {
     /// message; a warning may come with an accepted value.
     pub fn check(&self, text: &str) -> Result<Checked, String> {
         let name = self.name;
-        let bad = |expected: &str| format!("invalid value '{text}' for '{name}': expected {expected}");
+        let bad =
+            |expected: &str| format!("invalid value '{text}' for '{name}': expected {expected}");
         match self.kind {
             Kind::Grouping => GroupingPolicy::parse(text)
                 .map(|g| (Typed::Grouping(g), None))
@@ -380,8 +387,10 @@ impl Keyword {
             Kind::Selector => SelectorKind::parse(text)
                 .map(|s| (Typed::Selector(s), None))
                 .ok_or_else(|| {
-                    let all: Vec<String> =
-                        SelectorKind::ALL.iter().map(|s| format!("\"{s}\"")).collect();
+                    let all: Vec<String> = SelectorKind::ALL
+                        .iter()
+                        .map(|s| format!("\"{s}\""))
+                        .collect();
                     let all: Vec<&str> = all.iter().map(String::as_str).collect();
                     bad(&list(&all))
                 }),
@@ -422,7 +431,10 @@ impl Keyword {
             }
             Kind::Prio => {
                 let warning = (!PRIOS.contains(&text)).then(|| {
-                    format!("unknown prioritizer '{text}' for '{name}' (known: {})", list(&PRIOS))
+                    format!(
+                        "unknown prioritizer '{text}' for '{name}' (known: {})",
+                        list(&PRIOS)
+                    )
                 });
                 Ok((Typed::Str(text.to_string()), warning))
             }
@@ -489,9 +501,8 @@ fn check_features(name: &str, text: &str) -> Result<Checked, String> {
         }
     };
     let actual = words.count();
-    let warning = (actual != n as usize).then(|| {
-        format!("'{name}' \"{text}\" announces {n} words but has {actual}")
-    });
+    let warning = (actual != n as usize)
+        .then(|| format!("'{name}' \"{text}\" announces {n} words but has {actual}"));
     Ok((Typed::Str(text.to_string()), warning))
 }
 
@@ -510,7 +521,8 @@ const BLS: &[Section] = &[BL, BLE];
 const INT_MAX: u32 = i32::MAX as u32;
 const DAY: u32 = 86_400;
 
-const KERNEL: &str = "it configures the kernel device-mapper multipath target, which umpath does not use";
+const KERNEL: &str =
+    "it configures the kernel device-mapper multipath target, which umpath does not use";
 const SCSI: &str = "it configures the kernel SCSI/FC transport layer, which umpath does not use";
 const UDEV: &str = "it concerns udev, systemd or device nodes, which umpath does not use";
 const DAEMON: &str = "it tunes a multipathd mechanism that umpath does not have";
@@ -547,7 +559,10 @@ const fn multi(name: &'static str, sections: &'static [Section], kind: Kind) -> 
 
 use Effect::{Deprecated as Dep, NoEffect as No, Supported as Sup};
 
-const UINT: Kind = Kind::UInt { min: 0, max: INT_MAX };
+const UINT: Kind = Kind::UInt {
+    min: 0,
+    max: INT_MAX,
+};
 const NO_OR_UINT: Kind = Kind::UIntOr {
     min: 1,
     max: INT_MAX,
@@ -767,12 +782,18 @@ mod tests {
         assert_eq!(k.check("100").unwrap().0, Typed::UInt(100));
         assert!(k.check("abc").unwrap_err().contains("expected an integer"));
         assert!(k.check("0").unwrap_err().contains("out of range"));
-        assert!(k.check("99999999999999999999999").unwrap_err().contains("out of range"));
+        assert!(k
+            .check("99999999999999999999999")
+            .unwrap_err()
+            .contains("out of range"));
         assert!(k.check("-3").unwrap_err().contains("out of range"));
         let v = def("verbosity", Section::Defaults);
         assert!(v.check("7").unwrap_err().contains("between 0 and 6"));
         let dl = def("dev_loss_tmo", Section::Device);
-        assert_eq!(dl.check("infinity").unwrap().0, Typed::Word("infinity".into()));
+        assert_eq!(
+            dl.check("infinity").unwrap().0,
+            Typed::Word("infinity".into())
+        );
         assert_eq!(dl.check("600").unwrap().0, Typed::UInt(600));
         assert!(dl.check("forever").is_err());
         let fmt = def("find_multipaths_timeout", Section::Defaults);
@@ -782,12 +803,24 @@ mod tests {
     #[test]
     fn failback_and_no_path_retry() {
         let f = def("failback", Section::Overrides);
-        assert_eq!(f.check("immediate").unwrap().0, Typed::Failback(Failback::Immediate));
-        assert_eq!(f.check("15").unwrap().0, Typed::Failback(Failback::DeferredSecs(15)));
+        assert_eq!(
+            f.check("immediate").unwrap().0,
+            Typed::Failback(Failback::Immediate)
+        );
+        assert_eq!(
+            f.check("15").unwrap().0,
+            Typed::Failback(Failback::DeferredSecs(15))
+        );
         assert!(f.check("sometimes").unwrap_err().contains("'sometimes'"));
         let n = def("no_path_retry", Section::Multipath);
-        assert_eq!(n.check("queue").unwrap().0, Typed::NoPathRetry(NoPathRetry::Queue));
-        assert_eq!(n.check("12").unwrap().0, Typed::NoPathRetry(NoPathRetry::Retries(12)));
+        assert_eq!(
+            n.check("queue").unwrap().0,
+            Typed::NoPathRetry(NoPathRetry::Queue)
+        );
+        assert_eq!(
+            n.check("12").unwrap().0,
+            Typed::NoPathRetry(NoPathRetry::Retries(12))
+        );
         assert!(n.check("forever").is_err());
     }
 
@@ -797,10 +830,22 @@ mod tests {
         for k in CheckerKind::ALL {
             let (v, w) = c.check(k.as_str()).unwrap();
             assert!(w.is_none());
-            assert_eq!(v, Typed::Checker { kind: k, name: k.as_str().into() });
+            assert_eq!(
+                v,
+                Typed::Checker {
+                    kind: k,
+                    name: k.as_str().into()
+                }
+            );
         }
         let (v, w) = c.check("rdac").unwrap();
-        assert!(matches!(v, Typed::Checker { kind: CheckerKind::Tur, .. }));
+        assert!(matches!(
+            v,
+            Typed::Checker {
+                kind: CheckerKind::Tur,
+                ..
+            }
+        ));
         assert!(w.unwrap().contains("rdac"));
         assert!(c.check("bogus").is_err());
     }
@@ -808,7 +853,10 @@ mod tests {
     #[test]
     fn selector_and_features() {
         let s = def("path_selector", Section::Device);
-        assert_eq!(s.check("round-robin 0").unwrap().0, Typed::Selector(SelectorKind::RoundRobin));
+        assert_eq!(
+            s.check("round-robin 0").unwrap().0,
+            Typed::Selector(SelectorKind::RoundRobin)
+        );
         assert!(s.check("round-robin 1").is_err());
         let f = def("features", Section::Device);
         assert!(f.check("1 queue_if_no_path").unwrap().1.is_none());

@@ -36,8 +36,7 @@ pub use keywords::{Assignment, Pattern, Section, Typed};
 pub use paths::PathDecl;
 pub use propsel::{Origin, PathIdentity, PathSettings, Setting};
 pub use sections::{
-    AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry,
-    ProtocolEntry,
+    AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
 };
 
 use diag::Diags;
@@ -140,7 +139,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = std::fs::File::open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
     if meta.is_dir() {
-        return Err(ConfigError::single(&name, "cannot read: is a directory".into()));
+        return Err(ConfigError::single(
+            &name,
+            "cannot read: is a directory".into(),
+        ));
     }
     if meta.len() > MAX_FILE_SIZE {
         return Err(too_large(&name, meta.len()));

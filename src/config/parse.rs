@@ -299,7 +299,7 @@ impl Parser<'_> {
             }
             Tok::Quoted(q) => {
                 if self.discard > 0 {
-                    self.count_braces(&rest);
+                    self.count_braces(&rest, line);
                     return;
                 }
                 self.diags.error(
@@ -309,11 +309,11 @@ impl Parser<'_> {
                         q.replace('"', "\"\"")
                     ),
                 );
-                self.count_braces(&rest);
+                self.count_braces(&rest, line);
             }
             Tok::Word(key) => {
                 if self.discard > 0 {
-                    self.count_braces(&rest);
+                    self.count_braces(&rest, line);
                     return;
                 }
                 self.keyword_line(key, rest, line);
@@ -321,20 +321,14 @@ impl Parser<'_> {
         }
     }
 
-    /// Keeps brace balance for a line that is otherwise ignored.
-    fn count_braces(&mut self, toks: &[Tok<'_>]) {
+    /// Keeps brace balance for a line that is otherwise ignored: a `{`
+    /// starts (or deepens) a skipped section, a `}` ends one.
+    fn count_braces(&mut self, toks: &[Tok<'_>], line: u32) {
         for t in toks {
             match t {
-                Tok::Open => {
-                    if self.discard > 0 {
-                        self.discard += 1;
-                    }
-                }
-                Tok::Close => {
-                    if self.discard > 0 {
-                        self.discard -= 1;
-                    }
-                }
+                Tok::Open if self.discard > 0 => self.discard += 1,
+                Tok::Open => self.start_discard(line),
+                Tok::Close if self.discard > 0 => self.discard -= 1,
                 _ => {}
             }
         }
@@ -348,7 +342,9 @@ impl Parser<'_> {
                 if is_section_keyword(key) {
                     self.diags.error(
                         &span,
-                        format!("missing '{{' after section name '{key}' (it must be on the same line)"),
+                        format!(
+                            "missing '{{' after section name '{key}' (it must be on the same line)"
+                        ),
                     );
                 } else {
                     self.diags
@@ -517,7 +513,12 @@ fn write_items(out: &mut String, items: &[Item], depth: usize) -> fmt::Result {
         }
         match item {
             Item::Attr(a) => {
-                writeln!(out, "{} {}", a.key, quote_value(&a.value.text, a.value.quoted))?;
+                writeln!(
+                    out,
+                    "{} {}",
+                    a.key,
+                    quote_value(&a.value.text, a.value.quoted)
+                )?;
             }
             Item::Block(b) => {
                 writeln!(out, "{} {{", b.name)?;
@@ -609,7 +610,8 @@ mod tests {
 
     #[test]
     fn nesting_and_crlf() {
-        let (doc, d) = p("devices {\r\n\tdevice {\r\n\t\tvendor \"X\"\r\n\t}\r\n\tdevice {\r\n\t}\r\n}\r\n");
+        let (doc, d) =
+            p("devices {\r\n\tdevice {\r\n\t\tvendor \"X\"\r\n\t}\r\n\tdevice {\r\n\t}\r\n}\r\n");
         assert!(d.is_empty(), "{d:?}");
         let devs = block(&doc.items[0]);
         assert_eq!(devs.items.len(), 2);
@@ -631,8 +633,14 @@ mod tests {
         assert_eq!(
             errors(&d),
             vec![
-                (3, "section 'devices' is not closed (missing '}')".to_string()),
-                (1, "section 'defaults' is not closed (missing '}')".to_string()),
+                (
+                    3,
+                    "section 'devices' is not closed (missing '}')".to_string()
+                ),
+                (
+                    1,
+                    "section 'defaults' is not closed (missing '}')".to_string()
+                ),
             ]
         );
     }
@@ -692,6 +700,18 @@ mod tests {
         assert!(e[0].1.contains("U+0001"), "{e:?}");
         assert_eq!(e[1].0, 4);
         assert!(e[1].1.contains("expected a keyword"));
+    }
+
+    #[test]
+    fn stray_block_after_junk_keeps_balance() {
+        let (doc, d) = p("defaults {\n\"x\" {\n  a b\n}\nverbosity 2\n}\n");
+        let e = errors(&d);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, 2);
+        // The skipped block's '}' does not close 'defaults'.
+        let b = block(&doc.items[0]);
+        assert_eq!(b.end_line, 6);
+        assert_eq!(attr(&b.items[0]).0, "verbosity");
     }
 
     #[test]

@@ -66,10 +66,16 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Multipath { file, line } => {
-                write!(f, "(setting: multipath.conf multipaths section, {file}:{line})")
+                write!(
+                    f,
+                    "(setting: multipath.conf multipaths section, {file}:{line})"
+                )
             }
             Origin::Overrides { file, line } => {
-                write!(f, "(setting: multipath.conf overrides section, {file}:{line})")
+                write!(
+                    f,
+                    "(setting: multipath.conf overrides section, {file}:{line})"
+                )
             }
             Origin::Device {
                 vendor,
@@ -93,7 +99,10 @@ impl fmt::Display for Origin {
                  vendor \"{vendor}\" product \"{product}\")"
             ),
             Origin::Defaults { file, line } => {
-                write!(f, "(setting: multipath.conf defaults section, {file}:{line})")
+                write!(
+                    f,
+                    "(setting: multipath.conf defaults section, {file}:{line})"
+                )
             }
             Origin::Builtin => f.write_str("(setting: multipath internal)"),
         }
@@ -421,8 +430,12 @@ impl Config {
         );
         let (alias_prefix, _) =
             self.select(&app, "alias_prefix", string, defaults::ALIAS_PREFIX.into());
-        let (uid_attribute, _) =
-            self.select(&app, "uid_attribute", string, defaults::UID_ATTRIBUTE.into());
+        let (uid_attribute, _) = self.select(
+            &app,
+            "uid_attribute",
+            string,
+            defaults::UID_ATTRIBUTE.into(),
+        );
         let optional = |keyword: &str| {
             self.find(&app, keyword).and_then(|f| {
                 string(&f.asg.value).map(|value| Setting {
@@ -545,7 +558,10 @@ impl Config {
 
 fn describe_device_hit(d: &BlacklistDevice) -> String {
     if d.builtin {
-        format!("blacklisted by built-in blacklist device entry ({})", d.describe())
+        format!(
+            "blacklisted by built-in blacklist device entry ({})",
+            d.describe()
+        )
     } else {
         format!(
             "blacklisted by blacklist device entry at {} ({})",

@@ -32,7 +32,10 @@ impl DeviceEntry {
     pub fn matches(&self, id: &PathIdentity<'_>) -> bool {
         self.vendor.is_match(id.vendor)
             && self.product.is_match(id.product)
-            && self.revision.as_ref().map_or(true, |r| r.is_match(id.revision))
+            && self
+                .revision
+                .as_ref()
+                .map_or(true, |r| r.is_match(id.revision))
     }
 
     /// Whether two entries name the same device with identical strings
