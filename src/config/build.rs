@@ -25,13 +25,14 @@
 //!   entries with the same wwid are merged, later wins. Two WWIDs with the
 //!   same alias: error.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::diag::{Diags, Span};
 use super::keywords::{
-    is_known, is_section_keyword, lookup, sections_of, Assignment, Effect, Keyword, Section, Typed,
+    is_known, is_section_keyword, lookup, sections_of, Assignment, Checked as KwChecked, Effect,
+    Keyword, Kind, Pattern, Section, Typed,
 };
 use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
@@ -51,10 +52,53 @@ struct Builder<'d> {
     diags: &'d mut Diags,
     /// NoEffect keywords already reported.
     noted: BTreeSet<&'static str>,
+    /// (keyword, value) pairs whose value warning was already reported
+    /// (e.g. a hardware-specific checker repeated in many device entries).
+    noted_values: BTreeSet<(&'static str, String)>,
+    /// Compiled patterns by (negatable, text).
+    regex_cache: HashMap<(bool, String), Pattern>,
     cfg: Config,
-    devices: Vec<DeviceEntry>,
-    multipaths: Vec<MultipathEntry>,
+    devices: MergeList<(String, String, Option<String>), DeviceEntry>,
+    multipaths: MergeList<String, MultipathEntry>,
     paths: Vec<PathDecl>,
+    /// Path name to the span of its `path {` line.
+    path_names: HashMap<String, Span>,
+}
+
+/// Entries in file order, where an entry whose key equals an earlier one's
+/// takes the earlier one's place in the map but the later position in the
+/// order. Linear time overall (configurations may be large).
+struct MergeList<K, T> {
+    slots: Vec<Option<T>>,
+    index: HashMap<K, usize>,
+}
+
+impl<K: std::hash::Hash + Eq, T> MergeList<K, T> {
+    fn new() -> Self {
+        MergeList {
+            slots: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Removes and returns the entry with `key`, if any.
+    fn take(&mut self, key: &K) -> Option<T> {
+        let i = self.index.remove(key)?;
+        self.slots.get_mut(i)?.take()
+    }
+
+    fn push(&mut self, key: K, entry: T) {
+        self.index.insert(key, self.slots.len());
+        self.slots.push(Some(entry));
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        self.slots.into_iter().flatten().collect()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().flatten()
+    }
 }
 
 fn list_sections(secs: &[Section]) -> String {
@@ -78,14 +122,16 @@ impl Builder<'_> {
             }
             return Checked::Unknown;
         };
-        match kw.check(&a.value.text) {
+        match self.check_value(kw, &a.value.text) {
             Err(msg) => {
                 self.diags.error(&a.span, msg);
                 Checked::Rejected
             }
             Ok((value, warning)) => {
                 if let Some(w) = warning {
-                    self.diags.warning(&a.span, w);
+                    if self.noted_values.insert((kw.name, a.value.text.clone())) {
+                        self.diags.warning(&a.span, w);
+                    }
                 }
                 match kw.effect {
                     Effect::Supported => {}
@@ -116,6 +162,25 @@ impl Builder<'_> {
                 )
             }
         }
+    }
+
+    /// [`Keyword::check`], with compiled regular expressions shared between
+    /// identical patterns (large files repeat them a lot).
+    fn check_value(&mut self, kw: &'static Keyword, text: &str) -> Result<KwChecked, String> {
+        let negatable = match kw.kind {
+            Kind::Regex => false,
+            Kind::BlacklistRegex => true,
+            _ => return kw.check(text),
+        };
+        let key = (negatable, text.to_string());
+        if let Some(p) = self.regex_cache.get(&key) {
+            return Ok((Typed::Regex(p.clone()), None));
+        }
+        let checked = kw.check(text)?;
+        if let (Typed::Regex(p), None) = &checked {
+            self.regex_cache.insert(key, p.clone());
+        }
+        Ok(checked)
     }
 
     fn unknown_keyword(&mut self, a: &Attr, section: Section) {
@@ -356,8 +421,12 @@ impl Builder<'_> {
             span: b.span.clone(),
             builtin: false,
         };
-        if let Some(pos) = self.devices.iter().position(|d| d.same_strings(&entry)) {
-            let earlier = self.devices.remove(pos);
+        let key = (
+            entry.vendor.as_str().to_string(),
+            entry.product.as_str().to_string(),
+            entry.revision.as_ref().map(|r| r.as_str().to_string()),
+        );
+        if let Some(earlier) = self.devices.take(&key) {
             self.diags.warning(
                 &entry.span,
                 format!(
@@ -371,9 +440,9 @@ impl Builder<'_> {
             for (k, v) in earlier.attrs {
                 merged.attrs.entry(k).or_insert(v);
             }
-            self.devices.push(merged);
+            self.devices.push(key, merged);
         } else {
-            self.devices.push(entry);
+            self.devices.push(key, entry);
         }
     }
 
@@ -394,8 +463,8 @@ impl Builder<'_> {
             attrs,
             span: b.span.clone(),
         };
-        if let Some(pos) = self.multipaths.iter().position(|m| m.wwid == entry.wwid) {
-            let earlier = self.multipaths.remove(pos);
+        let key = entry.wwid.clone();
+        if let Some(earlier) = self.multipaths.take(&key) {
             self.diags.warning(
                 &entry.span,
                 format!(
@@ -408,9 +477,9 @@ impl Builder<'_> {
             for (k, v) in earlier.attrs {
                 merged.attrs.entry(k).or_insert(v);
             }
-            self.multipaths.push(merged);
+            self.multipaths.push(key, merged);
         } else {
-            self.multipaths.push(entry);
+            self.multipaths.push(key, entry);
         }
     }
 
@@ -565,8 +634,8 @@ impl Builder<'_> {
             return;
         }
         let Some(wwid) = wwid else { return };
-        if let Some(first) = self.paths.iter().find(|p| p.name == name) {
-            let first = first.span.clone();
+        if let Some(first) = self.path_names.get(&name) {
+            let first = first.clone();
             let span = attrs.get("name").map_or(&b.span, |a| &a.span);
             self.diags.error(
                 span,
@@ -574,6 +643,7 @@ impl Builder<'_> {
             );
             return;
         }
+        self.path_names.insert(name.clone(), b.span.clone());
         self.paths.push(PathDecl {
             name,
             transport,
@@ -590,7 +660,7 @@ impl Builder<'_> {
 
     fn check_aliases(&mut self) {
         let mut seen: BTreeMap<String, (String, Span)> = BTreeMap::new();
-        for m in &self.multipaths {
+        for m in self.multipaths.iter() {
             let Some(alias) = m.attrs.get("alias") else {
                 continue;
             };
@@ -673,15 +743,18 @@ pub(crate) fn build(doc: &Document, diags: &mut Diags) -> Config {
     let mut b = Builder {
         diags,
         noted: BTreeSet::new(),
+        noted_values: BTreeSet::new(),
+        regex_cache: HashMap::new(),
         cfg: Config::empty(Arc::clone(&doc.file)),
-        devices: Vec::new(),
-        multipaths: Vec::new(),
+        devices: MergeList::new(),
+        multipaths: MergeList::new(),
         paths: Vec::new(),
+        path_names: HashMap::new(),
     };
     b.top(doc);
     b.check_aliases();
-    b.cfg.devices = std::mem::take(&mut b.devices);
-    b.cfg.multipaths = std::mem::take(&mut b.multipaths);
+    b.cfg.devices = std::mem::replace(&mut b.devices, MergeList::new()).into_vec();
+    b.cfg.multipaths = std::mem::replace(&mut b.multipaths, MergeList::new()).into_vec();
     b.cfg.paths = std::mem::take(&mut b.paths);
     b.intervals();
     b.report_blacklisted_paths();

@@ -99,15 +99,21 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Most diagnostics kept for one file; beyond it one final error says the
-/// rest were dropped (binary junk would otherwise produce millions).
+/// Most errors, and separately most warnings, kept for one file. Past the
+/// error cap one final error says so and parsing stops (binary junk would
+/// otherwise produce millions); past the warning cap the remaining
+/// warnings are counted in one final warning and loading goes on.
 pub const MAX_DIAGNOSTICS: usize = 200;
 
-/// A diagnostics collector with a cap.
+/// A diagnostics collector with caps.
 #[derive(Debug, Default)]
 pub(crate) struct Diags {
     list: Vec<Diagnostic>,
-    truncated: bool,
+    errors: usize,
+    warnings: usize,
+    errors_truncated: bool,
+    dropped_warnings: usize,
+    last_file: Option<String>,
 }
 
 impl Diags {
@@ -116,16 +122,30 @@ impl Diags {
     }
 
     pub fn push(&mut self, d: Diagnostic) {
-        if self.list.len() < MAX_DIAGNOSTICS {
-            self.list.push(d);
-        } else if !self.truncated {
-            self.truncated = true;
-            self.list.push(Diagnostic {
-                file: d.file,
-                line: d.line,
-                severity: Severity::Error,
-                message: format!("too many problems; stopped reporting after {MAX_DIAGNOSTICS}"),
-            });
+        if self.last_file.as_deref() != Some(d.file.as_str()) {
+            self.last_file = Some(d.file.clone());
+        }
+        match d.severity {
+            Severity::Error => {
+                if self.errors < MAX_DIAGNOSTICS {
+                    self.errors += 1;
+                    self.list.push(d);
+                } else if !self.errors_truncated {
+                    self.errors_truncated = true;
+                    self.list.push(Diagnostic {
+                        message: format!("too many errors; stopped after {MAX_DIAGNOSTICS}"),
+                        ..d
+                    });
+                }
+            }
+            Severity::Warning => {
+                if self.warnings < MAX_DIAGNOSTICS {
+                    self.warnings += 1;
+                    self.list.push(d);
+                } else {
+                    self.dropped_warnings += 1;
+                }
+            }
         }
     }
 
@@ -137,16 +157,24 @@ impl Diags {
         self.push(Diagnostic::warning(span, message));
     }
 
-    /// True once the cap was hit: callers may stop early.
+    /// True once the error cap was hit: callers may stop early.
     pub fn full(&self) -> bool {
-        self.truncated
+        self.errors_truncated
     }
 
     pub fn has_errors(&self) -> bool {
-        self.list.iter().any(Diagnostic::is_error)
+        self.errors > 0
     }
 
-    pub fn into_vec(self) -> Vec<Diagnostic> {
+    pub fn into_vec(mut self) -> Vec<Diagnostic> {
+        if self.dropped_warnings > 0 {
+            self.list.push(Diagnostic {
+                file: self.last_file.unwrap_or_default(),
+                line: 0,
+                severity: Severity::Warning,
+                message: format!("{} more warnings not shown", self.dropped_warnings),
+            });
+        }
         self.list
     }
 }
@@ -167,14 +195,32 @@ mod tests {
     }
 
     #[test]
-    fn diags_cap() {
+    fn warning_cap_does_not_fail() {
         let file: Arc<str> = Arc::from("f");
         let mut d = Diags::new();
         for i in 0..(MAX_DIAGNOSTICS as u32 + 50) {
             d.warning(&Span::new(&file, i + 1), "x");
         }
+        assert!(!d.full());
+        assert!(!d.has_errors());
+        let v = d.into_vec();
+        assert_eq!(v.len(), MAX_DIAGNOSTICS + 1);
+        assert_eq!(
+            v.last().unwrap().to_string(),
+            "f: warning: 50 more warnings not shown"
+        );
+    }
+
+    #[test]
+    fn error_cap_stops() {
+        let file: Arc<str> = Arc::from("f");
+        let mut d = Diags::new();
+        for i in 0..(MAX_DIAGNOSTICS as u32 + 50) {
+            d.error(&Span::new(&file, i + 1), "x");
+        }
         assert!(d.full());
-        assert!(d.has_errors());
-        assert_eq!(d.into_vec().len(), MAX_DIAGNOSTICS + 1);
+        let v = d.into_vec();
+        assert_eq!(v.len(), MAX_DIAGNOSTICS + 1);
+        assert!(v.last().unwrap().message.contains("too many errors"));
     }
 }

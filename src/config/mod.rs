@@ -121,7 +121,8 @@ pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
     let mut cfg = build::build(&doc, &mut diags);
     let failed = diags.has_errors();
     let mut all = diags.into_vec();
-    all.sort_by_key(|d| d.line);
+    // By line; file-level notes (line 0, e.g. "N more warnings") last.
+    all.sort_by_key(|d| if d.line == 0 { u32::MAX } else { d.line });
     if failed {
         return Err(ConfigError { diagnostics: all });
     }

@@ -927,7 +927,7 @@ fn checker_timeout_and_alias_spelling() {
 
 #[test]
 fn hardware_checker_is_accepted_as_tur() {
-    let c = ok("defaults {\n path_checker rdac\n}\n");
+    let c = ok("defaults {\n path_checker rdac\n}\noverrides {\n path_checker rdac\n}\n");
     assert_eq!(
         c.resolve(&id("", "", "", "")).path_checker.value,
         CheckerKind::Tur
@@ -1135,4 +1135,36 @@ fn parse_str_size_cap() {
         e.to_string(),
         "x: error: file too large (16777217 bytes; the limit is 16 MiB)"
     );
+}
+
+#[test]
+fn many_entries_merge_in_order() {
+    let mut t = String::from("devices {\n");
+    for i in 0..3000 {
+        t.push_str(&format!(
+            " device {{\n  vendor V{}\n  product P\n  rr_min_io {}\n }}\n",
+            i % 7,
+            i + 1
+        ));
+    }
+    t.push_str("}\nmultipaths {\n");
+    for i in 0..3000 {
+        t.push_str(&format!(
+            " multipath {{\n  wwid w{}\n  rr_min_io {}\n }}\n",
+            i % 5,
+            i + 1
+        ));
+    }
+    t.push_str("}\n");
+    let c = ok(&t);
+    // 7 distinct device strings, ordered by their last occurrence.
+    let vendors: Vec<&str> = c.devices().iter().map(|d| d.vendor.as_str()).collect();
+    assert_eq!(vendors, ["V4", "V5", "V6", "V0", "V1", "V2", "V3"]);
+    assert_eq!(c.multipaths().len(), 5);
+    assert_eq!(c.resolve(&id("V2", "P", "", "x")).rr_min_io.value, 2999);
+    assert_eq!(c.resolve(&id("", "", "", "w4")).rr_min_io.value, 3000);
+    // Warnings are capped, with a final count.
+    let last = c.warnings().last().unwrap();
+    assert_eq!(last.line, 0);
+    assert!(last.message.ends_with("more warnings not shown"), "{last}");
 }
