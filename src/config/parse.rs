@@ -371,59 +371,66 @@ impl Parser<'_> {
                     ),
                 );
             }
-            Some(value_tok) => {
-                let rest: Vec<Tok<'_>> = rest.collect();
-                if is_section_keyword(key) {
-                    self.diags.error(
-                        &span,
-                        format!(
-                            "expected '{{' after section name '{key}', found {}",
-                            value_tok.describe()
-                        ),
-                    );
-                    if rest.contains(&Tok::Open) {
-                        self.open(key, line);
-                    }
-                    return;
-                }
-                let value = match value_tok {
-                    Tok::Word(w) => Value {
-                        text: w.to_string(),
-                        quoted: false,
-                    },
-                    Tok::Quoted(q) => Value {
-                        text: q,
-                        quoted: true,
-                    },
-                    Tok::Open | Tok::Close => unreachable_value(),
+            Some(Tok::Word(w)) => {
+                let value = Value {
+                    text: w.to_string(),
+                    quoted: false,
                 };
-                if let Some(t) = rest.first() {
-                    match t {
-                        Tok::Open | Tok::Close => self.diags.error(
-                            &span,
-                            format!(
-                                "unexpected {} after the value of '{key}' (braces must be on \
-                                 their own lines)",
-                                t.describe()
-                            ),
-                        ),
-                        _ => self.diags.warning(
-                            &span,
-                            format!(
-                                "ignoring extra data starting with {} after the value of '{key}' \
-                                 (quote values that contain spaces)",
-                                t.describe()
-                            ),
-                        ),
-                    }
-                }
-                self.push_item(Item::Attr(Attr {
-                    key: key.to_string(),
-                    value,
-                    span,
-                }));
+                self.attr_line(key, value, rest.collect(), line);
+            }
+            Some(Tok::Quoted(q)) => {
+                let value = Value {
+                    text: q,
+                    quoted: true,
+                };
+                self.attr_line(key, value, rest.collect(), line);
             }
         }
+    }
+
+    fn attr_line(&mut self, key: &str, value: Value, rest: Vec<Tok<'_>>, line: u32) {
+        let span = self.span(line);
+        if is_section_keyword(key) {
+            let found = if value.quoted {
+                Tok::Quoted(value.text)
+            } else {
+                Tok::Word(&value.text)
+            }
+            .describe();
+            self.diags.error(
+                &span,
+                format!("expected '{{' after section name '{key}', found {found}"),
+            );
+            if rest.contains(&Tok::Open) {
+                self.open(key, line);
+            }
+            return;
+        }
+        if let Some(t) = rest.first() {
+            match t {
+                Tok::Open | Tok::Close => self.diags.error(
+                    &span,
+                    format!(
+                        "unexpected {} after the value of '{key}' (braces must be on \
+                         their own lines)",
+                        t.describe()
+                    ),
+                ),
+                _ => self.diags.warning(
+                    &span,
+                    format!(
+                        "ignoring extra data starting with {} after the value of '{key}' \
+                         (quote values that contain spaces)",
+                        t.describe()
+                    ),
+                ),
+            }
+        }
+        self.push_item(Item::Attr(Attr {
+            key: key.to_string(),
+            value,
+            span,
+        }));
     }
 
     fn finish(mut self, last_line: u32) -> Document {
@@ -444,15 +451,6 @@ impl Parser<'_> {
             file: self.file,
             items: self.root,
         }
-    }
-}
-
-/// Value tokens are never braces (matched before); kept out of line as a
-/// harmless fallback instead of a panic.
-fn unreachable_value() -> Value {
-    Value {
-        text: String::new(),
-        quoted: true,
     }
 }
 

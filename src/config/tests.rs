@@ -1168,3 +1168,11 @@ fn many_entries_merge_in_order() {
     assert_eq!(last.line, 0);
     assert!(last.message.ends_with("more warnings not shown"), "{last}");
 }
+
+#[test]
+fn config_is_shareable_between_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Config>();
+    assert_send_sync::<PathSettings>();
+    assert_send_sync::<ConfigError>();
+}
