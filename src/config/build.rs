@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 use super::diag::{Diags, Span};
 use super::keywords::{
-    is_known, is_section_keyword, lookup, sections_of, Assignment, Checked as KwChecked, Effect,
-    Keyword, Kind, Pattern, Section, Typed,
+    is_known, is_section_keyword, lookup, sections_of, Assignment, Checked, Effect, Keyword, Kind,
+    Pattern, Section, Typed,
 };
 use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
@@ -42,7 +42,7 @@ use super::sections::{
 };
 use super::Config;
 
-enum Checked {
+enum AttrCheck {
     Ok(&'static Keyword, Assignment),
     Unknown,
     Rejected,
@@ -107,7 +107,7 @@ fn list_sections(secs: &[Section]) -> String {
 }
 
 impl Builder<'_> {
-    fn check_attr(&mut self, a: &Attr, section: Section) -> Checked {
+    fn check_attr(&mut self, a: &Attr, section: Section) -> AttrCheck {
         let Some(kw) = lookup(&a.key, section) else {
             if is_known(&a.key) {
                 self.diags.warning(
@@ -118,14 +118,14 @@ impl Builder<'_> {
                         list_sections(&sections_of(&a.key))
                     ),
                 );
-                return Checked::Rejected;
+                return AttrCheck::Rejected;
             }
-            return Checked::Unknown;
+            return AttrCheck::Unknown;
         };
         match self.check_value(kw, &a.value.text) {
             Err(msg) => {
                 self.diags.error(&a.span, msg);
-                Checked::Rejected
+                AttrCheck::Rejected
             }
             Ok((value, warning)) => {
                 if let Some(w) = warning {
@@ -151,7 +151,7 @@ impl Builder<'_> {
                         }
                     }
                 }
-                Checked::Ok(
+                AttrCheck::Ok(
                     kw,
                     Assignment {
                         keyword: kw.name,
@@ -166,7 +166,7 @@ impl Builder<'_> {
 
     /// [`Keyword::check`], with compiled regular expressions shared between
     /// identical patterns (large files repeat them a lot).
-    fn check_value(&mut self, kw: &'static Keyword, text: &str) -> Result<KwChecked, String> {
+    fn check_value(&mut self, kw: &'static Keyword, text: &str) -> Result<Checked, String> {
         let negatable = match kw.kind {
             Kind::Regex => false,
             Kind::BlacklistRegex => true,
@@ -234,9 +234,9 @@ impl Builder<'_> {
         for item in &block.items {
             match item {
                 Item::Attr(a) => match self.check_attr(a, section) {
-                    Checked::Ok(_, asg) => self.store(map, asg, section),
-                    Checked::Unknown => self.unknown_keyword(a, section),
-                    Checked::Rejected => {}
+                    AttrCheck::Ok(_, asg) => self.store(map, asg, section),
+                    AttrCheck::Unknown => self.unknown_keyword(a, section),
+                    AttrCheck::Rejected => {}
                 },
                 Item::Block(b) => {
                     if !sub(self, b) {
@@ -487,7 +487,7 @@ impl Builder<'_> {
         for item in &b.items {
             match item {
                 Item::Attr(a) => match self.check_attr(a, section) {
-                    Checked::Ok(kw, asg) => {
+                    AttrCheck::Ok(kw, asg) => {
                         let Typed::Regex(pattern) = asg.value else {
                             continue;
                         };
@@ -503,8 +503,8 @@ impl Builder<'_> {
                             _ => list.protocol.push(entry),
                         }
                     }
-                    Checked::Unknown => self.unknown_keyword(a, section),
-                    Checked::Rejected => {}
+                    AttrCheck::Unknown => self.unknown_keyword(a, section),
+                    AttrCheck::Rejected => {}
                 },
                 Item::Block(sub) if sub.name == "device" => {
                     let mut attrs = AttrMap::new();
@@ -552,8 +552,8 @@ impl Builder<'_> {
         for item in &b.items {
             match item {
                 Item::Attr(a) => match self.check_attr(a, Section::Path) {
-                    Checked::Ok(_, asg) => self.store(&mut attrs, asg, Section::Path),
-                    Checked::Unknown => {
+                    AttrCheck::Ok(_, asg) => self.store(&mut attrs, asg, Section::Path),
+                    AttrCheck::Unknown => {
                         if let Some((prev, span)) = extra.get(&a.key) {
                             self.diags.warning(
                                 &a.span,
@@ -566,7 +566,7 @@ impl Builder<'_> {
                         }
                         extra.insert(a.key.clone(), (a.value.text.clone(), a.span.clone()));
                     }
-                    Checked::Rejected => {}
+                    AttrCheck::Rejected => {}
                 },
                 Item::Block(sub) => self.unknown_section(sub, Section::Path),
             }
