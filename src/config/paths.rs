@@ -1,0 +1,69 @@
+//! umpath's own `paths` section: the paths the daemon opens itself.
+//!
+//! ```text
+//! paths {
+//!     path {
+//!         name      p0
+//!         transport file
+//!         file      /var/lib/umpath/lun0.img
+//!         vendor    "OSNEXUS"
+//!         product   "QUANTASTOR"
+//!         revision  "0001"
+//!         wwid      "36000c29abcdef001"
+//!         serial    "QS0001"
+//!     }
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::diag::Span;
+use super::propsel::PathIdentity;
+
+/// Transports umpath knows, with the extra keywords each one takes (kept
+/// in [`PathDecl::extra`]).
+pub const TRANSPORTS: &[(&str, &[&str])] = &[("file", &[])];
+
+/// The transport used when a path names none.
+pub const DEFAULT_TRANSPORT: &str = "file";
+
+/// The names of the known transports.
+pub fn transport_names() -> Vec<&'static str> {
+    TRANSPORTS.iter().map(|(n, _)| *n).collect()
+}
+
+/// One declared path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathDecl {
+    /// Unique among the declared paths.
+    pub name: String,
+    /// One of [`TRANSPORTS`] (default [`DEFAULT_TRANSPORT`]).
+    pub transport: String,
+    /// The backing file (required for transport `file`).
+    pub file: Option<PathBuf>,
+    /// INQUIRY-style identity used for device matching ("" if absent).
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    /// Paths with the same WWID form one map. Required.
+    pub wwid: String,
+    pub serial: String,
+    /// Keywords the core does not know, for transports that take more
+    /// (e.g. a future `uri`): value and span.
+    pub extra: BTreeMap<String, (String, Span)>,
+    /// The `path {` line.
+    pub span: Span,
+}
+
+impl PathDecl {
+    /// The identity used for property selection and blacklisting.
+    pub fn identity(&self) -> PathIdentity<'_> {
+        PathIdentity {
+            vendor: &self.vendor,
+            product: &self.product,
+            revision: &self.revision,
+            wwid: &self.wwid,
+        }
+    }
+}

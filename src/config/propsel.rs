@@ -1,0 +1,583 @@
+//! Property selection: the value of each setting for a path, and where it
+//! came from.
+//!
+//! Precedence, strongest first (as in multipath-tools):
+//!
+//! 1. `multipaths`: the `multipath {}` entries whose wwid equals the path's
+//!    WWID (later entries before earlier ones);
+//! 2. `overrides`;
+//! 3. `devices`: every matching device entry, attribute by attribute, the
+//!    user's entries first (later before earlier), then the built-in
+//!    hardware table (later before earlier);
+//! 4. `defaults`;
+//! 5. the built-in default.
+//!
+//! A keyword only takes part at the levels whose sections accept it (e.g.
+//! `path_checker` cannot be set per multipath).
+
+use std::fmt;
+
+use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+
+use super::keywords::{canonical, Assignment, Typed};
+use super::sections::{BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry};
+use super::{hwtable, Config};
+
+/// What a path is, as far as configuration is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathIdentity<'a> {
+    pub vendor: &'a str,
+    pub product: &'a str,
+    pub revision: &'a str,
+    pub wwid: &'a str,
+}
+
+/// Where a setting's value came from. `file`/`line` point at the line
+/// that set the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Multipath {
+        file: String,
+        line: u32,
+    },
+    Overrides {
+        file: String,
+        line: u32,
+    },
+    /// A device entry; for a built-in hwtable entry `builtin` is true,
+    /// `file` is "(built-in hwtable)" and `line` is 0.
+    Device {
+        file: String,
+        line: u32,
+        vendor: String,
+        product: String,
+        builtin: bool,
+    },
+    Defaults {
+        file: String,
+        line: u32,
+    },
+    /// The built-in default.
+    Builtin,
+}
+
+impl fmt::Display for Origin {
+    /// Like `multipath -v3`'s "(setting: ...)" notes, with file:line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Multipath { file, line } => {
+                write!(
+                    f,
+                    "(setting: multipath.conf multipaths section, {file}:{line})"
+                )
+            }
+            Origin::Overrides { file, line } => {
+                write!(
+                    f,
+                    "(setting: multipath.conf overrides section, {file}:{line})"
+                )
+            }
+            Origin::Device {
+                vendor,
+                product,
+                builtin: true,
+                ..
+            } => write!(
+                f,
+                "(setting: storage device configuration, built-in hwtable entry \
+                 vendor \"{vendor}\" product \"{product}\")"
+            ),
+            Origin::Device {
+                file,
+                line,
+                vendor,
+                product,
+                builtin: false,
+            } => write!(
+                f,
+                "(setting: storage device configuration, {file}:{line}, \
+                 vendor \"{vendor}\" product \"{product}\")"
+            ),
+            Origin::Defaults { file, line } => {
+                write!(
+                    f,
+                    "(setting: multipath.conf defaults section, {file}:{line})"
+                )
+            }
+            Origin::Builtin => f.write_str("(setting: multipath internal)"),
+        }
+    }
+}
+
+/// A selected value and its origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Setting<T> {
+    pub fn builtin(value: T) -> Self {
+        Setting {
+            value,
+            origin: Origin::Builtin,
+        }
+    }
+}
+
+/// The settings of one path (and of the map its WWID forms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathSettings {
+    pub path_grouping_policy: Setting<GroupingPolicy>,
+    pub path_selector: Setting<SelectorKind>,
+    pub rr_min_io: Setting<u32>,
+    pub rr_min_io_rq: Setting<u32>,
+    pub rr_weight: Setting<RrWeight>,
+    pub failback: Setting<Failback>,
+    /// A hardware-specific checker written in the file (e.g. `rdac`) runs
+    /// as [`CheckerKind::Tur`].
+    pub path_checker: Setting<CheckerKind>,
+    /// Unset means fail. If unset everywhere and `features` contains
+    /// `queue_if_no_path`, this is `Queue` with the origin of `features`
+    /// (multipath-tools does the same; `queue_if_no_path` is deprecated).
+    pub no_path_retry: Setting<NoPathRetry>,
+    /// Seconds; `None`: the transport's own default.
+    pub checker_timeout: Setting<Option<u32>>,
+    pub prio: Setting<String>,
+    pub prio_args: Setting<String>,
+    pub features: Setting<String>,
+    pub user_friendly_names: Setting<bool>,
+    pub alias_prefix: Setting<String>,
+    pub uid_attribute: Setting<String>,
+    /// From the `multipaths` entry for this WWID only.
+    pub alias: Option<Setting<String>>,
+    /// Deprecated keyword, recorded when set.
+    pub getuid_callout: Option<Setting<String>>,
+    /// How many consecutive requests the round-robin selector sends down a
+    /// path before moving on.
+    ///
+    /// umpath counts NBD requests, so it honours the repeat count the admin
+    /// wrote: this is `rr_min_io` if `rr_min_io` was set explicitly
+    /// anywhere (its origin is not [`Origin::Builtin`]) and its origin has
+    /// at least the precedence of `rr_min_io_rq`'s origin; otherwise it is
+    /// `rr_min_io_rq` (default 1). So a device entry with `rr_min_io 100`
+    /// gives 100, a bare configuration gives 1. (dm-multipath's
+    /// request-based maps only use `rr_min_io_rq`, and current kernels
+    /// ignore both; umpath honours them.)
+    pub repeat_count: Setting<u32>,
+}
+
+/// Built-in defaults (multipath-tools 0.9.x, `multipath -t`).
+pub mod defaults {
+    use super::*;
+    pub const PATH_GROUPING_POLICY: GroupingPolicy = GroupingPolicy::Failover;
+    pub const PATH_SELECTOR: SelectorKind = SelectorKind::ServiceTime;
+    pub const RR_MIN_IO: u32 = 1000;
+    pub const RR_MIN_IO_RQ: u32 = 1;
+    pub const RR_WEIGHT: RrWeight = RrWeight::Uniform;
+    pub const FAILBACK: Failback = Failback::Manual;
+    pub const PATH_CHECKER: CheckerKind = CheckerKind::Tur;
+    pub const NO_PATH_RETRY: NoPathRetry = NoPathRetry::Fail;
+    pub const PRIO: &str = "const";
+    pub const PRIO_ARGS: &str = "";
+    pub const FEATURES: &str = "0";
+    pub const USER_FRIENDLY_NAMES: bool = false;
+    pub const ALIAS_PREFIX: &str = "mpath";
+    pub const UID_ATTRIBUTE: &str = "ID_SERIAL";
+    pub const POLLING_INTERVAL: u32 = 5;
+    pub const VERBOSITY: u32 = 2;
+}
+
+/// Precedence of an origin: level (higher is stronger) and, within the
+/// multipaths and devices levels, the position in precedence order (lower
+/// index is stronger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rank {
+    level: u8,
+    index: usize,
+}
+
+impl Rank {
+    const BUILTIN: Rank = Rank { level: 0, index: 0 };
+
+    /// `self` is at least as strong as `other`.
+    fn at_least(self, other: Rank) -> bool {
+        self.level > other.level || (self.level == other.level && self.index <= other.index)
+    }
+}
+
+/// The entries that apply to one path, in precedence order.
+pub(crate) struct Applicable<'a> {
+    multipaths: Vec<&'a MultipathEntry>,
+    devices: Vec<&'a DeviceEntry>,
+}
+
+/// One value found for a keyword.
+struct Found<'a> {
+    asg: &'a Assignment,
+    origin: Origin,
+    rank: Rank,
+}
+
+fn origin_line(a: &Assignment) -> (String, u32) {
+    (a.span.file.to_string(), a.span.line)
+}
+
+impl Config {
+    /// The user's device entries then the built-in ones, each in
+    /// precedence order (later before earlier), that match `id`.
+    pub fn matching_devices<'a>(&'a self, id: &PathIdentity<'_>) -> Vec<&'a DeviceEntry> {
+        self.devices
+            .iter()
+            .rev()
+            .chain(hwtable::builtin_devices().iter().rev())
+            .filter(|d| d.matches(id))
+            .collect()
+    }
+
+    /// The `multipath {}` entries for `id.wwid`, later before earlier.
+    pub fn matching_multipaths<'a>(&'a self, id: &PathIdentity<'_>) -> Vec<&'a MultipathEntry> {
+        self.multipaths
+            .iter()
+            .rev()
+            .filter(|m| m.wwid == id.wwid)
+            .collect()
+    }
+
+    fn applicable<'a>(&'a self, id: &PathIdentity<'_>) -> Applicable<'a> {
+        Applicable {
+            multipaths: self.matching_multipaths(id),
+            devices: self.matching_devices(id),
+        }
+    }
+
+    fn find<'a>(&'a self, app: &Applicable<'a>, keyword: &str) -> Option<Found<'a>> {
+        let keyword = canonical(keyword);
+        for (i, m) in app.multipaths.iter().enumerate() {
+            if let Some(asg) = m.attrs.get(keyword) {
+                let (file, line) = origin_line(asg);
+                return Some(Found {
+                    asg,
+                    origin: Origin::Multipath { file, line },
+                    rank: Rank { level: 4, index: i },
+                });
+            }
+        }
+        if let Some(asg) = self.overrides.get(keyword) {
+            let (file, line) = origin_line(asg);
+            return Some(Found {
+                asg,
+                origin: Origin::Overrides { file, line },
+                rank: Rank { level: 3, index: 0 },
+            });
+        }
+        for (i, d) in app.devices.iter().enumerate() {
+            if let Some(asg) = d.attrs.get(keyword) {
+                let (file, line) = origin_line(asg);
+                return Some(Found {
+                    asg,
+                    origin: Origin::Device {
+                        file,
+                        line,
+                        vendor: d.vendor.as_str().to_string(),
+                        product: d.product.as_str().to_string(),
+                        builtin: d.builtin,
+                    },
+                    rank: Rank { level: 2, index: i },
+                });
+            }
+        }
+        if let Some(asg) = self.defaults.get(keyword) {
+            let (file, line) = origin_line(asg);
+            return Some(Found {
+                asg,
+                origin: Origin::Defaults { file, line },
+                rank: Rank { level: 1, index: 0 },
+            });
+        }
+        None
+    }
+
+    /// The strongest assignment of `keyword` for `id` and its origin, or
+    /// `None` if only the built-in default applies. Works for every
+    /// keyword, including ones [`PathSettings`] does not carry.
+    pub fn lookup(&self, id: &PathIdentity<'_>, keyword: &str) -> Option<(&Assignment, Origin)> {
+        let app = self.applicable(id);
+        self.find(&app, keyword).map(|f| (f.asg, f.origin))
+    }
+
+    fn select<T>(
+        &self,
+        app: &Applicable<'_>,
+        keyword: &str,
+        extract: impl Fn(&Typed) -> Option<T>,
+        default: T,
+    ) -> (Setting<T>, Rank) {
+        if let Some(f) = self.find(app, keyword) {
+            if let Some(value) = extract(&f.asg.value) {
+                return (
+                    Setting {
+                        value,
+                        origin: f.origin,
+                    },
+                    f.rank,
+                );
+            }
+        }
+        (Setting::builtin(default), Rank::BUILTIN)
+    }
+
+    /// Every setting for a path with identity `id`.
+    pub fn resolve(&self, id: &PathIdentity<'_>) -> PathSettings {
+        let app = self.applicable(id);
+        let string = |t: &Typed| match t {
+            Typed::Str(s) | Typed::Word(s) => Some(s.clone()),
+            _ => None,
+        };
+        let uint = |t: &Typed| match t {
+            Typed::UInt(v) => Some(*v),
+            _ => None,
+        };
+        let (path_grouping_policy, _) = self.select(
+            &app,
+            "path_grouping_policy",
+            |t| match t {
+                Typed::Grouping(g) => Some(*g),
+                _ => None,
+            },
+            defaults::PATH_GROUPING_POLICY,
+        );
+        let (path_selector, _) = self.select(
+            &app,
+            "path_selector",
+            |t| match t {
+                Typed::Selector(s) => Some(*s),
+                _ => None,
+            },
+            defaults::PATH_SELECTOR,
+        );
+        let (rr_min_io, rr_rank) = self.select(&app, "rr_min_io", uint, defaults::RR_MIN_IO);
+        let (rr_min_io_rq, rq_rank) =
+            self.select(&app, "rr_min_io_rq", uint, defaults::RR_MIN_IO_RQ);
+        let (rr_weight, _) = self.select(
+            &app,
+            "rr_weight",
+            |t| match t {
+                Typed::RrWeight(w) => Some(*w),
+                _ => None,
+            },
+            defaults::RR_WEIGHT,
+        );
+        let (failback, _) = self.select(
+            &app,
+            "failback",
+            |t| match t {
+                Typed::Failback(f) => Some(*f),
+                _ => None,
+            },
+            defaults::FAILBACK,
+        );
+        let (path_checker, _) = self.select(
+            &app,
+            "path_checker",
+            |t| match t {
+                Typed::Checker { kind, .. } => Some(*kind),
+                _ => None,
+            },
+            defaults::PATH_CHECKER,
+        );
+        let (features, _) = self.select(&app, "features", string, defaults::FEATURES.into());
+        let (mut no_path_retry, _) = self.select(
+            &app,
+            "no_path_retry",
+            |t| match t {
+                Typed::NoPathRetry(n) => Some(*n),
+                _ => None,
+            },
+            defaults::NO_PATH_RETRY,
+        );
+        if no_path_retry.origin == Origin::Builtin
+            && features
+                .value
+                .split_whitespace()
+                .any(|w| w == "queue_if_no_path")
+        {
+            no_path_retry = Setting {
+                value: NoPathRetry::Queue,
+                origin: features.origin.clone(),
+            };
+        }
+        let (checker_timeout, _) = self.select(
+            &app,
+            "checker_timeout",
+            |t| match t {
+                Typed::UInt(0) => Some(None),
+                Typed::UInt(v) => Some(Some(*v)),
+                _ => None,
+            },
+            None,
+        );
+        let (prio, _) = self.select(&app, "prio", string, defaults::PRIO.into());
+        let (prio_args, _) = self.select(&app, "prio_args", string, defaults::PRIO_ARGS.into());
+        let (user_friendly_names, _) = self.select(
+            &app,
+            "user_friendly_names",
+            |t| match t {
+                Typed::Bool(b) => Some(*b),
+                _ => None,
+            },
+            defaults::USER_FRIENDLY_NAMES,
+        );
+        let (alias_prefix, _) =
+            self.select(&app, "alias_prefix", string, defaults::ALIAS_PREFIX.into());
+        let (uid_attribute, _) = self.select(
+            &app,
+            "uid_attribute",
+            string,
+            defaults::UID_ATTRIBUTE.into(),
+        );
+        let optional = |keyword: &str| {
+            self.find(&app, keyword).and_then(|f| {
+                string(&f.asg.value).map(|value| Setting {
+                    value,
+                    origin: f.origin,
+                })
+            })
+        };
+        let alias = optional("alias");
+        let getuid_callout = optional("getuid_callout");
+
+        let repeat_count = if rr_min_io.origin != Origin::Builtin && rr_rank.at_least(rq_rank) {
+            rr_min_io.clone()
+        } else {
+            rr_min_io_rq.clone()
+        };
+
+        PathSettings {
+            path_grouping_policy,
+            path_selector,
+            rr_min_io,
+            rr_min_io_rq,
+            rr_weight,
+            failback,
+            path_checker,
+            no_path_retry,
+            checker_timeout,
+            prio,
+            prio_args,
+            features,
+            user_friendly_names,
+            alias_prefix,
+            uid_attribute,
+            alias,
+            getuid_callout,
+            repeat_count,
+        }
+    }
+
+    /// Why a path with identity `id` is blacklisted (with file:line), or
+    /// `None` if it is not.
+    ///
+    /// multipath-tools checks property, devnode, device, protocol and wwid
+    /// in that order, an exception beating a blacklist entry of the same
+    /// kind. Declared paths have no udev properties, device node or
+    /// protocol, so only `device` entries (including `product_blacklist`
+    /// of device entries) and `wwid` entries apply; the built-in lists are
+    /// used after the user's.
+    pub fn blacklisted(&self, id: &PathIdentity<'_>) -> Option<String> {
+        let bl_builtin = hwtable::builtin_blacklist();
+        let ex_builtin = hwtable::builtin_blacklist_exceptions();
+
+        // device
+        let excepted_device = self
+            .blacklist_exceptions
+            .device
+            .iter()
+            .chain(&ex_builtin.device)
+            .any(|d| d.matches(id.vendor, id.product));
+        if !excepted_device {
+            let hit = self
+                .blacklist
+                .device
+                .iter()
+                .chain(&bl_builtin.device)
+                .find(|d| d.matches(id.vendor, id.product));
+            if let Some(d) = hit {
+                return Some(describe_device_hit(d));
+            }
+            let by_product = self
+                .devices
+                .iter()
+                .rev()
+                .chain(hwtable::builtin_devices().iter().rev())
+                .find_map(|d| match d.attrs.get("product_blacklist") {
+                    Some(Assignment {
+                        value: Typed::Regex(p),
+                        span,
+                        ..
+                    }) if d.vendor.is_match(id.vendor) && p.is_match(id.product) => {
+                        Some((d, p, span))
+                    }
+                    _ => None,
+                });
+            if let Some((d, p, span)) = by_product {
+                let place = if d.builtin {
+                    "built-in hwtable entry".to_string()
+                } else {
+                    format!("device entry at {span}")
+                };
+                return Some(format!(
+                    "blacklisted by product_blacklist \"{}\" of {place} ({})",
+                    p.as_str(),
+                    d.describe()
+                ));
+            }
+        }
+
+        // wwid
+        let excepted_wwid = self
+            .blacklist_exceptions
+            .wwid
+            .iter()
+            .chain(&ex_builtin.wwid)
+            .any(|e| e.pattern.is_match(id.wwid));
+        if !excepted_wwid {
+            if let Some(e) = self
+                .blacklist
+                .wwid
+                .iter()
+                .chain(&bl_builtin.wwid)
+                .find(|e| e.pattern.is_match(id.wwid))
+            {
+                return Some(describe_entry_hit("wwid", e));
+            }
+        }
+        None
+    }
+}
+
+fn describe_device_hit(d: &BlacklistDevice) -> String {
+    if d.builtin {
+        format!(
+            "blacklisted by built-in blacklist device entry ({})",
+            d.describe()
+        )
+    } else {
+        format!(
+            "blacklisted by blacklist device entry at {} ({})",
+            d.span,
+            d.describe()
+        )
+    }
+}
+
+fn describe_entry_hit(kind: &str, e: &BlacklistEntry) -> String {
+    if e.builtin {
+        format!("blacklisted by built-in blacklist {kind} \"{}\"", e.pattern)
+    } else {
+        format!(
+            "blacklisted by blacklist {kind} \"{}\" at {}",
+            e.pattern, e.span
+        )
+    }
+}

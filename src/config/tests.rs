@@ -1,0 +1,1178 @@
+//! Tests of the whole pipeline: text to typed configuration to settings.
+
+use super::*;
+use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+
+const F: &str = "multipath.conf";
+
+fn ok(text: &str) -> Config {
+    match parse_str(text, F) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    }
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse_str(text, F) {
+        Ok(c) => panic!("expected errors, got warnings {:?}", c.warnings()),
+        Err(e) => e,
+    }
+}
+
+/// (line, message) of the errors.
+fn errors(e: &ConfigError) -> Vec<(u32, String)> {
+    e.errors().map(|d| (d.line, d.message.clone())).collect()
+}
+
+fn warnings(c: &Config) -> Vec<(u32, String)> {
+    c.warnings()
+        .iter()
+        .map(|d| (d.line, d.message.clone()))
+        .collect()
+}
+
+fn id<'a>(vendor: &'a str, product: &'a str, revision: &'a str, wwid: &'a str) -> PathIdentity<'a> {
+    PathIdentity {
+        vendor,
+        product,
+        revision,
+        wwid,
+    }
+}
+
+fn dev(line: u32, vendor: &str, product: &str) -> Origin {
+    Origin::Device {
+        file: F.into(),
+        line,
+        vendor: vendor.into(),
+        product: product.into(),
+        builtin: false,
+    }
+}
+
+fn defaults(line: u32) -> Origin {
+    Origin::Defaults {
+        file: F.into(),
+        line,
+    }
+}
+
+fn overrides(line: u32) -> Origin {
+    Origin::Overrides {
+        file: F.into(),
+        line,
+    }
+}
+
+fn multipath(line: u32) -> Origin {
+    Origin::Multipath {
+        file: F.into(),
+        line,
+    }
+}
+
+const QUANTASTOR: &str = r#"defaults {
+    user_friendly_names yes
+}
+devices {
+    device {
+          vendor                  "OSNEXUS"
+          product                 "QUANTASTOR"
+          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
+          path_selector           "round-robin 0"
+          path_grouping_policy    multibus
+          failback                immediate
+          rr_weight               uniform
+          rr_min_io               100
+          path_checker            tur
+    }
+}
+paths {
+    path {
+        name      p0
+        transport file
+        file      /var/lib/umpath/lun0.img
+        vendor    "OSNEXUS"
+        product   "QUANTASTOR"
+        revision  "0001"
+        wwid      "36000c29abcdef001"
+        serial    "QS0001"
+    }
+    path {
+        name      p1
+        file      /var/lib/umpath/lun0-b.img
+        vendor    "OSNEXUS"
+        product   "QUANTASTOR"
+        revision  "0001"
+        wwid      "36000c29abcdef001"
+        serial    "QS0001"
+    }
+}
+"#;
+
+#[test]
+fn quantastor_stanza_verbatim() {
+    let c = ok(QUANTASTOR);
+    // The only warning: getuid_callout is deprecated.
+    let w = warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, 8);
+    assert!(w[0].1.contains("'getuid_callout' is deprecated"), "{w:?}");
+
+    assert_eq!(c.paths().len(), 2);
+    let p0 = c.path("p0").unwrap();
+    assert_eq!(p0.transport, "file");
+    assert_eq!(
+        p0.file.as_deref(),
+        Some(std::path::Path::new("/var/lib/umpath/lun0.img"))
+    );
+    assert_eq!(
+        (
+            p0.vendor.as_str(),
+            p0.product.as_str(),
+            p0.revision.as_str()
+        ),
+        ("OSNEXUS", "QUANTASTOR", "0001")
+    );
+    assert_eq!(p0.wwid, "36000c29abcdef001");
+    assert_eq!(p0.serial, "QS0001");
+    assert_eq!(p0.span.line, 18);
+    assert_eq!(c.path("p1").unwrap().transport, "file");
+    assert!(c.blacklisted(&p0.identity()).is_none());
+
+    let s = c.resolve(&p0.identity());
+    let o = |line| dev(line, "OSNEXUS", "QUANTASTOR");
+    assert_eq!(
+        s.path_grouping_policy,
+        Setting {
+            value: GroupingPolicy::Multibus,
+            origin: o(10)
+        }
+    );
+    assert_eq!(s.path_selector.value, SelectorKind::RoundRobin);
+    assert_eq!(s.path_selector.origin, o(9));
+    assert_eq!(
+        s.rr_min_io,
+        Setting {
+            value: 100,
+            origin: o(13)
+        }
+    );
+    assert_eq!(
+        s.repeat_count,
+        Setting {
+            value: 100,
+            origin: o(13)
+        }
+    );
+    assert_eq!(s.rr_min_io_rq, Setting::builtin(1));
+    assert_eq!(s.rr_weight.value, RrWeight::Uniform);
+    assert_eq!(s.rr_weight.origin, o(12));
+    assert_eq!(s.failback.value, Failback::Immediate);
+    assert_eq!(s.failback.origin, o(11));
+    assert_eq!(s.path_checker.value, CheckerKind::Tur);
+    assert_eq!(s.path_checker.origin, o(14));
+    assert_eq!(
+        s.getuid_callout,
+        Some(Setting {
+            value: "/sbin/scsi_id -g -u -s /block/%n".into(),
+            origin: o(8)
+        })
+    );
+    assert_eq!(s.no_path_retry, Setting::builtin(NoPathRetry::Fail));
+    assert_eq!(s.prio, Setting::builtin("const".to_string()));
+    assert_eq!(s.checker_timeout, Setting::builtin(None));
+    assert!(s.user_friendly_names.value);
+    assert_eq!(s.user_friendly_names.origin, defaults(2));
+    assert_eq!(s.alias, None);
+    assert_eq!(
+        s.rr_min_io.origin.to_string(),
+        "(setting: storage device configuration, multipath.conf:13, vendor \"OSNEXUS\" product \"QUANTASTOR\")"
+    );
+}
+
+#[test]
+fn bare_config_uses_builtin_defaults() {
+    for c in [ok(""), ok("# nothing\n\n"), Config::default()] {
+        assert!(c.warnings().is_empty());
+        assert_eq!(c.polling_interval(), 5);
+        assert_eq!(c.max_polling_interval(), 20);
+        assert_eq!(c.verbosity(), 2);
+        let s = c.resolve(&id("OSNEXUS", "QUANTASTOR", "0001", "w"));
+        assert_eq!(
+            s.path_grouping_policy,
+            Setting::builtin(GroupingPolicy::Failover)
+        );
+        assert_eq!(s.path_selector, Setting::builtin(SelectorKind::ServiceTime));
+        assert_eq!(s.rr_min_io, Setting::builtin(1000));
+        assert_eq!(s.rr_min_io_rq, Setting::builtin(1));
+        assert_eq!(s.repeat_count, Setting::builtin(1));
+        assert_eq!(s.rr_weight, Setting::builtin(RrWeight::Uniform));
+        assert_eq!(s.failback, Setting::builtin(Failback::Manual));
+        assert_eq!(s.path_checker, Setting::builtin(CheckerKind::Tur));
+        assert_eq!(s.no_path_retry, Setting::builtin(NoPathRetry::Fail));
+        assert_eq!(s.prio, Setting::builtin("const".to_string()));
+        assert_eq!(s.features, Setting::builtin("0".to_string()));
+        assert_eq!(s.alias_prefix, Setting::builtin("mpath".to_string()));
+        assert_eq!(s.getuid_callout, None);
+        assert_eq!(
+            s.repeat_count.origin.to_string(),
+            "(setting: multipath internal)"
+        );
+    }
+}
+
+const PRECEDENCE: &str = r#"defaults {
+    failback 10
+    path_grouping_policy group_by_serial
+    rr_weight priorities
+    no_path_retry 5
+}
+devices {
+    device {
+        vendor "ACME"
+        product "Box"
+        failback 20
+        path_grouping_policy group_by_prio
+        rr_weight uniform
+    }
+}
+overrides {
+    failback 30
+    path_grouping_policy multibus
+}
+multipaths {
+    multipath {
+        wwid "3600a"
+        alias "data"
+        failback immediate
+    }
+}
+"#;
+
+#[test]
+fn precedence_with_origins() {
+    let c = ok(PRECEDENCE);
+    let s = c.resolve(&id("ACME", "Box", "1", "3600a"));
+    assert_eq!(
+        s.failback,
+        Setting {
+            value: Failback::Immediate,
+            origin: multipath(24)
+        }
+    );
+    assert_eq!(
+        s.path_grouping_policy,
+        Setting {
+            value: GroupingPolicy::Multibus,
+            origin: overrides(18)
+        }
+    );
+    assert_eq!(
+        s.rr_weight,
+        Setting {
+            value: RrWeight::Uniform,
+            origin: dev(13, "ACME", "Box")
+        }
+    );
+    assert_eq!(
+        s.no_path_retry,
+        Setting {
+            value: NoPathRetry::Retries(5),
+            origin: defaults(5)
+        }
+    );
+    assert_eq!(s.path_selector, Setting::builtin(SelectorKind::ServiceTime));
+    assert_eq!(
+        s.alias,
+        Some(Setting {
+            value: "data".into(),
+            origin: multipath(23)
+        })
+    );
+
+    // Another WWID: no multipaths entry, overrides win.
+    let s = c.resolve(&id("ACME", "Box", "1", "3600b"));
+    assert_eq!(
+        s.failback,
+        Setting {
+            value: Failback::DeferredSecs(30),
+            origin: overrides(17)
+        }
+    );
+    assert_eq!(s.alias, None);
+
+    // Another device: the device entry does not apply.
+    let s = c.resolve(&id("OTHER", "Thing", "1", "3600b"));
+    assert_eq!(
+        s.rr_weight,
+        Setting {
+            value: RrWeight::Priorities,
+            origin: defaults(4)
+        }
+    );
+
+    // Generic lookup agrees.
+    let (a, o) = c
+        .lookup(&id("ACME", "Box", "1", "3600a"), "failback")
+        .unwrap();
+    assert_eq!(a.text, "immediate");
+    assert_eq!(o, multipath(24));
+    assert!(c
+        .lookup(&id("ACME", "Box", "1", "3600a"), "path_selector")
+        .is_none());
+    assert_eq!(
+        multipath(24).to_string(),
+        "(setting: multipath.conf multipaths section, multipath.conf:24)"
+    );
+    assert_eq!(
+        overrides(17).to_string(),
+        "(setting: multipath.conf overrides section, multipath.conf:17)"
+    );
+    assert_eq!(
+        defaults(4).to_string(),
+        "(setting: multipath.conf defaults section, multipath.conf:4)"
+    );
+}
+
+#[test]
+fn repeat_count_rule() {
+    let rc = |text: &str| {
+        let c = ok(text);
+        c.resolve(&id("V", "P", "R", "W")).repeat_count
+    };
+    // rr_min_io only in defaults, rr_min_io_rq in a device entry: rq is
+    // stronger.
+    let s = rc("defaults {\n rr_min_io 500\n}\ndevices {\n device {\n  vendor V\n  product P\n  rr_min_io_rq 10\n }\n}\n");
+    assert_eq!(
+        s,
+        Setting {
+            value: 10,
+            origin: dev(8, "V", "P")
+        }
+    );
+    // rr_min_io in a device entry beats rr_min_io_rq in defaults.
+    let s = rc("defaults {\n rr_min_io_rq 3\n}\ndevices {\n device {\n  vendor V\n  product P\n  rr_min_io 50\n }\n}\n");
+    assert_eq!(
+        s,
+        Setting {
+            value: 50,
+            origin: dev(8, "V", "P")
+        }
+    );
+    // Same entry sets both: rr_min_io (equal precedence).
+    let s = rc(
+        "devices {\n device {\n  vendor V\n  product P\n  rr_min_io_rq 9\n  rr_min_io 7\n }\n}\n",
+    );
+    assert_eq!(s.value, 7);
+    // Same level (defaults): rr_min_io.
+    assert_eq!(
+        rc("defaults {\n rr_min_io 8\n rr_min_io_rq 2\n}\n").value,
+        8
+    );
+    // multipaths rr_min_io_rq beats overrides rr_min_io.
+    let s = rc("overrides {\n rr_min_io 8\n}\nmultipaths {\n multipath {\n  wwid W\n  rr_min_io_rq 4\n }\n}\n");
+    assert_eq!(
+        s,
+        Setting {
+            value: 4,
+            origin: multipath(7)
+        }
+    );
+    // Two matching device entries: the later one is stronger.
+    let s = rc("devices {\n device {\n  vendor V\n  product P\n  rr_min_io 20\n }\n device {\n  vendor V\n  product .\n  rr_min_io_rq 30\n }\n}\n");
+    assert_eq!(s.value, 30);
+    let s = rc("devices {\n device {\n  vendor V\n  product .\n  rr_min_io_rq 30\n }\n device {\n  vendor V\n  product P\n  rr_min_io 20\n }\n}\n");
+    assert_eq!(s.value, 20);
+    // Only rr_min_io_rq set: it is used.
+    assert_eq!(rc("defaults {\n rr_min_io_rq 6\n}\n").value, 6);
+}
+
+#[test]
+fn regex_matching_unanchored_case_sensitive() {
+    let c = ok(r#"devices {
+    device {
+        vendor "NEX"
+        product "^QUANTA"
+        failback 11
+    }
+    device {
+        vendor "OSNEXUS"
+        product "STOR$"
+        revision "^00"
+        rr_weight priorities
+    }
+}
+"#);
+    let s = c.resolve(&id("OSNEXUS", "QUANTASTOR", "0001", "w"));
+    assert_eq!(s.failback.value, Failback::DeferredSecs(11));
+    assert_eq!(s.rr_weight.value, RrWeight::Priorities);
+    // Revision does not match.
+    let s = c.resolve(&id("OSNEXUS", "QUANTASTOR", "1000", "w"));
+    assert_eq!(s.failback.value, Failback::DeferredSecs(11));
+    assert_eq!(s.rr_weight.origin, Origin::Builtin);
+    // Case sensitive.
+    let s = c.resolve(&id("osnexus", "quantastor", "0001", "w"));
+    assert_eq!(s.failback.origin, Origin::Builtin);
+    // Anchor respected.
+    let s = c.resolve(&id("OSNEXUS", "XQUANTASTOR", "0001", "w"));
+    assert_eq!(s.failback.origin, Origin::Builtin);
+    assert_eq!(
+        c.matching_devices(&id("OSNEXUS", "QUANTASTOR", "0001", "w"))
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn later_entries_win_attribute_by_attribute() {
+    let c = ok(r#"devices {
+    device {
+        vendor "ACME"
+        product ".*"
+        failback 11
+        rr_weight priorities
+    }
+    device {
+        vendor "AC"
+        product "Box"
+        failback immediate
+    }
+}
+"#);
+    let s = c.resolve(&id("ACME", "Box", "", "w"));
+    assert_eq!(
+        s.failback,
+        Setting {
+            value: Failback::Immediate,
+            origin: dev(11, "AC", "Box")
+        }
+    );
+    assert_eq!(
+        s.rr_weight,
+        Setting {
+            value: RrWeight::Priorities,
+            origin: dev(6, "ACME", ".*")
+        }
+    );
+}
+
+#[test]
+fn user_entries_before_builtin_ones() {
+    // Built-in: HITACHI ^DF (group_by_prio, prio hds, failback immediate,
+    // no_path_retry queue), then HITACHI ^DF600F (multibus).
+    let c =
+        ok("devices {\n device {\n  vendor HITACHI\n  product DF600\n  failback manual\n }\n}\n");
+    let s = c.resolve(&id("HITACHI", "DF600F", "", "w"));
+    assert_eq!(
+        s.failback,
+        Setting {
+            value: Failback::Manual,
+            origin: dev(5, "HITACHI", "DF600")
+        }
+    );
+    let builtin = |product: &str| Origin::Device {
+        file: hwtable::BUILTIN_HWTABLE_FILE.into(),
+        line: 0,
+        vendor: "HITACHI".into(),
+        product: product.into(),
+        builtin: true,
+    };
+    assert_eq!(
+        s.path_grouping_policy,
+        Setting {
+            value: GroupingPolicy::Multibus,
+            origin: builtin("^DF600F")
+        }
+    );
+    assert_eq!(
+        s.prio,
+        Setting {
+            value: "hds".into(),
+            origin: builtin("^DF")
+        }
+    );
+    assert_eq!(
+        s.no_path_retry,
+        Setting {
+            value: NoPathRetry::Queue,
+            origin: builtin("^DF")
+        }
+    );
+    assert_eq!(
+        builtin("^DF").to_string(),
+        "(setting: storage device configuration, built-in hwtable entry vendor \"HITACHI\" product \"^DF\")"
+    );
+    // Only the built-in ^DF entry matches DF400.
+    let s = c.resolve(&id("HITACHI", "DF400", "", "w"));
+    assert_eq!(s.path_grouping_policy.value, GroupingPolicy::GroupByPrio);
+    // A user defaults entry is weaker than a built-in device entry.
+    let c = ok("defaults {\n failback 5\n}\n");
+    let s = c.resolve(&id("HITACHI", "DF400", "", "w"));
+    assert_eq!(s.failback.value, Failback::Immediate);
+}
+
+#[test]
+fn identical_device_entries_are_merged() {
+    let c = ok(r#"devices {
+    device {
+        vendor "ACME"
+        product "Box"
+        failback 11
+        rr_weight priorities
+    }
+    device {
+        vendor "ACME"
+        product "Box"
+        failback immediate
+    }
+}
+"#);
+    assert_eq!(c.devices().len(), 1);
+    let w = warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, 8);
+    assert!(
+        w[0].1.contains("duplicate device entry") && w[0].1.contains("multipath.conf:2"),
+        "{w:?}"
+    );
+    let s = c.resolve(&id("ACME", "Box", "", "w"));
+    assert_eq!(s.failback.origin, dev(11, "ACME", "Box"));
+    assert_eq!(s.rr_weight.origin, dev(6, "ACME", "Box"));
+    // Different revision strings are not merged.
+    let c = ok("devices {\n device {\n  vendor A\n  product B\n  revision 1\n }\n device {\n  vendor A\n  product B\n }\n}\n");
+    assert_eq!(c.devices().len(), 2);
+}
+
+#[test]
+fn device_entry_without_vendor_or_product_is_dropped() {
+    let c = ok("devices {\n device {\n  vendor A\n  failback immediate\n }\n}\n");
+    assert!(c.devices().is_empty());
+    let w = warnings(&c);
+    assert_eq!(
+        w,
+        vec![(
+            2,
+            "device entry without product is ignored (as multipath-tools does)".to_string()
+        )]
+    );
+}
+
+#[test]
+fn invalid_regex_is_an_error_with_line() {
+    let e = err("devices {\n device {\n  vendor \"AC(ME\"\n  product X\n }\n}\n");
+    let es = errors(&e);
+    assert_eq!(es.len(), 1, "{es:?}");
+    assert_eq!(es[0].0, 3);
+    assert!(
+        es[0].1.starts_with("invalid regular expression \"AC(ME\""),
+        "{es:?}"
+    );
+    assert!(e
+        .to_string()
+        .starts_with("multipath.conf:3: error: invalid regular expression"));
+}
+
+#[test]
+fn unknown_keywords_are_warnings_with_line() {
+    let c = ok("defaults {\n  verbosity 3\n  frobnicate yes\n}\nfoo {\n  bar 1\n}\ndevices {\n device {\n  vendor A\n  product B\n  colour blue\n }\n}\n");
+    let w = warnings(&c);
+    assert_eq!(
+        w,
+        vec![
+            (
+                3,
+                "unknown keyword 'frobnicate' in section 'defaults'; ignored".to_string()
+            ),
+            (5, "unknown section 'foo'; ignored".to_string()),
+            (
+                12,
+                "unknown keyword 'colour' in section 'devices/device'; ignored".to_string()
+            ),
+        ]
+    );
+    assert_eq!(c.verbosity(), 3);
+    assert_eq!(
+        c.warnings()[0].to_string(),
+        "multipath.conf:3: warning: unknown keyword 'frobnicate' in section 'defaults'; ignored"
+    );
+}
+
+#[test]
+fn keyword_in_wrong_section() {
+    let c = ok("multipaths {\n multipath {\n  wwid W\n  path_checker tur\n }\n}\ndefaults {\n alias x\n}\n");
+    let w = warnings(&c);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[0].0, 4);
+    assert!(
+        w[0].1
+            .contains("not valid in section 'multipaths/multipath'"),
+        "{w:?}"
+    );
+    assert_eq!(w[1].0, 8);
+    // The misplaced keyword is not used.
+    let s = c.resolve(&id("", "", "", "W"));
+    assert_eq!(s.path_checker.origin, Origin::Builtin);
+}
+
+#[test]
+fn duplicates() {
+    let c = ok("defaults {\n rr_min_io 10\n rr_min_io 20\n checker tur\n path_checker directio\n}\ndefaults {\n polling_interval 7\n}\n");
+    let w = warnings(&c);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert_eq!(w[0].0, 3);
+    assert!(
+        w[0].1.contains("duplicate keyword 'rr_min_io'") && w[0].1.contains("multipath.conf:2")
+    );
+    assert_eq!(w[1].0, 5);
+    assert!(w[1].1.contains("duplicate keyword 'path_checker'"));
+    assert_eq!(w[2].0, 7);
+    assert!(w[2].1.contains("duplicate section 'defaults'"));
+    let s = c.resolve(&id("", "", "", ""));
+    assert_eq!(
+        s.rr_min_io,
+        Setting {
+            value: 20,
+            origin: defaults(3)
+        }
+    );
+    assert_eq!(
+        s.path_checker,
+        Setting {
+            value: CheckerKind::Directio,
+            origin: defaults(5)
+        }
+    );
+    assert_eq!(c.polling_interval(), 7);
+}
+
+#[test]
+fn invalid_values_are_errors() {
+    let e = err(
+        "defaults {\n rr_min_io abc\n failback sometimes\n path_grouping_policy foo\n verbosity 9\n polling_interval 0\n path_selector \"round-robin 2\"\n no_path_retry never\n rr_weight heavy\n path_checker bogus\n user_friendly_names maybe\n}\n",
+    );
+    let es = errors(&e);
+    let lines: Vec<u32> = es.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, (2..=11).collect::<Vec<u32>>(), "{es:?}");
+    assert_eq!(
+        es[0].1,
+        "invalid value 'abc' for 'rr_min_io': expected an integer between 1 and 2147483647"
+    );
+    assert!(es[1].1.contains("'sometimes' for 'failback'"), "{es:?}");
+    assert!(
+        es[2].1.contains("'foo' for 'path_grouping_policy'") && es[2].1.contains("group_by_tpg")
+    );
+    assert_eq!(
+        es[3].1,
+        "value 9 is out of range: 'verbosity' must be between 0 and 6"
+    );
+    assert!(es[4].1.contains("out of range"));
+    let text = e.to_string();
+    assert_eq!(text.lines().count(), 10);
+    assert!(text.lines().all(|l| l.starts_with("multipath.conf:")));
+}
+
+#[test]
+fn syntax_errors_fail_loading() {
+    let e = err("defaults {\n verbosity 2\n");
+    assert_eq!(
+        errors(&e),
+        vec![(
+            1,
+            "section 'defaults' is not closed (missing '}')".to_string()
+        )]
+    );
+    let e = err("}\n");
+    assert_eq!(errors(&e)[0].0, 1);
+    let e = err("defaults {\n prio \"const\n}\n");
+    assert_eq!(errors(&e)[0].0, 2);
+}
+
+#[test]
+fn paths_section_validation() {
+    let e = err(r#"paths {
+    path {
+        file /a
+        wwid w
+    }
+    path {
+        name p1
+        file /b
+        vendor V
+        product P
+    }
+    path {
+        name p2
+        wwid w
+        vendor V
+        product P
+    }
+    path {
+        name p3
+        transport iscsi
+        wwid w
+        vendor V
+        product P
+    }
+    path {
+        name p4
+        file /c
+        wwid w
+        vendor V
+        product P
+    }
+    path {
+        name p4
+        file /d
+        wwid w
+        vendor V
+        product P
+    }
+}
+"#);
+    assert_eq!(
+        errors(&e),
+        vec![
+            (2, "path entry has no 'name'".to_string()),
+            (6, "path 'p1' has no 'wwid'".to_string()),
+            (
+                12,
+                "path 'p2' uses transport 'file' but has no 'file'".to_string()
+            ),
+            (
+                20,
+                "unknown transport 'iscsi' for path 'p3' (known transports: file)".to_string()
+            ),
+            (
+                33,
+                "duplicate path name 'p4' (first declared at multipath.conf:25)".to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn paths_defaults_and_extra_keys() {
+    let c = ok("paths {\n path {\n  name p0\n  file /x\n  wwid w\n  uri nbd://host/x\n }\n}\n");
+    let p = &c.paths()[0];
+    assert_eq!(
+        (
+            p.vendor.as_str(),
+            p.product.as_str(),
+            p.revision.as_str(),
+            p.serial.as_str()
+        ),
+        ("", "", "", "")
+    );
+    assert_eq!(p.transport, "file");
+    assert_eq!(p.extra["uri"].0, "nbd://host/x");
+    assert_eq!(p.extra["uri"].1.line, 6);
+    let w = warnings(&c);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w.iter().any(|(l, m)| *l == 2 && m.contains("no 'vendor'")));
+    assert!(w.iter().any(|(l, m)| *l == 2 && m.contains("no 'product'")));
+    assert!(w
+        .iter()
+        .any(|(l, m)| *l == 6 && m.contains("'uri'") && m.contains("transport 'file'")));
+}
+
+#[test]
+fn blacklist_applies_to_declared_paths() {
+    let text = r#"blacklist {
+    devnode "^loop"
+    wwid "^3600dead"
+    device {
+        vendor "ACME"
+        product "Ctl"
+    }
+}
+blacklist_exceptions {
+    wwid "^3600deadbeef"
+}
+paths {
+    path {
+        name p0
+        file /x
+        vendor ACME
+        product Box
+        wwid 3600dead01
+    }
+}
+"#;
+    let c = ok(text);
+    assert_eq!(c.blacklist().devnode.len(), 1);
+    assert_eq!(c.blacklist().devnode[0].span.line, 2);
+    let r = c.blacklisted(&id("ACME", "Box", "", "3600dead01")).unwrap();
+    assert_eq!(
+        r,
+        "blacklisted by blacklist wwid \"^3600dead\" at multipath.conf:3"
+    );
+    // The load warns about the declared path.
+    let w = warnings(&c);
+    assert!(
+        w.iter()
+            .any(|(l, m)| *l == 13 && m.contains("path 'p0' is blacklisted by blacklist wwid")),
+        "{w:?}"
+    );
+    // Exception wins over blacklist for the same criterion.
+    assert!(c
+        .blacklisted(&id("ACME", "Box", "", "3600deadbeef"))
+        .is_none());
+    // Device entry.
+    let r = c.blacklisted(&id("ACME", "Ctl", "", "3600aa")).unwrap();
+    assert_eq!(r, "blacklisted by blacklist device entry at multipath.conf:4 (vendor \"ACME\" product \"Ctl\")");
+    // Built-in blacklist device entry.
+    let r = c
+        .blacklisted(&id("SGI", "Universal Xport", "", "x"))
+        .unwrap();
+    assert!(r.contains("built-in blacklist device entry"), "{r}");
+    // Not blacklisted.
+    assert!(c.blacklisted(&id("ACME", "Box", "", "3600aa")).is_none());
+}
+
+#[test]
+fn blacklist_negation_exceptions_and_product_blacklist() {
+    let c = ok(r#"blacklist {
+    wwid "!^3600"
+}
+blacklist_exceptions {
+    device {
+        vendor "SGI"
+    }
+}
+devices {
+    device {
+        vendor "ACME"
+        product "Box"
+        product_blacklist "Ctl"
+    }
+}
+"#);
+    assert!(c.blacklisted(&id("X", "Y", "", "3600a")).is_none());
+    assert!(c
+        .blacklisted(&id("X", "Y", "", "2500a"))
+        .unwrap()
+        .contains("\"!^3600\""));
+    // Excepted device: the built-in blacklist device entry does not apply.
+    assert!(c
+        .blacklisted(&id("SGI", "Universal Xport", "", "3600a"))
+        .is_none());
+    let r = c.blacklisted(&id("ACME", "Ctl", "", "3600a")).unwrap();
+    assert_eq!(
+        r,
+        "blacklisted by product_blacklist \"Ctl\" of device entry at multipath.conf:13 (vendor \"ACME\" product \"Box\")"
+    );
+}
+
+#[test]
+fn features_queue_if_no_path_means_queue() {
+    let c = ok(
+        "devices {\n device {\n  vendor V\n  product P\n  features \"1 queue_if_no_path\"\n }\n}\n",
+    );
+    let s = c.resolve(&id("V", "P", "", "w"));
+    assert_eq!(
+        s.no_path_retry,
+        Setting {
+            value: NoPathRetry::Queue,
+            origin: dev(5, "V", "P")
+        }
+    );
+    // An explicit no_path_retry wins.
+    let c = ok("defaults {\n no_path_retry 3\n}\ndevices {\n device {\n  vendor V\n  product P\n  features \"1 queue_if_no_path\"\n }\n}\n");
+    let s = c.resolve(&id("V", "P", "", "w"));
+    assert_eq!(
+        s.no_path_retry,
+        Setting {
+            value: NoPathRetry::Retries(3),
+            origin: defaults(2)
+        }
+    );
+}
+
+#[test]
+fn polling_intervals() {
+    let c = ok("defaults {\n max_polling_interval 40\n}\n");
+    assert_eq!((c.polling_interval(), c.max_polling_interval()), (10, 40));
+    let c = ok("defaults {\n polling_interval 7\n}\n");
+    assert_eq!((c.polling_interval(), c.max_polling_interval()), (7, 28));
+    let c = ok("defaults {\n polling_interval 10\n max_polling_interval 5\n}\n");
+    assert_eq!((c.polling_interval(), c.max_polling_interval()), (5, 5));
+    assert_eq!(warnings(&c).len(), 1);
+    assert_eq!(warnings(&c)[0].0, 3);
+    let c = ok("defaults {\n max_polling_interval 2\n}\n");
+    assert_eq!((c.polling_interval(), c.max_polling_interval()), (1, 2));
+}
+
+#[test]
+fn checker_timeout_and_alias_spelling() {
+    let c = ok("defaults {\n checker_timeout 30\n checker directio\n}\n");
+    let s = c.resolve(&id("", "", "", ""));
+    assert_eq!(
+        s.checker_timeout,
+        Setting {
+            value: Some(30),
+            origin: defaults(2)
+        }
+    );
+    assert_eq!(
+        s.path_checker,
+        Setting {
+            value: CheckerKind::Directio,
+            origin: defaults(3)
+        }
+    );
+    let c = ok("defaults {\n checker_timeout 0\n}\n");
+    assert_eq!(c.resolve(&id("", "", "", "")).checker_timeout.value, None);
+}
+
+#[test]
+fn hardware_checker_is_accepted_as_tur() {
+    let c = ok("defaults {\n path_checker rdac\n}\noverrides {\n path_checker rdac\n}\n");
+    assert_eq!(
+        c.resolve(&id("", "", "", "")).path_checker.value,
+        CheckerKind::Tur
+    );
+    let w = warnings(&c);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].1.contains("'rdac'"));
+}
+
+#[test]
+fn no_effect_keywords_are_reported_once() {
+    let c = ok("defaults {\n dev_loss_tmo 600\n fast_io_fail_tmo 5\n}\ndevices {\n device {\n  vendor V\n  product P\n  dev_loss_tmo infinity\n  hardware_handler \"1 alua\"\n }\n}\n");
+    let w = warnings(&c);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].1.contains("'dev_loss_tmo' has no effect"));
+    assert!(w[1].1.contains("'fast_io_fail_tmo' has no effect"));
+    assert!(w[2].1.contains("'hardware_handler' has no effect"));
+    // The values are still recorded.
+    let (a, _) = c.lookup(&id("V", "P", "", ""), "dev_loss_tmo").unwrap();
+    assert_eq!(a.value, Typed::Word("infinity".into()));
+}
+
+#[test]
+fn multipaths_entries() {
+    let e = err("multipaths {\n multipath {\n  wwid a\n  alias db\n }\n multipath {\n  wwid b\n  alias db\n }\n}\n");
+    assert_eq!(
+        errors(&e),
+        vec![(
+            8,
+            "alias 'db' for wwid \"b\" is already used for wwid \"a\" at multipath.conf:4"
+                .to_string()
+        )]
+    );
+    let c = ok("multipaths {\n multipath {\n  alias x\n }\n multipath {\n  wwid a\n  alias one\n  failback 3\n }\n multipath {\n  wwid a\n  alias two\n }\n}\n");
+    let w = warnings(&c);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[0].0, 2);
+    assert!(w[0].1.contains("without 'wwid'"));
+    assert_eq!(w[1].0, 10);
+    assert_eq!(c.multipaths().len(), 1);
+    let s = c.resolve(&id("", "", "", "a"));
+    assert_eq!(
+        s.alias,
+        Some(Setting {
+            value: "two".into(),
+            origin: multipath(12)
+        })
+    );
+    assert_eq!(
+        s.failback,
+        Setting {
+            value: Failback::DeferredSecs(3),
+            origin: multipath(8)
+        }
+    );
+}
+
+#[test]
+fn overrides_protocol_is_recorded() {
+    let c = ok("overrides {\n failback immediate\n protocol {\n  type \"scsi:fcp\"\n  dev_loss_tmo 60\n }\n}\n");
+    assert_eq!(c.protocols().len(), 1);
+    assert_eq!(c.protocols()[0].protocol_type.as_deref(), Some("scsi:fcp"));
+    assert_eq!(c.overrides()["failback"].span.line, 2);
+}
+
+/// A typical vendor-style configuration (keywords as `multipath -t`
+/// prints them) produces no "unknown keyword" or "not valid" warnings.
+#[test]
+fn typical_configuration_has_no_unknown_keywords() {
+    let c = ok(r#"defaults {
+	verbosity 2
+	polling_interval 5
+	max_polling_interval 20
+	reassign_maps "no"
+	path_selector "service-time 0"
+	path_grouping_policy "failover"
+	uid_attribute "ID_SERIAL"
+	prio "const"
+	prio_args ""
+	features "0"
+	path_checker "tur"
+	alias_prefix "mpath"
+	failback "manual"
+	rr_min_io 1000
+	rr_min_io_rq 1
+	max_fds "max"
+	rr_weight "uniform"
+	queue_without_daemon "no"
+	allow_usb_devices "no"
+	flush_on_last_del "no"
+	user_friendly_names "no"
+	fast_io_fail_tmo 5
+	log_checker_err "always"
+	all_tg_pt "no"
+	retain_attached_hw_handler "yes"
+	detect_prio "yes"
+	detect_checker "yes"
+	force_sync "yes"
+	strict_timing "no"
+	deferred_remove "no"
+	delay_watch_checks "no"
+	san_path_err_threshold "no"
+	marginal_path_err_sample_time "no"
+	find_multipaths "strict"
+	uxsock_timeout 4000
+	retrigger_tries 0
+	retrigger_delay 10
+	missing_uev_wait_timeout 30
+	skip_kpartx "no"
+	remove_retries 0
+	ghost_delay "no"
+	find_multipaths_timeout -10
+	enable_foreign "NONE"
+	marginal_pathgroups "off"
+	recheck_wwid "no"
+}
+blacklist {
+	devnode "!^(sd[a-z]|dasd[a-z]|nvme[0-9])"
+	device {
+		vendor "SGI"
+		product "Universal Xport"
+	}
+}
+blacklist_exceptions {
+	property "(SCSI_IDENT_|ID_WWN)"
+}
+devices {
+	device {
+		vendor "3PARdata"
+		product "VV"
+		path_grouping_policy "group_by_prio"
+		hardware_handler "1 alua"
+		prio "alua"
+		failback "immediate"
+		no_path_retry 18
+		fast_io_fail_tmo 10
+		dev_loss_tmo "infinity"
+		vpd_vendor "hp3par"
+	}
+	device {
+		vendor "DELL"
+		product "^MD3"
+		product_blacklist "Universal Xport"
+		path_checker "rdac"
+		features "2 pg_init_retries 50"
+	}
+}
+overrides {
+}
+"#);
+    for d in c.warnings() {
+        assert!(
+            !d.message.contains("unknown") && !d.message.contains("not valid"),
+            "{d}"
+        );
+    }
+}
+
+#[test]
+fn load_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.conf");
+    let e = load(&missing).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("{}: error: cannot read: ", missing.display())),
+        "{text}"
+    );
+    assert!(text.contains("No such file or directory"), "{text}");
+
+    let e = load(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+
+    let big = dir.path().join("big.conf");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_FILE_SIZE + 1).unwrap();
+    let e = load(&big).unwrap_err();
+    assert!(e.to_string().contains("file too large"), "{e}");
+
+    let good = dir.path().join("multipath.conf");
+    std::fs::write(&good, QUANTASTOR).unwrap();
+    let c = load(&good).unwrap();
+    assert_eq!(c.file(), good.display().to_string());
+    assert_eq!(c.paths().len(), 2);
+    let s = c.resolve(&c.paths()[0].identity());
+    match &s.repeat_count.origin {
+        Origin::Device { file, line, .. } => {
+            assert_eq!(file, &good.display().to_string());
+            assert_eq!(*line, 13);
+        }
+        o => panic!("{o:?}"),
+    }
+
+    // Non-UTF-8 bytes in a comment are harmless.
+    let latin1 = dir.path().join("latin1.conf");
+    std::fs::write(&latin1, b"# M\xfcller\ndefaults {\n verbosity 3\n}\n").unwrap();
+    assert_eq!(load(&latin1).unwrap().verbosity(), 3);
+}
+
+#[test]
+fn parse_str_size_cap() {
+    let text = " ".repeat(MAX_FILE_SIZE as usize + 1);
+    let e = parse_str(&text, "x").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "x: error: file too large (16777217 bytes; the limit is 16 MiB)"
+    );
+}
+
+#[test]
+fn many_entries_merge_in_order() {
+    let mut t = String::from("devices {\n");
+    for i in 0..3000 {
+        t.push_str(&format!(
+            " device {{\n  vendor V{}\n  product P\n  rr_min_io {}\n }}\n",
+            i % 7,
+            i + 1
+        ));
+    }
+    t.push_str("}\nmultipaths {\n");
+    for i in 0..3000 {
+        t.push_str(&format!(
+            " multipath {{\n  wwid w{}\n  rr_min_io {}\n }}\n",
+            i % 5,
+            i + 1
+        ));
+    }
+    t.push_str("}\n");
+    let c = ok(&t);
+    // 7 distinct device strings, ordered by their last occurrence.
+    let vendors: Vec<&str> = c.devices().iter().map(|d| d.vendor.as_str()).collect();
+    assert_eq!(vendors, ["V4", "V5", "V6", "V0", "V1", "V2", "V3"]);
+    assert_eq!(c.multipaths().len(), 5);
+    assert_eq!(c.resolve(&id("V2", "P", "", "x")).rr_min_io.value, 2999);
+    assert_eq!(c.resolve(&id("", "", "", "w4")).rr_min_io.value, 3000);
+    // Warnings are capped, with a final count.
+    let last = c.warnings().last().unwrap();
+    assert_eq!(last.line, 0);
+    assert!(last.message.ends_with("more warnings not shown"), "{last}");
+}
+
+#[test]
+fn config_is_shareable_between_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Config>();
+    assert_send_sync::<PathSettings>();
+    assert_send_sync::<ConfigError>();
+}
