@@ -1,1 +1,15 @@
 //! NBD: a pure protocol codec ([`proto`]) and a tokio server ([`server`]).
+//!
+//! Every multipath map is an NBD export ([`crate::export::Export`]); the
+//! server speaks the fixed newstyle handshake (GO/INFO, EXPORT_NAME, LIST,
+//! ABORT, STRUCTURED_REPLY) and answers READ, WRITE, FLUSH, TRIM,
+//! WRITE_ZEROES and DISC, with simple or structured replies, out of order.
+//! [`memexport`] is a small in-memory export for tests and benchmarks.
+
+mod conn;
+pub mod memexport;
+pub mod proto;
+pub mod server;
+mod unaligned;
+
+pub use server::{Limits, NbdServer, ServerConfig};
