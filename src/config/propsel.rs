@@ -581,3 +581,64 @@ fn describe_entry_hit(kind: &str, e: &BlacklistEntry) -> String {
         )
     }
 }
+
+impl PathSettings {
+    /// Every effective property as (keyword, value, origin), in the order
+    /// `multipath -t` prints them.
+    pub fn entries(&self) -> Vec<(&'static str, String, &Origin)> {
+        fn e<'a, T: ToString>(k: &'static str, s: &'a Setting<T>) -> (&'static str, String, &'a Origin) {
+            (k, s.value.to_string(), &s.origin)
+        }
+        let mut v = vec![
+            e("path_grouping_policy", &self.path_grouping_policy),
+            e("path_selector", &self.path_selector),
+            e("rr_min_io", &self.rr_min_io),
+            e("rr_min_io_rq", &self.rr_min_io_rq),
+            e("rr_weight", &self.rr_weight),
+            e("failback", &self.failback),
+            e("path_checker", &self.path_checker),
+            e("no_path_retry", &self.no_path_retry),
+            (
+                "checker_timeout",
+                self.checker_timeout
+                    .value
+                    .map_or_else(|| "unset".to_string(), |t| t.to_string()),
+                &self.checker_timeout.origin,
+            ),
+            e("prio", &self.prio),
+            e("prio_args", &self.prio_args),
+            e("features", &self.features),
+            e("user_friendly_names", &self.user_friendly_names),
+            e("alias_prefix", &self.alias_prefix),
+            e("uid_attribute", &self.uid_attribute),
+        ];
+        if let Some(a) = &self.alias {
+            v.push(e("alias", a));
+        }
+        if let Some(g) = &self.getuid_callout {
+            v.push(e("getuid_callout", g));
+        }
+        v.push(e("repeat_count (umpath)", &self.repeat_count));
+        v
+    }
+
+    /// The entries as JSON objects with `keyword`, `value` and `origin`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.entries()
+                .into_iter()
+                .map(|(k, v, o)| serde_json::json!({ "keyword": k, "value": v, "origin": o.to_string() }))
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for PathSettings {
+    /// One line per property: `keyword value (setting: ...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, v, o) in self.entries() {
+            writeln!(f, "{k} = {v} {o}")?;
+        }
+        Ok(())
+    }
+}

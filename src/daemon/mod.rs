@@ -28,6 +28,7 @@ use crate::control::{self, Command, Response, ShowWhat};
 use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
 use crate::export::{Export, ExportSet};
 use crate::model::{CheckState, Map, Path as ModelPath};
+use crate::nbd::server::{Limits, NbdServer, ServerConfig};
 use crate::policy::CheckerKind;
 use crate::transport::fault::FaultSpec;
 use crate::transport::{PathDev, Transport};
@@ -158,27 +159,27 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NBD_SOCKET));
         let exports: Arc<dyn ExportSet> = daemon.exports.clone();
-        tasks.push(
-            crate::nbd::server::spawn_unix(&nbd_socket, exports.clone(), shutdown_rx.clone())
-                .map_err(|source| DaemonError::Listen {
-                    what: "NBD socket",
-                    addr: nbd_socket.display().to_string(),
-                    source,
-                })?,
-        );
-        info!("NBD listening on unix:{}", nbd_socket.display());
-        if let Some(addr) = &opts.nbd_listen {
-            let (task, local) =
-                crate::nbd::server::spawn_tcp(addr, exports.clone(), shutdown_rx.clone())
-                    .await
-                    .map_err(|source| DaemonError::Listen {
-                        what: "NBD TCP address",
-                        addr: addr.clone(),
-                        source,
-                    })?;
-            info!("NBD listening on tcp:{local}");
-            tasks.push(task);
-        }
+        let server_cfg = ServerConfig {
+            unix: Some(nbd_socket.clone()),
+            tcp: opts.nbd_listen.as_deref().map(tcp_listen_addr),
+            limits: Limits::default(),
+        };
+        let server = NbdServer::bind(&server_cfg, exports)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                what: "NBD",
+                addr: match &server_cfg.tcp {
+                    Some(t) => format!("unix:{} and tcp:{t}", nbd_socket.display()),
+                    None => format!("unix:{}", nbd_socket.display()),
+                },
+                source,
+            })?;
+        let nbd_shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.serve(nbd_shutdown).await {
+                error!("NBD server: {e}");
+            }
+        }));
         let listener =
             control::server::bind(&opts.control_socket).map_err(|source| DaemonError::Listen {
                 what: "control socket",
@@ -462,6 +463,18 @@ impl Daemon {
     }
 }
 
+/// `--nbd-listen` value to a socket address: a bare port (or `:port`)
+/// binds 127.0.0.1.
+pub fn tcp_listen_addr(s: &str) -> String {
+    if s.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{s}")
+    } else if let Some(port) = s.strip_prefix(':') {
+        format!("127.0.0.1:{port}")
+    } else {
+        s.to_string()
+    }
+}
+
 fn same_paths(a: &MapPlan, b: &MapPlan) -> bool {
     a.paths.len() == b.paths.len() && a.paths.iter().zip(&b.paths).all(|(x, y)| x.decl == y.decl)
 }
@@ -589,9 +602,27 @@ impl control::server::Handler for Daemon {
                     }
                     (ShowWhat::Maps, false) => Response::text(show::maps_text(&snaps)),
                     (ShowWhat::Topology, false) => Response::text(show::topology_text(&snaps)),
-                    (ShowWhat::Config, _) => {
+                    (ShowWhat::Config, json) => {
+                        // Each path's effective settings with their origins.
                         let st = self.state.lock().await;
-                        Response::text(st.config.to_string())
+                        let mut names: Vec<&String> = st.paths.keys().collect();
+                        names.sort();
+                        if json {
+                            let v: serde_json::Map<String, serde_json::Value> = names
+                                .iter()
+                                .map(|n| ((*n).clone(), st.paths[*n].settings.to_json()))
+                                .collect();
+                            Response::json(serde_json::Value::Object(v))
+                        } else {
+                            let mut out = format!("# {}\n", st.config.file());
+                            for n in names {
+                                out.push_str(&format!("path {n}:\n"));
+                                for line in st.paths[n].settings.to_string().lines() {
+                                    out.push_str(&format!("    {line}\n"));
+                                }
+                            }
+                            Response::text(out)
+                        }
                     }
                     (ShowWhat::Status, _) => {
                         let st = self.state.lock().await;

@@ -456,26 +456,29 @@ fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>) {
     }
 }
 
+/// A front-end handed over a buffer shorter than its request (a bug, not
+/// a path failure): the client gets EINVAL.
+fn short_buffer(op: IoOp, req: &Request) -> TransportError {
+    TransportError::new(
+        op,
+        req.offset,
+        u64::from(req.len),
+        "request",
+        ErrorClass::Lun,
+        std::io::Error::from_raw_os_error(libc::EINVAL),
+    )
+}
+
 fn do_io(dev: &PathDev, req: &mut Request) -> Result<(), TransportError> {
     let len = req.len as usize;
     match req.op {
         Op::Read => match req.buf.get_mut(..len) {
             Some(buf) => dev.read_at(buf, req.offset),
-            None => Err(TransportError::invalid(
-                "read",
-                req.offset,
-                len as u64,
-                "buffer shorter than request",
-            )),
+            None => Err(short_buffer(IoOp::Read, req)),
         },
         Op::Write => match req.buf.get(..len) {
             Some(buf) => dev.write_at(buf, req.offset, req.fua),
-            None => Err(TransportError::invalid(
-                "write",
-                req.offset,
-                len as u64,
-                "buffer shorter than request",
-            )),
+            None => Err(short_buffer(IoOp::Write, req)),
         },
         Op::Flush => dev.flush(),
         Op::Trim => {

@@ -142,6 +142,12 @@ impl RrWeight {
     }
 }
 
+impl fmt::Display for RrWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `failback`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Failback {
