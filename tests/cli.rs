@@ -159,6 +159,8 @@ fn a_path_whose_file_is_missing_is_down_with_the_reason_and_the_map_serves() {
         Duration::from_secs(10),
         |p| p["dm_state"] == "active",
     );
+    // With p0 out of the way, the reinstated path must carry the IO.
+    d.ctl_ok(&["fail", "path", "p0"]);
     let before = d.ios("p1");
     run_ok(Command::new("qemu-io").args([
         "-f",
@@ -169,7 +171,12 @@ fn a_path_whose_file_is_missing_is_down_with_the_reason_and_the_map_serves() {
         "read -P 8 0 4M",
         &d.uri("lun0"),
     ]));
-    assert!(d.ios("p1") > before);
+    assert!(
+        d.ios("p1") > before,
+        "{:?}\n{}",
+        d.paths_json(),
+        d.log_text()
+    );
 }
 
 #[test]

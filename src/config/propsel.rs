@@ -586,7 +586,10 @@ impl PathSettings {
     /// Every effective property as (keyword, value, origin), in the order
     /// `multipath -t` prints them.
     pub fn entries(&self) -> Vec<(&'static str, String, &Origin)> {
-        fn e<'a, T: ToString>(k: &'static str, s: &'a Setting<T>) -> (&'static str, String, &'a Origin) {
+        fn e<'a, T: ToString>(
+            k: &'static str,
+            s: &'a Setting<T>,
+        ) -> (&'static str, String, &'a Origin) {
             (k, s.value.to_string(), &s.origin)
         }
         let mut v = vec![

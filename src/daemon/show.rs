@@ -6,20 +6,18 @@ use serde_json::{json, Value};
 use crate::engine::MapSnapshot;
 use crate::model::DmState;
 
-/// Sizes the way multipath -ll prints them (1024-based, one decimal).
+/// Sizes the way multipath -ll prints them: from KiB up, one decimal
+/// below 10 ("1.0G", "16M", "0.5K").
 pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["", "K", "M", "G", "T", "P"];
-    let mut v = bytes as f64;
+    const UNITS: [char; 6] = ['K', 'M', 'G', 'T', 'P', 'E'];
+    let mut v = bytes as f64 / 1024.0;
     let mut u = 0;
     while v >= 1024.0 && u + 1 < UNITS.len() {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{bytes}")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
+    let precision = usize::from(v < 10.0);
+    format!("{v:.precision$}{}", UNITS[u])
 }
 
 fn dev_state(s: &MapSnapshot, i: usize) -> &'static str {
@@ -248,8 +246,10 @@ mod tests {
 
     #[test]
     fn sizes_like_multipath() {
-        assert_eq!(human_size(512), "512");
+        assert_eq!(human_size(512), "0.5K");
         assert_eq!(human_size(1 << 30), "1.0G");
         assert_eq!(human_size(1536 * 1024 * 1024), "1.5G");
+        assert_eq!(human_size(16 << 20), "16M");
+        assert_eq!(human_size(100 << 30), "100G");
     }
 }

@@ -3,9 +3,9 @@
 //! [`MapEvent`]s they caused; the engine logs them and acts on them (for
 //! example re-dispatching held IO on [`MapEvent::Resumed`]).
 
-use super::path::{CheckState, DmState, Path, PathId};
 #[cfg(test)]
 use super::path::PathInfo;
+use super::path::{CheckState, DmState, Path, PathId};
 use super::Time;
 use crate::policy::failback::{self, FailbackState, GroupView, Trigger};
 use crate::policy::grouping::{group_paths, GroupKey};
