@@ -35,7 +35,7 @@ impl DeviceEntry {
             && self
                 .revision
                 .as_ref()
-                .map_or(true, |r| r.is_match(id.revision))
+                .is_none_or(|r| r.is_match(id.revision))
     }
 
     /// Whether two entries name the same device with identical strings
@@ -100,8 +100,8 @@ pub struct BlacklistDevice {
 
 impl BlacklistDevice {
     pub fn matches(&self, vendor: &str, product: &str) -> bool {
-        self.vendor.as_ref().map_or(true, |p| p.is_match(vendor))
-            && self.product.as_ref().map_or(true, |p| p.is_match(product))
+        self.vendor.as_ref().is_none_or(|p| p.is_match(vendor))
+            && self.product.as_ref().is_none_or(|p| p.is_match(product))
     }
 
     pub fn describe(&self) -> String {

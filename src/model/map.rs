@@ -319,10 +319,8 @@ impl Map {
             });
         }
         match state {
-            s if s.is_usable() => {
-                if p.dm == DmState::Failed && !p.admin_failed {
-                    events.extend(self.reinstate(id, now));
-                }
+            s if s.is_usable() && p.dm == DmState::Failed && !p.admin_failed => {
+                events.extend(self.reinstate(id, now));
             }
             CheckState::Down | CheckState::Timeout => {
                 events.extend(self.fail_path(id, reason, now));
