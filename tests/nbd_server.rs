@@ -1176,6 +1176,25 @@ fn graceful_shutdown_answers_inflight() {
 }
 
 #[test]
+fn dropping_serve_aborts_connections() {
+    let held = Held::new(1 << 20);
+    let mut srv = TestServer::start(vec![held.clone()]);
+    let task = srv.task.take().unwrap();
+    srv.block_on(async {
+        let mut c = Raw::unix(&srv.sock).await;
+        c.connect("held", false, false).await;
+        c.request(CMD_READ, 0, 1, 0, 512).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(held.submitted.load(Ordering::SeqCst), 1);
+        // As after a shutdown timeout: the serve future goes away.
+        task.abort();
+        assert!(c.closed().await);
+    });
+    // The stuck request completes later into a closed connection.
+    assert_eq!(held.release(), 1);
+}
+
+#[test]
 fn reconfigure_keeps_open_connections() {
     let a = mem("a", 65536);
     a.fill(0, b"data");
