@@ -302,6 +302,17 @@ impl Raw {
     }
 }
 
+/// Poll until `f` holds (or fail after a while).
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
 /// An export that holds requests until released.
 struct Held {
     size: u64,
@@ -1004,7 +1015,8 @@ fn raw_inflight_bound_stops_reading() {
         for i in 0..10u64 {
             c.write(i, i * 4096, &[i as u8; 4096]).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        until(|| held.submitted.load(Ordering::SeqCst) >= 4).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(held.submitted.load(Ordering::SeqCst), 4);
         let mut got = Vec::new();
         while got.len() < 10 {
@@ -1029,8 +1041,8 @@ fn raw_disc_answers_inflight_first() {
         c.connect("held", false, false).await;
         c.write(7, 0, &[1; 512]).await;
         c.request(CMD_DISC, 0, 8, 0, 0).await;
+        until(|| held.submitted.load(Ordering::SeqCst) == 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(held.submitted.load(Ordering::SeqCst), 1);
         assert_eq!(held.release(), 1);
         let r = c.simple().await;
         assert_eq!((r.cookie, r.errno), (7, 0));
@@ -1148,7 +1160,7 @@ fn graceful_shutdown_answers_inflight() {
         // Another client still negotiating.
         let mut idle = Raw::unix(&sock).await;
         idle.read_n(GREETING_LEN).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until(|| held.submitted.load(Ordering::SeqCst) == 1).await;
         (c, idle)
     });
     srv.stop.send(true).unwrap();
@@ -1184,8 +1196,7 @@ fn dropping_serve_aborts_connections() {
         let mut c = Raw::unix(&srv.sock).await;
         c.connect("held", false, false).await;
         c.request(CMD_READ, 0, 1, 0, 512).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(held.submitted.load(Ordering::SeqCst), 1);
+        until(|| held.submitted.load(Ordering::SeqCst) == 1).await;
         // As after a shutdown timeout: the serve future goes away.
         task.abort();
         assert!(c.closed().await);
