@@ -47,8 +47,12 @@ impl TestServer {
     }
 
     fn start_with(exports: Vec<Arc<dyn Export>>, limits: Limits) -> TestServer {
+        let workers = std::env::var("UMPATH_TEST_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .enable_all()
             .build()
             .unwrap();
@@ -298,6 +302,17 @@ impl Raw {
     }
 }
 
+/// Poll until `f` holds (or fail after a while).
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
 /// An export that holds requests until released.
 struct Held {
     size: u64,
@@ -517,6 +532,8 @@ fn qemu_img_convert_in_and_out() {
 fn fio(uri: &str, extra: &[&str]) {
     run(Command::new("fio")
         .args(["--name=t", "--ioengine=nbd", "--output-format=terse"])
+        // Do not leave verify state files in the working directory.
+        .arg("--verify_state_save=0")
         .arg(format!("--uri={uri}"))
         .args(extra));
 }
@@ -998,7 +1015,8 @@ fn raw_inflight_bound_stops_reading() {
         for i in 0..10u64 {
             c.write(i, i * 4096, &[i as u8; 4096]).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        until(|| held.submitted.load(Ordering::SeqCst) >= 4).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(held.submitted.load(Ordering::SeqCst), 4);
         let mut got = Vec::new();
         while got.len() < 10 {
@@ -1023,8 +1041,8 @@ fn raw_disc_answers_inflight_first() {
         c.connect("held", false, false).await;
         c.write(7, 0, &[1; 512]).await;
         c.request(CMD_DISC, 0, 8, 0, 0).await;
+        until(|| held.submitted.load(Ordering::SeqCst) == 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(held.submitted.load(Ordering::SeqCst), 1);
         assert_eq!(held.release(), 1);
         let r = c.simple().await;
         assert_eq!((r.cookie, r.errno), (7, 0));
@@ -1142,7 +1160,7 @@ fn graceful_shutdown_answers_inflight() {
         // Another client still negotiating.
         let mut idle = Raw::unix(&sock).await;
         idle.read_n(GREETING_LEN).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until(|| held.submitted.load(Ordering::SeqCst) == 1).await;
         (c, idle)
     });
     srv.stop.send(true).unwrap();
@@ -1167,6 +1185,24 @@ fn graceful_shutdown_answers_inflight() {
             .unwrap();
     });
     srv.shutdown();
+}
+
+#[test]
+fn dropping_serve_aborts_connections() {
+    let held = Held::new(1 << 20);
+    let mut srv = TestServer::start(vec![held.clone()]);
+    let task = srv.task.take().unwrap();
+    srv.block_on(async {
+        let mut c = Raw::unix(&srv.sock).await;
+        c.connect("held", false, false).await;
+        c.request(CMD_READ, 0, 1, 0, 512).await;
+        until(|| held.submitted.load(Ordering::SeqCst) == 1).await;
+        // As after a shutdown timeout: the serve future goes away.
+        task.abort();
+        assert!(c.closed().await);
+    });
+    // The stuck request completes later into a closed connection.
+    assert_eq!(held.release(), 1);
 }
 
 #[test]
@@ -1263,17 +1299,46 @@ fn export_errors_reach_the_client() {
 //   cargo test --release --test nbd_server -- --ignored --nocapture bench)
 // ---------------------------------------------------------------------------
 
+/// Run one fio job; returns (IOPS, I/Os completed).
 fn fio_iops(uri: &str, job: &[&str]) -> (f64, f64) {
     let out = run(Command::new("fio")
         .args(["--name=b", "--ioengine=nbd", "--output-format=json"])
-        .args(["--time_based", "--runtime=5", "--ramp_time=1"])
+        .args(["--time_based", "--runtime=4"])
         .arg(format!("--uri={uri}"))
         .args(job));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // fio prints a banner line before the JSON.
+    let start = out.stdout.iter().position(|&b| b == b'{').unwrap_or(0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout[start..]).unwrap();
     let j = &v["jobs"][0];
-    let r = j["read"]["iops"].as_f64().unwrap() + j["write"]["iops"].as_f64().unwrap();
-    let bw = j["read"]["bw"].as_f64().unwrap() + j["write"]["bw"].as_f64().unwrap();
-    (r, bw / 1024.0)
+    let f = |d: &str, k: &str| j[d][k].as_f64().unwrap();
+    (
+        f("read", "iops") + f("write", "iops"),
+        f("read", "total_ios") + f("write", "total_ios"),
+    )
+}
+
+/// CPU seconds used by this process (the in-process server; fio is a
+/// child and not counted).
+fn self_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct we pass.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// CPU seconds used by another process.
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 #[test]
@@ -1314,11 +1379,39 @@ fn bench_vs_nbdkit() {
         ),
         ("1M seqread QD8", &["--rw=read", "--bs=1M", "--iodepth=8"]),
     ];
+    // UMPATH_BENCH=<substring> runs only matching jobs; UMPATH_BENCH_ONLY=1
+    // skips nbdkit (for profiling the server alone).
+    let filter = std::env::var("UMPATH_BENCH").unwrap_or_default();
+    let only = std::env::var_os("UMPATH_BENCH_ONLY").is_some();
+    let rounds: usize = std::env::var("UMPATH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let kpid = kit.id();
     for (name, job) in jobs {
-        let (ki, kb) = fio_iops(&kuri, job);
-        let (oi, ob) = fio_iops(&ours, job);
+        if !name.contains(filter.as_str()) {
+            continue;
+        }
+        // Interleave runs so background load hits both servers alike, and
+        // also report server CPU time per I/O, which the load distorts less.
+        let (mut k, mut o, mut kc, mut oc) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            if !only {
+                let c0 = proc_cpu(kpid);
+                let (iops, ios) = fio_iops(&kuri, job);
+                k.push(iops);
+                kc.push((proc_cpu(kpid) - c0) / ios * 1e6);
+            }
+            let c0 = self_cpu();
+            let (iops, ios) = fio_iops(&ours, job);
+            o.push(iops);
+            oc.push((self_cpu() - c0) / ios * 1e6);
+        }
+        let ki = if only { 1.0 } else { median(k.clone()) };
+        let kcpu = if only { 0.0 } else { median(kc) };
+        let (oi, ocpu) = (median(o.clone()), median(oc));
         println!(
-            "{name:20} nbdkit {ki:>10.0} IOPS {kb:>8.0} MiB/s | umpath {oi:>10.0} IOPS {ob:>8.0} MiB/s | ratio {:.2}",
+            "{name:18} nbdkit {ki:>7.0} IOPS {kcpu:>6.2} us/IO | umpath {oi:>7.0} IOPS {ocpu:>6.2} us/IO | IOPS ratio {:.2}  (runs: nbdkit {k:.0?} umpath {o:.0?})",
             oi / ki
         );
     }

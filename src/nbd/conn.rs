@@ -434,8 +434,9 @@ where
 {
     let shared = Arc::new(Shared::new(env.limits));
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer =
-        tokio::spawn(writer_loop(w, rx, shared.clone(), s.structured).instrument(env.span.clone()));
+    let mut writer = AbortOnDrop(tokio::spawn(
+        writer_loop(w, rx, shared.clone(), s.structured).instrument(env.span.clone()),
+    ));
     let mut requests = 0u64;
     let end = reader_loop(reader, &s, tx, &shared, env.shutdown, &mut requests).await;
     match &end {
@@ -444,12 +445,23 @@ where
         other => debug!(reason = ?other, "reader finished"),
     }
     // The writer drains every request still in flight, then closes.
-    match writer.await {
+    match (&mut writer.0).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(error = %e, "writer stopped"),
         Err(e) => error!(error = %e, "writer task failed"),
     }
     info!(requests, "connection closed");
+}
+
+/// Aborts the task when dropped, so a connection aborted from outside
+/// (e.g. the server future dropped after a shutdown timeout) takes its
+/// writer with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn errno_to_io(errno: u32) -> IoError {

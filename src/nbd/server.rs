@@ -176,7 +176,13 @@ impl NbdServer {
     /// let every connection finish the requests it has in flight and
     /// answer them, close, and return. Connections still negotiating are
     /// closed at once; connections in transmission stop reading new
-    /// requests.
+    /// requests (a request whose header was read but not yet admitted is
+    /// dropped unanswered).
+    ///
+    /// Waiting is unbounded (a stuck export or a client that never reads
+    /// its replies can hold it up): wrap the future in
+    /// `tokio::time::timeout` to bound it. Dropping the future aborts every
+    /// connection.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
         let NbdServer {
             exports,
