@@ -80,7 +80,8 @@ run_fio() { # name uri rw bs qd
   fio --name="$1" --ioengine=nbd --uri="$2" --rw="$3" --bs="$4" --iodepth="$5" \
       --size=1G --time_based --runtime="$RUNTIME" --ramp_time=2 --norandommap \
       --output-format=json 2>/dev/null |
-    python3 -c 'import json,sys; d=json.load(sys.stdin)["jobs"][0]; print(int(d["read"]["iops"]+d["write"]["iops"]))'
+    python3 -c 'import json,sys; t=sys.stdin.read(); d=json.loads(t[t.index("{"):])["jobs"][0]; print(int(d["read"]["iops"]+d["write"]["iops"]))'
+
 }
 
 printf "%-22s %12s %12s %8s\n" workload umpath_iops nbdkit_iops ratio

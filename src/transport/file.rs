@@ -388,8 +388,32 @@ impl FileTransport {
         read_full(&o.file, buf, offset).map_err(|e| self.io_error(&o, IoOp::Read, offset, len, e))
     }
 
+    /// Reads `buf` from the page cache without blocking, if all of it is
+    /// there: `Some(())` when done, `None` when the read would have to
+    /// wait for the device (or anything else is off: not open, partial,
+    /// an error), so the caller reads the normal way on an IO thread,
+    /// where errors are classified.
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
+        let o = self.io.load();
+        let o = o.as_ref()?;
+        if o.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let off = libc::off_t::try_from(offset).ok()?;
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `iov` describes `buf`, which is valid for writes of
+        // `buf.len()` bytes and outlives the call; the fd is open for as
+        // long as `o` (an Arc of the handle) lives.
+        let n = unsafe { libc::preadv2(o.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        (usize::try_from(n).ok()? == buf.len()).then_some(())
+    }
+
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
         let len = buf.len() as u64;
+
         let o = self.handle(IoOp::Write, offset, len)?;
         write_full(&o.file, buf, offset)
             .and_then(|()| if fua { o.file.sync_data() } else { Ok(()) })

@@ -257,6 +257,14 @@ impl Transport {
         }
     }
 
+    /// Fill `buf` only if that cannot block (data already cached); `None`
+    /// means: read the normal way, on an IO thread.
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
+        match self {
+            Transport::File(t) => t.read_cached(buf, offset),
+        }
+    }
+
     /// Write all of `buf` at `offset`; with `fua` the data is stable when
     /// this returns.
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
@@ -403,6 +411,16 @@ impl PathDev {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
         self.fault(IoKindForFault::Read, IoOp::Read, offset, buf.len() as u64)?;
         self.transport.read_at(buf, offset)
+    }
+
+    /// A read that completes without blocking or nothing: `None` while a
+    /// read fault is set (faults must keep their timing) or when the data
+    /// is not cached.
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
+        if !matches!(self.faults.get(IoKindForFault::Read), Fault::None) {
+            return None;
+        }
+        self.transport.read_cached(buf, offset)
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
