@@ -132,7 +132,21 @@ pub struct ExportCaps {
     pub multi_conn: bool,
 }
 
+impl ExportCaps {
+    /// Every capability on, writable, multi-connection safe.
+    pub const ALL: ExportCaps = ExportCaps {
+        read_only: false,
+        flush: true,
+        fua: true,
+        trim: true,
+        write_zeroes: true,
+        fast_zero: true,
+        multi_conn: true,
+    };
+}
+
 /// Block size constraints (NBD_INFO_BLOCK_SIZE).
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockSizes {
     pub minimum: u32,

@@ -17,19 +17,43 @@ pub fn prepare_socket_path(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-        Ok(md) if md.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} is in use by another process", path.display()),
-                ))
-            } else {
-                std::fs::remove_file(path)
-            }
-        }
+        Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running server", path.display()),
+            )),
+            // Nobody listens: a socket file left by a dead process.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+            Err(e) => Err(e),
+        },
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!("{} exists and is not a socket", path.display()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_socket_handling() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/s.sock");
+        assert!(prepare_socket_path(&p).is_ok());
+        assert!(p.parent().unwrap().is_dir());
+        // A live socket is refused.
+        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let e = prepare_socket_path(&p).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // A dead one is removed.
+        drop(live);
+        prepare_socket_path(&p).unwrap();
+        assert!(!p.exists());
+        // A regular file is refused and left alone.
+        std::fs::write(&p, b"x").unwrap();
+        assert!(prepare_socket_path(&p).is_err());
+        assert!(p.exists());
     }
 }

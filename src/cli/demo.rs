@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::daemon::{self, Daemon};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -28,58 +29,28 @@ pub struct DemoArgs {
 /// The export name of the demo map.
 pub const DEMO_MAP: &str = "lun0";
 
-/// The embedded configuration. `@IMAGE@` is replaced by the image path.
-pub const DEMO_CONFIG: &str = r#"# umpath demo: one LUN (a sparse image) reached through two paths.
-defaults {
-    polling_interval 2
-    checker_timeout  5
+/// The embedded configuration: the QuantaStor stanza, an alias and two
+/// `file` paths to `image`.
+pub fn demo_config(image: &Path) -> String {
+    let path = |name: &str| {
+        format!(
+            "    path {{\n        name      {name}\n        transport file\n        file      {}\n        \
+             vendor    \"OSNEXUS\"\n        product   \"QUANTASTOR\"\n        revision  \"0001\"\n        \
+             wwid      \"36000c29abcdef001\"\n        serial    \"QS0001\"\n    }}\n",
+            image.display()
+        )
+    };
+    format!(
+        "# umpath demo: one LUN (a sparse image) reached through two paths.\n\
+         defaults {{\n    polling_interval 2\n    checker_timeout  5\n}}\n\n\
+         devices {{\n    # The QuantaStor stanza, verbatim from the vendor's XenServer guide.\n{}}}\n\n\
+         multipaths {{\n    multipath {{\n        wwid  \"36000c29abcdef001\"\n        alias {DEMO_MAP}\n    }}\n}}\n\n\
+         paths {{\n{}{}}}\n",
+        crate::config::QUANTASTOR_DEVICE,
+        path("p0"),
+        path("p1"),
+    )
 }
-
-devices {
-    # The QuantaStor stanza, verbatim from the vendor's XenServer guide.
-    device {
-          vendor                  "OSNEXUS"
-          product                 "QUANTASTOR"
-          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
-          path_selector           "round-robin 0"
-          path_grouping_policy    multibus
-          failback                immediate
-          rr_weight               uniform
-          rr_min_io               100
-          path_checker            tur
-    }
-}
-
-multipaths {
-    multipath {
-        wwid  "36000c29abcdef001"
-        alias lun0
-    }
-}
-
-paths {
-    path {
-        name      p0
-        transport file
-        file      @IMAGE@
-        vendor    "OSNEXUS"
-        product   "QUANTASTOR"
-        revision  "0001"
-        wwid      "36000c29abcdef001"
-        serial    "QS0001"
-    }
-    path {
-        name      p1
-        transport file
-        file      @IMAGE@
-        vendor    "OSNEXUS"
-        product   "QUANTASTOR"
-        revision  "0001"
-        wwid      "36000c29abcdef001"
-        serial    "QS0001"
-    }
-}
-"#;
 
 /// Writes the demo's files into `dir`; returns the config path.
 pub fn prepare(dir: &Path, size: u64) -> std::io::Result<PathBuf> {
@@ -92,51 +63,17 @@ pub fn prepare(dir: &Path, size: u64) -> std::io::Result<PathBuf> {
         .open(&image)?;
     f.set_len(size)?;
     let config = dir.join("multipath.conf");
-    std::fs::write(
-        &config,
-        DEMO_CONFIG.replace("@IMAGE@", &image.display().to_string()),
-    )?;
+    std::fs::write(&config, demo_config(&image))?;
     Ok(config)
 }
 
 pub fn run(args: DemoArgs) -> ExitCode {
     crate::cli::init_logging();
     let made_dir = args.dir.is_none();
-    let dir = args.dir.unwrap_or_else(|| {
+    let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("umpath-demo-{}", std::process::id()))
     });
-    let config = match prepare(&dir, args.size) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("umpath demo: cannot prepare {}: {e}", dir.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let nbd_socket = dir.join("nbd.sock");
-    let control_socket = dir.join("control.sock");
-    let opts = daemon::Options {
-        config,
-        nbd_socket: Some(nbd_socket.clone()),
-        nbd_listen: args.nbd_listen,
-        control_socket: control_socket.clone(),
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("umpath demo: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        let (d, servers) = Daemon::start(opts).await?;
-        print_banner(&d, &nbd_socket, &control_socket).await;
-        d.wait(servers).await;
-        Ok::<(), daemon::DaemonError>(())
-    });
-    drop(rt);
+    let result = serve(&dir, args);
     if made_dir {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             eprintln!("umpath demo: cannot remove {}: {e}", dir.display());
@@ -149,6 +86,29 @@ pub fn run(args: DemoArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
+    let config = prepare(dir, args.size)
+        .map_err(|e| Error::io(format!("cannot prepare {}", dir.display()), e))?;
+    let nbd_socket = dir.join("nbd.sock");
+    let control_socket = dir.join("control.sock");
+    let opts = daemon::Options {
+        config,
+        nbd_socket: Some(nbd_socket.clone()),
+        nbd_listen: args.nbd_listen,
+        control_socket: control_socket.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the runtime", e))?;
+    rt.block_on(async {
+        let (d, servers) = Daemon::start(opts).await?;
+        print_banner(&d, &nbd_socket, &control_socket).await;
+        d.wait(servers).await;
+        Ok(())
+    })
 }
 
 async fn print_banner(d: &Daemon, nbd_socket: &Path, control_socket: &Path) {

@@ -41,6 +41,22 @@ pub use sections::{
 
 use diag::Diags;
 
+/// The QuantaStor device stanza exactly as OSNEXUS documents it for
+/// XenServer's multipath.conf (a `device { }` entry for the `devices`
+/// section). umpath must accept it verbatim; the demo and tests use it.
+pub const QUANTASTOR_DEVICE: &str = r#"    device {
+          vendor                  "OSNEXUS"
+          product                 "QUANTASTOR"
+          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
+          path_selector           "round-robin 0"
+          path_grouping_policy    multibus
+          failback                immediate
+          rr_weight               uniform
+          rr_min_io               100
+          path_checker            tur
+    }
+"#;
+
 /// Largest configuration file accepted.
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
 

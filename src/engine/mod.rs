@@ -533,17 +533,9 @@ impl Export for MapEngine {
     }
 
     fn caps(&self) -> ExportCaps {
-        ExportCaps {
-            read_only: false,
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: true,
-            // Every connection goes through this one engine to the same
-            // LUN, and a flush on any path reaches the LUN's cache.
-            multi_conn: true,
-        }
+        // Multi-conn: every connection goes through this one engine to the
+        // same LUN, and a flush on any path reaches the LUN's cache.
+        ExportCaps::ALL
     }
 
     fn block_sizes(&self) -> BlockSizes {

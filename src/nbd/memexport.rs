@@ -55,15 +55,7 @@ pub struct MemExport {
 }
 
 /// All features on, multi-connection safe.
-pub const MEM_CAPS: ExportCaps = ExportCaps {
-    read_only: false,
-    flush: true,
-    fua: true,
-    trim: true,
-    write_zeroes: true,
-    fast_zero: true,
-    multi_conn: true,
-};
+pub const MEM_CAPS: ExportCaps = ExportCaps::ALL;
 
 impl MemExport {
     /// A zero-filled export of `size` bytes with every capability,

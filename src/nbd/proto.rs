@@ -1267,15 +1267,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn caps_all() -> ExportCaps {
-        ExportCaps {
-            read_only: false,
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: true,
-            multi_conn: true,
-        }
+        ExportCaps::ALL
     }
 
     fn params(size: u64, flags: u16, min: u32, agreed: bool) -> TransmissionParams {

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,32 +91,6 @@ impl Drop for SocketFile {
     }
 }
 
-/// Remove a stale socket at `path`; refuse a live one or a non-socket.
-fn clear_stale_socket(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        ));
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{} is in use by a running server", path.display()),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            debug!(path = %path.display(), "removing stale socket");
-            std::fs::remove_file(path)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 impl NbdServer {
@@ -139,7 +113,7 @@ impl NbdServer {
         };
         let unix = match &cfg.unix {
             Some(path) => {
-                clear_stale_socket(path)?;
+                crate::unixsock::prepare_socket_path(path)?;
                 let l = UnixListener::bind(path)?;
                 let m = std::fs::symlink_metadata(path)?;
                 info!(path = %path.display(), "NBD listening on Unix socket");
@@ -297,28 +271,4 @@ fn spawn_tcp(
         }
         .instrument(span),
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stale_socket_handling() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.sock");
-        assert!(clear_stale_socket(&p).is_ok());
-        // A live socket is refused.
-        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
-        let e = clear_stale_socket(&p).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-        // A dead one is removed.
-        drop(live);
-        clear_stale_socket(&p).unwrap();
-        assert!(!p.exists());
-        // A regular file is refused and left alone.
-        std::fs::write(&p, b"x").unwrap();
-        assert!(clear_stale_socket(&p).is_err());
-        assert!(p.exists());
-    }
 }

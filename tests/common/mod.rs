@@ -11,18 +11,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_umpath");
 pub const WWID: &str = "36000c29abcdef001";
 
 /// The QuantaStor stanza exactly as the vendor documents it.
-pub const SEED_STANZA: &str = r#"    device {
-          vendor                  "OSNEXUS"
-          product                 "QUANTASTOR"
-          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
-          path_selector           "round-robin 0"
-          path_grouping_policy    multibus
-          failback                immediate
-          rr_weight               uniform
-          rr_min_io               100
-          path_checker            tur
-    }
-"#;
+pub const SEED_STANZA: &str = umpath::config::QUANTASTOR_DEVICE;
 
 /// Fails the test with an install hint when a peer program is missing.
 pub fn need(bin: &str) {
