@@ -281,3 +281,51 @@ fn demo_serves_the_embedded_default_and_cleans_up() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn tells_systemd_ready_once_serving_and_stopping_at_exit() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 16 << 20);
+    let cfg = dir.path().join("multipath.conf");
+    std::fs::write(
+        &cfg,
+        seed_config("    polling_interval 1", &[file_path("p0", &img)]),
+    )
+    .unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let nbd = dir.path().join("nbd.sock");
+    let mut child = Command::new(BIN)
+        .arg("--control-socket")
+        .arg(dir.path().join("c.sock"))
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--nbd-socket")
+        .arg(&nbd)
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification from the daemon");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // READY=1 means maps are assembled and NBD is listening.
+    assert!(nbd.exists(), "NBD socket exists when READY=1 is sent");
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 sent on SIGTERM");
+    assert!(child.wait().unwrap().success());
+}

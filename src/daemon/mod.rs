@@ -371,11 +371,26 @@ impl Daemon {
         let mut devs = Vec::new();
         let mut model_paths = Vec::new();
         let mut size: Option<u64> = None;
-        for p in &plan.paths {
-            let dev = Arc::new(open_path(p));
-            let timeout = checker_timeout(&p.settings);
-            let checker = PathChecker::new(dev.clone(), effective_checker(p));
-            let CheckResult { state, message } = checker.check(timeout).await;
+        // First checks of all paths at once: a hung path costs one
+        // checker_timeout, not one per path.
+        let checks: Vec<_> = plan
+            .paths
+            .iter()
+            .map(|p| {
+                let dev = Arc::new(open_path(p));
+                let timeout = checker_timeout(&p.settings);
+                let checker = PathChecker::new(dev.clone(), effective_checker(p));
+                (
+                    dev,
+                    tokio::spawn(async move { checker.check(timeout).await }),
+                )
+            })
+            .collect();
+        for (p, (dev, check)) in plan.paths.iter().zip(checks) {
+            let CheckResult { state, message } = check.await.unwrap_or_else(|e| CheckResult {
+                state: CheckState::Down,
+                message: format!("first check failed: {e}"),
+            });
             match dev.size() {
                 Ok(s) => match size {
                     None => size = Some(s),
