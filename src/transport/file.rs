@@ -879,48 +879,6 @@ mod tests {
         );
     }
 
-    /// Destructive: set UMPATH_TEST_BLOCKDEV to a scratch block device
-    /// (e.g. a loop device) of at least 1 MiB and run with `--ignored`.
-    #[test]
-    #[ignore = "needs a scratch block device in UMPATH_TEST_BLOCKDEV"]
-    fn block_device_round_trip() {
-        let Some(dev) = std::env::var_os("UMPATH_TEST_BLOCKDEV") else {
-            return;
-        };
-        let t = FileTransport::open(PathBuf::from(dev)).unwrap();
-        assert!(t.is_block_device());
-        let size = t.size().unwrap();
-        assert!(size >= 1 << 20, "{size}");
-        let data = vec![0x5au8; 8192];
-        t.write_at(&data, 0, true).unwrap();
-        t.flush().unwrap();
-        let mut buf = vec![0u8; 8192];
-        t.read_at(&mut buf, 0).unwrap();
-        assert_eq!(buf, data);
-        match t.trim(0, 4096) {
-            Ok(()) => {}
-            Err(e) => assert_eq!(e.class, ErrorClass::Unsupported, "{e}"),
-        }
-        for (may_unmap, fast_only) in [(false, false), (true, false), (true, true), (false, true)] {
-            t.write_at(&data, 0, false).unwrap();
-            match t.write_zeroes(0, 8192, may_unmap, fast_only) {
-                Ok(()) => {
-                    t.read_at(&mut buf, 0).unwrap();
-                    assert!(buf.iter().all(|b| *b == 0), "{may_unmap} {fast_only}");
-                }
-                Err(e) if fast_only => assert_eq!(e.class, ErrorClass::Unsupported, "{e}"),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        for len in [512, 4096] {
-            let p = t.probe(len).unwrap();
-            assert!(p.direct, "{p:?}");
-            assert!(p.bytes >= len, "{p:?}");
-        }
-        let e = t.read_at(&mut buf, size - 4096).unwrap_err();
-        assert_eq!(e.source.kind(), io::ErrorKind::UnexpectedEof);
-    }
-
     #[test]
     fn directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
