@@ -606,6 +606,23 @@ impl Builder<'_> {
             );
             ok = false;
         }
+        if transport == "nbd" {
+            match extra.get("uri") {
+                None => {
+                    self.diags.error(
+                        &b.span,
+                        format!("path '{name}' uses transport 'nbd' but has no 'uri'"),
+                    );
+                    ok = false;
+                }
+                Some((uri, span)) => {
+                    if let Err(e) = crate::nbd::uri::NbdUri::parse(uri) {
+                        self.diags.error(span, format!("path '{name}': {e}"));
+                        ok = false;
+                    }
+                }
+            }
+        }
         for k in ["vendor", "product"] {
             if !attrs.contains_key(k) {
                 self.diags.warning(

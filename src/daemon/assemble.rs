@@ -56,9 +56,10 @@ pub fn path_info(d: &PathDecl) -> PathInfo {
         wwid: d.wwid.clone(),
         serial: d.serial.clone(),
         node_name: String::new(),
-        transport: match &d.file {
-            Some(f) => format!("{} {}", d.transport, f.display()),
-            None => d.transport.clone(),
+        transport: match (&d.file, d.extra.get("uri")) {
+            (Some(f), _) => format!("{} {}", d.transport, f.display()),
+            (None, Some((uri, _))) => format!("{} {uri}", d.transport),
+            (None, None) => d.transport.clone(),
         },
     }
 }

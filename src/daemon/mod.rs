@@ -29,8 +29,10 @@ use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
 use crate::export::{Export, ExportSet};
 use crate::model::{CheckState, Map, Path as ModelPath};
 use crate::nbd::server::{Limits, NbdServer, ServerConfig};
+use crate::nbd::uri::NbdUri;
 use crate::policy::CheckerKind;
 use crate::transport::fault::FaultSpec;
+use crate::transport::nbd::NbdTransport;
 use crate::transport::{PathDev, Transport};
 use assemble::{MapPlan, PathPlan};
 
@@ -494,10 +496,17 @@ fn same_paths(a: &MapPlan, b: &MapPlan) -> bool {
     a.paths.len() == b.paths.len() && a.paths.iter().zip(&b.paths).all(|(x, y)| x.decl == y.decl)
 }
 
+/// The transport a declared path names. Config validation guarantees the
+/// keys each transport needs; a missing one still yields a path that is
+/// down with the reason, never a panic.
 fn open_path(p: &PathPlan) -> PathDev {
-    let transport = match &p.decl.file {
-        Some(f) => Transport::file(f.clone()),
-        None => Transport::file(PathBuf::new()),
+    let d = &p.decl;
+    let transport = match d.transport.as_str() {
+        "nbd" => match d.extra.get("uri").map(|(u, _)| NbdUri::parse(u)) {
+            Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(uri, checker_timeout(&p.settings))),
+            _ => Transport::file(PathBuf::new()),
+        },
+        _ => Transport::file(d.file.clone().unwrap_or_default()),
     };
     PathDev::new(transport)
 }

@@ -323,6 +323,10 @@ impl Map {
                 events.extend(self.reinstate(id, now));
             }
             CheckState::Down | CheckState::Timeout => {
+                if p.dm == DmState::Failed && !p.admin_failed {
+                    // Still down: the reason shown is the latest one.
+                    p.reason = Some(reason.to_string());
+                }
                 events.extend(self.fail_path(id, reason, now));
             }
             // Pending or unchecked: no verdict yet, nothing changes.
@@ -850,6 +854,28 @@ mod tests {
             path: 0,
             reason: "check timed out".into()
         }));
+    }
+
+    #[test]
+    fn a_failed_paths_reason_follows_the_latest_check() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.fail_path(0, "EIO on write", T0);
+        m.check_result(0, CheckState::Down, "connection refused", Time(1000));
+        assert_eq!(m.paths()[0].reason.as_deref(), Some("connection refused"));
+        // An admin's reason is kept.
+        m.admin_fail(1, T0);
+        m.check_result(1, CheckState::Down, "whatever", Time(1000));
+        assert_eq!(m.paths()[1].reason.as_deref(), Some("failed by admin"));
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod memexport;
 pub mod proto;
 pub mod server;
 mod unaligned;
+pub mod uri;
 
 pub use server::{Limits, NbdServer, ServerConfig};

@@ -17,6 +17,7 @@
 
 pub mod fault;
 pub mod file;
+pub mod nbd;
 
 use std::fmt;
 use std::io;
@@ -234,6 +235,7 @@ pub enum Revalidated {
 #[derive(Debug)]
 pub enum Transport {
     File(file::FileTransport),
+    Nbd(nbd::NbdTransport),
 }
 
 impl Transport {
@@ -247,6 +249,7 @@ impl Transport {
     pub fn size(&self) -> Result<u64, TransportError> {
         match self {
             Transport::File(t) => t.size(),
+            Transport::Nbd(t) => t.size(),
         }
     }
 
@@ -254,6 +257,7 @@ impl Transport {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.read_at(buf, offset),
+            Transport::Nbd(t) => t.read_at(buf, offset),
         }
     }
 
@@ -262,6 +266,8 @@ impl Transport {
     pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
         match self {
             Transport::File(t) => t.read_cached(buf, offset),
+            // No page cache of ours in front of a server.
+            Transport::Nbd(_) => None,
         }
     }
 
@@ -270,6 +276,7 @@ impl Transport {
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.write_at(buf, offset, fua),
+            Transport::Nbd(t) => t.write_at(buf, offset, fua),
         }
     }
 
@@ -277,6 +284,7 @@ impl Transport {
     pub fn flush(&self) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.flush(),
+            Transport::Nbd(t) => t.flush(),
         }
     }
 
@@ -284,6 +292,7 @@ impl Transport {
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.trim(offset, len),
+            Transport::Nbd(t) => t.trim(offset, len),
         }
     }
 
@@ -299,6 +308,7 @@ impl Transport {
     ) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+            Transport::Nbd(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
         }
     }
 
@@ -306,6 +316,7 @@ impl Transport {
     pub fn describe(&self) -> String {
         match self {
             Transport::File(t) => t.describe(),
+            Transport::Nbd(t) => t.describe(),
         }
     }
 
@@ -313,12 +324,14 @@ impl Transport {
     pub fn target(&self) -> String {
         match self {
             Transport::File(t) => t.path().display().to_string(),
+            Transport::Nbd(t) => t.target().to_string(),
         }
     }
 
     pub fn caps(&self) -> TransportCaps {
         match self {
             Transport::File(t) => t.caps(),
+            Transport::Nbd(t) => t.caps(),
         }
     }
 
@@ -326,6 +339,7 @@ impl Transport {
     pub fn is_open(&self) -> bool {
         match self {
             Transport::File(t) => t.is_open(),
+            Transport::Nbd(t) => t.is_open(),
         }
     }
 
@@ -335,6 +349,7 @@ impl Transport {
     pub fn reopen(&self) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.reopen(),
+            Transport::Nbd(t) => t.revalidate().map(|_| ()),
         }
     }
 
@@ -344,6 +359,7 @@ impl Transport {
     pub fn revalidate(&self) -> Result<Revalidated, TransportError> {
         match self {
             Transport::File(t) => t.revalidate(),
+            Transport::Nbd(t) => t.revalidate(),
         }
     }
 
@@ -352,6 +368,7 @@ impl Transport {
     pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
         match self {
             Transport::File(t) => t.probe(len),
+            Transport::Nbd(t) => t.probe(len),
         }
     }
 }

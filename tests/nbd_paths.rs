@@ -1,0 +1,238 @@
+//! Paths that are NBD servers (transport `nbd`): two nbdkit processes in
+//! front of one image, as two controllers in front of one volume. Real
+//! faulty peers: nbdkit's error filter, and killing/restarting nbdkit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn nbd_path(name: &str, uri: &str) -> String {
+    format!(
+        "    path {{\n        name {name}\n        transport nbd\n        uri \"{uri}\"\n        vendor \"OSNEXUS\"\n        product \"QUANTASTOR\"\n        wwid \"{WWID}\"\n    }}\n"
+    )
+}
+
+/// An nbdkit serving `image` on a Unix socket, with the error filter armed
+/// by the existence of `trigger`.
+struct Nbdkit {
+    child: Child,
+    socket: PathBuf,
+    dead: bool,
+}
+
+impl Nbdkit {
+    fn start(socket: &Path, image: &Path, trigger: &Path) -> Nbdkit {
+        need("nbdkit");
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("nbdkit")
+            .arg("--foreground")
+            .arg("--exit-with-parent")
+            .arg("--unix")
+            .arg(socket)
+            .arg("--exportname=lun0")
+            .arg("--filter=error")
+            .arg("file")
+            .arg(image)
+            .arg("error-rate=100%")
+            .arg(format!("error-file={}", trigger.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nbdkit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "nbdkit did not create {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nbdkit {
+            child,
+            socket: socket.to_path_buf(),
+            dead: false,
+        }
+    }
+
+    fn kill(&mut self) {
+        if std::mem::replace(&mut self.dead, true) {
+            return;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Setup {
+    d: Daemon,
+    kits: Vec<Nbdkit>,
+    image: PathBuf,
+    triggers: Vec<PathBuf>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("lun0.img");
+    make_image(&image, 64 << 20);
+    let mut kits = Vec::new();
+    let mut triggers = Vec::new();
+    let mut paths = Vec::new();
+    for i in 0..2 {
+        let sock = dir.path().join(format!("kit{i}.sock"));
+        let trigger = dir.path().join(format!("fail{i}"));
+        kits.push(Nbdkit::start(&sock, &image, &trigger));
+        paths.push(nbd_path(
+            &format!("c{i}"),
+            &format!("nbd+unix:///lun0?socket={}", sock.display()),
+        ));
+        triggers.push(trigger);
+    }
+    let d = Daemon::start_in(
+        dir,
+        &seed_config("    polling_interval 1\n    checker_timeout 5", &paths),
+    );
+    Setup {
+        d,
+        kits,
+        image,
+        triggers,
+    }
+}
+
+fn fio(d: &Daemon, size: &str, rate: &str) -> Child {
+    need("fio");
+    Command::new("fio")
+        .args([
+            "--name=nbdpaths",
+            "--ioengine=nbd",
+            &format!("--uri={}", d.uri("lun0")),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=8",
+            &format!("--size={size}"),
+            &format!("--rate_iops={rate}"),
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio")
+}
+
+fn fio_ok(child: Child, d: &Daemon) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("err= 0"),
+        "fio: {}\n{}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
+}
+
+#[test]
+fn nbd_paths_form_one_map_and_serve_real_clients() {
+    let s = setup();
+    let paths = s.d.paths_json();
+    assert_eq!(paths.len(), 2);
+    for p in &paths {
+        assert_eq!(p["state"], "ready", "{p}");
+        assert!(
+            p["transport"]
+                .as_str()
+                .unwrap()
+                .starts_with("nbd nbd+unix:///lun0"),
+            "{p}"
+        );
+    }
+    let maps: serde_json::Value =
+        serde_json::from_str(&s.d.ctl_ok(&["show", "maps", "--json"])).unwrap();
+    assert_eq!(maps[0]["size"], 64u64 << 20);
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x61 0 8M",
+        "-c",
+        "flush",
+        "-c",
+        "read -P 0x61 0 8M",
+        &s.d.uri("lun0"),
+    ]));
+    // The data is in the image behind both servers.
+    let data = std::fs::read(&s.image).unwrap();
+    assert!(data[..8 << 20].iter().all(|&b| b == 0x61));
+}
+
+#[test]
+fn server_errors_fail_the_path_and_it_returns_when_they_stop() {
+    let s = setup();
+    let fio = fio(&s.d, "32M", "1500");
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&s.triggers[0], b"").unwrap();
+    s.d.wait_path(
+        "c0",
+        "failed by server errors",
+        Duration::from_secs(10),
+        |p| p["dm_state"] == "failed",
+    );
+    let ios = s.d.ios("c0");
+    std::fs::remove_file(&s.triggers[0]).unwrap();
+    s.d.wait_path("c0", "reinstated", Duration::from_secs(10), |p| {
+        p["dm_state"] == "active"
+    });
+    s.d.wait_path("c0", "carrying IO again", Duration::from_secs(15), |p| {
+        p["ios"].as_u64().unwrap_or(0) > ios
+    });
+    fio_ok(fio, &s.d);
+}
+
+#[test]
+fn a_killed_server_is_a_lost_path_and_a_restarted_one_comes_back() {
+    let mut s = setup();
+    let fio = fio(&s.d, "32M", "1500");
+    std::thread::sleep(Duration::from_millis(1000));
+    let sock = s.kits[1].socket.clone();
+    s.kits[1].kill();
+    s.d.wait_path("c1", "lost with its server", Duration::from_secs(10), |p| {
+        p["dm_state"] == "failed"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let ios = s.d.ios("c1");
+    s.kits[1] = Nbdkit::start(&sock, &s.image, &s.triggers[1]);
+    s.d.wait_path("c1", "reconnected", Duration::from_secs(10), |p| {
+        p["dm_state"] == "active"
+    });
+    s.d.wait_path("c1", "carrying IO again", Duration::from_secs(15), |p| {
+        p["ios"].as_u64().unwrap_or(0) > ios
+    });
+    fio_ok(fio, &s.d);
+}
+
+#[test]
+fn a_bad_uri_is_a_config_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.conf");
+    std::fs::write(&cfg, seed_config("", &[nbd_path("c0", "nbd+unix:///lun0")])).unwrap();
+    let out = run(Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("m.conf:") && err.contains("socket="), "{err}");
+}
