@@ -64,20 +64,7 @@ impl Daemon {
         let nbd_socket = dir.path().join("nbd.sock");
         let control_socket = dir.path().join("control.sock");
         let log = dir.path().join("daemon.log");
-        let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .arg("--control-socket")
-            .arg(&control_socket)
-            .arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .arg("--nbd-socket")
-            .arg(&nbd_socket)
-            .env("UMPATH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("start umpath daemon");
+        let child = Self::spawn(&config, &nbd_socket, &control_socket, &log);
         let mut d = Daemon {
             child,
             dir,
@@ -88,6 +75,41 @@ impl Daemon {
         };
         d.wait_ready();
         d
+    }
+
+    fn spawn(config: &Path, nbd_socket: &Path, control_socket: &Path, log: &Path) -> Child {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Command::new(BIN)
+            .arg("--control-socket")
+            .arg(control_socket)
+            .arg("daemon")
+            .arg("--config")
+            .arg(config)
+            .arg("--nbd-socket")
+            .arg(nbd_socket)
+            .env("UMPATH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start umpath daemon")
+    }
+
+    /// Starts the daemon again on the same files (after it died or was
+    /// killed) and waits until it serves.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(
+            &self.config,
+            &self.nbd_socket,
+            &self.control_socket,
+            &self.log,
+        );
+        self.wait_ready();
     }
 
     pub fn start(config_text: &str) -> Daemon {
