@@ -1,0 +1,168 @@
+//! Hostile and broken NBD clients against the real daemon: each affects
+//! only its own connection, memory stays bounded, others keep working.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use umpath::nbd::proto;
+
+fn daemon() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 64 << 20);
+    Daemon::start_in(
+        dir,
+        &seed_config(
+            "    polling_interval 1",
+            &[file_path("p0", &img), file_path("p1", &img)],
+        ),
+    )
+}
+
+/// Connects and negotiates export `lun0` (fixed newstyle, GO, simple
+/// replies). Returns the stream ready for transmission.
+fn handshake(socket: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut g = [0u8; proto::GREETING_LEN];
+    s.read_exact(&mut g).unwrap();
+    proto::decode_greeting(&g).unwrap();
+    let mut out = (proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    proto::encode_info_request(&mut out, proto::OPT_GO, "lun0", &[]);
+    s.write_all(&out).unwrap();
+    loop {
+        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        let h = proto::OptionReplyHeader::decode(&h).unwrap();
+        let mut p = vec![0u8; h.len as usize];
+        s.read_exact(&mut p).unwrap();
+        assert!(!h.is_error(), "GO refused");
+        if h.reply == proto::REP_ACK {
+            return s;
+        }
+    }
+}
+
+fn read_request(cookie: u64, offset: u64, len: u32) -> [u8; proto::REQUEST_HEADER_LEN] {
+    proto::RequestHeader {
+        flags: 0,
+        command: proto::Command::Read,
+        cookie,
+        offset,
+        len,
+    }
+    .encode()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn qemu_io_works(d: &Daemon) {
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x77 0 1M",
+        "-c",
+        "read -P 0x77 0 1M",
+        &d.uri("lun0"),
+    ]));
+}
+
+#[test]
+fn five_hundred_concurrent_connections() {
+    need("qemu-io");
+    let d = daemon();
+    let mut conns: Vec<UnixStream> = (0..500).map(|_| handshake(&d.nbd_socket)).collect();
+    qemu_io_works(&d);
+    // Every connection reads, and gets its answer.
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(&read_request(i as u64, (i as u64 % 64) << 20, 4096))
+            .unwrap();
+    }
+    let mut data = vec![0u8; 4096];
+    for (i, s) in conns.iter_mut().enumerate() {
+        let mut r = [0u8; proto::SIMPLE_REPLY_LEN];
+        s.read_exact(&mut r).unwrap();
+        let r = proto::SimpleReply::decode(&r).unwrap();
+        assert_eq!((r.errno, r.cookie), (0, i as u64));
+        s.read_exact(&mut data).unwrap();
+    }
+    let rss = rss_kib(d.child.id());
+    assert!(
+        rss < 512 * 1024,
+        "daemon RSS {rss} KiB with 500 connections"
+    );
+    drop(conns);
+    qemu_io_works(&d);
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_hurts_only_itself() {
+    need("qemu-io");
+    let d = daemon();
+    let mut hog = handshake(&d.nbd_socket);
+    hog.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Thousands of 1 MiB reads, no reply ever read: the server must stop
+    // reading this connection once its in-flight bound is hit.
+    let mut sent = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if hog
+            .write_all(&read_request(sent, (sent % 63) << 20, 1 << 20))
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent < 100_000, "the server kept reading requests: {sent}");
+    let rss = rss_kib(d.child.id());
+    assert!(rss < 768 * 1024, "daemon RSS {rss} KiB under a hog");
+    // Another client still gets through, again and again.
+    for _ in 0..5 {
+        qemu_io_works(&d);
+    }
+    // Garbage on a third connection closes only that one.
+    let mut junk = handshake(&d.nbd_socket);
+    junk.write_all(&[0xde; 28]).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(junk.read(&mut b), Ok(0) | Err(_)),
+        "garbage must close the connection"
+    );
+    qemu_io_works(&d);
+    drop(hog);
+    qemu_io_works(&d);
+    assert!(d.ctl(&["show", "status"]).status.success());
+}
+
+#[test]
+fn truncated_handshakes_and_wrong_magic_do_not_disturb_the_daemon() {
+    need("qemu-io");
+    let d = daemon();
+    for junk in [&b""[..], b"\x00", b"IHAVEOPT", &[0xffu8; 64]] {
+        let mut s = UnixStream::connect(&d.nbd_socket).unwrap();
+        let mut g = [0u8; proto::GREETING_LEN];
+        s.read_exact(&mut g).unwrap();
+        let _ = s.write_all(junk);
+        drop(s);
+    }
+    qemu_io_works(&d);
+}
