@@ -54,6 +54,7 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
                 "ios": c.ios,
                 "errors": c.errors,
                 "in_flight": c.in_flight,
+                "stuck": c.stuck,
                 "failures": p.failures,
                 "reason": p.reason,
                 "fault": c.fault,

@@ -18,8 +18,10 @@
 //! state, never across a syscall or an await.
 
 mod clock;
+mod inflight;
 
 pub use clock::Clock;
+use inflight::{Finish, Inflight, Ticket};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -44,6 +46,9 @@ pub const WORKERS_PER_PATH: usize = 4;
 /// thread (it must not be held up long: it is a connection's task).
 const INLINE_READ_MAX: u32 = 128 * 1024;
 
+/// Default io_timeout: the usual SCSI command timeout.
+pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+
 /// A request is retried on other paths at most this many times before the
 /// client sees EIO (a safety net; each retry has failed a path first).
 const MAX_ATTEMPTS: u32 = 64;
@@ -59,6 +64,8 @@ pub struct PathRt {
     ios: AtomicU64,
     /// Requests that failed on this path.
     errors: AtomicU64,
+    /// What the IO threads are working on, for the io_timeout watchdog.
+    inflight: Inflight,
 }
 
 impl PathRt {
@@ -78,6 +85,7 @@ struct Job {
     id: PathId,
     path: Arc<PathRt>,
     attempts: u32,
+    ticket: Ticket,
 }
 
 struct State {
@@ -119,6 +127,9 @@ struct Inner {
     info: MapInfo,
     clock: Clock,
     state: Mutex<State>,
+    /// Milliseconds a request may stay on a path before the path fails
+    /// (0: no limit). See [`inflight`] for what happens to the request.
+    io_timeout_ms: AtomicU64,
 }
 
 /// One multipath map at work. Cheap to clone.
@@ -142,6 +153,8 @@ pub struct PathCounters {
     pub ios: u64,
     pub errors: u64,
     pub in_flight: u32,
+    /// Requests past io_timeout whose original has not ended yet.
+    pub stuck: usize,
     pub fault: Option<String>,
     pub transport: String,
 }
@@ -159,6 +172,7 @@ impl MapEngine {
             Inner {
                 info,
                 clock,
+                io_timeout_ms: AtomicU64::new(DEFAULT_IO_TIMEOUT_MS),
                 state: Mutex::new(State {
                     map,
                     paths,
@@ -200,6 +214,7 @@ impl MapEngine {
                     ios: p.ios(),
                     errors: p.errors(),
                     in_flight: p.in_flight(),
+                    stuck: p.inflight.stuck(),
                     fault: p.dev.faults.describe(),
                     transport: p.dev.describe(),
                 })
@@ -243,10 +258,18 @@ impl MapEngine {
         self.inner.apply(|map| map.reconfigure(policy, now));
     }
 
-    /// Time passed: no_path_retry deadlines, deferred failback.
+    /// Time passed: no_path_retry deadlines, deferred failback, and the
+    /// io_timeout watchdog.
     pub fn tick(&self) {
         let now = self.now();
         self.inner.apply(|map| map.tick(now));
+        self.inner.watchdog(now);
+    }
+
+    /// Sets io_timeout (`None`: no limit).
+    pub fn set_io_timeout(&self, t: Option<std::time::Duration>) {
+        let ms = t.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.inner.io_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Stops the map: held requests fail with ESHUTDOWN and the path
@@ -347,15 +370,18 @@ impl Inner {
         path.in_flight.fetch_add(1, Ordering::Relaxed);
         path.in_flight_bytes
             .fetch_add(u64::from(req.len), Ordering::Relaxed);
+        let ticket = path.inflight.register(&req, self.clock.now());
         let tx = path.tx.clone();
         if let Err(e) = tx.send(Job {
             req,
             id,
             path,
             attempts,
+            ticket,
         }) {
             // The path's workers are gone (map shutting down).
             let job = e.into_inner();
+            job.path.inflight.finish(job.ticket);
             job.path.in_flight.fetch_sub(1, Ordering::Relaxed);
             job.path
                 .in_flight_bytes
@@ -371,10 +397,27 @@ impl Inner {
             id,
             path,
             attempts,
+            ticket,
         } = job;
         path.in_flight.fetch_sub(1, Ordering::Relaxed);
         path.in_flight_bytes
             .fetch_sub(u64::from(req.len), Ordering::Relaxed);
+        match path.inflight.finish(ticket) {
+            Finish::Normal => {}
+            Finish::Reissued => {
+                debug!(map = %self.info.name, path = %path.name, op = ?req.op, offset = req.offset, "late answer of a reissued request dropped");
+                return;
+            }
+            Finish::HeldWrite => {
+                info!(map = %self.info.name, path = %path.name, op = ?req.op, offset = req.offset, ok = result.is_ok(), "a timed-out write ended on its path");
+                if let Err(e) = &result {
+                    // The original is dead: reissuing is safe now.
+                    warn!(map = %self.info.name, path = %path.name, "reissuing the timed-out write elsewhere: {e}");
+                    self.dispatch(req, attempts + 1);
+                    return;
+                }
+            }
+        }
         let e = match result {
             Ok(()) => {
                 path.ios.fetch_add(1, Ordering::Relaxed);
@@ -400,6 +443,45 @@ impl Inner {
             ErrorClass::Lun | ErrorClass::Unsupported => {
                 debug!(map = %self.info.name, path = %path.name, "error from the LUN, returned to the client: {e}");
                 req.complete(Err(e.client_error()));
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Fails paths with a request outstanding longer than io_timeout and
+    /// reissues their reads (see [`inflight`] for writes).
+    fn watchdog(&self, now: Time) {
+        let timeout = self.io_timeout_ms.load(Ordering::Relaxed);
+        if timeout == 0 {
+            return;
+        }
+        let paths: Vec<(PathId, Arc<PathRt>)> = {
+            let st = self.state.lock();
+            st.paths.iter().cloned().enumerate().collect()
+        };
+        for (id, path) in paths {
+            let expired = path.inflight.expire(now, timeout);
+            if expired.is_empty() {
+                continue;
+            }
+            let reason = format!(
+                "{} request(s) outstanding for more than {} ms (io_timeout)",
+                expired.len(),
+                timeout
+            );
+            warn!(map = %self.info.name, path = %path.name, "{reason}: failing the path");
+            self.apply(|map| map.fail_path(id, &reason, now));
+            for e in expired {
+                match e.reissue {
+                    Some(req) => {
+                        info!(map = %self.info.name, path = %path.name, op = ?e.op, offset = e.offset, "reissuing a timed-out request on another path");
+                        self.dispatch(req, 1);
+                    }
+                    None => {
+                        warn!(map = %self.info.name, path = %path.name, op = ?e.op, offset = e.offset, "a timed-out write is held until its original ends (never reissued while it may still land)");
+                    }
+                }
             }
         }
     }
@@ -463,6 +545,7 @@ fn spawn_path(map: Weak<Inner>, map_name: &str, name: &str, dev: Arc<PathDev>) -
         in_flight_bytes: AtomicU64::new(0),
         ios: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        inflight: Inflight::default(),
     })
 }
 
