@@ -659,6 +659,9 @@ pub static KEYWORDS: &[Keyword] = &[
     kw("max_polling_interval", DEF, Kind::UInt { min: 1, max: DAY }, None, Sup),
     // 0 (multipath-tools: use the device's SCSI timeout) means "unset".
     kw("checker_timeout", DEF, Kind::UInt { min: 0, max: DAY }, None, Sup),
+    // umpath: seconds a request may stay on a path before the path fails
+    // and the request is handled per the io_timeout rule (0: no limit).
+    kw("io_timeout", DEF, Kind::UInt { min: 0, max: DAY }, Some("30"), Sup),
     kw("find_multipaths", DEF, Kind::OneOf(&["yes", "no", "strict", "greedy", "smart", "on", "off", "1", "0"]), Some("strict"), Sup),
     kw("reassign_maps", DEF, Kind::YesNo, Some("no"), No(KERNEL)),
     kw("uid_attrs", DEF, Kind::Str, None, No(UDEV)),

@@ -223,6 +223,18 @@ impl Config {
         self.polling_interval
     }
 
+    /// umpath's io_timeout in seconds (`defaults` only; 0: no limit;
+    /// default 30, the usual SCSI command timeout).
+    pub fn io_timeout(&self) -> u32 {
+        match self.defaults.get("io_timeout") {
+            Some(Assignment {
+                value: Typed::UInt(v),
+                ..
+            }) => *v,
+            _ => 30,
+        }
+    }
+
     /// Longest interval between checks of a healthy path (default
     /// 4 * polling_interval).
     pub fn max_polling_interval(&self) -> u32 {

@@ -307,6 +307,8 @@ impl Daemon {
     /// still using an old map keep it until they disconnect).
     async fn apply_config(self: &Arc<Self>, st: &mut State, cfg: Arc<Config>) -> String {
         let (plans, skipped) = assemble::plan(&cfg);
+        st.config = cfg.clone();
+        let io_timeout = io_timeout(&cfg);
         for s in &skipped {
             info!(path = %s.path, "blacklisted: {}", s.reason);
         }
@@ -321,6 +323,7 @@ impl Daemon {
             match old_by_wwid.remove(&plan.wwid) {
                 Some(old) if same_paths(&old.plan, &plan) && old.plan.name == plan.name => {
                     old.engine.reconfigure(plan.policy.clone());
+                    old.engine.set_io_timeout(io_timeout);
                     for p in &plan.paths {
                         if let Some(rt) = st.paths.get_mut(&p.decl.name) {
                             rt.settings = p.settings.clone();
@@ -347,7 +350,6 @@ impl Daemon {
         for (_, old) in old_by_wwid {
             self.stop_map(st, old);
         }
-        st.config = cfg;
         let list: Vec<Arc<dyn Export>> = st
             .maps
             .iter()
@@ -431,6 +433,7 @@ impl Daemon {
             size,
         };
         let engine = MapEngine::start(info, map, devs.clone(), self.clock);
+        engine.set_io_timeout(io_timeout(&st.config));
         info!(map = %plan.name, wwid = %plan.wwid, size, paths = plan.paths.len(), policy = %plan.policy.grouping, selector = %plan.policy.selector, rr_min_io = plan.policy.repeat, "map assembled");
         for (id, (p, dev)) in plan.paths.iter().zip(devs).enumerate() {
             let checker = spawn_checker(self.clone(), engine.clone(), id, p, dev.clone());
@@ -515,6 +518,14 @@ fn open_path(p: &PathPlan) -> PathDev {
 /// ask and checks with a direct read instead.
 fn effective_checker(p: &PathPlan) -> CheckerKind {
     p.settings.path_checker.value
+}
+
+/// io_timeout from the config (`None`: no limit).
+fn io_timeout(cfg: &Config) -> Option<Duration> {
+    match cfg.io_timeout() {
+        0 => None,
+        s => Some(Duration::from_secs(u64::from(s))),
+    }
 }
 
 fn checker_timeout(s: &PathSettings) -> Duration {

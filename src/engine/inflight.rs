@@ -181,7 +181,10 @@ mod tests {
         let ex = f.expire(Time(1000), 1000);
         assert_eq!(ex.len(), 1);
         let r = ex[0].reissue.as_ref().expect("a read is reissued");
-        assert_eq!((r.cookie, r.offset, r.len, r.buf.len()), (7, 4096, 512, 512));
+        assert_eq!(
+            (r.cookie, r.offset, r.len, r.buf.len()),
+            (7, 4096, 512, 512)
+        );
         // Once only.
         assert!(f.expire(Time(5000), 1000).is_empty());
         assert_eq!(f.stuck(), 1);
@@ -193,11 +196,21 @@ mod tests {
     fn writes_are_held_not_reissued() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let f = Inflight::default();
-        for op in [Op::Write, Op::Trim, Op::WriteZeroes { no_hole: false, fast: false }] {
+        for op in [
+            Op::Write,
+            Op::Trim,
+            Op::WriteZeroes {
+                no_hole: false,
+                fast: false,
+            },
+        ] {
             let t = f.register(&req(op, &tx), Time(0));
             let ex = f.expire(Time(2000), 1000);
             assert_eq!(ex.len(), 1);
-            assert!(ex[0].reissue.is_none(), "{op:?} must not be reissued while it may land");
+            assert!(
+                ex[0].reissue.is_none(),
+                "{op:?} must not be reissued while it may land"
+            );
             assert_eq!(f.finish(t), Finish::HeldWrite);
         }
     }

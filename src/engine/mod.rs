@@ -268,7 +268,9 @@ impl MapEngine {
 
     /// Sets io_timeout (`None`: no limit).
     pub fn set_io_timeout(&self, t: Option<std::time::Duration>) {
-        let ms = t.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        let ms = t.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         self.inner.io_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
