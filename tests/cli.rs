@@ -329,3 +329,44 @@ fn tells_systemd_ready_once_serving_and_stopping_at_exit() {
     assert!(stopping, "STOPPING=1 sent on SIGTERM");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn faults_can_be_declared_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 16 << 20);
+    let p1 = file_path("p1", &img).replace(
+        "        serial",
+        "        fault \"delay 5 read; error check\"\n        serial",
+    );
+    let d = Daemon::start_in(
+        dir,
+        &seed_config("    polling_interval 1", &[file_path("p0", &img), p1]),
+    );
+    let p1 = d.path_json("p1");
+    let fault = p1["fault"].as_str().unwrap_or("");
+    assert!(
+        fault.contains("delay 5") && fault.contains("error check"),
+        "{p1}"
+    );
+    assert_eq!(
+        p1["state"], "faulty",
+        "the check fault applies from the start: {p1}"
+    );
+    // A bad fault spec is a config error with its line.
+    let bad = d.dir.path().join("bad.conf");
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("delay 5 read; error check", "explode");
+    std::fs::write(&bad, text).unwrap();
+    let out = run(Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&bad));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.conf:") && err.contains("explode"),
+        "{err}"
+    );
+}

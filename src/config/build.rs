@@ -606,6 +606,13 @@ impl Builder<'_> {
             );
             ok = false;
         }
+        if let Some((spec, span)) = extra.get("fault") {
+            if let Err(e) = crate::transport::fault::FaultSpec::parse_list(spec) {
+                self.diags
+                    .error(span, format!("path '{name}': fault {spec:?}: {e}"));
+                ok = false;
+            }
+        }
         if transport == "nbd" {
             match extra.get("uri") {
                 None => {

@@ -23,7 +23,7 @@ use super::propsel::PathIdentity;
 
 /// Transports umpath knows, with the extra keywords each one takes (kept
 /// in [`PathDecl::extra`]).
-pub const TRANSPORTS: &[(&str, &[&str])] = &[("file", &[]), ("nbd", &["uri"])];
+pub const TRANSPORTS: &[(&str, &[&str])] = &[("file", &["fault"]), ("nbd", &["uri", "fault"])];
 
 /// The transport used when a path names none.
 pub const DEFAULT_TRANSPORT: &str = "file";

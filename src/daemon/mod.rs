@@ -511,7 +511,14 @@ fn open_path(p: &PathPlan) -> PathDev {
         },
         _ => Transport::file(d.file.clone().unwrap_or_default()),
     };
-    PathDev::new(transport)
+    let dev = PathDev::new(transport);
+    // Faults declared in the config (validated at load) are set from the start.
+    if let Some((spec, _)) = d.extra.get("fault") {
+        for f in FaultSpec::parse_list(spec).unwrap_or_default() {
+            dev.faults.apply(f);
+        }
+    }
+    dev
 }
 
 /// The checker a path runs: `tur` on a `file` path has no SCSI target to
