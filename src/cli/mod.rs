@@ -38,6 +38,13 @@ pub enum ShowArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SimFormat {
+    Summary,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PathWord {
     Path,
 }
@@ -96,6 +103,19 @@ pub enum Cmd {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Run a failover scenario (TOML, see examples/) against the real
+    /// engine on scratch images; writes report.json, report.csv and
+    /// chart.svg, and fails if any data was wrong or any error reached the
+    /// client while a path was usable.
+    Simulate {
+        scenario: PathBuf,
+        /// Where the report goes (default ./umpath-sim-<scenario file stem>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// What to print on stdout: a summary, or the whole report.
+        #[arg(long, value_enum, default_value = "summary")]
+        format: SimFormat,
+    },
     /// Run the engine on an embedded default: a sparse 1 GiB image reached
     /// by two file paths with the QuantaStor stanza, served over NBD.
     Demo(demo::DemoArgs),
@@ -144,6 +164,11 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Simulate {
+            scenario,
+            out,
+            format,
+        } => simulate(&scenario, out, format),
         Cmd::CheckConfig { config } => check_config(&config),
         Cmd::Show { what, json } => {
             let words: Vec<&str> = what.iter().map(String::as_str).collect();
@@ -217,6 +242,98 @@ fn send(socket: &std::path::Path, cmd: &Ctl) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+fn simulate(file: &std::path::Path, out: Option<PathBuf>, format: SimFormat) -> ExitCode {
+    use crate::sim::scenario::Scenario;
+    if std::env::var_os("UMPATH_LOG").is_none() {
+        std::env::set_var("UMPATH_LOG", "warn");
+    }
+    init_logging();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("umpath simulate: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let sc = match Scenario::parse(&text, &file.display().to_string()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("umpath simulate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stem = file
+        .file_stem()
+        .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("umpath-sim-{stem}")));
+    eprintln!(
+        "umpath simulate: {} ({} s, {} paths, {}% reads, bs {}, iodepth {}) -> {}",
+        sc.name,
+        sc.duration_s,
+        sc.paths.len(),
+        sc.read_pct,
+        sc.bs,
+        sc.iodepth,
+        out.display()
+    );
+    let r = match crate::sim::run::run(&sc, &out) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("umpath simulate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match format {
+        SimFormat::Json => println!("{}", r.to_json()),
+        SimFormat::Csv => print!("{}", r.to_csv()),
+        SimFormat::Summary => {
+            println!("{}: {}", r.scenario, if r.passed { "PASS" } else { "FAIL" });
+            println!(
+                "  {} IOs ({} reads, {} writes), {} errors ({} while a path was usable), {} data mismatches",
+                r.ios, r.reads, r.writes, r.errors, r.errors_while_a_path_was_usable, r.data_mismatches
+            );
+            println!(
+                "  latency p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+                r.latency.p50_us, r.latency.p99_us, r.latency.p999_us, r.latency.max_us
+            );
+            for f in &r.failovers {
+                println!(
+                    "  failover  {} at {:>6} ms ({}): detected after {}",
+                    f.path,
+                    f.at_ms,
+                    f.event,
+                    f.detected_after_ms
+                        .map_or("never".into(), |m| format!("{m} ms"))
+                );
+            }
+            for f in &r.failbacks {
+                println!(
+                    "  failback  {} at {:>6} ms ({}): active after {}, carrying IO after {}",
+                    f.path,
+                    f.at_ms,
+                    f.event,
+                    f.detected_after_ms
+                        .map_or("never".into(), |m| format!("{m} ms")),
+                    f.carrying_io_after_ms
+                        .map_or("never".into(), |m| format!("{m} ms"))
+                );
+            }
+            for p in &r.problems {
+                println!("  problem: {p}");
+            }
+            println!(
+                "  report: {}/report.json, report.csv, chart.svg",
+                out.display()
+            );
+        }
+    }
+    if r.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -451,12 +451,27 @@ impl Daemon {
         Some(MapRt { engine, plan })
     }
 
+    /// Sets a fault on a path (`fault path NAME SPEC`).
+    pub async fn set_fault(&self, path: &str, spec: &str) -> Result<(), String> {
+        let dev = {
+            let st = self.state.lock().await;
+            st.paths
+                .get(path)
+                .map(|p| p.dev.clone())
+                .ok_or_else(|| format!("no path named {path:?}"))?
+        };
+        for f in FaultSpec::parse_list(spec).map_err(|e| e.to_string())? {
+            dev.faults.apply(f);
+        }
+        Ok(())
+    }
+
     /// The topology in `multipath -ll` shape.
     pub async fn topology_text(&self) -> String {
         show::topology_text(&self.snapshots().await)
     }
 
-    async fn snapshots(&self) -> Vec<MapSnapshot> {
+    pub async fn snapshots(&self) -> Vec<MapSnapshot> {
         self.engines()
             .await
             .iter()
@@ -580,14 +595,32 @@ fn spawn_checker(
                             .map_or(DEFAULT_CHECKER_TIMEOUT, checker_timeout),
                     )
                 };
+                // A path failed by IO errors is checked at the shortest
+                // interval, so it comes back as soon as it works.
+                if !engine.path_is_active(id) {
+                    interval_s = min_s;
+                }
                 interval_s = if interval_s == 0 {
                     min_s
                 } else {
                     interval_s.clamp(min_s, max_s)
                 };
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(interval_s)) => {}
+                // Sleep in polling_interval slices: a path that IO errors
+                // fail meanwhile is checked at the next slice.
+                let mut slept = 0;
+                let mut stop = false;
+                while slept < interval_s {
+                    tokio::select! {
+                        _ = shutdown.changed() => { stop = true; break; }
+                        _ = tokio::time::sleep(Duration::from_secs(min_s)) => {}
+                    }
+                    slept += min_s;
+                    if !engine.path_is_active(id) {
+                        break;
+                    }
+                }
+                if stop {
+                    break;
                 }
                 // A healthy check also (re)opens the device if needed.
                 let CheckResult { state, message } = checker.check(timeout).await;

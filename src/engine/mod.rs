@@ -229,6 +229,16 @@ impl MapEngine {
             .apply(|map| map.check_result(path, state, reason, now));
     }
 
+    /// May IO go down this path now?
+    pub fn path_is_active(&self, path: PathId) -> bool {
+        self.inner
+            .state
+            .lock()
+            .map
+            .path(path)
+            .is_some_and(|p| p.usable())
+    }
+
     /// `fail path NAME`: stays failed until reinstated by an admin.
     pub fn admin_fail(&self, path: PathId) {
         let now = self.now();
@@ -431,10 +441,20 @@ impl Inner {
         path.errors.fetch_add(1, Ordering::Relaxed);
         match e.class {
             ErrorClass::Path => {
-                warn!(map = %self.info.name, path = %path.name, op = ?req.op, offset = req.offset, "IO error, failing path and retrying elsewhere: {e}");
                 let now = self.clock.now();
                 let reason = e.to_string();
-                self.apply(|map| map.fail_path(id, &reason, now));
+                let mut failed_it = false;
+                self.apply(|map| {
+                    let ev = map.fail_path(id, &reason, now);
+                    failed_it = !ev.is_empty();
+                    ev
+                });
+                // One warning per failure, not one per request in flight.
+                if failed_it {
+                    warn!(map = %self.info.name, path = %path.name, op = ?req.op, offset = req.offset, "IO error, failing path and retrying elsewhere: {e}");
+                } else {
+                    debug!(map = %self.info.name, path = %path.name, op = ?req.op, offset = req.offset, "IO error on a failed path, retrying elsewhere: {e}");
+                }
                 if attempts + 1 >= MAX_ATTEMPTS {
                     error!(map = %self.info.name, "request failed on {MAX_ATTEMPTS} attempts; returning EIO");
                     req.complete(Err(IoError::Io));
