@@ -159,6 +159,7 @@ fn fio_nbd_engine_random_writes_verify_crc32c() {
         "--size=32M",
         "--verify=crc32c",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--do_verify=1",
         "--output-format=json",
     ]));

@@ -35,6 +35,7 @@ fn fio(d: &Daemon) -> std::process::Child {
             "--rate_iops=2000",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--output-format=json",
         ])

@@ -125,6 +125,7 @@ fn fio(d: &Daemon, size: &str, rate: &str) -> Child {
             &format!("--rate_iops={rate}"),
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--do_verify=1",
         ])
         .stdout(Stdio::piped())
