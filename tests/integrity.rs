@@ -90,6 +90,7 @@ fn fio_verify_while_paths_fail_and_recover_every_second_for_a_minute() {
         "--verify=crc32c",
         "--verify_backlog=1024",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=json",
     ]));
     stop.store(true, Ordering::Relaxed);
