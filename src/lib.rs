@@ -29,5 +29,6 @@ pub mod export;
 pub mod model;
 pub mod nbd;
 pub mod policy;
+pub mod scsi;
 pub mod transport;
 pub mod unixsock;
