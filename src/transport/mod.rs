@@ -17,6 +17,7 @@
 
 pub mod fault;
 pub mod file;
+pub mod scsi;
 
 use std::fmt;
 use std::io;
@@ -29,6 +30,7 @@ pub use fault::{
     Fault, FaultError, FaultParseError, FaultSpec, FaultTargets, Faults, IoKindForFault,
 };
 pub use file::FileTransport;
+pub use scsi::{ScsiTarget, ScsiTransport};
 
 /// The operation a [`TransportError`] happened in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +78,11 @@ impl fmt::Display for IoOp {
 ///   `EOPNOTSUPP` from trim or write-zeroes, which is
 ///   [`ErrorClass::Unsupported`], as is a fast-only write-zeroes the file
 ///   cannot do quickly.
+/// * `scsi`: by the errno the block layer returns for direct IO, as
+///   dm-multipath classifies block status codes: medium, target,
+///   reservation, protection and out-of-space errors are
+///   [`ErrorClass::Lun`], everything else [`ErrorClass::Path`] (see
+///   [`scsi::classify`]).
 /// * Injected faults ([`fault::Faults`]) are always [`ErrorClass::Path`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -234,6 +241,7 @@ pub enum Revalidated {
 #[derive(Debug)]
 pub enum Transport {
     File(file::FileTransport),
+    Scsi(scsi::ScsiTransport),
 }
 
 impl Transport {
@@ -247,6 +255,7 @@ impl Transport {
     pub fn size(&self) -> Result<u64, TransportError> {
         match self {
             Transport::File(t) => t.size(),
+            Transport::Scsi(t) => t.size(),
         }
     }
 
@@ -254,6 +263,7 @@ impl Transport {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.read_at(buf, offset),
+            Transport::Scsi(t) => t.read_at(buf, offset),
         }
     }
 
@@ -262,6 +272,7 @@ impl Transport {
     pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
         match self {
             Transport::File(t) => t.read_cached(buf, offset),
+            Transport::Scsi(t) => t.read_cached(buf, offset),
         }
     }
 
@@ -270,6 +281,7 @@ impl Transport {
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.write_at(buf, offset, fua),
+            Transport::Scsi(t) => t.write_at(buf, offset, fua),
         }
     }
 
@@ -277,6 +289,7 @@ impl Transport {
     pub fn flush(&self) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.flush(),
+            Transport::Scsi(t) => t.flush(),
         }
     }
 
@@ -284,6 +297,7 @@ impl Transport {
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.trim(offset, len),
+            Transport::Scsi(t) => t.trim(offset, len),
         }
     }
 
@@ -299,6 +313,40 @@ impl Transport {
     ) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+            Transport::Scsi(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+        }
+    }
+
+    /// A `scsi` transport for a SCSI disk; opened now if possible.
+    pub fn scsi(target: ScsiTarget) -> Transport {
+        Transport::Scsi(scsi::ScsiTransport::new(target))
+    }
+
+    /// The logical block size: IO offsets and lengths should be multiples
+    /// of it (the engine advertises the largest of its paths' as the
+    /// export's minimum block size). 1 for files.
+    pub fn block_size(&self) -> u32 {
+        match self {
+            Transport::File(_) => 1,
+            Transport::Scsi(t) => u32::try_from(t.block_size()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The checker timeout the device itself suggests (a SCSI disk's
+    /// command timeout), used when the configuration sets none.
+    pub fn default_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Transport::File(_) => None,
+            Transport::Scsi(t) => t.default_timeout(),
+        }
+    }
+
+    /// SCSI TEST UNIT READY, if the transport has a SCSI target to ask
+    /// (`None` for files).
+    pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
+        match self {
+            Transport::File(_) => None,
+            Transport::Scsi(t) => Some(t.tur(timeout)),
         }
     }
 
@@ -306,6 +354,7 @@ impl Transport {
     pub fn describe(&self) -> String {
         match self {
             Transport::File(t) => t.describe(),
+            Transport::Scsi(t) => t.describe(),
         }
     }
 
@@ -313,12 +362,14 @@ impl Transport {
     pub fn target(&self) -> String {
         match self {
             Transport::File(t) => t.path().display().to_string(),
+            Transport::Scsi(t) => t.target(),
         }
     }
 
     pub fn caps(&self) -> TransportCaps {
         match self {
             Transport::File(t) => t.caps(),
+            Transport::Scsi(t) => t.caps(),
         }
     }
 
@@ -326,6 +377,7 @@ impl Transport {
     pub fn is_open(&self) -> bool {
         match self {
             Transport::File(t) => t.is_open(),
+            Transport::Scsi(t) => t.is_open(),
         }
     }
 
@@ -335,6 +387,7 @@ impl Transport {
     pub fn reopen(&self) -> Result<(), TransportError> {
         match self {
             Transport::File(t) => t.reopen(),
+            Transport::Scsi(t) => t.reopen(),
         }
     }
 
@@ -344,6 +397,7 @@ impl Transport {
     pub fn revalidate(&self) -> Result<Revalidated, TransportError> {
         match self {
             Transport::File(t) => t.revalidate(),
+            Transport::Scsi(t) => t.revalidate(),
         }
     }
 
@@ -352,6 +406,7 @@ impl Transport {
     pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
         match self {
             Transport::File(t) => t.probe(len),
+            Transport::Scsi(t) => t.probe(len),
         }
     }
 }
@@ -451,6 +506,21 @@ impl PathDev {
         self.fault(IoKindForFault::Write, IoOp::WriteZeroes, offset, len)?;
         self.transport
             .write_zeroes(offset, len, may_unmap, fast_only)
+    }
+
+    /// TEST UNIT READY behind the `checks` fault target (`None`: no SCSI
+    /// target on this path). An injected check fault makes the path down.
+    pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
+        if matches!(self.transport, Transport::File(_)) {
+            return None;
+        }
+        if let Err(e) = self.fault(IoKindForFault::Check, IoOp::Check, 0, 0) {
+            return Some(crate::checker::CheckResult::new(
+                crate::model::CheckState::Down,
+                format!("tur: {e}"),
+            ));
+        }
+        self.transport.tur(timeout)
     }
 
     /// The checker's probe, behind the `checks` fault target.
