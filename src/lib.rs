@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod export;
