@@ -25,6 +25,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::checker::{CheckResult, PathChecker};
 use crate::config::{self, Config, PathSettings};
 use crate::control::{self, Command, Response, ShowWhat};
+use crate::discovery::{self, DiscoverOptions, ScsiDevice};
 use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
 use crate::export::{Export, ExportSet};
 use crate::model::{CheckState, Map, Path as ModelPath};
@@ -49,6 +50,9 @@ pub struct Options {
     pub nbd_socket: Option<PathBuf>,
     pub nbd_listen: Option<String>,
     pub control_socket: PathBuf,
+    /// Discover SCSI disks (sysfs) and use each as a path, in addition to
+    /// the declared ones; `None`: declared paths only.
+    pub scsi: Option<DiscoverOptions>,
 }
 
 /// Start-up failures.
@@ -304,9 +308,10 @@ impl Daemon {
     /// maps that are gone or whose paths changed are stopped (connections
     /// still using an old map keep it until they disconnect).
     async fn apply_config(self: &Arc<Self>, st: &mut State, cfg: Arc<Config>) -> String {
-        let (plans, skipped) = assemble::plan(&cfg);
+        let scsi = self.discover_scsi().await;
+        let (plans, skipped) = assemble::plan_with(&cfg, &scsi);
         for s in &skipped {
-            info!(path = %s.path, "blacklisted: {}", s.reason);
+            info!(path = %s.path, "not used: {}", s.reason);
         }
         let mut kept = 0;
         let mut started = 0;
@@ -355,6 +360,22 @@ impl Daemon {
         format!("{kept} map(s) kept, {started} started, {stopped} stopped")
     }
 
+    /// The SCSI disks to use as paths (none unless enabled in
+    /// [`Options::scsi`]); devices that cannot be read are logged.
+    async fn discover_scsi(&self) -> Vec<ScsiDevice> {
+        let Some(opts) = self.opts.scsi.clone() else {
+            return Vec::new();
+        };
+        let found = tokio::task::spawn_blocking(move || discovery::discover(&opts))
+            .await
+            .unwrap_or_default();
+        for e in &found.errors {
+            warn!("{e}");
+        }
+        info!(devices = found.devices.len(), "SCSI discovery");
+        found.devices
+    }
+
     fn stop_map(&self, st: &mut State, old: MapRt) {
         info!(map = %old.plan.name, "stopping map");
         for p in &old.plan.paths {
@@ -373,7 +394,7 @@ impl Daemon {
         let mut size: Option<u64> = None;
         for p in &plan.paths {
             let dev = Arc::new(open_path(p));
-            let timeout = checker_timeout(&p.settings);
+            let timeout = checker_timeout(&p.settings, &dev);
             let checker = PathChecker::new(dev.clone(), effective_checker(p));
             let CheckResult { state, message } = checker.check(timeout).await;
             match dev.size() {
@@ -480,9 +501,10 @@ fn same_paths(a: &MapPlan, b: &MapPlan) -> bool {
 }
 
 fn open_path(p: &PathPlan) -> PathDev {
-    let transport = match &p.decl.file {
-        Some(f) => Transport::file(f.clone()),
-        None => Transport::file(PathBuf::new()),
+    let transport = match (&p.scsi, &p.decl.file) {
+        (Some(s), _) => Transport::scsi(s.target()),
+        (None, Some(f)) => Transport::file(f.clone()),
+        (None, None) => Transport::file(PathBuf::new()),
     };
     PathDev::new(transport)
 }
@@ -493,12 +515,16 @@ fn effective_checker(p: &PathPlan) -> CheckerKind {
     p.settings.path_checker.value
 }
 
-fn checker_timeout(s: &PathSettings) -> Duration {
-    s.checker_timeout
-        .value
-        .map_or(DEFAULT_CHECKER_TIMEOUT, |secs| {
-            Duration::from_secs(u64::from(secs.max(1)))
-        })
+/// `checker_timeout` from the configuration, else the device's own (a
+/// SCSI disk's sysfs `timeout`, as multipathd uses), else 30 s.
+fn checker_timeout(s: &PathSettings, dev: &PathDev) -> Duration {
+    match s.checker_timeout.value {
+        Some(secs) => Duration::from_secs(u64::from(secs.max(1))),
+        None => dev
+            .transport
+            .default_timeout()
+            .unwrap_or(DEFAULT_CHECKER_TIMEOUT),
+    }
 }
 
 /// One task per path: check every polling_interval (healthy paths back
@@ -535,7 +561,7 @@ fn spawn_checker(
                         max,
                         settings
                             .as_ref()
-                            .map_or(DEFAULT_CHECKER_TIMEOUT, checker_timeout),
+                            .map_or(DEFAULT_CHECKER_TIMEOUT, |s| checker_timeout(s, &dev)),
                     )
                 };
                 interval_s = if interval_s == 0 {

@@ -383,4 +383,4 @@ fn vpd_over_sgio(devnode: &Path) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), S
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
