@@ -17,7 +17,9 @@ use common::*;
 fn pg83() -> Vec<u8> {
     let mut b = vec![0x00, 0x83, 0x00, 0x16, 0x02, 0x00, 0x00, 0x06];
     b.extend_from_slice(b"QS0001");
-    b.extend_from_slice(&[0x01, 0x03, 0x00, 0x08, 0x50, 0x00, 0xc5, 0x00, 0x15, 0xea, 0x71, 0xac]);
+    b.extend_from_slice(&[
+        0x01, 0x03, 0x00, 0x08, 0x50, 0x00, 0xc5, 0x00, 0x15, 0xea, 0x71, 0xac,
+    ]);
     b
 }
 
@@ -69,7 +71,15 @@ fn probe_lists_fake_disks() {
     fake_disk(&sysfs, "3:0:0:1", "sdc", 16384);
     let conf = dir.path().join("multipath.conf");
     std::fs::write(&conf, CONF).unwrap();
-    let out = run_ok(Command::new(BIN).arg("probe").arg("--sysfs").arg(&sysfs).arg("--config").arg(&conf).arg("--json"));
+    let out = run_ok(
+        Command::new(BIN)
+            .arg("probe")
+            .arg("--sysfs")
+            .arg(&sysfs)
+            .arg("--config")
+            .arg(&conf)
+            .arg("--json"),
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let devs = v["devices"].as_array().unwrap();
     assert_eq!(devs.len(), 2, "{out}");
@@ -78,8 +88,19 @@ fn probe_lists_fake_disks() {
         assert_eq!(d["map"], "lun7", "{out}");
         assert_eq!(d["vendor"], "OSNEXUS", "{out}");
     }
-    let text = run_ok(Command::new(BIN).arg("probe").arg("--sysfs").arg(&sysfs).arg("--config").arg(&conf));
-    assert!(text.lines().any(|l| l.starts_with("sdb ") && l.contains("lun7")), "{text}");
+    let text = run_ok(
+        Command::new(BIN)
+            .arg("probe")
+            .arg("--sysfs")
+            .arg(&sysfs)
+            .arg("--config")
+            .arg(&conf),
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sdb ") && l.contains("lun7")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -144,14 +165,23 @@ fn daemon_serves_discovered_disks() {
         assert_eq!(p["map"], "lun7");
         assert_eq!(p["state"], "ready", "{p}\n{}", log_text());
     }
-    let info = run_ok(Command::new("nbdinfo").arg(format!("nbd+unix:///lun7?socket={}", nbd.display())));
+    let info =
+        run_ok(Command::new("nbdinfo").arg(format!("nbd+unix:///lun7?socket={}", nbd.display())));
     assert!(info.contains("export-size: 8388608"), "{info}");
     assert!(info.contains("block_size_minimum: 512"), "{info}");
     // IO through the map, at an offset and length that are not multiples
     // of the block size: lands in the "disk" and reads back.
     need("qemu-io");
     let uri = format!("nbd+unix:///lun7?socket={}", nbd.display());
-    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xab 1000 3000", "-c", "read -P 0xab 1000 3000", &uri]));
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0xab 1000 3000",
+        "-c",
+        "read -P 0xab 1000 3000",
+        &uri,
+    ]));
     let data = std::fs::read(devdir.join("sdb")).unwrap();
     assert!(data[1000..4000].iter().all(|&b| b == 0xab));
     assert_eq!(data[999], 0);

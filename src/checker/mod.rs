@@ -110,7 +110,12 @@ pub fn check_blocking_timeout(kind: CheckerKind, dev: &PathDev, timeout: Duratio
 }
 
 /// A check found the path usable: reopen its IO handle if needed.
-fn revalidated(kind: CheckerKind, dev: &PathDev, state: CheckState, mut message: String) -> CheckResult {
+fn revalidated(
+    kind: CheckerKind,
+    dev: &PathDev,
+    state: CheckState,
+    mut message: String,
+) -> CheckResult {
     match dev.transport.revalidate() {
         Ok(Revalidated::Unchanged) => {}
         Ok(Revalidated::Reopened(reason)) => {
@@ -441,7 +446,10 @@ mod tests {
         let r = check_blocking(CheckerKind::Tur, &dev);
         assert_eq!(r.state, CheckState::Down);
         assert!(r.message.contains("injected"), "{}", r.message);
-        assert_eq!(check_blocking(CheckerKind::None, &dev).state, CheckState::Up);
+        assert_eq!(
+            check_blocking(CheckerKind::None, &dev).state,
+            CheckState::Up
+        );
     }
 
     #[test]

@@ -76,7 +76,15 @@ pub fn rows(cfg: &Config, found: &Discovery) -> Vec<ProbeRow> {
 /// A table with one line per device (and the errors after it).
 pub fn table(rows: &[ProbeRow], errors: &[discovery::DiscoveryError]) -> String {
     let head = [
-        "NAME", "H:C:T:L", "VENDOR", "PRODUCT", "REV", "DEVNODE", "STATE", "WWID", "MAP",
+        "NAME",
+        "H:C:T:L",
+        "VENDOR",
+        "PRODUCT",
+        "REV",
+        "DEVNODE",
+        "STATE",
+        "WWID",
+        "MAP",
         "DEVICE RULE",
     ];
     let mut lines: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
@@ -95,14 +103,24 @@ pub fn table(rows: &[ProbeRow], errors: &[discovery::DiscoveryError]) -> String 
             d.product.clone(),
             d.revision.clone(),
             d.devnode.display().to_string(),
-            if d.state.is_empty() { "-".into() } else { d.state.clone() },
+            if d.state.is_empty() {
+                "-".into()
+            } else {
+                d.state.clone()
+            },
             wwid.to_string(),
             map,
             r.device_rule.clone().unwrap_or_else(|| "defaults".into()),
         ]);
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in &lines {
@@ -251,14 +269,24 @@ blacklist {
             Some("blacklisted by blacklist devnode \"^sdz$\" at multipath.conf:17")
         );
         assert_eq!(sdz.device_rule, None);
-        assert!(by("sdy").blacklisted.as_deref().unwrap().starts_with("no WWID"));
+        assert!(by("sdy")
+            .blacklisted
+            .as_deref()
+            .unwrap()
+            .starts_with("no WWID"));
 
         let t = table(&rows, &found.errors);
         assert!(t.starts_with("NAME "), "{t}");
         assert!(t.contains("sdb   2:0:0:1"), "{t}");
         let line = t.lines().find(|l| l.starts_with("sdb ")).unwrap();
-        assert!(line.contains(" 35000c50015ea71ac ") && line.contains(" lun7 "), "{t}");
-        assert!(t.contains("sdz: not used: blacklisted by blacklist devnode"), "{t}");
+        assert!(
+            line.contains(" 35000c50015ea71ac ") && line.contains(" lun7 "),
+            "{t}"
+        );
+        assert!(
+            t.contains("sdz: not used: blacklisted by blacklist devnode"),
+            "{t}"
+        );
 
         let j = json(&rows, &found.errors);
         let devs = j["devices"].as_array().unwrap();

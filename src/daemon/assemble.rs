@@ -60,10 +60,7 @@ pub fn scsi_skip_reason(cfg: &Config, d: &ScsiDevice) -> Option<String> {
         ));
     }
     if cfg.path(&d.name).is_some() {
-        return Some(format!(
-            "a declared path is already called {:?}",
-            d.name
-        ));
+        return Some(format!("a declared path is already called {:?}", d.name));
     }
     None
 }

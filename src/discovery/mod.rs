@@ -24,8 +24,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scsi::inquiry::StdInquiry;
-use crate::scsi::wwid::{self, Wwid};
 use crate::scsi::vpd;
+use crate::scsi::wwid::{self, Wwid};
 use crate::transport::ScsiTarget;
 
 /// Where to look.
@@ -133,7 +133,13 @@ pub struct DiscoveryError {
 
 impl fmt::Display for DiscoveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SCSI device {}: {}: {}", self.device, self.path.display(), self.why)
+        write!(
+            f,
+            "SCSI device {}: {}: {}",
+            self.device,
+            self.path.display(),
+            self.why
+        )
     }
 }
 
@@ -327,22 +333,26 @@ pub fn read_device(
         .as_deref()
         .and_then(|p| vpd::unit_serial(p).ok())
         .unwrap_or_default();
-    let (wwid, wwid_source, wwid_error) = match wwid::scsi_id(&inq, pg83.as_deref(), pg80.as_deref())
-    {
-        Ok(Wwid { id, source }) => (id, source.to_string(), None),
-        Err(e) => {
-            let mut why = e.to_string();
-            if let Some(n) = fallback_note {
-                why.push_str(&format!("; SG_IO: {n}"));
+    let (wwid, wwid_source, wwid_error) =
+        match wwid::scsi_id(&inq, pg83.as_deref(), pg80.as_deref()) {
+            Ok(Wwid { id, source }) => (id, source.to_string(), None),
+            Err(e) => {
+                let mut why = e.to_string();
+                if let Some(n) = fallback_note {
+                    why.push_str(&format!("; SG_IO: {n}"));
+                }
+                (String::new(), String::new(), Some(why))
             }
-            (String::new(), String::new(), Some(why))
-        }
-    };
+        };
 
     // Reading many files is not atomic: if the device went away meanwhile,
     // say so rather than report a half-read device.
     if !dir.join("vendor").exists() {
-        return Err(err(hctl, dir, "vanished while being read (device removed?)"));
+        return Err(err(
+            hctl,
+            dir,
+            "vanished while being read (device removed?)",
+        ));
     }
 
     Ok(Some(ScsiDevice {
@@ -365,8 +375,11 @@ pub fn read_device(
     }))
 }
 
+/// Pages 0x83 and 0x80, each if the device has it.
+type VpdPages = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// VPD pages 0x83 and 0x80 over SG_IO, as page 0x00 lists them.
-fn vpd_over_sgio(devnode: &Path) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), String> {
+fn vpd_over_sgio(devnode: &Path) -> Result<VpdPages, String> {
     use crate::transport::scsi::sgio;
     let t = Duration::from_secs(5);
     let name = devnode.display().to_string();

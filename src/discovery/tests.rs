@@ -26,7 +26,10 @@ impl FakeDev<'_> {
     }
 
     pub(crate) fn create(&self, root: &Path) -> PathBuf {
-        let dir = root.join("class/scsi_device").join(self.hctl).join("device");
+        let dir = root
+            .join("class/scsi_device")
+            .join(self.hctl)
+            .join("device");
         let b = dir.join("block").join(self.name);
         fs::create_dir_all(b.join("queue")).unwrap();
         fs::write(dir.join("vendor"), format!("{}\n", self.vendor)).unwrap();
@@ -97,7 +100,11 @@ fn serial_only_and_raw_inquiry() {
     assert_eq!(d.devices[0].wwid_source, "VPD 0x80 serial");
     // The raw inquiry attribute wins over the text ones.
     let dir = root.path().join("class/scsi_device/0:0:0:0/device");
-    fs::write(dir.join("inquiry"), crate::scsi::inquiry::tests::quantastor()).unwrap();
+    fs::write(
+        dir.join("inquiry"),
+        crate::scsi::inquiry::tests::quantastor(),
+    )
+    .unwrap();
     fs::write(dir.join("vendor"), "garbage\n").unwrap();
     let d = discover(&opts(root.path()));
     assert_eq!(d.devices[0].vendor, "OSNEXUS");
@@ -165,7 +172,11 @@ fn malformed_vpd_and_attributes() {
     assert_eq!(by("sdb").wwid, "");
     let why = by("sdb").wwid_error.clone().unwrap();
     assert!(why.contains("expected"), "{why}");
-    assert!(by("sdc").wwid_error.as_ref().unwrap().contains("no VPD page 0x83"));
+    assert!(by("sdc")
+        .wwid_error
+        .as_ref()
+        .unwrap()
+        .contains("no VPD page 0x83"));
     assert_eq!(by("sde").wwid, "SOSNEXUS_QUANTASTOR_QS0001");
     assert_eq!(d.errors.len(), 1);
     assert!(d.errors[0].why.contains("not a number"), "{}", d.errors[0]);

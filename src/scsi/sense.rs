@@ -103,11 +103,7 @@ impl Sense {
             }
             0x72 | 0x73 => {
                 if b.len() < 4 {
-                    return Err(ScsiError::short(
-                        "descriptor format sense data",
-                        b.len(),
-                        4,
-                    ));
+                    return Err(ScsiError::short("descriptor format sense data", b.len(), 4));
                 }
                 Ok(Sense {
                     response_code,
@@ -182,7 +178,11 @@ impl fmt::Display for Sense {
     /// E.g. `"NOT READY, ASC/ASCQ 04/0b (logical unit not accessible,
     /// target port in standby state)"`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, ASC/ASCQ {:02x}/{:02x}", self.key, self.asc, self.ascq)?;
+        write!(
+            f,
+            "{}, ASC/ASCQ {:02x}/{:02x}",
+            self.key, self.asc, self.ascq
+        )?;
         if let Some(t) = self.asc_text() {
             write!(f, " ({t})")?;
         }

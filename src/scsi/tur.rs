@@ -331,6 +331,9 @@ mod tests {
             once(TurOutcome::check_condition(vec![0x12; 20])).0,
             CheckState::Down
         );
-        assert_eq!(once(TurOutcome::check_condition(vec![])).0, CheckState::Down);
+        assert_eq!(
+            once(TurOutcome::check_condition(vec![])).0,
+            CheckState::Down
+        );
     }
 }

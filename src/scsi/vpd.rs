@@ -238,7 +238,11 @@ impl Designator {
     pub fn text(&self) -> String {
         match self.code_set {
             CodeSet::Ascii | CodeSet::Utf8 => {
-                let end = self.id.iter().position(|&c| c == 0).unwrap_or(self.id.len());
+                let end = self
+                    .id
+                    .iter()
+                    .position(|&c| c == 0)
+                    .unwrap_or(self.id.len());
                 String::from_utf8_lossy(&self.id[..end]).into_owned()
             }
             _ => hex(&self.id),

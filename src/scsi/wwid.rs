@@ -64,9 +64,7 @@ impl fmt::Display for WwidSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WwidSource::Designator {
-                kind,
-                naa: Some(n),
-                ..
+                kind, naa: Some(n), ..
             } => write!(f, "VPD 0x83 {kind} {n:x}"),
             WwidSource::Designator { kind, code_set, .. } => {
                 let cs = if *code_set == CodeSet::Ascii {
@@ -220,9 +218,8 @@ fn from_page80(inq: &StdInquiry, page: &[u8]) -> Result<Vec<u8>, ScsiError> {
             format!("serial number of {len} bytes is too long"),
         ));
     }
-    let vp = vendor_product(inq).ok_or_else(|| {
-        ScsiError::malformed("standard INQUIRY data", "NUL in vendor or product")
-    })?;
+    let vp = vendor_product(inq)
+        .ok_or_else(|| ScsiError::malformed("standard INQUIRY data", "NUL in vendor or product"))?;
     let mut s = b"S".to_vec();
     s.extend_from_slice(&vp);
     // Bytes past the end of what the device sent read as zeroes in
@@ -410,15 +407,28 @@ mod tests {
 
     #[test]
     fn preference_order() {
-        let naa6 = desc(0x01, 0x03, &[0x60, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        let naa6 = desc(
+            0x01,
+            0x03,
+            &[0x60, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+        );
         let naa5 = desc(0x01, 0x03, &[0x50, 0, 0xc5, 0, 0x15, 0xea, 0x71, 0xac]);
         let naa3 = desc(0x01, 0x03, &[0x30, 0, 0, 0, 0, 0, 0, 1]);
-        let eui = desc(0x01, 0x02, &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x00, 0x11]);
+        let eui = desc(
+            0x01,
+            0x02,
+            &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x00, 0x11],
+        );
         let t10 = desc(0x02, 0x01, b"LIO-ORG block1 1234");
         let vs = desc(0x01, 0x00, &[0xde, 0xad]);
         let name = desc(0x03, 0x08, b"iqn.2003-01.org.x:t1,t,0x1");
         let run = |ds: &[&Vec<u8>]| {
-            let p = page(0x83, &ds.iter().flat_map(|d| d.iter().copied()).collect::<Vec<_>>());
+            let p = page(
+                0x83,
+                &ds.iter()
+                    .flat_map(|d| d.iter().copied())
+                    .collect::<Vec<_>>(),
+            );
             scsi_id(&inq(), Some(&p), None).map(|w| w.id)
         };
         assert_eq!(
@@ -457,7 +467,12 @@ mod tests {
     fn pre_spc3_page() {
         // EMC Symmetrix SCSI-2 format: 16 bytes of WWN right after the
         // header; byte 6 is not zero.
-        let p = page(0x83, &[0x60, 0x06, 0x04, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42]);
+        let p = page(
+            0x83,
+            &[
+                0x60, 0x06, 0x04, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42,
+            ],
+        );
         let w = scsi_id(&inq(), Some(&p), None).unwrap();
         assert_eq!(w.id, "360060480000000000000000000000042");
         assert_eq!(w.source, WwidSource::PreSpc3);

@@ -54,7 +54,13 @@ mod tests {
 
     #[test]
     fn aligned_and_sized() {
-        for (len, align) in [(512, 512), (4096, 4096), (1, 4096), (3 << 20, 4096), (0, 4096)] {
+        for (len, align) in [
+            (512, 512),
+            (4096, 4096),
+            (1, 4096),
+            (3 << 20, 4096),
+            (0, 4096),
+        ] {
             with(len, align, |b| {
                 assert_eq!(b.len(), len);
                 assert_eq!(b.as_ptr() as usize % align, 0);

@@ -237,7 +237,14 @@ impl ScsiTransport {
         ))
     }
 
-    fn io_error(&self, o: &Opened, op: IoOp, offset: u64, len: u64, e: io::Error) -> TransportError {
+    fn io_error(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        e: io::Error,
+    ) -> TransportError {
         let err = self.error(op, offset, len, e);
         if err.class == ErrorClass::Path {
             o.failed.store(true, Ordering::Relaxed);
@@ -456,7 +463,12 @@ impl ScsiTransport {
         let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
         let mut why_not = Vec::new();
         if may_unmap {
-            match falloc(&o.file, FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep, offset, len) {
+            match falloc(
+                &o.file,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep,
+                offset,
+                len,
+            ) {
                 Ok(()) => return Ok(()),
                 Err(e) if is_unsupported(&e) => why_not.push(format!("punch hole: {e}")),
                 Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
@@ -480,7 +492,12 @@ impl ScsiTransport {
                 ),
             ));
         }
-        match falloc(&o.file, FallocateFlags::FALLOC_FL_ZERO_RANGE | keep, offset, len) {
+        match falloc(
+            &o.file,
+            FallocateFlags::FALLOC_FL_ZERO_RANGE | keep,
+            offset,
+            len,
+        ) {
             Ok(()) => return Ok(()),
             Err(e) if is_unsupported(&e) => {}
             Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
@@ -502,7 +519,8 @@ impl ScsiTransport {
     /// and read `len` bytes (rounded up to the logical block size) at
     /// offset 0.
     pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
-        let fail = |op, e| TransportError::new(op, 0, len as u64, self.name.clone(), ErrorClass::Path, e);
+        let fail =
+            |op, e| TransportError::new(op, 0, len as u64, self.name.clone(), ErrorClass::Path, e);
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC | libc::O_NONBLOCK)

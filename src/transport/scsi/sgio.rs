@@ -14,9 +14,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::scsi::host;
 use crate::scsi::sense::Sense;
 use crate::scsi::tur::{TurOutcome, SG_INFO_CHECK};
-use crate::scsi::{host, status};
 
 /// `struct sg_io_hdr` of `<scsi/sg.h>` (interface 'S').
 #[repr(C)]
@@ -171,7 +171,8 @@ pub fn sg_io(file: &File, cdb: &[u8], data: Data<'_>, timeout: Duration) -> io::
     };
     let dxfer_len = libc::c_uint::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "transfer too large"))?;
-    let timeout_ms = libc::c_uint::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_uint::MAX);
+    let timeout_ms =
+        libc::c_uint::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_uint::MAX);
     let mut hdr = SgIoHdr {
         interface_id: libc::c_int::from(b'S'),
         dxfer_direction: dir,
@@ -261,7 +262,14 @@ pub fn inquiry(
         let mut buf = vec![0u8; alloc];
         // Allocation length fits in 16 bits (alloc <= INQUIRY_MAX).
         let al = (alloc as u16).to_be_bytes();
-        let cdb = [0x12, u8::from(page.is_some()), page.unwrap_or(0), al[0], al[1], 0];
+        let cdb = [
+            0x12,
+            u8::from(page.is_some()),
+            page.unwrap_or(0),
+            al[0],
+            al[1],
+            0,
+        ];
         let r = sg_io(file, &cdb, Data::FromDevice(&mut buf), timeout).map_err(|source| {
             SgError::Ioctl {
                 device: device.to_string(),
@@ -269,8 +277,10 @@ pub fn inquiry(
                 source,
             }
         })?;
-        if !r.ok() && !(r.status == status::GOOD && r.host_status == 0 && r.driver_status == 0)
-        {
+        let recovered = r
+            .sense()
+            .is_some_and(|x| x.key == crate::scsi::SenseKey::RECOVERED_ERROR);
+        if !r.ok() && !recovered {
             return Err(SgError::Failed {
                 device: device.to_string(),
                 command,
@@ -330,7 +340,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let e = inquiry(&f, "f", Some(0x83), Duration::from_secs(1)).unwrap_err();
-        assert!(e.to_string().starts_with("f: INQUIRY VPD page 0x83: SG_IO failed"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("f: INQUIRY VPD page 0x83: SG_IO failed"),
+            "{e}"
+        );
         assert_eq!(e.errno(), Some(libc::ENOTTY));
         assert!(sg_io(&f, &[], Data::None, Duration::from_secs(1)).is_err());
     }

@@ -23,15 +23,37 @@ fn pattern(at: u64, n: usize) -> Vec<u8> {
 
 #[test]
 fn classification_follows_dm_multipath() {
-    for n in [libc::EIO, libc::ENOLINK, libc::ETIMEDOUT, libc::ENXIO, libc::ENODEV, libc::EAGAIN] {
+    for n in [
+        libc::EIO,
+        libc::ENOLINK,
+        libc::ETIMEDOUT,
+        libc::ENXIO,
+        libc::ENODEV,
+        libc::EAGAIN,
+    ] {
         assert_eq!(classify(IoOp::Read, Some(n)), ErrorClass::Path, "{n}");
     }
-    for n in [libc::ENODATA, libc::EREMOTEIO, libc::EBADE, libc::EILSEQ, libc::ENOSPC] {
+    for n in [
+        libc::ENODATA,
+        libc::EREMOTEIO,
+        libc::EBADE,
+        libc::EILSEQ,
+        libc::ENOSPC,
+    ] {
         assert_eq!(classify(IoOp::Write, Some(n)), ErrorClass::Lun, "{n}");
     }
-    assert_eq!(classify(IoOp::Trim, Some(libc::EOPNOTSUPP)), ErrorClass::Unsupported);
-    assert_eq!(classify(IoOp::WriteZeroes, Some(libc::EOPNOTSUPP)), ErrorClass::Unsupported);
-    assert_eq!(classify(IoOp::Read, Some(libc::EOPNOTSUPP)), ErrorClass::Lun);
+    assert_eq!(
+        classify(IoOp::Trim, Some(libc::EOPNOTSUPP)),
+        ErrorClass::Unsupported
+    );
+    assert_eq!(
+        classify(IoOp::WriteZeroes, Some(libc::EOPNOTSUPP)),
+        ErrorClass::Unsupported
+    );
+    assert_eq!(
+        classify(IoOp::Read, Some(libc::EOPNOTSUPP)),
+        ErrorClass::Lun
+    );
     assert_eq!(classify(IoOp::Read, None), ErrorClass::Path);
 }
 
@@ -80,7 +102,10 @@ fn writes_any_buffer_and_range() {
     t.flush().unwrap();
     let f = std::fs::read(&p).unwrap();
     assert_eq!(&f[8192..8192 + 4096], &data[1..]);
-    assert_eq!(&f[1020..1028], &[f[1020], f[1021], f[1022], 1, 2, 3, f[1026], f[1027]]);
+    assert_eq!(
+        &f[1020..1028],
+        &[f[1020], f[1021], f[1022], 1, 2, 3, f[1026], f[1027]]
+    );
     assert_eq!(f[1022], pattern(1022, 1)[0]);
     assert_eq!(f[1026], pattern(1026, 1)[0]);
     assert_eq!(&f[100_001..100_001 + big.len()], &big[..]);
@@ -148,7 +173,11 @@ fn probe_and_tur_on_a_file() {
     // A regular file takes no SCSI commands.
     let r = t.tur(Duration::from_secs(1));
     assert_eq!(r.state, CheckState::Down);
-    assert!(r.message.contains("does not support SG_IO"), "{}", r.message);
+    assert!(
+        r.message.contains("does not support SG_IO"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
