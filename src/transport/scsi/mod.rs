@@ -59,7 +59,8 @@ pub const MEM_ALIGN: usize = 4096;
 /// * `ENODATA` (medium error), `EREMOTEIO` (target error, e.g. ILLEGAL
 ///   REQUEST or write protected), `EBADE` (reservation conflict),
 ///   `EILSEQ` (protection information), `ENOSPC` (thin pool full),
-///   `EINVAL` (a request the device cannot take, e.g. misaligned) and
+///   `EINVAL` (a request the device cannot take, e.g. misaligned),
+///   `EROFS` (write protected) and
 ///   `EOPNOTSUPP` outside trim/write-zeroes: [`ErrorClass::Lun`].
 /// * `EOPNOTSUPP` / `ENOTSUP` from trim or write-zeroes:
 ///   [`ErrorClass::Unsupported`].
@@ -81,6 +82,7 @@ pub fn classify(op: IoOp, errno: Option<i32>) -> ErrorClass {
             libc::EILSEQ,
             libc::ENOSPC,
             libc::EINVAL,
+            libc::EROFS,
         ]
         .contains(&n)
     {
@@ -95,6 +97,8 @@ pub fn classify(op: IoOp, errno: Option<i32>) -> ErrorClass {
 struct Opened {
     file: File,
     blkdev: bool,
+    /// Opened read-only (the device is write protected).
+    read_only: bool,
     rdev: u64,
     ino: u64,
     failed: AtomicBool,
@@ -252,28 +256,39 @@ impl ScsiTransport {
         err
     }
 
-    /// Opens the IO handle (read-write, O_DIRECT).
+    /// Opens the IO handle: read-write with O_DIRECT, or read-only if the
+    /// device is write protected (`EROFS`/`EACCES`); writes then fail as
+    /// LUN errors (`EROFS`), not path errors.
     pub fn reopen(&self) -> Result<(), TransportError> {
-        let r = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-            .open(&self.target.devnode)
-            .and_then(|file| {
-                let meta = file.metadata()?;
-                let blkdev = meta.file_type().is_block_device();
-                if blkdev {
-                    let bs = blk_sector_size(&file)?;
-                    self.block_size.store(bs, Ordering::Relaxed);
-                }
-                Ok(Opened {
-                    blkdev,
-                    rdev: meta.rdev(),
-                    ino: meta.ino(),
-                    file,
-                    failed: AtomicBool::new(false),
-                })
-            });
+        let open = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+                .open(&self.target.devnode)
+        };
+        let r = match open(true) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
+                open(false).map(|f| (f, true)).map_err(|_| e)
+            }
+            r => r.map(|f| (f, false)),
+        }
+        .and_then(|(file, read_only)| {
+            let meta = file.metadata()?;
+            let blkdev = meta.file_type().is_block_device();
+            if blkdev {
+                let bs = blk_sector_size(&file)?;
+                self.block_size.store(bs, Ordering::Relaxed);
+            }
+            Ok(Opened {
+                blkdev,
+                read_only,
+                rdev: meta.rdev(),
+                ino: meta.ino(),
+                file,
+                failed: AtomicBool::new(false),
+            })
+        });
         match r {
             Ok(o) => {
                 self.io.store(Some(Arc::new(o)));
@@ -378,9 +393,24 @@ impl ScsiTransport {
         })
     }
 
+    /// A write on a read-only handle: the LUN is write protected.
+    fn check_writable(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), TransportError> {
+        if o.read_only {
+            return Err(self.error(op, offset, len, errno_error(libc::EROFS)));
+        }
+        Ok(())
+    }
+
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
         let len = buf.len() as u64;
         let o = self.handle(IoOp::Write, offset, len)?;
+        self.check_writable(&o, IoOp::Write, offset, len)?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -428,6 +458,7 @@ impl ScsiTransport {
 
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
         let o = self.handle(IoOp::Trim, offset, len)?;
+        self.check_writable(&o, IoOp::Trim, offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -457,6 +488,7 @@ impl ScsiTransport {
     ) -> Result<(), TransportError> {
         let op = IoOp::WriteZeroes;
         let o = self.handle(op, offset, len)?;
+        self.check_writable(&o, op, offset, len)?;
         if len == 0 {
             return Ok(());
         }

@@ -194,3 +194,27 @@ fn trim_and_zeroes() {
     assert_eq!(f[0], 0);
     assert_eq!(f[1], 1);
 }
+
+#[test]
+fn write_protected_disk_is_read_only_and_writes_are_lun_errors() {
+    let (_d, p, t) = disk(8192, 512);
+    drop(t);
+    let mut perms = std::fs::metadata(&p).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+    std::fs::set_permissions(&p, perms).unwrap();
+    // Root ignores file modes; only check when the open really fails.
+    if OpenOptions::new().write(true).open(&p).is_ok() {
+        return;
+    }
+    let t = ScsiTransport::new(ScsiTarget {
+        devnode: p,
+        ..Default::default()
+    });
+    assert!(t.is_open());
+    let mut b = [0u8; 512];
+    t.read_at(&mut b, 0).unwrap();
+    let e = t.write_at(&b, 0, false).unwrap_err();
+    assert_eq!(e.class, ErrorClass::Lun);
+    assert_eq!(e.errno(), Some(libc::EROFS));
+    assert_eq!(e.client_error(), crate::export::IoError::Perm);
+}
