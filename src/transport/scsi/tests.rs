@@ -39,6 +39,7 @@ fn classification_follows_dm_multipath() {
         libc::EBADE,
         libc::EILSEQ,
         libc::ENOSPC,
+        libc::EROFS,
     ] {
         assert_eq!(classify(IoOp::Write, Some(n)), ErrorClass::Lun, "{n}");
     }
