@@ -374,7 +374,9 @@ impl ScsiTransport {
     fn read_bounced(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let bs = self.block_size() as u64;
         let chunk = down(CHUNK as u64, bs).max(bs);
-        let end = offset + buf.len() as u64;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
         let mut at = down(offset, bs);
         let stop = up(end, bs).ok_or_else(|| errno_error(libc::EOVERFLOW))?;
         bounce::with(chunk as usize, MEM_ALIGN.max(bs as usize), |b| {
@@ -428,7 +430,9 @@ impl ScsiTransport {
     fn write_bounced(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
         let bs = self.block_size() as u64;
         let chunk = down(CHUNK as u64, bs).max(bs);
-        let end = offset + buf.len() as u64;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
         let mut at = down(offset, bs);
         let stop = up(end, bs).ok_or_else(|| errno_error(libc::EOVERFLOW))?;
         bounce::with(chunk as usize, MEM_ALIGN.max(bs as usize), |b| {
@@ -535,7 +539,7 @@ impl ScsiTransport {
             Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
         }
         let mut at = offset;
-        let end = offset + len;
+        let end = offset.saturating_add(len);
         let zeroes = vec![0u8; CHUNK];
         while at < end {
             let n = (end - at).min(CHUNK as u64) as usize;
