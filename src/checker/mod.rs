@@ -11,9 +11,11 @@
 //!   and the first check that does says so in its message.
 //! * `readsector0`: the same with the first 512-byte sector (rounded up to
 //!   the logical block size on a block device).
-//! * `tur`: SCSI TEST UNIT READY. A `file` path has no SCSI target to ask,
-//!   so it is checked the way `directio` checks it; a real SG_IO TUR comes
-//!   with the SCSI transport.
+//! * `tur`: SCSI TEST UNIT READY over SG_IO on a `scsi` path, retried and
+//!   decided like multipath-tools' `tur` checker ([`crate::scsi::tur`]:
+//!   standby → ghost, state transition → i/o pending, reservation conflict
+//!   → ready). A `file` path has no SCSI target to ask, so it is checked
+//!   the way `directio` checks it.
 //! * `none`: always up, without touching the device (so faults don't apply).
 //!
 //! A check that finds the path healthy also revalidates the transport's IO
@@ -63,9 +65,25 @@ impl fmt::Display for CheckResult {
     }
 }
 
+/// SG_IO timeout of a TEST UNIT READY when the caller gives none.
+pub const DEFAULT_TUR_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Run one check of `dev` now, on the calling thread. It blocks as long as
 /// the device (or an injected delay or hang) does.
 pub fn check_blocking(kind: CheckerKind, dev: &PathDev) -> CheckResult {
+    check_blocking_timeout(kind, dev, DEFAULT_TUR_TIMEOUT)
+}
+
+/// Like [`check_blocking`], with the timeout SCSI commands are sent with.
+pub fn check_blocking_timeout(kind: CheckerKind, dev: &PathDev, timeout: Duration) -> CheckResult {
+    if kind == CheckerKind::Tur {
+        if let Some(r) = dev.tur(timeout) {
+            if !matches!(r.state, CheckState::Up | CheckState::Ghost) {
+                return r;
+            }
+            return revalidated(kind, dev, r.state, r.message);
+        }
+    }
     let (len, how) = match kind {
         CheckerKind::None => return CheckResult::new(CheckState::Up, "none: not checked"),
         CheckerKind::Directio => (DIRECTIO_LEN, ""),
@@ -88,6 +106,16 @@ pub fn check_blocking(kind: CheckerKind, dev: &PathDev) -> CheckResult {
         message.push_str("; ");
         message.push_str(&note);
     }
+    revalidated(kind, dev, CheckState::Up, message)
+}
+
+/// A check found the path usable: reopen its IO handle if needed.
+fn revalidated(
+    kind: CheckerKind,
+    dev: &PathDev,
+    state: CheckState,
+    mut message: String,
+) -> CheckResult {
     match dev.transport.revalidate() {
         Ok(Revalidated::Unchanged) => {}
         Ok(Revalidated::Reopened(reason)) => {
@@ -101,7 +129,7 @@ pub fn check_blocking(kind: CheckerKind, dev: &PathDev) -> CheckResult {
             )
         }
     }
-    CheckResult::new(CheckState::Up, message)
+    CheckResult::new(state, message)
 }
 
 /// Clears the "check in flight" flag when the blocking check ends (or is
@@ -179,7 +207,7 @@ impl PathChecker {
         let dev = Arc::clone(&self.dev);
         let task = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            check_blocking(kind, &dev)
+            check_blocking_timeout(kind, &dev, timeout)
         });
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
@@ -391,6 +419,37 @@ mod tests {
         let r = c.check(Duration::from_secs(10)).await;
         assert_eq!(r.state, CheckState::Up, "{}", r.message);
         assert_eq!(c.checks_started(), 2);
+    }
+
+    #[test]
+    fn scsi_path_checks() {
+        use crate::transport::ScsiTarget;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sdz");
+        std::fs::write(&path, vec![1u8; 64 * 1024]).unwrap();
+        let dev = PathDev::new(Transport::scsi(ScsiTarget {
+            devnode: path,
+            hctl: "1:0:0:0".into(),
+            block_size: Some(4096),
+            timeout: None,
+        }));
+        let r = check_blocking(CheckerKind::Readsector0, &dev);
+        assert_eq!(r.state, CheckState::Up, "{}", r.message);
+        assert!(r.message.contains("read 4096 bytes"), "{}", r.message);
+        let r = check_blocking(CheckerKind::Directio, &dev);
+        assert_eq!(r.state, CheckState::Up, "{}", r.message);
+        // tur really sends TEST UNIT READY: a regular file refuses SG_IO.
+        let r = check_blocking(CheckerKind::Tur, &dev);
+        assert_eq!(r.state, CheckState::Down, "{}", r.message);
+        assert!(r.message.contains("SG_IO"), "{}", r.message);
+        fault(&dev, "error check");
+        let r = check_blocking(CheckerKind::Tur, &dev);
+        assert_eq!(r.state, CheckState::Down);
+        assert!(r.message.contains("injected"), "{}", r.message);
+        assert_eq!(
+            check_blocking(CheckerKind::None, &dev).state,
+            CheckState::Up
+        );
     }
 
     #[test]

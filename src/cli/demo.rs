@@ -98,6 +98,7 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
         nbd_socket: Some(nbd_socket.clone()),
         nbd_listen: args.nbd_listen,
         control_socket: control_socket.clone(),
+        scsi: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,6 +4,7 @@
 //! `umpath check-config`.
 
 pub mod demo;
+pub mod probe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,7 +63,21 @@ pub enum Cmd {
         /// Also serve NBD on TCP HOST:PORT (a bare PORT binds 127.0.0.1).
         #[arg(long)]
         nbd_listen: Option<String>,
+        /// Also use every SCSI disk found in sysfs (not blacklisted, with
+        /// a WWID) as a path, like multipathd.
+        #[arg(long)]
+        scsi: bool,
+        /// sysfs root for --scsi.
+        #[arg(long, default_value = "/sys", requires = "scsi")]
+        sysfs: PathBuf,
+        /// Where the device nodes of SCSI disks are.
+        #[arg(long, default_value = "/dev", requires = "scsi")]
+        dev_dir: PathBuf,
     },
+    /// List the SCSI disks found in sysfs: identity, H:C:T:L, WWID, the
+    /// device rule that applies, the map each falls in or why it is
+    /// blacklisted.
+    Probe(probe::ProbeArgs),
     /// Show paths, maps, the topology (like `multipath -ll`), the config, or
     /// one path's effective settings (`show path NAME config`).
     Show {
@@ -147,6 +162,9 @@ pub fn main() -> ExitCode {
             config,
             nbd_socket,
             nbd_listen,
+            scsi,
+            sysfs,
+            dev_dir,
         } => {
             init_logging();
             let opts = daemon::Options {
@@ -154,6 +172,11 @@ pub fn main() -> ExitCode {
                 nbd_socket: Some(nbd_socket),
                 nbd_listen,
                 control_socket: cli.control_socket,
+                scsi: scsi.then(|| crate::discovery::DiscoverOptions {
+                    sgio_fallback: sysfs == std::path::Path::new("/sys"),
+                    sysfs,
+                    dev_dir,
+                }),
             };
             match daemon::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +192,7 @@ pub fn main() -> ExitCode {
             out,
             format,
         } => simulate(&scenario, out, format),
+        Cmd::Probe(args) => probe::run(&args),
         Cmd::CheckConfig { config } => check_config(&config),
         Cmd::Show { what, json } => {
             let words: Vec<&str> = what.iter().map(String::as_str).collect();

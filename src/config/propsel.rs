@@ -485,8 +485,38 @@ impl Config {
     /// of device entries) and `wwid` entries apply; the built-in lists are
     /// used after the user's.
     pub fn blacklisted(&self, id: &PathIdentity<'_>) -> Option<String> {
+        self.blacklisted_dev(id, None)
+    }
+
+    /// [`Config::blacklisted`] for a path that has a kernel device node
+    /// (`devnode`, e.g. `"sdb"`): `devnode` entries (the user's, then the
+    /// built-in `!^(sd[a-z]|dasd[a-z]|nvme[0-9])`, with their exceptions)
+    /// are checked first, as multipath-tools does. `property` entries are
+    /// still not checked: umpath reads no udev database.
+    pub fn blacklisted_dev(&self, id: &PathIdentity<'_>, devnode: Option<&str>) -> Option<String> {
         let bl_builtin = hwtable::builtin_blacklist();
         let ex_builtin = hwtable::builtin_blacklist_exceptions();
+
+        // devnode
+        if let Some(node) = devnode {
+            let excepted = self
+                .blacklist_exceptions
+                .devnode
+                .iter()
+                .chain(&ex_builtin.devnode)
+                .any(|e| e.pattern.is_match(node));
+            if !excepted {
+                if let Some(e) = self
+                    .blacklist
+                    .devnode
+                    .iter()
+                    .chain(&bl_builtin.devnode)
+                    .find(|e| e.pattern.is_match(node))
+                {
+                    return Some(describe_entry_hit("devnode", e));
+                }
+            }
+        }
 
         // device
         let excepted_device = self

@@ -1176,3 +1176,31 @@ fn config_is_shareable_between_threads() {
     assert_send_sync::<PathSettings>();
     assert_send_sync::<ConfigError>();
 }
+
+#[test]
+fn blacklist_devnode_for_kernel_devices() {
+    let c = ok(r#"blacklist {
+    devnode "^sd[a]$"
+}
+blacklist_exceptions {
+    devnode "^sr0$"
+}
+"#);
+    let i = id("OSNEXUS", "QUANTASTOR", "", "35000c50015ea71ac");
+    assert!(c.blacklisted_dev(&i, Some("sdb")).is_none());
+    assert_eq!(
+        c.blacklisted_dev(&i, Some("sda")).unwrap(),
+        "blacklisted by blacklist devnode \"^sd[a]$\" at multipath.conf:2"
+    );
+    // The built-in devnode entry keeps out everything but sd/dasd/nvme.
+    let r = c.blacklisted_dev(&i, Some("loop0")).unwrap();
+    assert!(r.contains("built-in blacklist devnode"), "{r}");
+    // An exception beats the built-in entry.
+    assert!(c.blacklisted_dev(&i, Some("sr0")).is_none());
+    // Without a device node (declared paths), devnode rules do not apply.
+    assert!(c.blacklisted_dev(&i, None).is_none());
+    assert!(c.blacklisted(&i).is_none());
+    // Device and wwid rules still apply to kernel devices.
+    let sgi = id("SGI", "Universal Xport", "", "x");
+    assert!(c.blacklisted_dev(&sgi, Some("sdc")).is_some());
+}

@@ -1,16 +1,68 @@
 //! From configuration to maps: which paths exist, which map each belongs
 //! to (by WWID), what the map is called and which settings it runs with.
-//! Pure: the daemon does the IO (opening devices, first checks).
+//! Pure: the daemon does the IO (opening devices, first checks, SCSI
+//! discovery).
+//!
+//! Paths come from two places: the `paths {}` section (declared paths)
+//! and, with [`plan_with`], the SCSI disks discovery found (one path per
+//! `/dev/sdX`, named by its kernel name, transport `scsi`). Both are
+//! grouped into maps by WWID, declared paths first.
 
-use crate::config::{Config, PathDecl, PathIdentity, PathSettings};
+use std::sync::Arc;
+
+use crate::config::{Config, PathDecl, PathIdentity, PathSettings, Span};
+use crate::discovery::ScsiDevice;
 use crate::model::{MapPolicy, PathInfo};
 
 /// A path to be set up.
 #[derive(Debug, Clone)]
 pub struct PathPlan {
+    /// For a SCSI disk: a declaration made up from what discovery found
+    /// (transport `scsi`, `file` = the device node, span `(sysfs):0`).
     pub decl: PathDecl,
     pub info: PathInfo,
     pub settings: PathSettings,
+    /// Set for a discovered SCSI disk.
+    pub scsi: Option<ScsiDevice>,
+}
+
+/// The transport name of discovered SCSI disks.
+pub const SCSI_TRANSPORT: &str = "scsi";
+
+/// The file name in the made-up declaration of a discovered disk.
+pub const SYSFS_ORIGIN: &str = "(sysfs)";
+
+/// The declaration standing for a discovered SCSI disk.
+pub fn scsi_decl(d: &ScsiDevice) -> PathDecl {
+    PathDecl {
+        name: d.name.clone(),
+        transport: SCSI_TRANSPORT.to_string(),
+        file: Some(d.devnode.clone()),
+        vendor: d.vendor.clone(),
+        product: d.product.clone(),
+        revision: d.revision.clone(),
+        wwid: d.wwid.clone(),
+        serial: d.serial.clone(),
+        extra: Default::default(),
+        span: Span::new(&Arc::from(SYSFS_ORIGIN), 0),
+    }
+}
+
+/// Why a discovered SCSI disk is not used as a path (`None`: it is).
+pub fn scsi_skip_reason(cfg: &Config, d: &ScsiDevice) -> Option<String> {
+    if let Some(why) = cfg.blacklisted_dev(&d.identity(), Some(&d.name)) {
+        return Some(why);
+    }
+    if d.wwid.is_empty() {
+        return Some(format!(
+            "no WWID ({})",
+            d.wwid_error.as_deref().unwrap_or("unknown reason")
+        ));
+    }
+    if cfg.path(&d.name).is_some() {
+        return Some(format!("a declared path is already called {:?}", d.name));
+    }
+    None
 }
 
 /// A map to be assembled.
@@ -64,11 +116,38 @@ pub fn path_info(d: &PathDecl) -> PathInfo {
     }
 }
 
+/// The name of the map a path with this WWID falls in: the multipaths
+/// alias, else the WWID.
+pub fn map_name(cfg: &Config, id: &PathIdentity<'_>) -> String {
+    cfg.resolve(id)
+        .alias
+        .map_or_else(|| id.wwid.to_string(), |a| a.value)
+}
+
 /// Groups the declared paths into maps by WWID, in declaration order.
 pub fn plan(cfg: &Config) -> (Vec<MapPlan>, Vec<Skipped>) {
+    plan_with(cfg, &[])
+}
+
+/// Groups the declared paths, then the discovered SCSI disks (in the
+/// order given), into maps by WWID. Blacklisted disks, disks without a
+/// WWID and disks named like a declared path are skipped.
+pub fn plan_with(cfg: &Config, scsi: &[ScsiDevice]) -> (Vec<MapPlan>, Vec<Skipped>) {
     let mut maps: Vec<MapPlan> = Vec::new();
     let mut skipped = Vec::new();
-    for d in cfg.paths() {
+    let declared = cfg.paths().iter().map(|d| (d.clone(), None));
+    let mut discovered = Vec::new();
+    for s in scsi {
+        match scsi_skip_reason(cfg, s) {
+            Some(reason) => skipped.push(Skipped {
+                path: s.name.clone(),
+                reason,
+            }),
+            None => discovered.push((scsi_decl(s), Some(s.clone()))),
+        }
+    }
+    for (d, scsi) in declared.chain(discovered) {
+        let d = &d;
         let id = PathIdentity {
             vendor: &d.vendor,
             product: &d.product,
@@ -83,10 +162,15 @@ pub fn plan(cfg: &Config) -> (Vec<MapPlan>, Vec<Skipped>) {
             continue;
         }
         let settings = cfg.resolve(&id);
+        let mut info = path_info(d);
+        if let Some(s) = &scsi {
+            info.transport = format!("{SCSI_TRANSPORT} {} {}", s.devnode.display(), s.hctl);
+        }
         let path = PathPlan {
             decl: d.clone(),
-            info: path_info(d),
+            info,
             settings,
+            scsi,
         };
         match maps.iter_mut().find(|m| m.wwid == d.wwid) {
             Some(m) => m.paths.push(path),

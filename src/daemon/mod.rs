@@ -25,6 +25,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::checker::{CheckResult, PathChecker};
 use crate::config::{self, Config, PathSettings};
 use crate::control::{self, Command, Response, ShowWhat};
+use crate::discovery::{self, DiscoverOptions, ScsiDevice};
 use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
 use crate::export::{Export, ExportSet};
 use crate::model::{CheckState, Map, Path as ModelPath};
@@ -51,6 +52,9 @@ pub struct Options {
     pub nbd_socket: Option<PathBuf>,
     pub nbd_listen: Option<String>,
     pub control_socket: PathBuf,
+    /// Discover SCSI disks (sysfs) and use each as a path, in addition to
+    /// the declared ones; `None`: declared paths only.
+    pub scsi: Option<DiscoverOptions>,
 }
 
 /// Start-up failures.
@@ -306,11 +310,12 @@ impl Daemon {
     /// maps that are gone or whose paths changed are stopped (connections
     /// still using an old map keep it until they disconnect).
     async fn apply_config(self: &Arc<Self>, st: &mut State, cfg: Arc<Config>) -> String {
-        let (plans, skipped) = assemble::plan(&cfg);
+        let scsi = self.discover_scsi().await;
+        let (plans, skipped) = assemble::plan_with(&cfg, &scsi);
         st.config = cfg.clone();
         let io_timeout = io_timeout(&cfg);
         for s in &skipped {
-            info!(path = %s.path, "blacklisted: {}", s.reason);
+            info!(path = %s.path, "not used: {}", s.reason);
         }
         let mut kept = 0;
         let mut started = 0;
@@ -359,6 +364,22 @@ impl Daemon {
         format!("{kept} map(s) kept, {started} started, {stopped} stopped")
     }
 
+    /// The SCSI disks to use as paths (none unless enabled in
+    /// [`Options::scsi`]); devices that cannot be read are logged.
+    async fn discover_scsi(&self) -> Vec<ScsiDevice> {
+        let Some(opts) = self.opts.scsi.clone() else {
+            return Vec::new();
+        };
+        let found = tokio::task::spawn_blocking(move || discovery::discover(&opts))
+            .await
+            .unwrap_or_default();
+        for e in &found.errors {
+            warn!("{e}");
+        }
+        info!(devices = found.devices.len(), "SCSI discovery");
+        found.devices
+    }
+
     fn stop_map(&self, st: &mut State, old: MapRt) {
         info!(map = %old.plan.name, "stopping map");
         for p in &old.plan.paths {
@@ -382,7 +403,7 @@ impl Daemon {
             .iter()
             .map(|p| {
                 let dev = Arc::new(open_path(p));
-                let timeout = checker_timeout(&p.settings);
+                let timeout = checker_timeout(&p.settings, &dev);
                 let checker = PathChecker::new(dev.clone(), effective_checker(p));
                 (
                     dev,
@@ -519,12 +540,16 @@ fn same_paths(a: &MapPlan, b: &MapPlan) -> bool {
 /// down with the reason, never a panic.
 fn open_path(p: &PathPlan) -> PathDev {
     let d = &p.decl;
-    let transport = match d.transport.as_str() {
-        "nbd" => match d.extra.get("uri").map(|(u, _)| NbdUri::parse(u)) {
-            Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(uri, checker_timeout(&p.settings))),
+    let transport = match (&p.scsi, d.transport.as_str()) {
+        (Some(s), _) => Transport::scsi(s.target()),
+        (None, "nbd") => match d.extra.get("uri").map(|(u, _)| NbdUri::parse(u)) {
+            Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(
+                uri,
+                configured_checker_timeout(&p.settings).unwrap_or(DEFAULT_CHECKER_TIMEOUT),
+            )),
             _ => Transport::file(PathBuf::new()),
         },
-        _ => Transport::file(d.file.clone().unwrap_or_default()),
+        (None, _) => Transport::file(d.file.clone().unwrap_or_default()),
     };
     let dev = PathDev::new(transport);
     // Faults declared in the config (validated at load) are set from the start.
@@ -550,12 +575,19 @@ fn io_timeout(cfg: &Config) -> Option<Duration> {
     }
 }
 
-fn checker_timeout(s: &PathSettings) -> Duration {
+/// `checker_timeout` as the configuration sets it, if it does.
+fn configured_checker_timeout(s: &PathSettings) -> Option<Duration> {
     s.checker_timeout
         .value
-        .map_or(DEFAULT_CHECKER_TIMEOUT, |secs| {
-            Duration::from_secs(u64::from(secs.max(1)))
-        })
+        .map(|secs| Duration::from_secs(u64::from(secs.max(1))))
+}
+
+/// `checker_timeout` from the configuration, else the device's own (a
+/// SCSI disk's sysfs `timeout`, as multipathd uses), else 30 s.
+fn checker_timeout(s: &PathSettings, dev: &PathDev) -> Duration {
+    configured_checker_timeout(s)
+        .or_else(|| dev.transport.default_timeout())
+        .unwrap_or(DEFAULT_CHECKER_TIMEOUT)
 }
 
 /// One task per path: check every polling_interval (healthy paths back
@@ -592,7 +624,7 @@ fn spawn_checker(
                         max,
                         settings
                             .as_ref()
-                            .map_or(DEFAULT_CHECKER_TIMEOUT, checker_timeout),
+                            .map_or(DEFAULT_CHECKER_TIMEOUT, |s| checker_timeout(s, &dev)),
                     )
                 };
                 // A path failed by IO errors is checked at the shortest

@@ -125,6 +125,9 @@ pub struct MapInfo {
 
 struct Inner {
     info: MapInfo,
+    /// The largest logical block size of the map's paths: the export's
+    /// minimum block size.
+    block_size: u32,
     clock: Clock,
     state: Mutex<State>,
     /// Milliseconds a request may stay on a path before the path fails
@@ -162,6 +165,12 @@ pub struct PathCounters {
 impl MapEngine {
     /// Starts a map: `devs[i]` is the device of `map.paths()[i]`.
     pub fn start(info: MapInfo, map: Map, devs: Vec<Arc<PathDev>>, clock: Clock) -> MapEngine {
+        let block_size = devs
+            .iter()
+            .map(|d| d.transport.block_size())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let paths = map
                 .paths()
@@ -171,6 +180,7 @@ impl MapEngine {
                 .collect();
             Inner {
                 info,
+                block_size,
                 clock,
                 io_timeout_ms: AtomicU64::new(DEFAULT_IO_TIMEOUT_MS),
                 state: Mutex::new(State {
@@ -644,9 +654,10 @@ impl Export for MapEngine {
     }
 
     fn block_sizes(&self) -> BlockSizes {
+        let minimum = self.inner.block_size;
         BlockSizes {
-            minimum: 1,
-            preferred: 4096,
+            minimum,
+            preferred: minimum.max(4096),
             maximum: 32 * 1024 * 1024,
         }
     }

@@ -187,6 +187,7 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
         nbd_socket: Some(nbd_socket.clone()),
         nbd_listen: None,
         control_socket: work.join("control.sock"),
+        scsi: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -119,7 +119,7 @@ impl fmt::Debug for FileTransport {
     }
 }
 
-fn errno_error(errno: i32) -> io::Error {
+pub(crate) fn errno_error(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
@@ -128,7 +128,7 @@ fn to_off(v: u64) -> io::Result<libc::off_t> {
 }
 
 /// "Not supported" from fallocate or an ioctl: try something else.
-fn is_unsupported(e: &io::Error) -> bool {
+pub(crate) fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(n) if n == libc::EOPNOTSUPP || n == libc::ENOTSUP || n == libc::ENOSYS || n == libc::ENODEV || n == libc::ENOTTY)
 }
 
@@ -167,7 +167,7 @@ fn open_io(path: &Path) -> io::Result<Opened> {
 }
 
 /// `pread` until `buf` is full; end of file first is an error.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+pub(crate) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {
         let at = offset
@@ -192,7 +192,7 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 }
 
 /// `pwrite` until all of `buf` is written.
-fn write_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+pub(crate) fn write_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {
         let at = offset
@@ -216,7 +216,7 @@ fn write_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn falloc(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn falloc(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
     let (off, len) = (to_off(offset)?, to_off(len)?);
     loop {
         match fallocate(file.as_raw_fd(), mode, off, len) {
@@ -226,7 +226,7 @@ fn falloc(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Resul
     }
 }
 
-fn blk_size(file: &File) -> io::Result<u64> {
+pub(crate) fn blk_size(file: &File) -> io::Result<u64> {
     let mut size = 0u64;
     // SAFETY: the fd is open for the lifetime of `file`, and BLKGETSIZE64
     // writes exactly one u64 through the pointer, which points to a live,
@@ -235,7 +235,7 @@ fn blk_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
-fn blk_sector_size(file: &File) -> io::Result<usize> {
+pub(crate) fn blk_sector_size(file: &File) -> io::Result<usize> {
     let mut size: libc::c_int = 0;
     // SAFETY: the fd is open for the lifetime of `file`, and BLKSSZGET
     // writes exactly one int through the pointer, which points to a live,
@@ -247,7 +247,7 @@ fn blk_sector_size(file: &File) -> io::Result<usize> {
         .ok_or_else(|| errno_error(libc::EINVAL))
 }
 
-fn blk_discard(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn blk_discard(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let range = [offset, len];
     // SAFETY: the fd is open for the lifetime of `file`, and BLKDISCARD
     // only reads two u64s (start, length) through the pointer, which

@@ -18,6 +18,7 @@
 pub mod fault;
 pub mod file;
 pub mod nbd;
+pub mod scsi;
 
 use std::fmt;
 use std::io;
@@ -30,6 +31,7 @@ pub use fault::{
     Fault, FaultError, FaultParseError, FaultSpec, FaultTargets, Faults, IoKindForFault,
 };
 pub use file::FileTransport;
+pub use scsi::{ScsiTarget, ScsiTransport};
 
 /// The operation a [`TransportError`] happened in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +79,11 @@ impl fmt::Display for IoOp {
 ///   `EOPNOTSUPP` from trim or write-zeroes, which is
 ///   [`ErrorClass::Unsupported`], as is a fast-only write-zeroes the file
 ///   cannot do quickly.
+/// * `scsi`: by the errno the block layer returns for direct IO, as
+///   dm-multipath classifies block status codes: medium, target,
+///   reservation, protection and out-of-space errors are
+///   [`ErrorClass::Lun`], everything else [`ErrorClass::Path`] (see
+///   [`scsi::classify`]).
 /// * Injected faults ([`fault::Faults`]) are always [`ErrorClass::Path`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -236,6 +243,7 @@ pub enum Revalidated {
 pub enum Transport {
     File(file::FileTransport),
     Nbd(nbd::NbdTransport),
+    Scsi(scsi::ScsiTransport),
 }
 
 impl Transport {
@@ -250,6 +258,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.size(),
             Transport::Nbd(t) => t.size(),
+            Transport::Scsi(t) => t.size(),
         }
     }
 
@@ -258,6 +267,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.read_at(buf, offset),
             Transport::Nbd(t) => t.read_at(buf, offset),
+            Transport::Scsi(t) => t.read_at(buf, offset),
         }
     }
 
@@ -268,6 +278,7 @@ impl Transport {
             Transport::File(t) => t.read_cached(buf, offset),
             // No page cache of ours in front of a server.
             Transport::Nbd(_) => None,
+            Transport::Scsi(t) => t.read_cached(buf, offset),
         }
     }
 
@@ -277,6 +288,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.write_at(buf, offset, fua),
             Transport::Nbd(t) => t.write_at(buf, offset, fua),
+            Transport::Scsi(t) => t.write_at(buf, offset, fua),
         }
     }
 
@@ -285,6 +297,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.flush(),
             Transport::Nbd(t) => t.flush(),
+            Transport::Scsi(t) => t.flush(),
         }
     }
 
@@ -293,6 +306,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.trim(offset, len),
             Transport::Nbd(t) => t.trim(offset, len),
+            Transport::Scsi(t) => t.trim(offset, len),
         }
     }
 
@@ -309,6 +323,40 @@ impl Transport {
         match self {
             Transport::File(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
             Transport::Nbd(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+            Transport::Scsi(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+        }
+    }
+
+    /// A `scsi` transport for a SCSI disk; opened now if possible.
+    pub fn scsi(target: ScsiTarget) -> Transport {
+        Transport::Scsi(scsi::ScsiTransport::new(target))
+    }
+
+    /// The logical block size: IO offsets and lengths should be multiples
+    /// of it (the engine advertises the largest of its paths' as the
+    /// export's minimum block size). 1 for files.
+    pub fn block_size(&self) -> u32 {
+        match self {
+            Transport::File(_) | Transport::Nbd(_) => 1,
+            Transport::Scsi(t) => u32::try_from(t.block_size()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The checker timeout the device itself suggests (a SCSI disk's
+    /// command timeout), used when the configuration sets none.
+    pub fn default_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Transport::File(_) | Transport::Nbd(_) => None,
+            Transport::Scsi(t) => t.default_timeout(),
+        }
+    }
+
+    /// SCSI TEST UNIT READY, if the transport has a SCSI target to ask
+    /// (`None` for files).
+    pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
+        match self {
+            Transport::File(_) | Transport::Nbd(_) => None,
+            Transport::Scsi(t) => Some(t.tur(timeout)),
         }
     }
 
@@ -317,6 +365,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.describe(),
             Transport::Nbd(t) => t.describe(),
+            Transport::Scsi(t) => t.describe(),
         }
     }
 
@@ -325,6 +374,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.path().display().to_string(),
             Transport::Nbd(t) => t.target().to_string(),
+            Transport::Scsi(t) => t.target(),
         }
     }
 
@@ -332,6 +382,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.caps(),
             Transport::Nbd(t) => t.caps(),
+            Transport::Scsi(t) => t.caps(),
         }
     }
 
@@ -340,6 +391,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.is_open(),
             Transport::Nbd(t) => t.is_open(),
+            Transport::Scsi(t) => t.is_open(),
         }
     }
 
@@ -350,6 +402,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.reopen(),
             Transport::Nbd(t) => t.revalidate().map(|_| ()),
+            Transport::Scsi(t) => t.reopen(),
         }
     }
 
@@ -360,6 +413,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.revalidate(),
             Transport::Nbd(t) => t.revalidate(),
+            Transport::Scsi(t) => t.revalidate(),
         }
     }
 
@@ -369,6 +423,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.probe(len),
             Transport::Nbd(t) => t.probe(len),
+            Transport::Scsi(t) => t.probe(len),
         }
     }
 }
@@ -468,6 +523,21 @@ impl PathDev {
         self.fault(IoKindForFault::Write, IoOp::WriteZeroes, offset, len)?;
         self.transport
             .write_zeroes(offset, len, may_unmap, fast_only)
+    }
+
+    /// TEST UNIT READY behind the `checks` fault target (`None`: no SCSI
+    /// target on this path). An injected check fault makes the path down.
+    pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
+        if matches!(self.transport, Transport::File(_)) {
+            return None;
+        }
+        if let Err(e) = self.fault(IoKindForFault::Check, IoOp::Check, 0, 0) {
+            return Some(crate::checker::CheckResult::new(
+                crate::model::CheckState::Down,
+                format!("tur: {e}"),
+            ));
+        }
+        self.transport.tur(timeout)
     }
 
     /// The checker's probe, behind the `checks` fault target.

@@ -1,0 +1,217 @@
+use super::*;
+use crate::scsi::vpd::tests::{page, pg80, qemu_pg83};
+use std::fs;
+
+/// A fake sysfs device: `class/scsi_device/<hctl>/device` with its block
+/// device `<name>`.
+pub(crate) struct FakeDev<'a> {
+    pub hctl: &'a str,
+    pub name: &'a str,
+    pub vendor: &'a str,
+    pub model: &'a str,
+    pub pg83: Option<Vec<u8>>,
+    pub pg80: Option<Vec<u8>>,
+}
+
+impl FakeDev<'_> {
+    pub(crate) fn quantastor<'a>(hctl: &'a str, name: &'a str) -> FakeDev<'a> {
+        FakeDev {
+            hctl,
+            name,
+            vendor: "OSNEXUS ",
+            model: "QUANTASTOR      ",
+            pg83: Some(qemu_pg83()),
+            pg80: Some(pg80(b"QS0001")),
+        }
+    }
+
+    pub(crate) fn create(&self, root: &Path) -> PathBuf {
+        let dir = root
+            .join("class/scsi_device")
+            .join(self.hctl)
+            .join("device");
+        let b = dir.join("block").join(self.name);
+        fs::create_dir_all(b.join("queue")).unwrap();
+        fs::write(dir.join("vendor"), format!("{}\n", self.vendor)).unwrap();
+        fs::write(dir.join("model"), format!("{}\n", self.model)).unwrap();
+        fs::write(dir.join("rev"), "2.5+\n").unwrap();
+        fs::write(dir.join("type"), "0\n").unwrap();
+        fs::write(dir.join("state"), "running\n").unwrap();
+        fs::write(dir.join("timeout"), "30\n").unwrap();
+        fs::write(b.join("dev"), "8:16\n").unwrap();
+        fs::write(b.join("size"), "2097152\n").unwrap();
+        fs::write(b.join("queue/logical_block_size"), "512\n").unwrap();
+        if let Some(p) = &self.pg83 {
+            fs::write(dir.join("vpd_pg83"), p).unwrap();
+        }
+        if let Some(p) = &self.pg80 {
+            fs::write(dir.join("vpd_pg80"), p).unwrap();
+        }
+        dir
+    }
+}
+
+fn opts(root: &Path) -> DiscoverOptions {
+    DiscoverOptions {
+        sysfs: root.to_path_buf(),
+        dev_dir: PathBuf::from("/dev"),
+        sgio_fallback: false,
+    }
+}
+
+#[test]
+fn two_paths_to_one_lun() {
+    let root = tempfile::tempdir().unwrap();
+    FakeDev::quantastor("10:0:0:1", "sdc").create(root.path());
+    FakeDev::quantastor("2:0:0:1", "sdb").create(root.path());
+    let d = discover(&opts(root.path()));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    assert_eq!(d.devices.len(), 2);
+    let a = &d.devices[0];
+    assert_eq!(a.hctl, "2:0:0:1");
+    assert_eq!(a.name, "sdb");
+    assert_eq!(a.devnode, PathBuf::from("/dev/sdb"));
+    assert_eq!(a.vendor, "OSNEXUS");
+    assert_eq!(a.product, "QUANTASTOR");
+    assert_eq!(a.revision, "2.5+");
+    assert_eq!(a.wwid, "35000c50015ea71ac");
+    assert_eq!(a.wwid_source, "VPD 0x83 NAA 5");
+    assert_eq!(a.serial, "QS0001");
+    assert_eq!(a.state, "running");
+    assert_eq!(a.timeout_secs, Some(30));
+    assert_eq!(a.size_bytes, Some(1 << 30));
+    assert_eq!(a.logical_block_size, Some(512));
+    assert_eq!(a.dev, "8:16");
+    assert_eq!(d.devices[1].hctl, "10:0:0:1");
+    assert_eq!(d.devices[1].wwid, a.wwid);
+    let t = a.target();
+    assert_eq!(t.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(t.block_size, Some(512));
+}
+
+#[test]
+fn serial_only_and_raw_inquiry() {
+    let root = tempfile::tempdir().unwrap();
+    let mut f = FakeDev::quantastor("0:0:0:0", "sda");
+    f.pg83 = None;
+    f.create(root.path());
+    let d = discover(&opts(root.path()));
+    assert_eq!(d.devices[0].wwid, "SOSNEXUS_QUANTASTOR_QS0001");
+    assert_eq!(d.devices[0].wwid_source, "VPD 0x80 serial");
+    // The raw inquiry attribute wins over the text ones.
+    let dir = root.path().join("class/scsi_device/0:0:0:0/device");
+    fs::write(
+        dir.join("inquiry"),
+        crate::scsi::inquiry::tests::quantastor(),
+    )
+    .unwrap();
+    fs::write(dir.join("vendor"), "garbage\n").unwrap();
+    let d = discover(&opts(root.path()));
+    assert_eq!(d.devices[0].vendor, "OSNEXUS");
+    assert_eq!(d.devices[0].wwid, "SOSNEXUS_QUANTASTOR_QS0001");
+}
+
+#[test]
+fn devices_without_block_device_are_skipped() {
+    let root = tempfile::tempdir().unwrap();
+    let enc = root.path().join("class/scsi_device/3:0:0:0/device");
+    fs::create_dir_all(&enc).unwrap();
+    fs::write(enc.join("vendor"), "ENCL\n").unwrap();
+    FakeDev::quantastor("2:0:0:1", "sdb").create(root.path());
+    let d = discover(&opts(root.path()));
+    assert_eq!(d.devices.len(), 1);
+    assert!(d.errors.is_empty());
+}
+
+#[test]
+fn vanished_attributes_are_per_device_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let gone = FakeDev::quantastor("2:0:0:1", "sdb").create(root.path());
+    FakeDev::quantastor("2:0:0:2", "sdc").create(root.path());
+    fs::remove_file(gone.join("model")).unwrap();
+    // A scsi_device entry whose device directory is gone.
+    fs::create_dir_all(root.path().join("class/scsi_device/4:0:0:0")).unwrap();
+    let d = discover(&opts(root.path()));
+    assert_eq!(d.devices.len(), 1);
+    assert_eq!(d.devices[0].name, "sdc");
+    assert_eq!(d.errors.len(), 2);
+    let e = d.errors.iter().find(|e| e.device == "2:0:0:1").unwrap();
+    assert!(e.to_string().contains("model"), "{e}");
+    assert!(e.why.contains("vanished"), "{e}");
+    assert!(d.errors.iter().any(|e| e.device == "4:0:0:0"));
+}
+
+#[test]
+fn malformed_vpd_and_attributes() {
+    let root = tempfile::tempdir().unwrap();
+    // Garbage page 0x83: falls back to page 0x80.
+    let mut f = FakeDev::quantastor("1:0:0:0", "sda");
+    f.pg83 = Some(vec![0xde, 0xad]);
+    f.create(root.path());
+    // Both garbage: no WWID, with the reasons.
+    let mut g = FakeDev::quantastor("1:0:0:1", "sdb");
+    g.pg83 = Some(page(0x80, b"wrong page"));
+    g.pg80 = Some(vec![0x00]);
+    g.create(root.path());
+    // No VPD at all and no SG_IO fallback.
+    let mut h = FakeDev::quantastor("1:0:0:2", "sdc");
+    h.pg83 = None;
+    h.pg80 = None;
+    h.create(root.path());
+    // A timeout that is not a number is an error for the device.
+    let bad = FakeDev::quantastor("1:0:0:3", "sdd").create(root.path());
+    fs::write(bad.join("timeout"), "soon\n").unwrap();
+    // An empty VPD file counts as absent.
+    let mut e = FakeDev::quantastor("1:0:0:4", "sde");
+    e.pg83 = Some(Vec::new());
+    e.create(root.path());
+
+    let d = discover(&opts(root.path()));
+    let by = |n: &str| d.devices.iter().find(|x| x.name == n).unwrap();
+    assert_eq!(by("sda").wwid, "SOSNEXUS_QUANTASTOR_QS0001");
+    assert_eq!(by("sdb").wwid, "");
+    let why = by("sdb").wwid_error.clone().unwrap();
+    assert!(why.contains("expected"), "{why}");
+    assert!(by("sdc")
+        .wwid_error
+        .as_ref()
+        .unwrap()
+        .contains("no VPD page 0x83"));
+    assert_eq!(by("sde").wwid, "SOSNEXUS_QUANTASTOR_QS0001");
+    assert_eq!(d.errors.len(), 1);
+    assert!(d.errors[0].why.contains("not a number"), "{}", d.errors[0]);
+}
+
+#[test]
+fn no_scsi_at_all() {
+    let root = tempfile::tempdir().unwrap();
+    let d = discover(&opts(root.path()));
+    assert!(d.devices.is_empty() && d.errors.is_empty());
+}
+
+#[test]
+fn by_block_device_name() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = FakeDev::quantastor("2:0:0:1", "sdb").create(root.path());
+    let b = root.path().join("block/sdb");
+    fs::create_dir_all(&b).unwrap();
+    std::os::unix::fs::symlink(&dir, b.join("device")).unwrap();
+    // Real sysfs: block/sdb/device points at the H:C:T:L directory.
+    let hctl_dir = root.path().join("devices/2:0:0:1");
+    fs::create_dir_all(root.path().join("devices")).unwrap();
+    fs::rename(&dir, &hctl_dir).unwrap();
+    fs::remove_file(b.join("device")).unwrap();
+    std::os::unix::fs::symlink(&hctl_dir, b.join("device")).unwrap();
+    let d = discover_block(&opts(root.path()), "sdb").unwrap().unwrap();
+    assert_eq!(d.hctl, "2:0:0:1");
+    assert_eq!(d.wwid, "35000c50015ea71ac");
+    assert!(discover_block(&opts(root.path()), "sdx").unwrap().is_none());
+}
+
+#[test]
+fn hctl_parsing() {
+    assert_eq!(parse_hctl("2:0:0:1"), Some([2, 0, 0, 1]));
+    assert_eq!(parse_hctl("2:0:0"), None);
+    assert_eq!(parse_hctl("2:0:0:1:5"), None);
+    assert_eq!(parse_hctl("a:0:0:1"), None);
+}

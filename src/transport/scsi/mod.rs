@@ -1,0 +1,615 @@
+//! The `scsi` transport: a kernel SCSI disk (`/dev/sdX`) reached as one
+//! path of a multipath map.
+//!
+//! * Data: `pread`/`pwrite` with `O_DIRECT` on the block device node (see
+//!   "SCSI paths" in docs/ARCHITECTURE.md for why not SG_IO). O_DIRECT
+//!   needs the offset, the length and the memory aligned; the engine's
+//!   buffers are not, so IO goes through a per-thread aligned bounce
+//!   buffer ([`bounce`]) in chunks of at most [`CHUNK`] bytes, unless the
+//!   caller's buffer already is aligned. Offsets and lengths that are not
+//!   multiples of the logical block size (the engine advertises it as the
+//!   export's minimum block size, so clients should not send them) are
+//!   read through the covering blocks; writes read-modify-write the
+//!   partial blocks.
+//! * FUA is a write followed by `fdatasync`; flush is `fdatasync` (the
+//!   kernel sends SYNCHRONIZE CACHE); trim is `BLKDISCARD`; write-zeroes
+//!   is `fallocate` (the kernel's zero-out, WRITE SAME / unmap).
+//! * Checks: TEST UNIT READY over SG_IO on a descriptor of its own
+//!   ([`ScsiTransport::tur`]), or an O_DIRECT read of the first block(s)
+//!   ([`ScsiTransport::probe`]).
+//! * Errors are classified by errno the way dm-multipath classifies block
+//!   status codes ([`classify`]): medium, target, reservation, protection
+//!   and out-of-space errors belong to the LUN; everything else may be the
+//!   path.
+
+pub mod bounce;
+pub mod sgio;
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use nix::fcntl::FallocateFlags;
+
+use super::file::{
+    blk_discard, blk_sector_size, blk_size, errno_error, falloc, is_unsupported, read_full,
+    write_full,
+};
+use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
+use crate::checker::CheckResult;
+use crate::scsi::tur;
+
+/// Largest piece of one request moved through the bounce buffer at once.
+pub const CHUNK: usize = 1 << 20;
+
+/// Memory alignment used for O_DIRECT buffers (at least the logical block
+/// size).
+pub const MEM_ALIGN: usize = 4096;
+
+/// The error class of a failed operation on a SCSI disk, from the errno
+/// the block layer turned the SCSI outcome into (`blk_status_to_errno`),
+/// following dm-multipath's `blk_path_error()`:
+///
+/// * `ENODATA` (medium error), `EREMOTEIO` (target error, e.g. ILLEGAL
+///   REQUEST or write protected), `EBADE` (reservation conflict),
+///   `EILSEQ` (protection information), `ENOSPC` (thin pool full),
+///   `EINVAL` (a request the device cannot take, e.g. misaligned),
+///   `EROFS` (write protected) and
+///   `EOPNOTSUPP` outside trim/write-zeroes: [`ErrorClass::Lun`].
+/// * `EOPNOTSUPP` / `ENOTSUP` from trim or write-zeroes:
+///   [`ErrorClass::Unsupported`].
+/// * Anything else (`EIO`, `ENOLINK` transport failure, `ETIMEDOUT`,
+///   `ENXIO`/`ENODEV` device gone or offline, ...): [`ErrorClass::Path`].
+pub fn classify(op: IoOp, errno: Option<i32>) -> ErrorClass {
+    let Some(n) = errno else {
+        return ErrorClass::Path;
+    };
+    let notsup = n == libc::EOPNOTSUPP || n == libc::ENOTSUP;
+    if notsup && matches!(op, IoOp::Trim | IoOp::WriteZeroes) {
+        return ErrorClass::Unsupported;
+    }
+    if notsup
+        || [
+            libc::ENODATA,
+            libc::EREMOTEIO,
+            libc::EBADE,
+            libc::EILSEQ,
+            libc::ENOSPC,
+            libc::EINVAL,
+            libc::EROFS,
+        ]
+        .contains(&n)
+    {
+        ErrorClass::Lun
+    } else {
+        ErrorClass::Path
+    }
+}
+
+/// An open IO handle.
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    blkdev: bool,
+    /// Opened read-only (the device is write protected).
+    read_only: bool,
+    rdev: u64,
+    ino: u64,
+    failed: AtomicBool,
+}
+
+/// Static facts about the disk, from discovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScsiTarget {
+    /// The device node, e.g. `/dev/sdb`.
+    pub devnode: PathBuf,
+    /// `H:C:T:L`.
+    pub hctl: String,
+    /// Logical block size if known (else asked of the device at open).
+    pub block_size: Option<u32>,
+    /// The SCSI layer's command timeout (sysfs `device/timeout`).
+    pub timeout: Option<Duration>,
+}
+
+/// A SCSI disk. See the module docs.
+pub struct ScsiTransport {
+    target: ScsiTarget,
+    name: String,
+    io: ArcSwapOption<Opened>,
+    last_open_error: ArcSwapOption<(Option<i32>, String)>,
+    block_size: AtomicUsize,
+}
+
+impl fmt::Debug for ScsiTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScsiTransport")
+            .field("target", &self.target)
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rounds `v` down / up to a multiple of `a`.
+fn down(v: u64, a: u64) -> u64 {
+    v - v % a
+}
+fn up(v: u64, a: u64) -> Option<u64> {
+    v.checked_add(a - 1).map(|x| down(x, a))
+}
+
+impl ScsiTransport {
+    /// A transport for the disk; opened now if possible, else "not open"
+    /// until a check reopens it.
+    pub fn new(target: ScsiTarget) -> ScsiTransport {
+        let t = ScsiTransport {
+            name: target.devnode.display().to_string(),
+            block_size: AtomicUsize::new(target.block_size.map_or(512, |b| b as usize)),
+            target,
+            io: ArcSwapOption::empty(),
+            last_open_error: ArcSwapOption::empty(),
+        };
+        if let Err(e) = t.reopen() {
+            tracing::warn!(path = %t.name, "SCSI path not open: {e}");
+        }
+        t
+    }
+
+    pub fn target_info(&self) -> &ScsiTarget {
+        &self.target
+    }
+
+    pub fn devnode(&self) -> &Path {
+        &self.target.devnode
+    }
+
+    /// The logical block size (bytes; 512 until known).
+    pub fn block_size(&self) -> usize {
+        self.block_size.load(Ordering::Relaxed).max(1)
+    }
+
+    /// `"scsi /dev/sdb 2:0:0:1"`.
+    pub fn describe(&self) -> String {
+        if self.target.hctl.is_empty() {
+            format!("scsi {}", self.name)
+        } else {
+            format!("scsi {} {}", self.name, self.target.hctl)
+        }
+    }
+
+    pub fn target(&self) -> String {
+        self.name.clone()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.io.load().is_some()
+    }
+
+    pub fn caps(&self) -> TransportCaps {
+        TransportCaps {
+            flush: true,
+            fua: true,
+            trim: true,
+            write_zeroes: true,
+            fast_zero: true,
+        }
+    }
+
+    /// The SCSI layer's command timeout, the checker's default timeout.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        self.target.timeout
+    }
+
+    fn error(&self, op: IoOp, offset: u64, len: u64, e: io::Error) -> TransportError {
+        // A short transfer means the request went past the end of the
+        // device: not the path's fault.
+        let class = if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::WriteZero
+        ) {
+            ErrorClass::Lun
+        } else {
+            classify(op, e.raw_os_error())
+        };
+        TransportError::new(op, offset, len, self.name.clone(), class, e)
+    }
+
+    fn handle(&self, op: IoOp, offset: u64, len: u64) -> Result<Arc<Opened>, TransportError> {
+        if let Some(o) = self.io.load_full() {
+            return Ok(o);
+        }
+        let why = self.last_open_error.load_full();
+        let (errno, reason) = why
+            .as_deref()
+            .cloned()
+            .unwrap_or((None, "never opened".to_string()));
+        Err(TransportError::new(
+            op,
+            offset,
+            len,
+            self.name.clone(),
+            ErrorClass::Path,
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                super::file::NotOpen { reason, errno },
+            ),
+        ))
+    }
+
+    fn io_error(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        e: io::Error,
+    ) -> TransportError {
+        let err = self.error(op, offset, len, e);
+        if err.class == ErrorClass::Path {
+            o.failed.store(true, Ordering::Relaxed);
+        }
+        err
+    }
+
+    /// Opens the IO handle: read-write with O_DIRECT, or read-only if the
+    /// device is write protected (`EROFS`/`EACCES`); writes then fail as
+    /// LUN errors (`EROFS`), not path errors.
+    pub fn reopen(&self) -> Result<(), TransportError> {
+        let open = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+                .open(&self.target.devnode)
+        };
+        let r = match open(true) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
+                open(false).map(|f| (f, true)).map_err(|_| e)
+            }
+            r => r.map(|f| (f, false)),
+        }
+        .and_then(|(file, read_only)| {
+            let meta = file.metadata()?;
+            let blkdev = meta.file_type().is_block_device();
+            if blkdev {
+                let bs = blk_sector_size(&file)?;
+                self.block_size.store(bs, Ordering::Relaxed);
+            }
+            Ok(Opened {
+                blkdev,
+                read_only,
+                rdev: meta.rdev(),
+                ino: meta.ino(),
+                file,
+                failed: AtomicBool::new(false),
+            })
+        });
+        match r {
+            Ok(o) => {
+                self.io.store(Some(Arc::new(o)));
+                self.last_open_error.store(None);
+                Ok(())
+            }
+            Err(e) => {
+                self.last_open_error
+                    .store(Some(Arc::new((e.raw_os_error(), e.to_string()))));
+                Err(TransportError::new(
+                    IoOp::Open,
+                    0,
+                    0,
+                    self.name.clone(),
+                    ErrorClass::Path,
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Reopens the IO handle if it is not open, IO failed on it with a
+    /// path error, or the device node now names another device.
+    pub fn revalidate(&self) -> Result<Revalidated, TransportError> {
+        let reason = match self.io.load_full() {
+            None => Some("was not open"),
+            Some(o) if o.failed.load(Ordering::Relaxed) => Some("IO failed on the old handle"),
+            Some(o) => {
+                let meta = std::fs::metadata(&self.target.devnode).map_err(|e| {
+                    TransportError::new(IoOp::Open, 0, 0, self.name.clone(), ErrorClass::Path, e)
+                })?;
+                let now = if o.blkdev { meta.rdev() } else { meta.ino() };
+                let was = if o.blkdev { o.rdev } else { o.ino };
+                (now != was).then_some("the device node now names another device")
+            }
+        };
+        match reason {
+            None => Ok(Revalidated::Unchanged),
+            Some(reason) => {
+                self.reopen()?;
+                tracing::info!(path = %self.name, "reopened: {reason}");
+                Ok(Revalidated::Reopened(reason.to_string()))
+            }
+        }
+    }
+
+    pub fn size(&self) -> Result<u64, TransportError> {
+        let o = self.handle(IoOp::Size, 0, 0)?;
+        let r = if o.blkdev {
+            blk_size(&o.file)
+        } else {
+            o.file.metadata().map(|m| m.len())
+        };
+        r.map_err(|e| self.io_error(&o, IoOp::Size, 0, 0, e))
+    }
+
+    /// Direct reads are never served from a cache.
+    pub fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> Option<()> {
+        None
+    }
+
+    fn aligned(&self, buf_addr: usize, len: usize, offset: u64) -> bool {
+        let bs = self.block_size();
+        buf_addr % MEM_ALIGN.max(bs) == 0 && len % bs == 0 && offset % bs as u64 == 0
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
+        let len = buf.len() as u64;
+        let o = self.handle(IoOp::Read, offset, len)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = if self.aligned(buf.as_ptr() as usize, buf.len(), offset) {
+            read_full(&o.file, buf, offset)
+        } else {
+            self.read_bounced(&o.file, buf, offset)
+        };
+        r.map_err(|e| self.io_error(&o, IoOp::Read, offset, len, e))
+    }
+
+    /// Reads through the aligned bounce buffer, a chunk at a time, over
+    /// the blocks covering `[offset, offset + buf.len())`.
+    fn read_bounced(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let bs = self.block_size() as u64;
+        let chunk = down(CHUNK as u64, bs).max(bs);
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+        let mut at = down(offset, bs);
+        let stop = up(end, bs).ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+        bounce::with(chunk as usize, MEM_ALIGN.max(bs as usize), |b| {
+            while at < stop {
+                let n = chunk.min(stop - at);
+                let piece = &mut b[..n as usize];
+                read_full(file, piece, at)?;
+                // The part of this chunk that the caller asked for.
+                let from = offset.max(at);
+                let to = end.min(at + n);
+                let src = &piece[(from - at) as usize..(to - at) as usize];
+                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+                at += n;
+            }
+            Ok(())
+        })
+    }
+
+    /// A write on a read-only handle: the LUN is write protected.
+    fn check_writable(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), TransportError> {
+        if o.read_only {
+            return Err(self.error(op, offset, len, errno_error(libc::EROFS)));
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
+        let len = buf.len() as u64;
+        let o = self.handle(IoOp::Write, offset, len)?;
+        self.check_writable(&o, IoOp::Write, offset, len)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = if self.aligned(buf.as_ptr() as usize, buf.len(), offset) {
+            write_full(&o.file, buf, offset)
+        } else {
+            self.write_bounced(&o.file, buf, offset)
+        };
+        r.and_then(|()| if fua { o.file.sync_data() } else { Ok(()) })
+            .map_err(|e| self.io_error(&o, IoOp::Write, offset, len, e))
+    }
+
+    /// Writes through the aligned bounce buffer; a chunk only partly
+    /// covered by the request (an unaligned head or tail) is read first.
+    fn write_bounced(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        let bs = self.block_size() as u64;
+        let chunk = down(CHUNK as u64, bs).max(bs);
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+        let mut at = down(offset, bs);
+        let stop = up(end, bs).ok_or_else(|| errno_error(libc::EOVERFLOW))?;
+        bounce::with(chunk as usize, MEM_ALIGN.max(bs as usize), |b| {
+            while at < stop {
+                let n = chunk.min(stop - at);
+                let piece = &mut b[..n as usize];
+                let from = offset.max(at);
+                let to = end.min(at + n);
+                if from > at || to < at + n {
+                    read_full(file, piece, at)?;
+                }
+                piece[(from - at) as usize..(to - at) as usize]
+                    .copy_from_slice(&buf[(from - offset) as usize..(to - offset) as usize]);
+                write_full(file, piece, at)?;
+                at += n;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn flush(&self) -> Result<(), TransportError> {
+        let o = self.handle(IoOp::Flush, 0, 0)?;
+        o.file
+            .sync_data()
+            .map_err(|e| self.io_error(&o, IoOp::Flush, 0, 0, e))
+    }
+
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
+        let o = self.handle(IoOp::Trim, offset, len)?;
+        self.check_writable(&o, IoOp::Trim, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let r = if o.blkdev {
+            blk_discard(&o.file, offset, len)
+        } else {
+            falloc(
+                &o.file,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        r.map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
+    }
+
+    /// Zeroes a range: with `may_unmap` a hole punch (on a block device the
+    /// kernel's zero-out without fallback, which may unmap), else
+    /// `FALLOC_FL_ZERO_RANGE` (the kernel's zero-out, falling back to
+    /// writing zeroes, so not when `fast_only`), else zero buffers.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fast_only: bool,
+    ) -> Result<(), TransportError> {
+        let op = IoOp::WriteZeroes;
+        let o = self.handle(op, offset, len)?;
+        self.check_writable(&o, op, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let mut why_not = Vec::new();
+        if may_unmap {
+            match falloc(
+                &o.file,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_unsupported(&e) => why_not.push(format!("punch hole: {e}")),
+                Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
+            }
+        }
+        if fast_only {
+            let reason = if why_not.is_empty() {
+                "no fast zeroing without unmapping".to_string()
+            } else {
+                why_not.join("; ")
+            };
+            return Err(TransportError::new(
+                op,
+                offset,
+                len,
+                self.name.clone(),
+                ErrorClass::Unsupported,
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot zero quickly ({reason})"),
+                ),
+            ));
+        }
+        match falloc(
+            &o.file,
+            FallocateFlags::FALLOC_FL_ZERO_RANGE | keep,
+            offset,
+            len,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
+        }
+        let mut at = offset;
+        let end = offset.saturating_add(len);
+        let zeroes = vec![0u8; CHUNK];
+        while at < end {
+            let n = (end - at).min(CHUNK as u64) as usize;
+            if let Err(e) = self.write_at(&zeroes[..n], at, false) {
+                return Err(self.io_error(&o, op, offset, len, e.source));
+            }
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The checker's read: open the device afresh (read-only, O_DIRECT)
+    /// and read `len` bytes (rounded up to the logical block size) at
+    /// offset 0.
+    pub fn probe(&self, len: usize) -> Result<Probe, TransportError> {
+        let fail =
+            |op, e| TransportError::new(op, 0, len as u64, self.name.clone(), ErrorClass::Path, e);
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&self.target.devnode)
+            .map_err(|e| fail(IoOp::Open, e))?;
+        let bs = if file
+            .metadata()
+            .map_err(|e| fail(IoOp::Open, e))?
+            .file_type()
+            .is_block_device()
+        {
+            blk_sector_size(&file).map_err(|e| fail(IoOp::Check, e))?
+        } else {
+            self.block_size()
+        };
+        let n = len.max(1).div_ceil(bs) * bs;
+        let bytes = bounce::with(n, MEM_ALIGN.max(bs), |b| loop {
+            use std::os::unix::fs::FileExt;
+            match file.read_at(&mut b[..n], 0) {
+                Ok(got) => return Ok(got),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        })
+        .map_err(|e| fail(IoOp::Check, e))?;
+        Ok(Probe {
+            bytes,
+            direct: true,
+            note: None,
+        })
+    }
+
+    /// TEST UNIT READY over SG_IO on a descriptor of its own, retried and
+    /// decided like multipath-tools' `tur` checker
+    /// ([`crate::scsi::tur`]).
+    pub fn tur(&self, timeout: Duration) -> CheckResult {
+        let file = match sgio::open_for_commands(&self.target.devnode) {
+            Ok(f) => f,
+            Err(e) => {
+                return CheckResult::new(
+                    crate::model::CheckState::Down,
+                    format!("tur: cannot open {}: {e}", self.name),
+                )
+            }
+        };
+        let (state, why, tries) = tur::run(|| sgio::test_unit_ready(&file, timeout));
+        let mut message = why;
+        if tries > 1 {
+            message.push_str(&format!(" after {tries} commands"));
+        }
+        CheckResult::new(state, message)
+    }
+}
+
+#[cfg(test)]
+mod tests;
