@@ -741,7 +741,7 @@ fn paths_section_validation() {
             ),
             (
                 20,
-                "unknown transport 'iscsi' for path 'p3' (known transports: file)".to_string()
+                "unknown transport 'iscsi' for path 'p3' (known transports: file, nbd)".to_string()
             ),
             (
                 33,
