@@ -432,6 +432,7 @@ impl Daemon {
             model_paths.push(ModelPath::new_checked(p.info.clone(), state, reason, now));
             devs.push(dev);
         }
+        warn_separate_caches(&plan);
         let Some(size) = size else {
             error!(map = %plan.name, "no path could tell the size of the LUN; map not exported (it is retried on reconfigure)");
             return None;
@@ -565,6 +566,28 @@ fn open_path(p: &PathPlan) -> PathDev {
 /// ask and checks with a direct read instead.
 fn effective_checker(p: &PathPlan) -> CheckerKind {
     p.settings.path_checker.value
+}
+
+/// `file` paths on different block-device nodes of one LUN read through
+/// separate page caches, so a read on one may miss a write made on the
+/// other. Say so loudly: such LUNs belong to `--scsi` discovery (O_DIRECT).
+fn warn_separate_caches(plan: &MapPlan) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut nodes: Vec<(u64, &str)> = Vec::new();
+    for p in &plan.paths {
+        if p.scsi.is_some() || p.decl.transport != "file" {
+            continue;
+        }
+        if let Some(md) = p.decl.file.as_ref().and_then(|f| std::fs::metadata(f).ok()) {
+            if md.file_type().is_block_device() && !nodes.iter().any(|(r, _)| *r == md.rdev()) {
+                nodes.push((md.rdev(), &p.decl.name));
+            }
+        }
+    }
+    if nodes.len() > 1 {
+        let names: Vec<&str> = nodes.iter().map(|(_, n)| *n).collect();
+        warn!(map = %plan.name, "file paths {} are different block devices with separate page caches: reads can miss writes made through another path; use `umpath daemon --scsi` (O_DIRECT SCSI paths) for such LUNs", names.join(", "));
+    }
 }
 
 /// io_timeout from the config (`None`: no limit).
