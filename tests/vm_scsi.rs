@@ -75,6 +75,13 @@ fn boot(name: &str, paths: Paths) -> Vm {
     })
 }
 
+/// Logs a test step with the time since the test binary started.
+fn step(what: &str) {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t0 = T0.get_or_init(Instant::now);
+    eprintln!("[{:7.2?}] {what}", t0.elapsed());
+}
+
 fn ios(vm: &Vm, path: &str) -> u64 {
     vm.path(path)["ios"].as_u64().expect("ios is a number")
 }
@@ -355,6 +362,7 @@ fn wait_ios_grow(vm: &Vm, fio: &FioLoop, path: &str, what: &str) {
 /// to the other path, and comes back when the device runs again.
 fn offline_under_io(vm: &Vm, fio: &FioLoop, disk: &str, other: &str) {
     wait_ios_grow(vm, fio, disk, "IO on the path about to go offline");
+    step(&format!("{disk} offline under IO"));
     vm.sh_ok(&format!("echo offline > /sys/block/{disk}/device/state"));
     vm.wait_path(disk, "failed while offline", Duration::from_secs(15), |p| {
         p["dm_state"] == "failed"
@@ -363,15 +371,20 @@ fn offline_under_io(vm: &Vm, fio: &FioLoop, disk: &str, other: &str) {
     wait_ios_grow(vm, fio, other, "IO continuing on the other path");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(ios(vm, disk), frozen, "an offline path carries no IO");
+    step(&format!("{disk} running again"));
     vm.sh_ok(&format!("echo running > /sys/block/{disk}/device/state"));
     vm.wait_path(disk, "reinstated", Duration::from_secs(15), usable);
     wait_ios_grow(vm, fio, disk, "IO back on the reinstated path");
 }
 
-/// Hot-unplug of the disk behind `disk` (QMP device_del): the path goes
-/// faulty and the map keeps serving; device_add brings it back.
-fn hot_unplug_and_replug(vm: &Vm, fio: &FioLoop, disk: &str, other: &str) {
+/// Hot-unplug of the disk behind `disk` (QMP device_del): the path fails
+/// and the map keeps serving on `other`; device_add brings the disk back
+/// (under a new name: the kernel keeps sdX's name while umpath still has
+/// the removed disk open) and a path on it carries IO again. Returns the
+/// name of the path on the replugged disk.
+fn hot_unplug_and_replug(vm: &Vm, fio: &FioLoop, paths: Paths, disk: &str, other: &str) -> String {
     let (qdev, hba, drive) = vm.qdev_of(disk);
+    step(&format!("device_del {qdev} ({disk})"));
     vm.qmp("device_del", serde_json::json!({ "id": qdev }));
     vm.qmp_event("DEVICE_DELETED", Duration::from_secs(30), |d| {
         d["device"] == qdev.as_str()
@@ -381,26 +394,54 @@ fn hot_unplug_and_replug(vm: &Vm, fio: &FioLoop, disk: &str, other: &str) {
         Duration::from_secs(30),
         || vm.sh(&format!("test -e /sys/block/{disk}")).rc != 0,
     );
-    vm.wait_path(
-        disk,
-        "not usable after unplug",
-        Duration::from_secs(15),
-        |p| p["dm_state"] == "failed",
-    );
+    vm.wait_path(disk, "failed after unplug", Duration::from_secs(15), |p| {
+        p["dm_state"] == "failed"
+    });
     wait_ios_grow(vm, fio, other, "IO on the remaining path");
+    step(&format!("device_add {qdev}"));
     vm.qmp("device_add", vm::scsi_hd_props(&qdev, &hba, &drive));
+    let mut new = String::new();
     vm.wait_for(
-        &format!("{qdev} back as {disk}"),
+        &format!("{qdev} back in the guest"),
         Duration::from_secs(30),
-        || vm.sh(&format!("test -b /dev/{disk}")).rc == 0,
+        || {
+            new = vm
+                .sh(&format!(
+                    "for d in /sys/block/sd*; do readlink -f $d | grep -q {} && basename $d; done",
+                    if hba == "hba0" {
+                        "0000:00:04.0"
+                    } else {
+                        "0000:00:05.0"
+                    }
+                ))
+                .out
+                .trim()
+                .to_string();
+            !new.is_empty()
+        },
     );
+    step(&format!("{qdev} is back as {new}"));
+    let wwid = vm.sh_ok(&format!("cat /sys/block/{new}/device/wwid"));
+    assert_eq!(wwid.trim(), "naa.5000c50015ea71ac", "{new}");
+    let path = match paths {
+        Paths::File => {
+            // What a udev rule would do for a file path: the old name now
+            // leads to the new disk; the checker reopens it.
+            if new != disk {
+                vm.sh_ok(&format!("ln -sf /dev/{new} /dev/{disk}"));
+            }
+            disk.to_string()
+        }
+        Paths::Discovered => new.clone(),
+    };
     vm.wait_path(
-        disk,
-        "reinstated after replug",
+        &path,
+        "usable after replug",
         Duration::from_secs(20),
         usable,
     );
-    wait_ios_grow(vm, fio, disk, "IO back on the replugged path");
+    wait_ios_grow(vm, fio, &path, "IO on the replugged disk's path");
+    path
 }
 
 /// Writes over NBD land on the LUN: fio writes a region, the guest syncs
@@ -443,19 +484,23 @@ fn write_sync_verify(vm: &Vm) {
 fn vm_file_paths_on_two_hbas_fail_over_and_back() {
     let t0 = Instant::now();
     let vm = boot("file-paths", Paths::File);
+    step("booted");
     guest_sees_one_lun_on_two_hbas(&vm);
     one_map_two_paths_one_group(&vm);
     host_reaches_export(&vm);
+    step("round robin");
     round_robin_every_rr_min_io(&vm);
+    step("checker sees offline");
     checker_sees_offline(&vm, "sdb");
-
+    step("write, sync, verify");
     write_sync_verify(&vm);
+    step("read-verify loop under failover");
 
     // Reads only: see write_sync_verify for why file paths on block
     // devices cannot take writes during failover.
     let fio = FioLoop::start(vm.uri(WWID), Load::ReadVerify);
     offline_under_io(&vm, &fio, "sdb", "sda");
-    hot_unplug_and_replug(&vm, &fio, "sdb", "sda");
+    hot_unplug_and_replug(&vm, &fio, Paths::File, "sdb", "sda");
     let runs = fio.finish(&vm);
     eprintln!(
         "vm file-paths: {runs} fio verify runs passed; boot {:.1?}, total {:.1?}",
@@ -512,6 +557,6 @@ fn vm_discovered_hot_unplug_and_replug() {
     let vm = boot("discovered-hotplug", Paths::Discovered);
     one_map_two_paths_one_group(&vm);
     let fio = FioLoop::start(vm.uri(WWID), Load::WriteVerify);
-    hot_unplug_and_replug(&vm, &fio, "sdb", "sda");
+    hot_unplug_and_replug(&vm, &fio, Paths::Discovered, "sdb", "sda");
     fio.finish(&vm);
 }
