@@ -24,6 +24,9 @@ cache="${1:-${UMPATH_VM_CACHE:-${CARGO_TARGET_DIR:-$repo/target}/vm-cache}}"
 mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
 env_file="$cache/vm.env"
+# One setup at a time per cache (VM tests may start in parallel).
+exec 9> "$cache/.lock"
+command -v flock >/dev/null && flock -w 600 9
 
 KERNEL_META="${UMPATH_VM_KERNEL_PACKAGE:-linux-image-cloud-amd64}"
 

@@ -302,7 +302,17 @@ impl Vm {
         .expect("write qemu.cmdline");
         let log = fs::File::create(&qemu_log).expect("qemu.log");
         let t0 = Instant::now();
-        let child = Command::new("qemu-system-x86_64")
+        let mut cmd = Command::new("qemu-system-x86_64");
+        // SAFETY: prctl(2) is async-signal-safe; QEMU dies with the test
+        // thread that started it even if the test process is SIGKILLed.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup qemu.log"))
@@ -544,6 +554,9 @@ impl Drop for Vm {
     }
 }
 
+/// How long the host waits for guest output before nudging the channel.
+const NUDGE: Duration = Duration::from_secs(2);
+
 /// The host end of the guest's command channel (ttyS1).
 #[derive(Default)]
 struct Chan {
@@ -573,7 +586,10 @@ impl Chan {
         })
     }
 
-    /// Reads one line (without the newline) before `deadline`.
+    /// Reads one line (without the newline) before `deadline`. Every
+    /// [`NUDGE`] without data it sends an empty line, which the guest
+    /// ignores: should a UART interrupt ever be lost, the next one (this
+    /// byte's) gets the guest's 8250 driver moving again in both directions.
     fn read_line(&mut self, deadline: Instant) -> Result<String, String> {
         let stream = self.stream.as_mut().ok_or("not connected")?;
         loop {
@@ -587,7 +603,7 @@ impl Chan {
                 .checked_duration_since(Instant::now())
                 .ok_or("timed out")?;
             stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(10))))
+                .set_read_timeout(Some(left.clamp(Duration::from_millis(10), NUDGE)))
                 .map_err(|e| e.to_string())?;
             let mut buf = [0u8; 8192];
             match stream.read(&mut buf) {
@@ -595,7 +611,10 @@ impl Chan {
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 Err(e)
                     if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    stream.write_all(b"\n").map_err(|e| format!("write: {e}"))?;
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
