@@ -79,7 +79,7 @@ fn boot(name: &str, paths: Paths) -> Vm {
 fn step(what: &str) {
     static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t0 = T0.get_or_init(Instant::now);
-    eprintln!("[{:7.2?}] {what}", t0.elapsed());
+    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
 fn ios(vm: &Vm, path: &str) -> u64 {
