@@ -394,9 +394,17 @@ fn hot_unplug_and_replug(vm: &Vm, fio: &FioLoop, paths: Paths, disk: &str, other
         Duration::from_secs(30),
         || vm.sh(&format!("test -e /sys/block/{disk}")).rc != 0,
     );
-    vm.wait_path(disk, "failed after unplug", Duration::from_secs(15), |p| {
-        p["dm_state"] == "failed"
-    });
+    // A file path fails; a discovered path may also be dropped.
+    vm.wait_for(
+        &format!("path {disk} failed or gone after unplug"),
+        Duration::from_secs(15),
+        || {
+            vm.paths()
+                .iter()
+                .find(|p| p["name"] == disk)
+                .map_or(paths == Paths::Discovered, |p| p["dm_state"] == "failed")
+        },
+    );
     wait_ios_grow(vm, fio, other, "IO on the remaining path");
     step(&format!("device_add {qdev}"));
     vm.qmp("device_add", vm::scsi_hd_props(&qdev, &hba, &drive));

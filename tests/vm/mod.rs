@@ -147,6 +147,8 @@ pub struct Vm {
     pub boot_time: Duration,
     chan: Mutex<Chan>,
     qmp: Mutex<Qmp>,
+    /// Remove the image on a clean drop (not when retrying a start).
+    remove_image: bool,
 }
 
 /// The scsi-hd properties that make both disks the same QuantaStor LUN.
@@ -328,6 +330,7 @@ impl Vm {
             boot_time: Duration::ZERO,
             chan: Mutex::new(Chan::default()),
             qmp: Mutex::new(Qmp::default()),
+            remove_image: true,
         };
         let boot_timeout = env_secs("UMPATH_VM_BOOT_TIMEOUT", 150);
         let deadline = t0 + boot_timeout;
@@ -337,6 +340,7 @@ impl Vm {
                 let qlog = fs::read_to_string(&qemu_log).unwrap_or_default();
                 let err = format!("qemu exited ({st}): {qlog}\n{}", vm.console_tail(60));
                 if qlog.contains("hostfwd") || qlog.contains("forwarding rule") {
+                    vm.remove_image = false;
                     return Err(err);
                 }
                 panic!("{err}");
@@ -436,7 +440,9 @@ impl Vm {
 
     /// `umpath ARGS --json` in the guest, parsed.
     pub fn umpath_json(&self, args: &str) -> Value {
-        let out = self.sh_ok(&format!("umpath {args} --json"));
+        let out = self.sh_ok(&format!(
+            "umpath {args} --json 2>/tmp/umpath.err || {{ cat /tmp/umpath.err; exit 1; }}"
+        ));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("umpath {args} --json: {e}: {out}"))
     }
 
@@ -548,7 +554,7 @@ impl Drop for Vm {
         if std::thread::panicking() {
             eprintln!("{}", self.console_tail(150));
             eprintln!("VM files kept in {}", self.dir.display());
-        } else {
+        } else if self.remove_image {
             let _ = fs::remove_file(&self.image);
         }
     }
