@@ -64,6 +64,7 @@ fn multipath_conf(paths: Paths) -> String {
 }
 
 fn boot(name: &str, paths: Paths) -> Vm {
+    vm::need_qemu();
     common::need("fio");
     common::need("nbdinfo");
     Vm::boot(VmOptions {
