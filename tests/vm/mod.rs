@@ -11,8 +11,7 @@
 //! (also on panic); the serial console is saved under
 //! `TARGET/vm-runs/NAME/console.log` and its tail printed when a test fails.
 //!
-//! Environment: `UMPATH_VM_ACCEL` (`tcg` or `kvm`; default kvm when
-//! /dev/kvm is usable, else tcg), `UMPATH_VM_CACHE` (the download cache),
+//! Environment: `UMPATH_VM_ACCEL` (`tcg`, the default, or `kvm`), `UMPATH_VM_CACHE` (the download cache),
 //! `UMPATH_VM_BOOT_TIMEOUT` (seconds, default 150).
 #![allow(dead_code)]
 
@@ -243,8 +242,13 @@ impl Vm {
             let _ = fs::remove_file(p);
         }
         let port = free_port();
-        let accel = std::env::var("UMPATH_VM_ACCEL")
-            .unwrap_or_else(|_| if kvm_usable() { "kvm" } else { "tcg" }.to_string());
+        // TCG by default: CI has no KVM, and a /dev/kvm that opens can
+        // still be a nested KVM that cannot boot this guest.
+        let accel = std::env::var("UMPATH_VM_ACCEL").unwrap_or_else(|_| "tcg".to_string());
+        assert!(
+            accel != "kvm" || kvm_usable(),
+            "UMPATH_VM_ACCEL=kvm but /dev/kvm cannot be opened"
+        );
         let img = image.display().to_string();
         let mut args: Vec<String> = vec![
             "-accel".into(),
