@@ -1,6 +1,6 @@
 //! umpath on real kernel SCSI devices, in a VM (issue 4, item 6).
 //!
-//! QEMU (TCG without /dev/kvm) boots Debian's cloud kernel with two
+//! QEMU (TCG) boots Debian's cloud kernel with two
 //! virtio-scsi HBAs that present one raw image as two `scsi-hd` disks with
 //! the same QuantaStor identity (vendor OSNEXUS, product QUANTASTOR, serial
 //! QS0001, WWN 0x5000c50015ea71ac), so the guest sees one LUN over two
