@@ -72,7 +72,11 @@ fn boot(name: &str, paths: Paths) -> Vm {
         multipath_conf: multipath_conf(paths),
         image_size: IMAGE_SIZE,
         prepare_image: prefill,
-        append: String::new(),
+        append: if paths == Paths::Discovered {
+            "vm.scsi".to_string()
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -520,7 +524,6 @@ fn vm_file_paths_on_two_hbas_fail_over_and_back() {
 
 /// Discovery: one map, two paths, one multibus group, WWID 35000c50015ea71ac.
 #[test]
-#[ignore = "needs SCSI discovery (issue 4)"]
 fn vm_discovered_paths_form_one_multibus_map() {
     let vm = boot("discovered-map", Paths::Discovered);
     guest_sees_one_lun_on_two_hbas(&vm);
@@ -534,7 +537,6 @@ fn vm_discovered_paths_form_one_multibus_map() {
 
 /// Discovery: round-robin alternates every rr_min_io (100) requests.
 #[test]
-#[ignore = "needs SCSI discovery (issue 4)"]
 fn vm_discovered_paths_round_robin_every_rr_min_io() {
     let vm = boot("discovered-rr", Paths::Discovered);
     one_map_two_paths_one_group(&vm);
@@ -544,7 +546,6 @@ fn vm_discovered_paths_round_robin_every_rr_min_io() {
 /// Discovery: the TUR checker sees an offline device (no IO needed) and
 /// its return; under IO the client sees no error.
 #[test]
-#[ignore = "needs SCSI discovery (issue 4)"]
 fn vm_discovered_tur_sees_offline_and_io_fails_over() {
     let vm = boot("discovered-tur", Paths::Discovered);
     one_map_two_paths_one_group(&vm);
@@ -561,7 +562,7 @@ fn vm_discovered_tur_sees_offline_and_io_fails_over() {
 /// Discovery: a hot-unplugged disk fails its path; a replugged one is
 /// found again.
 #[test]
-#[ignore = "needs SCSI discovery (issue 4)"]
+#[ignore = "needs uevent hotplug (issue 4 item 4, not built yet)"]
 fn vm_discovered_hot_unplug_and_replug() {
     let vm = boot("discovered-hotplug", Paths::Discovered);
     one_map_two_paths_one_group(&vm);
