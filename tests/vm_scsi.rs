@@ -562,7 +562,6 @@ fn vm_discovered_tur_sees_offline_and_io_fails_over() {
 /// Discovery: a hot-unplugged disk fails its path; a replugged one is
 /// found again.
 #[test]
-#[ignore = "needs uevent hotplug (issue 4 item 4, not built yet)"]
 fn vm_discovered_hot_unplug_and_replug() {
     let vm = boot("discovered-hotplug", Paths::Discovered);
     one_map_two_paths_one_group(&vm);

@@ -9,6 +9,7 @@
 //! finish, flush every map and exit.
 
 pub mod assemble;
+pub mod hotplug;
 pub mod show;
 
 use std::collections::HashMap;
@@ -216,6 +217,9 @@ impl Daemon {
         }));
 
         tasks.push(spawn_signal_handler(daemon.clone()));
+        if opts.scsi.is_some() {
+            tasks.push(spawn_hotplug(daemon.clone()));
+        }
         let n = daemon.exports.list().len();
         let _ = sd_notify::notify(
             false,
@@ -355,13 +359,124 @@ impl Daemon {
         for (_, old) in old_by_wwid {
             self.stop_map(st, old);
         }
+        self.publish_exports(st);
+        format!("{kept} map(s) kept, {started} started, {stopped} stopped")
+    }
+
+    /// Makes the running maps the NBD server's export list.
+    fn publish_exports(&self, st: &State) {
         let list: Vec<Arc<dyn Export>> = st
             .maps
             .iter()
             .map(|m| Arc::new(m.engine.clone()) as Arc<dyn Export>)
             .collect();
         self.exports.list.store(Arc::new(list));
-        format!("{kept} map(s) kept, {started} started, {stopped} stopped")
+    }
+
+    /// Acts on a SCSI disk's uevent: `add`/`change` (re)read the disk and
+    /// join it to its map (a new map if its WWID is new); `remove` takes
+    /// its path out. Running maps and their NBD connections stay up.
+    async fn hotplug(self: &Arc<Self>, ev: hotplug::Uevent) {
+        match ev.action.as_str() {
+            "add" | "change" => self.hotplug_add(&ev.devname).await,
+            "remove" => {
+                let mut st = self.state.lock().await;
+                self.remove_path_locked(&mut st, &ev.devname);
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_path_locked(&self, st: &mut State, name: &str) {
+        let Some(rt) = st.paths.remove(name) else {
+            return;
+        };
+        rt.checker.abort();
+        if let Some(m) = st.maps.iter_mut().find(|m| m.plan.name == rt.map) {
+            m.engine.remove_path(rt.id);
+            m.plan.paths.retain(|p| p.decl.name != name);
+        }
+        info!(path = %name, map = %rt.map, "hotplug: path removed");
+    }
+
+    async fn hotplug_add(self: &Arc<Self>, name: &str) {
+        let Some(opts) = self.opts.scsi.clone() else {
+            return;
+        };
+        let n = name.to_string();
+        let dev =
+            match tokio::task::spawn_blocking(move || discovery::discover_block(&opts, &n)).await {
+                Ok(Ok(Some(d))) => d,
+                Ok(Ok(None)) | Err(_) => return,
+                Ok(Err(e)) => {
+                    warn!("hotplug: {e}");
+                    return;
+                }
+            };
+        let mut st = self.state.lock().await;
+        if let Some(old) = st.paths.get(name) {
+            let same = st
+                .maps
+                .iter()
+                .find(|m| m.plan.name == old.map)
+                .is_some_and(|m| m.plan.wwid == dev.wwid);
+            if same {
+                return;
+            }
+            // Same name, another LUN: the old path goes first.
+            self.remove_path_locked(&mut st, name);
+        }
+        let cfg = st.config.clone();
+        let (plans, skipped) = assemble::plan_with(&cfg, std::slice::from_ref(&dev));
+        let found = plans.into_iter().find_map(|m| {
+            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
+            p.map(|p| (m, p))
+        });
+        let Some((mut mplan, pplan)) = found else {
+            let why = skipped
+                .iter()
+                .find(|s| s.path == name)
+                .map_or("not used".to_string(), |s| s.reason.clone());
+            info!(path = %name, "hotplug: not used: {why}");
+            return;
+        };
+        match st.maps.iter().position(|m| m.plan.wwid == pplan.decl.wwid) {
+            Some(idx) => {
+                let dev = Arc::new(open_path(&pplan));
+                let timeout = checker_timeout(&pplan.settings, &dev);
+                let CheckResult { state, message } =
+                    PathChecker::new(dev.clone(), effective_checker(&pplan))
+                        .check(timeout)
+                        .await;
+                let reason = (!state.is_usable()).then_some(message);
+                let path =
+                    ModelPath::new_checked(pplan.info.clone(), state, reason, self.clock.now());
+                let engine = st.maps[idx].engine.clone();
+                let id = engine.add_path(path, dev.clone());
+                let checker = spawn_checker(self.clone(), engine, id, &pplan, dev.clone());
+                let map = st.maps[idx].plan.name.clone();
+                info!(path = %name, map = %map, state = %state, "hotplug: path added");
+                st.paths.insert(
+                    name.to_string(),
+                    PathRt {
+                        map,
+                        id,
+                        dev,
+                        settings: pplan.settings.clone(),
+                        checker,
+                    },
+                );
+                st.maps[idx].plan.paths.push(pplan);
+            }
+            None => {
+                mplan.paths.retain(|p| p.decl.name == name);
+                if let Some(m) = self.start_map(&mut st, mplan).await {
+                    info!(path = %name, map = %m.plan.name, "hotplug: new map");
+                    st.maps.push(m);
+                    self.publish_exports(&st);
+                }
+            }
+        }
     }
 
     /// The SCSI disks to use as paths (none unless enabled in
@@ -691,6 +806,40 @@ fn spawn_checker(
         }
         .instrument(span),
     )
+}
+
+/// Reads kernel uevents on a thread of its own and hands SCSI disk events
+/// to the daemon, until shutdown.
+fn spawn_hotplug(daemon: Arc<Daemon>) -> JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener_stop = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("uevents".into())
+        .spawn(move || {
+            if let Err(e) = hotplug::listen(tx, listener_stop) {
+                error!("hotplug: cannot read kernel uevents: {e}; new disks are found on reconfigure only");
+            }
+        });
+    if let Err(e) = spawned {
+        error!("hotplug: cannot start the uevent thread: {e}");
+    }
+    let mut shutdown = daemon.shutdown_tx.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                ev = rx.recv() => match ev {
+                    Some(ev) => {
+                        info!(action = %ev.action, dev = %ev.devname, "uevent");
+                        daemon.hotplug(ev).await;
+                    }
+                    None => break,
+                },
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    })
 }
 
 fn spawn_signal_handler(daemon: Arc<Daemon>) -> JoinHandle<()> {

@@ -34,7 +34,7 @@ fn dev_state(s: &MapSnapshot, i: usize) -> &'static str {
 pub fn paths_json(maps: &[MapSnapshot]) -> Value {
     let mut out = Vec::new();
     for s in maps {
-        for (i, p) in s.map.paths().iter().enumerate() {
+        for (i, p) in s.map.paths().iter().enumerate().filter(|(_, p)| !p.removed) {
             let c = &s.paths[i];
             let group = s.map.groups().iter().position(|g| g.members.contains(&i));
             out.push(json!({
@@ -146,7 +146,7 @@ pub fn paths_text(maps: &[MapSnapshot]) -> String {
     .map(|s| s.to_string())
     .collect::<Vec<_>>()];
     for s in maps {
-        for (i, p) in s.map.paths().iter().enumerate() {
+        for (i, p) in s.map.paths().iter().enumerate().filter(|(_, p)| !p.removed) {
             let c = &s.paths[i];
             rows.push(vec![
                 p.info.name.clone(),

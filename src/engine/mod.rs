@@ -249,6 +249,30 @@ impl MapEngine {
             .is_some_and(|p| p.usable())
     }
 
+    /// A path joins the running map (hotplug): its IO threads start and it
+    /// is grouped at once. Returns its id.
+    pub fn add_path(&self, path: crate::model::Path, dev: Arc<PathDev>) -> PathId {
+        let now = self.now();
+        let weak = Arc::downgrade(&self.inner);
+        let name = path.info.name.clone();
+        let rt = spawn_path(weak, &self.inner.info.name, &name, dev);
+        let mut id = 0;
+        self.inner.apply_state(|st| {
+            st.paths.push(rt);
+            let (new_id, ev) = st.map.add_path(path, now);
+            id = new_id;
+            ev
+        });
+        id
+    }
+
+    /// The path's device went away (hotplug): it leaves its group; IO in
+    /// flight on it finishes or fails over as usual.
+    pub fn remove_path(&self, path: PathId) {
+        let now = self.now();
+        self.inner.apply(|map| map.remove_path(path, now));
+    }
+
     /// `fail path NAME`: stays failed until reinstated by an admin.
     pub fn admin_fail(&self, path: PathId) {
         let now = self.now();
@@ -321,9 +345,14 @@ impl Inner {
     /// Runs a state change under the map lock, then logs and acts on the
     /// events it returned (outside the lock).
     fn apply(&self, f: impl FnOnce(&mut Map) -> Vec<MapEvent>) {
+        self.apply_state(|st| f(&mut st.map));
+    }
+
+    /// [`Inner::apply`] for changes that also touch the path runtimes.
+    fn apply_state(&self, f: impl FnOnce(&mut State) -> Vec<MapEvent>) {
         let (events, redispatch, fail) = {
             let mut st = self.state.lock();
-            let events = f(&mut st.map);
+            let events = f(&mut st);
             let mut redispatch = Vec::new();
             let mut fail = Vec::new();
             for e in &events {

@@ -297,6 +297,33 @@ impl Map {
         self.reinstate(id, now)
     }
 
+    /// A new path joins the map (hotplug); it is grouped at once.
+    pub fn add_path(&mut self, path: Path, now: Time) -> (PathId, Vec<MapEvent>) {
+        self.paths.push(path);
+        let id = self.paths.len() - 1;
+        self.regroup();
+        self.current = None;
+        let mut events = Vec::new();
+        self.after_change(Trigger::Assembled, now, &mut events);
+        (id, events)
+    }
+
+    /// The path's device went away (hotplug): it fails and leaves its group.
+    pub fn remove_path(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
+        let mut events = self.fail_path(id, "device removed", now);
+        if let Some(p) = self.paths.get_mut(id) {
+            if p.removed {
+                return events;
+            }
+            p.removed = true;
+            p.reason = Some("device removed".to_string());
+        }
+        self.regroup();
+        self.current = None;
+        self.after_change(Trigger::Failed, now, &mut events);
+        events
+    }
+
     /// A path check finished.
     pub fn check_result(
         &mut self,
@@ -309,6 +336,9 @@ impl Map {
         let Some(p) = self.paths.get_mut(id) else {
             return events;
         };
+        if p.removed {
+            return events;
+        }
         let from = p.check;
         p.check = state;
         if from != state {
@@ -536,6 +566,7 @@ impl Map {
             .paths
             .iter()
             .enumerate()
+            .filter(|(_, p)| !p.removed)
             .map(|(id, p)| GroupKey {
                 id,
                 prio: p.prio,
@@ -876,6 +907,46 @@ mod tests {
         m.admin_fail(1, T0);
         m.check_result(1, CheckState::Down, "whatever", Time(1000));
         assert_eq!(m.paths()[1].reason.as_deref(), Some("failed by admin"));
+    }
+
+    #[test]
+    fn hotplug_adds_and_removes_paths_without_renumbering() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Queue,
+            ),
+            T0,
+        );
+        let ev = m.remove_path(1, T0);
+        assert!(ev.contains(&MapEvent::PathFailed {
+            path: 1,
+            reason: "device removed".into()
+        }));
+        assert_eq!(m.groups()[0].members, vec![0]);
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(0); 3]);
+        // Checks of a removed path change nothing.
+        assert!(m.check_result(1, CheckState::Up, "", T0).is_empty());
+        let mut p = Path::new(PathInfo {
+            name: "p2".into(),
+            ..Default::default()
+        });
+        p.check = CheckState::Up;
+        let (id, _) = m.add_path(p, T0);
+        assert_eq!(id, 2);
+        assert_eq!(m.groups()[0].members, vec![0, 2]);
+        assert!(route_n(&mut m, 4).contains(&Route::Path(2)));
+        // The last path leaving: queueing starts.
+        m.remove_path(0, T0);
+        let ev = m.remove_path(2, T0);
+        assert!(
+            ev.contains(&MapEvent::QueueingStarted { deadline: None }),
+            "{ev:?}"
+        );
     }
 
     #[test]

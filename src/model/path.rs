@@ -113,6 +113,9 @@ pub struct Path {
     pub since: super::Time,
     /// How many times the path has failed.
     pub failures: u64,
+    /// The device went away (hotplug): the path is a tombstone that keeps
+    /// its id, carries no IO and is left out of groups and listings.
+    pub removed: bool,
 }
 
 impl Path {
@@ -127,6 +130,7 @@ impl Path {
             reason: None,
             since: super::Time(0),
             failures: 0,
+            removed: false,
         }
     }
 
