@@ -37,6 +37,7 @@ use super::keywords::{
 use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
 use super::propsel::defaults;
+use super::hwtable;
 use super::sections::{
     AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
 };
@@ -209,7 +210,12 @@ impl Builder<'_> {
     }
 
     fn store(&mut self, map: &mut AttrMap, asg: Assignment, section: Section) {
-        if let Some(prev) = map.get(asg.keyword) {
+        // A later file (conf.d) setting a keyword again is how conf.d is
+        // meant to be used: no warning across files.
+        if let Some(prev) = map
+            .get(asg.keyword)
+            .filter(|prev| prev.span.file == asg.span.file)
+        {
             self.diags.warning(
                 &asg.span,
                 format!(
@@ -539,6 +545,7 @@ impl Builder<'_> {
                         product,
                         span: sub.span.clone(),
                         builtin: false,
+                        from_product_blacklist: false,
                     });
                 }
                 Item::Block(sub) => self.unknown_section(sub, section),
@@ -738,25 +745,57 @@ fn is_attr(item: &Item, key: &str) -> bool {
     matches!(item, Item::Attr(a) if a.key == key)
 }
 
-/// Builds the typed configuration from a parsed document.
-pub(crate) fn build(doc: &Document, diags: &mut Diags) -> Config {
+/// Builds the typed configuration from parsed documents: the main file
+/// first, then the conf.d files in order. Later files add entries and
+/// override keywords of earlier ones, as in multipath-tools.
+pub(crate) fn build(docs: &[Document], diags: &mut Diags) -> Config {
+    let file = docs
+        .first()
+        .map_or_else(|| Arc::from("(none)"), |d| Arc::clone(&d.file));
     let mut b = Builder {
         diags,
         noted: BTreeSet::new(),
         noted_values: BTreeSet::new(),
         regex_cache: HashMap::new(),
-        cfg: Config::empty(Arc::clone(&doc.file)),
+        cfg: Config::empty(file),
         devices: MergeList::new(),
         multipaths: MergeList::new(),
         paths: Vec::new(),
         path_names: HashMap::new(),
     };
-    b.top(doc);
+    for doc in docs {
+        b.top(doc);
+    }
     b.check_aliases();
     b.cfg.devices = std::mem::replace(&mut b.devices, MergeList::new()).into_vec();
+    b.cfg.folded_builtins = fold_builtins(&mut b.cfg.devices);
     b.cfg.multipaths = std::mem::replace(&mut b.multipaths, MergeList::new()).into_vec();
     b.cfg.paths = std::mem::take(&mut b.paths);
+    b.cfg.files = docs.iter().map(|d| d.file.to_string()).collect();
     b.intervals();
     b.report_blacklisted_paths();
     b.cfg
+}
+
+/// multipath-tools merges a built-in entry whose vendor, product and
+/// revision strings equal those of a user entry into the user entry (the
+/// user's attributes win, the built-in ones fill the gaps and keep their
+/// built-in origin) and drops it from the built-in list. Returns the
+/// indices of the dropped built-in entries.
+fn fold_builtins(devices: &mut [DeviceEntry]) -> Vec<usize> {
+    let builtin = hwtable::builtin_devices();
+    let mut folded = Vec::new();
+    for d in devices.iter_mut() {
+        for (i, hw) in builtin.iter().enumerate() {
+            if folded.contains(&i) || !d.same_strings(hw) {
+                continue;
+            }
+            for (k, v) in &hw.attrs {
+                d.attrs.entry(k).or_insert_with(|| v.clone());
+            }
+            folded.push(i);
+        }
+    }
+    folded.sort_unstable();
+    folded
 }

@@ -96,6 +96,9 @@ pub struct BlacklistDevice {
     pub product: Option<Pattern>,
     pub span: Span,
     pub builtin: bool,
+    /// Made from a device entry's `product_blacklist` (not written in a
+    /// blacklist section).
+    pub from_product_blacklist: bool,
 }
 
 impl BlacklistDevice {
