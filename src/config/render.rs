@@ -217,6 +217,21 @@ const NEVER_PRINTED: &[&str] = &["getuid_callout", "pg_timeout", "multipath_dir"
 
 /// A value as `multipath -t` spells it: the text and whether it is quoted.
 pub fn value_text(keyword: &str, value: &Typed) -> (String, bool) {
+    match (keyword, value) {
+        // Printed without quotes by multipath-tools.
+        ("fast_io_fail_tmo" | "eh_deadline", Typed::Word(w)) => return (w.clone(), false),
+        ("uid_attrs" | "reservation_key" | "uid" | "gid", Typed::Str(s)) => {
+            return (s.clone(), false)
+        }
+        ("mode", Typed::Str(s)) => {
+            let text = match u32::from_str_radix(s, 8) {
+                Ok(m) => format!("0{m:o}"),
+                Err(_) => s.clone(),
+            };
+            return (text, false);
+        }
+        _ => {}
+    }
     match value {
         Typed::Grouping(g) => (g.as_str().to_string(), true),
         Typed::Selector(s) => (s.to_string(), true),
