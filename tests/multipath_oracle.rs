@@ -281,7 +281,12 @@ fn differences(ours: &str, theirs: &str) -> Vec<String> {
                 };
                 diff_entries(&mut out, &t.name, &blocks(o, sub), &blocks(t, sub));
             }
-            "devices" => diff_entries(&mut out, "devices", &blocks(o, "device"), &blocks(t, "device")),
+            "devices" => diff_entries(
+                &mut out,
+                "devices",
+                &blocks(o, "device"),
+                &blocks(t, "device"),
+            ),
             "multipaths" => diff_entries(
                 &mut out,
                 "multipaths",
@@ -526,6 +531,10 @@ multipaths {
     agree(
         "confd",
         Some(main),
-        &[("20-b.conf", b), ("10-a.conf", a), ("ignored.txt", "defaults {\n verbosity 4\n}\n")],
+        &[
+            ("20-b.conf", b),
+            ("10-a.conf", a),
+            ("ignored.txt", "defaults {\n verbosity 4\n}\n"),
+        ],
     );
 }

@@ -182,9 +182,15 @@ mod tests {
         let (mut b, _) = Bindings::parse("mpatha 3600a\n");
         let reserved: BTreeSet<String> = ["mpatha".to_string(), "mpathb".to_string()].into();
         // 3600a's old name is now some other WWID's alias: re-bound.
-        assert_eq!(b.assign("3600a", "mpath", &reserved), ("mpathc".into(), true));
+        assert_eq!(
+            b.assign("3600a", "mpath", &reserved),
+            ("mpathc".into(), true)
+        );
         assert_eq!(b.wwid_of("mpatha"), None);
-        assert_eq!(b.assign("3600d", "mpath", &reserved), ("mpathd".into(), true));
+        assert_eq!(
+            b.assign("3600d", "mpath", &reserved),
+            ("mpathd".into(), true)
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::diag::{Diags, Span};
+use super::hwtable;
 use super::keywords::{
     is_known, is_section_keyword, lookup, sections_of, Assignment, Checked, Effect, Keyword, Kind,
     Pattern, Section, Typed,
@@ -37,7 +38,6 @@ use super::keywords::{
 use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
 use super::propsel::defaults;
-use super::hwtable;
 use super::sections::{
     AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
 };

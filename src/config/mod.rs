@@ -187,7 +187,10 @@ fn parse_files_with(
     let order: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
     all.sort_by_key(|d| {
         (
-            order.iter().position(|f| *f == d.file).unwrap_or(usize::MAX),
+            order
+                .iter()
+                .position(|f| *f == d.file)
+                .unwrap_or(usize::MAX),
             if d.line == 0 { u32::MAX } else { d.line },
         )
     });
@@ -367,11 +370,7 @@ impl Config {
     /// Fills `config_dir` and `bindings_file` from the keywords, else from
     /// the main file's location (`base`), else multipath-tools' defaults.
     fn derive_paths(&mut self, base: Option<&Path>) {
-        let set = |k: &str| {
-            self.defaults
-                .get(k)
-                .map(|a| PathBuf::from(a.text.as_str()))
-        };
+        let set = |k: &str| self.defaults.get(k).map(|a| PathBuf::from(a.text.as_str()));
         self.config_dir = set("config_dir")
             .or_else(|| base.map(default_config_dir))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));

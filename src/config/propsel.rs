@@ -19,8 +19,8 @@ use std::fmt;
 
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
 
-use super::keywords::{canonical, Assignment, Typed};
 use super::keywords::Pattern;
+use super::keywords::{canonical, Assignment, Typed};
 use super::sections::{Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry};
 use super::{hwtable, Config};
 

@@ -213,7 +213,12 @@ const MULTIPATH: &[&str] = &[
 
 /// Keywords accepted for compatibility that multipath-tools ignores and
 /// never prints (their values are recorded; see [`Config::explain`]).
-const NEVER_PRINTED: &[&str] = &["getuid_callout", "pg_timeout", "multipath_dir", "config_dir"];
+const NEVER_PRINTED: &[&str] = &[
+    "getuid_callout",
+    "pg_timeout",
+    "multipath_dir",
+    "config_dir",
+];
 
 /// A value as `multipath -t` spells it: the text and whether it is quoted.
 pub fn value_text(keyword: &str, value: &Typed) -> (String, bool) {
@@ -374,7 +379,12 @@ impl Config {
         for d in self.hwtable() {
             out.push_str("\tdevice {\n");
             line(&mut out, 2, "vendor", &quote_value(d.vendor.as_str(), true));
-            line(&mut out, 2, "product", &quote_value(d.product.as_str(), true));
+            line(
+                &mut out,
+                2,
+                "product",
+                &quote_value(d.product.as_str(), true),
+            );
             if let Some(r) = &d.revision {
                 line(&mut out, 2, "revision", &quote_value(r.as_str(), true));
             }
@@ -412,7 +422,12 @@ impl Config {
                 line(&mut out, 2, "name", &quote_value(&p.name, false));
                 line(&mut out, 2, "transport", &quote_value(&p.transport, false));
                 if let Some(f) = &p.file {
-                    line(&mut out, 2, "file", &quote_value(&f.display().to_string(), true));
+                    line(
+                        &mut out,
+                        2,
+                        "file",
+                        &quote_value(&f.display().to_string(), true),
+                    );
                 }
                 for (k, v) in [
                     ("vendor", &p.vendor),

@@ -2,6 +2,8 @@
 //! to (by WWID), what the map is called and which settings it runs with.
 //! Pure: the daemon does the IO (opening devices, first checks).
 
+use std::collections::HashMap;
+
 use crate::config::{Config, PathDecl, PathIdentity, PathSettings};
 use crate::model::{MapPolicy, PathInfo};
 
@@ -64,7 +66,9 @@ pub fn path_info(d: &PathDecl) -> PathInfo {
 }
 
 /// Groups the declared paths into maps by WWID, in declaration order.
-pub fn plan(cfg: &Config) -> (Vec<MapPlan>, Vec<Skipped>) {
+/// A map is named by its multipaths `alias`, else its user_friendly_names
+/// binding in `friendly` (WWID to name), else its WWID.
+pub fn plan(cfg: &Config, friendly: &HashMap<String, String>) -> (Vec<MapPlan>, Vec<Skipped>) {
     let mut maps: Vec<MapPlan> = Vec::new();
     let mut skipped = Vec::new();
     for d in cfg.paths() {
@@ -90,11 +94,11 @@ pub fn plan(cfg: &Config) -> (Vec<MapPlan>, Vec<Skipped>) {
         match maps.iter_mut().find(|m| m.wwid == d.wwid) {
             Some(m) => m.paths.push(path),
             None => {
-                let name = path
-                    .settings
-                    .alias
-                    .as_ref()
-                    .map_or_else(|| d.wwid.clone(), |a| a.value.clone());
+                let name = match (&path.settings.alias, friendly.get(&d.wwid)) {
+                    (Some(a), _) => a.value.clone(),
+                    (None, Some(f)) => f.clone(),
+                    (None, None) => d.wwid.clone(),
+                };
                 maps.push(MapPlan {
                     name,
                     wwid: d.wwid.clone(),
@@ -181,7 +185,7 @@ paths {
     #[test]
     fn the_seed_stanza_gives_one_multibus_round_robin_map_per_wwid() {
         let cfg = Config::parse_str(SEED, "test.conf").expect("valid config");
-        let (maps, skipped) = plan(&cfg);
+        let (maps, skipped) = plan(&cfg, &HashMap::new());
         assert_eq!(maps.len(), 2);
         let m = &maps[0];
         assert_eq!(m.name, "lun0");
