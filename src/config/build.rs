@@ -433,15 +433,19 @@ impl Builder<'_> {
             entry.revision.as_ref().map(|r| r.as_str().to_string()),
         );
         if let Some(earlier) = self.devices.take(&key) {
-            self.diags.warning(
-                &entry.span,
-                format!(
-                    "duplicate device entry for {} (also at {}); the entries are merged and this \
-                     one's settings win",
-                    entry.describe(),
-                    earlier.span
-                ),
-            );
+            // Across files (conf.d) this is the intended way to amend an
+            // entry: no warning.
+            if earlier.span.file == entry.span.file {
+                self.diags.warning(
+                    &entry.span,
+                    format!(
+                        "duplicate device entry for {} (also at {}); the entries are merged and \
+                         this one's settings win",
+                        entry.describe(),
+                        earlier.span
+                    ),
+                );
+            }
             let mut merged = entry;
             for (k, v) in earlier.attrs {
                 merged.attrs.entry(k).or_insert(v);
@@ -471,14 +475,16 @@ impl Builder<'_> {
         };
         let key = entry.wwid.clone();
         if let Some(earlier) = self.multipaths.take(&key) {
-            self.diags.warning(
-                &entry.span,
-                format!(
-                    "duplicate multipath entry for wwid \"{}\" (also at {}); the entries are \
-                     merged and this one's settings win",
-                    entry.wwid, earlier.span
-                ),
-            );
+            if earlier.span.file == entry.span.file {
+                self.diags.warning(
+                    &entry.span,
+                    format!(
+                        "duplicate multipath entry for wwid \"{}\" (also at {}); the entries \
+                         are merged and this one's settings win",
+                        entry.wwid, earlier.span
+                    ),
+                );
+            }
             let mut merged = entry;
             for (k, v) in earlier.attrs {
                 merged.attrs.entry(k).or_insert(v);

@@ -443,7 +443,15 @@ impl Config {
         let alias = optional("alias");
         let getuid_callout = optional("getuid_callout");
 
-        let repeat_count = if rr_min_io.origin != Origin::Builtin && rr_rank.at_least(rq_rank) {
+        // `rr_min_io 1000` in defaults is multipath-tools' default as
+        // `multipath -t` (and `umpath show config`) print it: it does not
+        // count as set, so that a printed configuration reads back the same.
+        let rr_set = match rr_min_io.origin {
+            Origin::Builtin => false,
+            Origin::Defaults { .. } => rr_min_io.value != defaults::RR_MIN_IO,
+            _ => true,
+        };
+        let repeat_count = if rr_set && rr_rank.at_least(rq_rank) {
             rr_min_io.clone()
         } else {
             rr_min_io_rq.clone()

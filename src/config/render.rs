@@ -484,6 +484,10 @@ impl Config {
                     settings.no_path_retry.value.to_string(),
                     settings.no_path_retry.origin.clone(),
                 ),
+                ("checker_timeout", None) => (
+                    "unset (30 seconds for file paths)".to_string(),
+                    Origin::Builtin,
+                ),
                 (_, Some((a, origin))) => (value_text(k, &a.value).0, origin),
                 (_, None) => {
                     let default = [Section::Defaults, Section::Device, Section::Multipath]
