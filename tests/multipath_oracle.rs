@@ -218,9 +218,12 @@ fn diff_entries(out: &mut Vec<String>, place: &str, ours: &[&Block], theirs: &[&
         let mut d = Vec::new();
         let place = format!("{place} entry #{} ({})", i + 1, describe(t));
         diff_attrs(&mut d, &place, &attrs(o), &attrs(t), &[]);
-        for sub in ["protocol"] {
-            diff_entries(&mut d, &place, &blocks(o, sub), &blocks(t, sub));
-        }
+        diff_entries(
+            &mut d,
+            &place,
+            &blocks(o, "protocol"),
+            &blocks(t, "protocol"),
+        );
         out.extend(d);
     }
     if ours.len() != theirs.len() {
