@@ -458,6 +458,11 @@ overrides {
         type "scsi:iscsi"
         eh_deadline off
     }
+    protocol {
+        type "scsi:fcp"
+        fast_io_fail_tmo 9
+        eh_deadline 20
+    }
 }
 multipaths {
     multipath {

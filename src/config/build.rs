@@ -379,6 +379,19 @@ impl Builder<'_> {
             );
             return;
         }
+        // Entries for the same type are merged, the later one's values
+        // winning, at the later one's place (as multipath-tools does).
+        if let Some(i) = self
+            .cfg
+            .protocols
+            .iter()
+            .position(|p| p.protocol_type == protocol_type)
+        {
+            let earlier = self.cfg.protocols.remove(i);
+            for (k, v) in earlier.attrs {
+                attrs.entry(k).or_insert(v);
+            }
+        }
         self.cfg.protocols.push(ProtocolEntry {
             protocol_type,
             attrs,

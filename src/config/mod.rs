@@ -208,14 +208,21 @@ fn parse_files_with(
 fn read_text(path: &Path) -> Result<String, ConfigError> {
     let name = path.display().to_string();
     let cannot = |e: std::io::Error| ConfigError::single(&name, format!("cannot read: {e}"));
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
+    // Checked before opening: opening a FIFO would block.
+    let meta = std::fs::metadata(path).map_err(cannot)?;
     if meta.is_dir() {
         return Err(ConfigError::single(
             &name,
             "cannot read: is a directory".into(),
         ));
     }
+    if !meta.is_file() {
+        return Err(ConfigError::single(
+            &name,
+            "cannot read: not a regular file".into(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
     if meta.len() > MAX_FILE_SIZE {
         return Err(too_large(&name, meta.len()));
     }

@@ -1130,6 +1130,16 @@ fn load_errors_name_the_file() {
         o => panic!("{o:?}"),
     }
 
+    // A FIFO is refused without blocking.
+    let fifo = dir.path().join("fifo.conf");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let e = load(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+
     // Non-UTF-8 bytes in a comment are harmless.
     let latin1 = dir.path().join("latin1.conf");
     std::fs::write(&latin1, b"# M\xfcller\ndefaults {\n verbosity 3\n}\n").unwrap();
