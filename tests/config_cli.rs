@@ -120,6 +120,21 @@ fn explain_names_the_origin_of_every_property() {
         "{text}"
     );
     assert!(text.contains("no_path_retry = 18 "), "{text}");
+    // No configuration file at all: built-in values, as multipath-tools.
+    let none = dir.path().join("none/multipath.conf");
+    let out = umpath(&[
+        "explain",
+        "--config",
+        none.to_str().unwrap(),
+        "3PARdata",
+        "VV",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no_path_retry = 18 "));
     // Blacklisted by a built-in product_blacklist.
     let out = umpath(&[
         "explain",

@@ -274,7 +274,8 @@ fn explain(
     wwid: &str,
     json: bool,
 ) -> ExitCode {
-    let cfg = match crate::config::load(path) {
+    // Like multipath-tools, no configuration file means built-in values.
+    let cfg = match crate::config::load_or_empty(path) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("{e}");

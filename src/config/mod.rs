@@ -301,7 +301,20 @@ pub fn conf_d_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
 /// (`config_dir`, by default [`default_config_dir`]): every `*.conf`
 /// file there, in alphabetical order, after the main file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let main = read_text(path)?;
+    load_main(path, read_text(path)?)
+}
+
+/// Like [`load`], but a main file that does not exist counts as empty (as
+/// multipath-tools treats a missing /etc/multipath.conf): built-in values
+/// plus the conf.d files.
+pub fn load_or_empty(path: &Path) -> Result<Config, ConfigError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => load_main(path, String::new()),
+        _ => load(path),
+    }
+}
+
+fn load_main(path: &Path, main: String) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
     let (doc, _) = parse::parse(&main, &name);
     let dir = config_dir_of(&doc).map_or_else(|| default_config_dir(path), PathBuf::from);
