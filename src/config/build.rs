@@ -177,6 +177,11 @@ impl Builder<'_> {
         if let Some(p) = self.regex_cache.get(&key) {
             return Ok((Typed::Regex(p.clone()), None));
         }
+        if !negatable {
+            if let Some(p) = hwtable::builtin_pattern(text) {
+                return Ok((Typed::Regex(p), None));
+            }
+        }
         let checked = kw.check(text)?;
         if let (Typed::Regex(p), None) = &checked {
             self.regex_cache.insert(key, p.clone());

@@ -260,6 +260,34 @@ fn compile_table(table: &[HwEntry]) -> (Vec<DeviceEntry>, Vec<String>) {
     (out, problems)
 }
 
+/// The compiled patterns of the built-in table by text (vendor, product,
+/// revision and product_blacklist), so that a file repeating them (such
+/// as `show config` output read back) does not compile them again.
+pub fn builtin_pattern(text: &str) -> Option<Pattern> {
+    static CELL: OnceLock<std::collections::HashMap<String, Pattern>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let mut m = std::collections::HashMap::new();
+        for d in builtin_devices() {
+            for p in [Some(&d.vendor), Some(&d.product), d.revision.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                m.entry(p.as_str().to_string()).or_insert_with(|| p.clone());
+            }
+            if let Some(Assignment {
+                value: super::keywords::Typed::Regex(p),
+                ..
+            }) = d.attrs.get("product_blacklist")
+            {
+                m.entry(p.as_str().to_string()).or_insert_with(|| p.clone());
+            }
+        }
+        m
+    })
+    .get(text)
+    .cloned()
+}
+
 /// The built-in device entries, compiled (once).
 pub fn builtin_devices() -> &'static [DeviceEntry] {
     static CELL: OnceLock<Vec<DeviceEntry>> = OnceLock::new();
