@@ -177,10 +177,13 @@ impl Builder<'_> {
         if let Some(p) = self.regex_cache.get(&key) {
             return Ok((Typed::Regex(p.clone()), None));
         }
-        if !negatable {
-            if let Some(p) = hwtable::builtin_pattern(text) {
-                return Ok((Typed::Regex(p), None));
-            }
+        let builtin = if negatable {
+            hwtable::builtin_blacklist_pattern(text)
+        } else {
+            hwtable::builtin_pattern(text)
+        };
+        if let Some(p) = builtin {
+            return Ok((Typed::Regex(p), None));
         }
         let checked = kw.check(text)?;
         if let (Typed::Regex(p), None) = &checked {
@@ -807,18 +810,29 @@ pub(crate) fn build(docs: &[Document], diags: &mut Diags) -> Config {
 /// built-in origin) and drops it from the built-in list. Returns the
 /// indices of the dropped built-in entries.
 fn fold_builtins(devices: &mut [DeviceEntry]) -> Vec<usize> {
+    type Key = (String, String, Option<String>);
+    fn key(d: &DeviceEntry) -> Key {
+        (
+            d.vendor.as_str().to_string(),
+            d.product.as_str().to_string(),
+            d.revision.as_ref().map(|r| r.as_str().to_string()),
+        )
+    }
     let builtin = hwtable::builtin_devices();
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    for (i, hw) in builtin.iter().enumerate() {
+        // The first of identical built-in entries (there are none today).
+        index.entry(key(hw)).or_insert(i);
+    }
     let mut folded = Vec::new();
     for d in devices.iter_mut() {
-        for (i, hw) in builtin.iter().enumerate() {
-            if folded.contains(&i) || !d.same_strings(hw) {
-                continue;
-            }
-            for (k, v) in &hw.attrs {
-                d.attrs.entry(k).or_insert_with(|| v.clone());
-            }
-            folded.push(i);
+        let Some(i) = index.remove(&key(d)) else {
+            continue;
+        };
+        for (k, v) in &builtin[i].attrs {
+            d.attrs.entry(k).or_insert_with(|| v.clone());
         }
+        folded.push(i);
     }
     folded.sort_unstable();
     folded

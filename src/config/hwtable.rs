@@ -288,6 +288,37 @@ pub fn builtin_pattern(text: &str) -> Option<Pattern> {
     .cloned()
 }
 
+/// Like [`builtin_pattern`], for blacklist patterns (a leading `!`
+/// negates): the built-in blacklist's and those made from the table's
+/// vendor and product_blacklist strings.
+pub fn builtin_blacklist_pattern(text: &str) -> Option<Pattern> {
+    static CELL: OnceLock<std::collections::HashMap<String, Pattern>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let mut texts: Vec<&str> = Vec::new();
+        for b in [&BUILTIN_BLACKLIST, &BUILTIN_BLACKLIST_EXCEPTIONS] {
+            texts.extend(
+                b.devnode
+                    .iter()
+                    .chain(b.wwid)
+                    .chain(b.property)
+                    .chain(b.protocol),
+            );
+        }
+        for e in BUILTIN_HWTABLE {
+            if let Some((_, p)) = e.attrs.iter().find(|(k, _)| *k == "product_blacklist") {
+                texts.push(e.vendor);
+                texts.push(p);
+            }
+        }
+        texts
+            .into_iter()
+            .filter_map(|t| Some((t.to_string(), Pattern::blacklist(t).ok()?)))
+            .collect()
+    })
+    .get(text)
+    .cloned()
+}
+
 /// The built-in device entries, compiled (once).
 pub fn builtin_devices() -> &'static [DeviceEntry] {
     static CELL: OnceLock<Vec<DeviceEntry>> = OnceLock::new();

@@ -507,10 +507,11 @@ impl Config {
             if dup {
                 continue;
             }
-            let (Ok(vendor), Ok(product)) = (
-                Pattern::blacklist(d.vendor.as_str()),
-                Pattern::blacklist(p.as_str()),
-            ) else {
+            let compile = |t: &str| {
+                hwtable::builtin_blacklist_pattern(t).map_or_else(|| Pattern::blacklist(t), Ok)
+            };
+            let (Ok(vendor), Ok(product)) = (compile(d.vendor.as_str()), compile(p.as_str()))
+            else {
                 continue;
             };
             bl.device.push(BlacklistDevice {
