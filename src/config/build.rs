@@ -18,9 +18,13 @@
 //!   warning (as multipath-tools). Entries with identical vendor, product
 //!   and revision strings are merged, the later one's attributes winning
 //!   (as multipath-tools' factorize step); the merged entry sits at the
-//!   later one's position. multipath-tools also folds a built-in entry
-//!   with identical strings into the user's; umpath keeps them apart,
-//!   which selects the same values but reports built-in origins honestly.
+//!   later one's position. Like multipath-tools, a built-in entry with
+//!   identical strings is folded into the user's entry too: it leaves the
+//!   built-in list and fills the user entry's gaps (those attributes keep
+//!   their built-in origin). Several files (main, then conf.d) behave as
+//!   one; repeats across files are not warned about.
+//! * `overrides { protocol {} }`: entries of one type are merged, later
+//!   wins.
 //! * `multipaths`: entries without wwid are dropped with a warning;
 //!   entries with the same wwid are merged, later wins. Two WWIDs with the
 //!   same alias: error.
