@@ -25,6 +25,10 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "UMPATH_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
+    /// multipath.conf to read (its conf.d directory, `config_dir`, is read
+    /// too; by default `multipath/conf.d` next to the file).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -54,9 +58,6 @@ pub enum PathWord {
 pub enum Cmd {
     /// Run the engine in the foreground (logs to stderr).
     Daemon {
-        /// multipath.conf to read.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
         /// Unix socket to serve NBD on.
         #[arg(long, default_value = daemon::DEFAULT_NBD_SOCKET)]
         nbd_socket: PathBuf,
@@ -113,10 +114,20 @@ pub enum Cmd {
     Reconfigure,
     /// Stop the daemon gracefully.
     Shutdown,
-    /// Validate a configuration without starting anything.
-    CheckConfig {
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+    /// Validate a configuration (and its conf.d) without starting anything.
+    CheckConfig,
+    /// Print every effective property for a device with where it came from
+    /// (multipaths entry, overrides, device entry, defaults, built-in).
+    Explain {
+        vendor: String,
+        product: String,
+        revision: Option<String>,
+        /// The WWID (selects the multipaths entry and the wwid blacklist).
+        #[arg(long, default_value = "")]
+        wwid: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a failover scenario (TOML, see examples/) against the real
     /// engine on scratch images; writes report.json, report.csv and
@@ -159,7 +170,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Daemon {
-            config,
             nbd_socket,
             nbd_listen,
             scsi,
@@ -168,7 +178,7 @@ pub fn main() -> ExitCode {
         } => {
             init_logging();
             let opts = daemon::Options {
-                config,
+                config: cli.config,
                 nbd_socket: Some(nbd_socket),
                 nbd_listen,
                 control_socket: cli.control_socket,
@@ -193,7 +203,21 @@ pub fn main() -> ExitCode {
             format,
         } => simulate(&scenario, out, format),
         Cmd::Probe(args) => probe::run(&args),
-        Cmd::CheckConfig { config } => check_config(&config),
+        Cmd::CheckConfig => check_config(&cli.config),
+        Cmd::Explain {
+            vendor,
+            product,
+            revision,
+            wwid,
+            json,
+        } => explain(
+            &cli.config,
+            &vendor,
+            &product,
+            revision.as_deref().unwrap_or(""),
+            &wwid,
+            json,
+        ),
         Cmd::Show { what, json } => {
             let words: Vec<&str> = what.iter().map(String::as_str).collect();
             let cmd = match words.as_slice() {
@@ -367,12 +391,74 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             for w in cfg.warnings() {
                 eprintln!("{w}");
             }
-            println!("{}: ok", path.display());
+            println!("{}: ok", cfg.files().join(", "));
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
+            let n = e.errors().count();
+            eprintln!(
+                "{}: {n} error{}; configuration rejected",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
+}
+
+fn explain(
+    path: &std::path::Path,
+    vendor: &str,
+    product: &str,
+    revision: &str,
+    wwid: &str,
+    json: bool,
+) -> ExitCode {
+    // Like multipath-tools, no configuration file means built-in values.
+    let cfg = match crate::config::load_or_empty(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let id = crate::config::PathIdentity {
+        vendor,
+        product,
+        revision,
+        wwid,
+    };
+    if json {
+        let v = serde_json::json!({
+            "files": cfg.files(),
+            "blacklisted": cfg.blacklisted(&id),
+            "device_entries": cfg.matching_devices(&id).iter().map(|d| d.describe_with_origin()).collect::<Vec<_>>(),
+            "properties": cfg.explain_json(&id),
+        });
+        match serde_json::to_string_pretty(&v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("umpath: {e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut out = format!(
+        "# vendor \"{vendor}\" product \"{product}\" revision \"{revision}\" wwid \"{wwid}\"\n# configuration: {}\n",
+        cfg.files().join(", ")
+    );
+    if let Some(why) = cfg.blacklisted(&id) {
+        out.push_str(&format!("# {why}: umpath would not use such a path\n"));
+    }
+    let devs = cfg.matching_devices(&id);
+    if devs.is_empty() {
+        out.push_str("# matching device entries: none\n");
+    } else {
+        out.push_str("# matching device entries, strongest first:\n");
+        for d in devs {
+            out.push_str(&format!("#   {}\n", d.describe_with_origin()));
+        }
+    }
+    out.push_str(&cfg.explain_text(&id));
+    print!("{out}");
+    ExitCode::SUCCESS
 }

@@ -305,7 +305,7 @@ blacklist {
         use crate::policy::GroupingPolicy;
         let cfg = Config::parse_str(CONF, "multipath.conf").unwrap();
         let (_root, found) = fake();
-        let (maps, skipped) = plan_with(&cfg, &found.devices);
+        let (maps, skipped) = plan_with(&cfg, &std::collections::HashMap::new(), &found.devices);
         assert_eq!(maps.len(), 1, "{maps:?}");
         let m = &maps[0];
         assert_eq!(m.name, "lun7");

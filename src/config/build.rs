@@ -18,9 +18,13 @@
 //!   warning (as multipath-tools). Entries with identical vendor, product
 //!   and revision strings are merged, the later one's attributes winning
 //!   (as multipath-tools' factorize step); the merged entry sits at the
-//!   later one's position. multipath-tools also folds a built-in entry
-//!   with identical strings into the user's; umpath keeps them apart,
-//!   which selects the same values but reports built-in origins honestly.
+//!   later one's position. Like multipath-tools, a built-in entry with
+//!   identical strings is folded into the user's entry too: it leaves the
+//!   built-in list and fills the user entry's gaps (those attributes keep
+//!   their built-in origin). Several files (main, then conf.d) behave as
+//!   one; repeats across files are not warned about.
+//! * `overrides { protocol {} }`: entries of one type are merged, later
+//!   wins.
 //! * `multipaths`: entries without wwid are dropped with a warning;
 //!   entries with the same wwid are merged, later wins. Two WWIDs with the
 //!   same alias: error.
@@ -30,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::diag::{Diags, Span};
+use super::hwtable;
 use super::keywords::{
     is_known, is_section_keyword, lookup, sections_of, Assignment, Checked, Effect, Keyword, Kind,
     Pattern, Section, Typed,
@@ -176,6 +181,14 @@ impl Builder<'_> {
         if let Some(p) = self.regex_cache.get(&key) {
             return Ok((Typed::Regex(p.clone()), None));
         }
+        let builtin = if negatable {
+            hwtable::builtin_blacklist_pattern(text)
+        } else {
+            hwtable::builtin_pattern(text)
+        };
+        if let Some(p) = builtin {
+            return Ok((Typed::Regex(p), None));
+        }
         let checked = kw.check(text)?;
         if let (Typed::Regex(p), None) = &checked {
             self.regex_cache.insert(key, p.clone());
@@ -209,7 +222,12 @@ impl Builder<'_> {
     }
 
     fn store(&mut self, map: &mut AttrMap, asg: Assignment, section: Section) {
-        if let Some(prev) = map.get(asg.keyword) {
+        // A later file (conf.d) setting a keyword again is how conf.d is
+        // meant to be used: no warning across files.
+        if let Some(prev) = map
+            .get(asg.keyword)
+            .filter(|prev| prev.span.file == asg.span.file)
+        {
             self.diags.warning(
                 &asg.span,
                 format!(
@@ -373,6 +391,19 @@ impl Builder<'_> {
             );
             return;
         }
+        // Entries for the same type are merged, the later one's values
+        // winning, at the later one's place (as multipath-tools does).
+        if let Some(i) = self
+            .cfg
+            .protocols
+            .iter()
+            .position(|p| p.protocol_type == protocol_type)
+        {
+            let earlier = self.cfg.protocols.remove(i);
+            for (k, v) in earlier.attrs {
+                attrs.entry(k).or_insert(v);
+            }
+        }
         self.cfg.protocols.push(ProtocolEntry {
             protocol_type,
             attrs,
@@ -427,15 +458,19 @@ impl Builder<'_> {
             entry.revision.as_ref().map(|r| r.as_str().to_string()),
         );
         if let Some(earlier) = self.devices.take(&key) {
-            self.diags.warning(
-                &entry.span,
-                format!(
-                    "duplicate device entry for {} (also at {}); the entries are merged and this \
-                     one's settings win",
-                    entry.describe(),
-                    earlier.span
-                ),
-            );
+            // Across files (conf.d) this is the intended way to amend an
+            // entry: no warning.
+            if earlier.span.file == entry.span.file {
+                self.diags.warning(
+                    &entry.span,
+                    format!(
+                        "duplicate device entry for {} (also at {}); the entries are merged and \
+                         this one's settings win",
+                        entry.describe(),
+                        earlier.span
+                    ),
+                );
+            }
             let mut merged = entry;
             for (k, v) in earlier.attrs {
                 merged.attrs.entry(k).or_insert(v);
@@ -465,14 +500,16 @@ impl Builder<'_> {
         };
         let key = entry.wwid.clone();
         if let Some(earlier) = self.multipaths.take(&key) {
-            self.diags.warning(
-                &entry.span,
-                format!(
-                    "duplicate multipath entry for wwid \"{}\" (also at {}); the entries are \
-                     merged and this one's settings win",
-                    entry.wwid, earlier.span
-                ),
-            );
+            if earlier.span.file == entry.span.file {
+                self.diags.warning(
+                    &entry.span,
+                    format!(
+                        "duplicate multipath entry for wwid \"{}\" (also at {}); the entries \
+                         are merged and this one's settings win",
+                        entry.wwid, earlier.span
+                    ),
+                );
+            }
             let mut merged = entry;
             for (k, v) in earlier.attrs {
                 merged.attrs.entry(k).or_insert(v);
@@ -539,6 +576,7 @@ impl Builder<'_> {
                         product,
                         span: sub.span.clone(),
                         builtin: false,
+                        from_product_blacklist: false,
                     });
                 }
                 Item::Block(sub) => self.unknown_section(sub, section),
@@ -762,25 +800,68 @@ fn is_attr(item: &Item, key: &str) -> bool {
     matches!(item, Item::Attr(a) if a.key == key)
 }
 
-/// Builds the typed configuration from a parsed document.
-pub(crate) fn build(doc: &Document, diags: &mut Diags) -> Config {
+/// Builds the typed configuration from parsed documents: the main file
+/// first, then the conf.d files in order. Later files add entries and
+/// override keywords of earlier ones, as in multipath-tools.
+pub(crate) fn build(docs: &[Document], diags: &mut Diags) -> Config {
+    let file = docs
+        .first()
+        .map_or_else(|| Arc::from("(none)"), |d| Arc::clone(&d.file));
     let mut b = Builder {
         diags,
         noted: BTreeSet::new(),
         noted_values: BTreeSet::new(),
         regex_cache: HashMap::new(),
-        cfg: Config::empty(Arc::clone(&doc.file)),
+        cfg: Config::empty(file),
         devices: MergeList::new(),
         multipaths: MergeList::new(),
         paths: Vec::new(),
         path_names: HashMap::new(),
     };
-    b.top(doc);
+    for doc in docs {
+        b.top(doc);
+    }
     b.check_aliases();
     b.cfg.devices = std::mem::replace(&mut b.devices, MergeList::new()).into_vec();
+    b.cfg.folded_builtins = fold_builtins(&mut b.cfg.devices);
     b.cfg.multipaths = std::mem::replace(&mut b.multipaths, MergeList::new()).into_vec();
     b.cfg.paths = std::mem::take(&mut b.paths);
+    b.cfg.files = docs.iter().map(|d| d.file.to_string()).collect();
     b.intervals();
     b.report_blacklisted_paths();
     b.cfg
+}
+
+/// multipath-tools merges a built-in entry whose vendor, product and
+/// revision strings equal those of a user entry into the user entry (the
+/// user's attributes win, the built-in ones fill the gaps and keep their
+/// built-in origin) and drops it from the built-in list. Returns the
+/// indices of the dropped built-in entries.
+fn fold_builtins(devices: &mut [DeviceEntry]) -> Vec<usize> {
+    type Key = (String, String, Option<String>);
+    fn key(d: &DeviceEntry) -> Key {
+        (
+            d.vendor.as_str().to_string(),
+            d.product.as_str().to_string(),
+            d.revision.as_ref().map(|r| r.as_str().to_string()),
+        )
+    }
+    let builtin = hwtable::builtin_devices();
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    for (i, hw) in builtin.iter().enumerate() {
+        // The first of identical built-in entries (there are none today).
+        index.entry(key(hw)).or_insert(i);
+    }
+    let mut folded = Vec::new();
+    for d in devices.iter_mut() {
+        let Some(i) = index.remove(&key(d)) else {
+            continue;
+        };
+        for (k, v) in &builtin[i].attrs {
+            d.attrs.entry(k).or_insert_with(|| v.clone());
+        }
+        folded.push(i);
+    }
+    folded.sort_unstable();
+    folded
 }

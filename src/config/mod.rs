@@ -17,6 +17,7 @@
 //! duplicates, keywords without effect, ...) are kept in
 //! [`Config::warnings`] for the daemon to log.
 
+pub mod bindings;
 mod build;
 pub mod diag;
 pub mod hwtable;
@@ -24,11 +25,12 @@ pub mod keywords;
 pub mod parse;
 pub mod paths;
 pub mod propsel;
+pub mod render;
 pub mod sections;
 
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use diag::{Diagnostic, Severity, Span};
@@ -76,7 +78,23 @@ pub struct Config {
     pub(crate) warnings: Vec<Diagnostic>,
     pub(crate) polling_interval: u32,
     pub(crate) max_polling_interval: u32,
+    /// Indices into [`hwtable::builtin_devices`] of built-in entries that
+    /// were merged into a user entry with identical strings.
+    pub(crate) folded_builtins: Vec<usize>,
+    /// The files read, main file first, then the conf.d files in order.
+    pub(crate) files: Vec<String>,
+    /// The conf.d directory (read or to be read).
+    pub(crate) config_dir: PathBuf,
+    /// Where user_friendly_names bindings are kept.
+    pub(crate) bindings_file: PathBuf,
 }
+
+/// multipath-tools' main configuration file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/multipath.conf";
+/// multipath-tools' conf.d directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/multipath/conf.d";
+/// multipath-tools' bindings file.
+pub const DEFAULT_BINDINGS_FILE: &str = "/etc/multipath/bindings";
 
 /// Loading failed. Carries every diagnostic (errors and warnings);
 /// displayed one per line.
@@ -126,19 +144,56 @@ fn too_large(file: &str, size: u64) -> ConfigError {
 }
 
 /// Parses configuration text; `file_name` is used in diagnostics and
-/// origins.
+/// origins. No conf.d directory is read.
 pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
-    if text.len() as u64 > MAX_FILE_SIZE {
-        return Err(too_large(file_name, text.len() as u64));
-    }
-    let file: Arc<str> = Arc::from(file_name);
+    parse_files(&[(file_name, text)])
+}
+
+/// Parses several files as one configuration: the main file first, then
+/// the conf.d files in the order given (later files add entries and
+/// override keywords of earlier ones). Every file's diagnostics are
+/// reported; any error fails the whole.
+pub fn parse_files(files: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    parse_files_with(files, Vec::new(), None)
+}
+
+fn parse_files_with(
+    files: &[(&str, &str)],
+    mut pre: Vec<Diagnostic>,
+    base: Option<&Path>,
+) -> Result<Config, ConfigError> {
     let mut diags = Diags::new();
-    let doc = parse::parse_into(text, &file, &mut diags);
-    let mut cfg = build::build(&doc, &mut diags);
+    let mut docs = Vec::with_capacity(files.len());
+    for (name, text) in files {
+        if text.len() as u64 > MAX_FILE_SIZE {
+            pre.extend(too_large(name, text.len() as u64).diagnostics);
+            continue;
+        }
+        let file: Arc<str> = Arc::from(*name);
+        docs.push(parse::parse_into(text, &file, &mut diags));
+        if diags.full() {
+            break;
+        }
+    }
+    for d in pre {
+        diags.push(d);
+    }
+    let mut cfg = build::build(&docs, &mut diags);
+    cfg.derive_paths(base);
     let failed = diags.has_errors();
     let mut all = diags.into_vec();
-    // By line; file-level notes (line 0, e.g. "N more warnings") last.
-    all.sort_by_key(|d| if d.line == 0 { u32::MAX } else { d.line });
+    // By file (in reading order), then line; file-level notes (line 0)
+    // last within their file.
+    let order: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+    all.sort_by_key(|d| {
+        (
+            order
+                .iter()
+                .position(|f| *f == d.file)
+                .unwrap_or(usize::MAX),
+            if d.line == 0 { u32::MAX } else { d.line },
+        )
+    });
     if failed {
         return Err(ConfigError { diagnostics: all });
     }
@@ -146,21 +201,28 @@ pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
-/// Reads and parses a configuration file. A missing or unreadable file is
-/// an error naming the file and the OS reason; so is a file larger than
+/// Reads one file as text. A missing or unreadable file is an error
+/// naming the file and the OS reason; so is a file larger than
 /// [`MAX_FILE_SIZE`]. Bytes that are not UTF-8 are replaced (they can
 /// only matter inside comments or quoted values).
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+fn read_text(path: &Path) -> Result<String, ConfigError> {
     let name = path.display().to_string();
     let cannot = |e: std::io::Error| ConfigError::single(&name, format!("cannot read: {e}"));
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
+    // Checked before opening: opening a FIFO would block.
+    let meta = std::fs::metadata(path).map_err(cannot)?;
     if meta.is_dir() {
         return Err(ConfigError::single(
             &name,
             "cannot read: is a directory".into(),
         ));
     }
+    if !meta.is_file() {
+        return Err(ConfigError::single(
+            &name,
+            "cannot read: not a regular file".into(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
     if meta.len() > MAX_FILE_SIZE {
         return Err(too_large(&name, meta.len()));
     }
@@ -171,8 +233,126 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if buf.len() as u64 > MAX_FILE_SIZE {
         return Err(too_large(&name, buf.len() as u64));
     }
-    let text = String::from_utf8_lossy(&buf);
-    parse_str(&text, &name)
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The conf.d directory that goes with the main file `path` when
+/// `config_dir` is not set: `multipath/conf.d` next to it, which for
+/// `/etc/multipath.conf` is multipath-tools' `/etc/multipath/conf.d`.
+pub fn default_config_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .unwrap_or(Path::new("/"))
+        .join("multipath/conf.d")
+}
+
+/// The bindings file that goes with the main file `path` when
+/// `bindings_file` is not set: `multipath/bindings` next to it
+/// (`/etc/multipath/bindings` for `/etc/multipath.conf`).
+pub fn default_bindings_file(path: &Path) -> PathBuf {
+    path.parent()
+        .unwrap_or(Path::new("/"))
+        .join("multipath/bindings")
+}
+
+/// The last `config_dir` set in a `defaults` section of `doc`.
+fn config_dir_of(doc: &parse::Document) -> Option<String> {
+    let mut found = None;
+    for item in &doc.items {
+        if let parse::Item::Block(b) = item {
+            if b.name == "defaults" {
+                for i in &b.items {
+                    if let parse::Item::Attr(a) = i {
+                        if a.key == "config_dir" {
+                            found = Some(a.value.text.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The `*.conf` files of `dir` in alphabetical (byte) order, as
+/// multipath-tools reads them. A missing directory has none.
+pub fn conf_d_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name();
+        let is_conf = name
+            .to_str()
+            .and_then(|n| n.rfind('.').map(|i| &n[i..] == ".conf"))
+            .unwrap_or(false);
+        if is_conf && !entry.path().is_dir() {
+            names.push(name);
+        }
+    }
+    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// Reads and parses a configuration file and its conf.d directory
+/// (`config_dir`, by default [`default_config_dir`]): every `*.conf`
+/// file there, in alphabetical order, after the main file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_main(path, read_text(path)?)
+}
+
+/// Like [`load`], but a main file that does not exist counts as empty (as
+/// multipath-tools treats a missing /etc/multipath.conf): built-in values
+/// plus the conf.d files.
+pub fn load_or_empty(path: &Path) -> Result<Config, ConfigError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => load_main(path, String::new()),
+        _ => load(path),
+    }
+}
+
+fn load_main(path: &Path, main: String) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let (doc, _) = parse::parse(&main, &name);
+    let dir = config_dir_of(&doc).map_or_else(|| default_config_dir(path), PathBuf::from);
+    let mut pre = Vec::new();
+    let mut texts: Vec<(String, String)> = vec![(name.clone(), main)];
+    if dir.is_absolute() {
+        match conf_d_files(&dir) {
+            Ok(files) => {
+                for f in files {
+                    let text = read_text(&f)?;
+                    texts.push((f.display().to_string(), text));
+                }
+            }
+            Err(e) => pre.push(Diagnostic {
+                file: dir.display().to_string(),
+                line: 0,
+                severity: Severity::Warning,
+                message: format!("cannot read configuration directory: {e}; skipped"),
+            }),
+        }
+    } else {
+        pre.push(Diagnostic {
+            file: name.clone(),
+            line: 0,
+            severity: Severity::Warning,
+            message: format!(
+                "config_dir \"{}\" is not an absolute path; no conf.d files are read",
+                dir.display()
+            ),
+        });
+    }
+    let refs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let mut cfg = parse_files_with(&refs, pre, Some(path))?;
+    cfg.config_dir = dir;
+    Ok(cfg)
 }
 
 impl Default for Config {
@@ -200,7 +380,50 @@ impl Config {
             warnings: Vec::new(),
             polling_interval: propsel::defaults::POLLING_INTERVAL,
             max_polling_interval: 4 * propsel::defaults::POLLING_INTERVAL,
+            folded_builtins: Vec::new(),
+            files: Vec::new(),
+            config_dir: PathBuf::from(DEFAULT_CONFIG_DIR),
+            bindings_file: PathBuf::from(DEFAULT_BINDINGS_FILE),
         }
+    }
+
+    /// Fills `config_dir` and `bindings_file` from the keywords, else from
+    /// the main file's location (`base`), else multipath-tools' defaults.
+    fn derive_paths(&mut self, base: Option<&Path>) {
+        let set = |k: &str| self.defaults.get(k).map(|a| PathBuf::from(a.text.as_str()));
+        self.config_dir = set("config_dir")
+            .or_else(|| base.map(default_config_dir))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
+        self.bindings_file = set("bindings_file")
+            .or_else(|| base.map(default_bindings_file))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BINDINGS_FILE));
+    }
+
+    /// Every file read, main file first, then conf.d files in order.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// The conf.d directory (`config_dir`).
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// The user_friendly_names bindings file (`bindings_file`).
+    pub fn bindings_file(&self) -> &Path {
+        &self.bindings_file
+    }
+
+    /// The device entries in multipath-tools' table order: the built-in
+    /// entries (without those merged into a user entry), then the user's
+    /// (merged) entries. Later entries take precedence.
+    pub fn hwtable(&self) -> impl DoubleEndedIterator<Item = &DeviceEntry> + '_ {
+        hwtable::builtin_devices()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.folded_builtins.binary_search(i).is_err())
+            .map(|(_, d)| d)
+            .chain(self.devices.iter())
     }
 
     /// See [`load`].

@@ -19,8 +19,9 @@ use std::fmt;
 
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
 
+use super::keywords::Pattern;
 use super::keywords::{canonical, Assignment, Typed};
-use super::sections::{BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry};
+use super::sections::{Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry};
 use super::{hwtable, Config};
 
 /// What a path is, as far as configuration is concerned.
@@ -227,12 +228,7 @@ impl Config {
     /// The user's device entries then the built-in ones, each in
     /// precedence order (later before earlier), that match `id`.
     pub fn matching_devices<'a>(&'a self, id: &PathIdentity<'_>) -> Vec<&'a DeviceEntry> {
-        self.devices
-            .iter()
-            .rev()
-            .chain(hwtable::builtin_devices().iter().rev())
-            .filter(|d| d.matches(id))
-            .collect()
+        self.hwtable().rev().filter(|d| d.matches(id)).collect()
     }
 
     /// The `multipath {}` entries for `id.wwid`, later before earlier.
@@ -281,7 +277,7 @@ impl Config {
                         line,
                         vendor: d.vendor.as_str().to_string(),
                         product: d.product.as_str().to_string(),
-                        builtin: d.builtin,
+                        builtin: d.builtin || is_builtin_span(asg),
                     },
                     rank: Rank { level: 2, index: i },
                 });
@@ -447,7 +443,15 @@ impl Config {
         let alias = optional("alias");
         let getuid_callout = optional("getuid_callout");
 
-        let repeat_count = if rr_min_io.origin != Origin::Builtin && rr_rank.at_least(rq_rank) {
+        // `rr_min_io 1000` in defaults is multipath-tools' default as
+        // `multipath -t` (and `umpath show config`) print it: it does not
+        // count as set, so that a printed configuration reads back the same.
+        let rr_set = match rr_min_io.origin {
+            Origin::Builtin => false,
+            Origin::Defaults { .. } => rr_min_io.value != defaults::RR_MIN_IO,
+            _ => true,
+        };
+        let repeat_count = if rr_set && rr_rank.at_least(rq_rank) {
             rr_min_io.clone()
         } else {
             rr_min_io_rq.clone()
@@ -475,15 +479,75 @@ impl Config {
         }
     }
 
+    /// The blacklist in force, as multipath-tools assembles it: the
+    /// user's entries, then the built-in `devnode` entry, then one
+    /// `device` entry per (vendor, product_blacklist) pair of the hardware
+    /// table (built-in and user entries); entries with identical strings
+    /// are kept once (the first).
+    pub fn effective_blacklist(&self) -> Blacklist {
+        let mut bl = self.blacklist.clone();
+        let builtin = hwtable::builtin_blacklist();
+        bl.devnode.extend(builtin.devnode.iter().cloned());
+        bl.wwid.extend(builtin.wwid.iter().cloned());
+        bl.property.extend(builtin.property.iter().cloned());
+        bl.protocol.extend(builtin.protocol.iter().cloned());
+        for d in self.hwtable() {
+            let Some(Assignment {
+                value: Typed::Regex(p),
+                span,
+                ..
+            }) = d.attrs.get("product_blacklist")
+            else {
+                continue;
+            };
+            let dup = bl.device.iter().any(|b| {
+                b.vendor.as_ref().map(Pattern::as_str) == Some(d.vendor.as_str())
+                    && b.product.as_ref().map(Pattern::as_str) == Some(p.as_str())
+            });
+            if dup {
+                continue;
+            }
+            let compile = |t: &str| {
+                hwtable::builtin_blacklist_pattern(t).map_or_else(|| Pattern::blacklist(t), Ok)
+            };
+            let (Ok(vendor), Ok(product)) = (compile(d.vendor.as_str()), compile(p.as_str()))
+            else {
+                continue;
+            };
+            bl.device.push(BlacklistDevice {
+                vendor: Some(vendor),
+                product: Some(product),
+                span: span.clone(),
+                builtin: d.builtin || is_builtin_span_of(span),
+                from_product_blacklist: true,
+            });
+        }
+        dedup_blacklist(&mut bl);
+        bl
+    }
+
+    /// The blacklist exceptions in force: the user's, then the built-in
+    /// `property` exception; identical strings kept once.
+    pub fn effective_exceptions(&self) -> Blacklist {
+        let mut ex = self.blacklist_exceptions.clone();
+        let builtin = hwtable::builtin_blacklist_exceptions();
+        ex.devnode.extend(builtin.devnode.iter().cloned());
+        ex.wwid.extend(builtin.wwid.iter().cloned());
+        ex.property.extend(builtin.property.iter().cloned());
+        ex.protocol.extend(builtin.protocol.iter().cloned());
+        ex.device.extend(builtin.device.iter().cloned());
+        dedup_blacklist(&mut ex);
+        ex
+    }
+
     /// Why a path with identity `id` is blacklisted (with file:line), or
     /// `None` if it is not.
     ///
     /// multipath-tools checks property, devnode, device, protocol and wwid
     /// in that order, an exception beating a blacklist entry of the same
     /// kind. Declared paths have no udev properties, device node or
-    /// protocol, so only `device` entries (including `product_blacklist`
-    /// of device entries) and `wwid` entries apply; the built-in lists are
-    /// used after the user's.
+    /// protocol, so only `device` entries (including those made from
+    /// `product_blacklist` of device entries) and `wwid` entries apply.
     pub fn blacklisted(&self, id: &PathIdentity<'_>) -> Option<String> {
         self.blacklisted_dev(id, None)
     }
@@ -494,91 +558,31 @@ impl Config {
     /// are checked first, as multipath-tools does. `property` entries are
     /// still not checked: umpath reads no udev database.
     pub fn blacklisted_dev(&self, id: &PathIdentity<'_>, devnode: Option<&str>) -> Option<String> {
-        let bl_builtin = hwtable::builtin_blacklist();
-        let ex_builtin = hwtable::builtin_blacklist_exceptions();
+        let bl = self.effective_blacklist();
+        let ex = self.effective_exceptions();
 
         // devnode
         if let Some(node) = devnode {
-            let excepted = self
-                .blacklist_exceptions
-                .devnode
-                .iter()
-                .chain(&ex_builtin.devnode)
-                .any(|e| e.pattern.is_match(node));
+            let excepted = ex.devnode.iter().any(|e| e.pattern.is_match(node));
             if !excepted {
-                if let Some(e) = self
-                    .blacklist
-                    .devnode
-                    .iter()
-                    .chain(&bl_builtin.devnode)
-                    .find(|e| e.pattern.is_match(node))
-                {
+                if let Some(e) = bl.devnode.iter().find(|e| e.pattern.is_match(node)) {
                     return Some(describe_entry_hit("devnode", e));
                 }
             }
         }
 
         // device
-        let excepted_device = self
-            .blacklist_exceptions
-            .device
-            .iter()
-            .chain(&ex_builtin.device)
-            .any(|d| d.matches(id.vendor, id.product));
+        let excepted_device = ex.device.iter().any(|d| d.matches(id.vendor, id.product));
         if !excepted_device {
-            let hit = self
-                .blacklist
-                .device
-                .iter()
-                .chain(&bl_builtin.device)
-                .find(|d| d.matches(id.vendor, id.product));
-            if let Some(d) = hit {
+            if let Some(d) = bl.device.iter().find(|d| d.matches(id.vendor, id.product)) {
                 return Some(describe_device_hit(d));
-            }
-            let by_product = self
-                .devices
-                .iter()
-                .rev()
-                .chain(hwtable::builtin_devices().iter().rev())
-                .find_map(|d| match d.attrs.get("product_blacklist") {
-                    Some(Assignment {
-                        value: Typed::Regex(p),
-                        span,
-                        ..
-                    }) if d.vendor.is_match(id.vendor) && p.is_match(id.product) => {
-                        Some((d, p, span))
-                    }
-                    _ => None,
-                });
-            if let Some((d, p, span)) = by_product {
-                let place = if d.builtin {
-                    "built-in hwtable entry".to_string()
-                } else {
-                    format!("device entry at {span}")
-                };
-                return Some(format!(
-                    "blacklisted by product_blacklist \"{}\" of {place} ({})",
-                    p.as_str(),
-                    d.describe()
-                ));
             }
         }
 
         // wwid
-        let excepted_wwid = self
-            .blacklist_exceptions
-            .wwid
-            .iter()
-            .chain(&ex_builtin.wwid)
-            .any(|e| e.pattern.is_match(id.wwid));
+        let excepted_wwid = ex.wwid.iter().any(|e| e.pattern.is_match(id.wwid));
         if !excepted_wwid {
-            if let Some(e) = self
-                .blacklist
-                .wwid
-                .iter()
-                .chain(&bl_builtin.wwid)
-                .find(|e| e.pattern.is_match(id.wwid))
-            {
+            if let Some(e) = bl.wwid.iter().find(|e| e.pattern.is_match(id.wwid)) {
                 return Some(describe_entry_hit("wwid", e));
             }
         }
@@ -586,7 +590,46 @@ impl Config {
     }
 }
 
+fn is_builtin_span_of(span: &super::Span) -> bool {
+    span.line == 0 && &*span.file == hwtable::BUILTIN_HWTABLE_FILE
+}
+
+fn is_builtin_span(a: &Assignment) -> bool {
+    is_builtin_span_of(&a.span)
+}
+
+/// Drops later entries whose strings equal an earlier one's (as
+/// multipath-tools' blacklist merge does; protocol entries are kept).
+fn dedup_blacklist(bl: &mut Blacklist) {
+    fn simple(v: &mut Vec<BlacklistEntry>) {
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|e| seen.insert(e.pattern.as_str().to_string()));
+    }
+    simple(&mut bl.devnode);
+    simple(&mut bl.wwid);
+    simple(&mut bl.property);
+    let mut seen = std::collections::HashSet::new();
+    bl.device.retain(|d| {
+        seen.insert((
+            d.vendor.as_ref().map(|p| p.as_str().to_string()),
+            d.product.as_ref().map(|p| p.as_str().to_string()),
+        ))
+    });
+}
+
 fn describe_device_hit(d: &BlacklistDevice) -> String {
+    if d.from_product_blacklist {
+        let place = if d.builtin {
+            "a built-in hwtable entry".to_string()
+        } else {
+            format!("the device entry at {}", d.span)
+        };
+        return format!(
+            "blacklisted by product_blacklist \"{}\" (vendor \"{}\") of {place}",
+            d.product.as_ref().map_or("", Pattern::as_str),
+            d.vendor.as_ref().map_or("", Pattern::as_str),
+        );
+    }
     if d.builtin {
         format!(
             "blacklisted by built-in blacklist device entry ({})",

@@ -47,6 +47,16 @@ impl DeviceEntry {
                 == other.revision.as_ref().map(Pattern::as_str)
     }
 
+    /// [`DeviceEntry::describe`] followed by where the entry is (file:line,
+    /// or "built-in hwtable").
+    pub fn describe_with_origin(&self) -> String {
+        if self.builtin {
+            format!("{} (built-in hwtable)", self.describe())
+        } else {
+            format!("{} ({})", self.describe(), self.span)
+        }
+    }
+
     /// `vendor "V" product "P"` (and revision if set), for messages.
     pub fn describe(&self) -> String {
         let mut s = format!(
@@ -96,6 +106,9 @@ pub struct BlacklistDevice {
     pub product: Option<Pattern>,
     pub span: Span,
     pub builtin: bool,
+    /// Made from a device entry's `product_blacklist` (not written in a
+    /// blacklist section).
+    pub from_product_blacklist: bool,
 }
 
 impl BlacklistDevice {

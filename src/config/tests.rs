@@ -386,6 +386,12 @@ fn repeat_count_rule() {
     assert_eq!(s.value, 20);
     // Only rr_min_io_rq set: it is used.
     assert_eq!(rc("defaults {\n rr_min_io_rq 6\n}\n").value, 6);
+    // rr_min_io 1000 in defaults is the default as multipath -t prints
+    // it: not counted as set.
+    assert_eq!(
+        rc("defaults {\n rr_min_io 1000\n rr_min_io_rq 1\n}\n").value,
+        1
+    );
 }
 
 #[test]
@@ -825,7 +831,10 @@ paths {
     let r = c
         .blacklisted(&id("SGI", "Universal Xport", "", "x"))
         .unwrap();
-    assert!(r.contains("built-in blacklist device entry"), "{r}");
+    assert_eq!(
+        r,
+        "blacklisted by product_blacklist \"Universal Xport\" (vendor \"SGI\") of a built-in hwtable entry"
+    );
     // Not blacklisted.
     assert!(c.blacklisted(&id("ACME", "Box", "", "3600aa")).is_none());
 }
@@ -860,7 +869,7 @@ devices {
     let r = c.blacklisted(&id("ACME", "Ctl", "", "3600a")).unwrap();
     assert_eq!(
         r,
-        "blacklisted by product_blacklist \"Ctl\" of device entry at multipath.conf:13 (vendor \"ACME\" product \"Box\")"
+        "blacklisted by product_blacklist \"Ctl\" (vendor \"ACME\") of the device entry at multipath.conf:13"
     );
 }
 
@@ -1121,6 +1130,16 @@ fn load_errors_name_the_file() {
         o => panic!("{o:?}"),
     }
 
+    // A FIFO is refused without blocking.
+    let fifo = dir.path().join("fifo.conf");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let e = load(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+
     // Non-UTF-8 bytes in a comment are harmless.
     let latin1 = dir.path().join("latin1.conf");
     std::fs::write(&latin1, b"# M\xfcller\ndefaults {\n verbosity 3\n}\n").unwrap();
@@ -1203,4 +1222,444 @@ blacklist_exceptions {
     // Device and wwid rules still apply to kernel devices.
     let sgi = id("SGI", "Universal Xport", "", "x");
     assert!(c.blacklisted_dev(&sgi, Some("sdc")).is_some());
+}
+
+/// Every diagnostic the loader produces, each from a small file: (text,
+/// line, is_error, part of the message).
+#[test]
+fn every_diagnostic_has_file_line_and_a_plain_message() {
+    let cases: &[(&str, u32, bool, &str)] = &[
+        // Lexer and parser.
+        ("defaults {\n prio \"a\u{1}b\"\n}\n", 2, true, "control character U+0001 in quoted string"),
+        ("defaults {\n prio \"const\n}\n", 2, true, "unterminated quoted string"),
+        ("defaults {\n \u{7f}x 1\n}\n", 2, true, "unexpected character U+007F outside quotes"),
+        ("defaults {\n} x\n", 2, true, "after '}' (a closing brace must be alone on its line)"),
+        ("defaults {\n{\n}\n}\n", 2, true, "unexpected '{' (an opening brace must follow a section name"),
+        ("\"x\" y\n", 1, true, "expected a keyword at the start of the line, found quoted string \"x\""),
+        ("devices\n", 1, true, "missing '{' after section name 'devices'"),
+        ("defaults {\n verbosity\n}\n", 2, true, "missing value for keyword 'verbosity'"),
+        ("defaults { verbosity 2\n}\n", 1, true, "unexpected 'verbosity' after '{'"),
+        ("defaults {\n prio }\n}\n", 2, true, "unexpected '}' after 'prio'"),
+        ("devices foo\n", 1, true, "expected '{' after section name 'devices', found 'foo'"),
+        ("defaults {\n", 1, true, "section 'defaults' is not closed (missing '}')"),
+        ("}\n", 1, true, "unmatched '}' (no section is open)"),
+        ("defaults {\n path_selector round-robin 0\n}\n", 2, false, "ignoring extra data starting with '0'"),
+        ("defaults {\n prio const {\n}\n", 2, true, "unexpected '{' after the value of 'prio'"),
+        // Keywords and values.
+        ("defaults {\n vendor X\n}\n", 2, false, "keyword 'vendor' is not valid in section 'defaults'"),
+        ("defaults {\n frobnicate 1\n}\n", 2, false, "unknown keyword 'frobnicate' in section 'defaults'"),
+        ("defaults {\n verbosity 2\n verbosity 3\n}\n", 3, false, "duplicate keyword 'verbosity' in section 'defaults'"),
+        ("defaults {\n}\ndefaults {\n}\n", 3, false, "duplicate section 'defaults' (first at multipath.conf:1)"),
+        ("defaults {\n verbosity 9\n}\n", 2, true, "value 9 is out of range: 'verbosity' must be between 0 and 6"),
+        ("defaults {\n rr_min_io 99999999999999999999\n}\n", 2, true, "out of range"),
+        ("defaults {\n failback sometimes\n}\n", 2, true, "invalid value 'sometimes' for 'failback'"),
+        ("defaults {\n user_friendly_names maybe\n}\n", 2, true, "expected yes or no"),
+        ("devices {\n device {\n  vendor \"a(b\"\n  product X\n }\n}\n", 3, true, "invalid regular expression \"a(b\""),
+        ("defaults {\n features \"2 queue_if_no_path\"\n}\n", 2, false, "announces 2 words but has 1"),
+        ("defaults {\n path_checker rdac\n}\n", 2, false, "hardware specific"),
+        ("defaults {\n prio nonsense\n}\n", 2, false, "unknown prioritizer 'nonsense'"),
+        ("defaults {\n getuid_callout \"/sbin/scsi_id\"\n}\n", 2, false, "keyword 'getuid_callout' is deprecated"),
+        ("defaults {\n reassign_maps yes\n}\n", 2, false, "keyword 'reassign_maps' has no effect in umpath"),
+        ("defaults {\n polling_interval 10\n max_polling_interval 5\n}\n", 3, false, "max_polling_interval 5 is smaller than polling_interval 10"),
+        // Sections and entries.
+        ("blah {\n}\n", 1, false, "unknown section 'blah'; ignored"),
+        ("defaults {\n sub {\n }\n}\n", 2, false, "unknown section 'sub' in section 'defaults'"),
+        ("defaults {\n prio {\n }\n}\n", 2, false, "'prio' is a keyword, not a section"),
+        ("verbosity 2\n", 1, false, "keyword 'verbosity' outside any section"),
+        ("frob 2\n", 1, false, "unknown keyword 'frob' outside any section"),
+        ("devices {\n prio const\n}\n", 2, false, "put it in a 'device { }' entry"),
+        ("overrides {\n protocol {\n  fast_io_fail_tmo 5\n }\n}\n", 2, false, "protocol entry without 'type' is ignored"),
+        ("devices {\n device {\n  vendor X\n }\n}\n", 2, false, "device entry without product is ignored"),
+        ("devices {\n device {\n  vendor X\n  product Y\n }\n device {\n  vendor X\n  product Y\n }\n}\n", 6, false, "duplicate device entry for vendor \"X\" product \"Y\""),
+        ("multipaths {\n multipath {\n  alias a\n }\n}\n", 2, false, "multipath entry without 'wwid' is ignored"),
+        ("multipaths {\n multipath {\n  wwid 1\n }\n multipath {\n  wwid 1\n }\n}\n", 5, false, "duplicate multipath entry for wwid \"1\""),
+        ("multipaths {\n multipath {\n  wwid 1\n  alias a\n }\n multipath {\n  wwid 2\n  alias a\n }\n}\n", 8, true, "alias 'a' for wwid \"2\" is already used for wwid \"1\""),
+        ("blacklist {\n device {\n }\n}\n", 2, false, "blacklist device entry without vendor or product is ignored"),
+        // Paths.
+        ("paths {\n path {\n  file /x\n  wwid 1\n }\n}\n", 2, true, "path entry has no 'name'"),
+        ("paths {\n path {\n  name p\n  transport carrier-pigeon\n  wwid 1\n }\n}\n", 4, true, "unknown transport 'carrier-pigeon'"),
+        ("paths {\n path {\n  name p\n  file /x\n }\n}\n", 2, true, "path 'p' has no 'wwid'"),
+        ("paths {\n path {\n  name p\n  wwid 1\n }\n}\n", 2, true, "path 'p' uses transport 'file' but has no 'file'"),
+        ("paths {\n path {\n  name p\n  file /x\n  wwid 1\n  product P\n }\n}\n", 2, false, "path 'p' has no 'vendor'"),
+        ("paths {\n path {\n  name p\n  file /x\n  wwid 1\n  vendor V\n  product P\n }\n path {\n  name p\n  file /y\n  wwid 1\n  vendor V\n  product P\n }\n}\n", 10, true, "duplicate path name 'p'"),
+        ("paths {\n path {\n  name p\n  file /x\n  wwid 1\n  vendor V\n  product P\n  colour red\n }\n}\n", 8, false, "unknown keyword 'colour' in section 'paths/path'"),
+        ("blacklist {\n wwid ^1\n}\npaths {\n path {\n  name p\n  file /x\n  wwid 1\n  vendor V\n  product P\n }\n}\n", 5, false, "path 'p' is blacklisted by blacklist wwid \"^1\""),
+    ];
+    let mut failures = Vec::new();
+    for (text, line, is_error, part) in cases {
+        let diags = match parse_str(text, F) {
+            Ok(c) => c.warnings().to_vec(),
+            Err(e) => e.diagnostics,
+        };
+        let hit = diags.iter().any(|d| {
+            d.line == *line
+                && d.is_error() == *is_error
+                && d.file == F
+                && d.message.contains(part)
+                && d.to_string().starts_with(&format!("{F}:{line}: "))
+        });
+        if !hit {
+            failures.push(format!(
+                "{text:?}: expected {part:?} at line {line}, got {diags:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn hostile_inputs_end_in_diagnostics() {
+    // Binary junk, deep nesting, a huge line, many errors: diagnostics,
+    // capped, never a panic.
+    let junk: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let e = parse_str(&String::from_utf8_lossy(&junk), F).unwrap_err();
+    assert!(e.diagnostics.len() <= 2 * diag::MAX_DIAGNOSTICS + 2);
+    assert!(e
+        .diagnostics
+        .iter()
+        .all(|d| d.line > 0 || d.message.contains("more")));
+    let long = format!("defaults {{\n prio \"{}\"\n}}\n", "x".repeat(1 << 20));
+    let c = ok(&long);
+    assert!(c
+        .warnings()
+        .iter()
+        .any(|w| w.message.contains("unknown prioritizer")));
+    let many = "}\n".repeat(10_000);
+    let e = parse_str(&many, F).unwrap_err();
+    assert!(e.to_string().contains("too many errors"), "{e}");
+    // A pathological regex is refused, not compiled forever.
+    let e = err("devices {\n device {\n  vendor \"(a{1000}){1000}\"\n  product X\n }\n}\n");
+    assert_eq!(errors(&e)[0].0, 3);
+}
+
+#[test]
+fn conf_d_files_override_and_merge_in_order() {
+    let main = "defaults {\n polling_interval 7\n user_friendly_names yes\n}\ndevices {\n device {\n  vendor ACME\n  product Box\n  rr_min_io 10\n  no_path_retry 4\n }\n}\n";
+    let a = "defaults {\n user_friendly_names no\n}\ndevices {\n device {\n  vendor ACME\n  product Box\n  rr_min_io 20\n }\n}\n";
+    let c = parse_files(&[("main.conf", main), ("conf.d/10-a.conf", a)]).unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    assert_eq!(c.files(), ["main.conf", "conf.d/10-a.conf"]);
+    let s = c.resolve(&id("ACME", "Box", "", "w"));
+    assert!(!s.user_friendly_names.value);
+    assert_eq!(s.rr_min_io.value, 20);
+    assert_eq!(
+        s.rr_min_io.origin,
+        Origin::Device {
+            file: "conf.d/10-a.conf".into(),
+            line: 8,
+            vendor: "ACME".into(),
+            product: "Box".into(),
+            builtin: false
+        }
+    );
+    assert_eq!(s.no_path_retry.value, NoPathRetry::Retries(4));
+    assert_eq!(c.polling_interval(), 7);
+    // Errors in a conf.d file fail the whole, with that file's name.
+    let e = parse_files(&[("main.conf", main), ("conf.d/x.conf", "defaults {\n")]).unwrap_err();
+    assert_eq!(e.diagnostics[0].file, "conf.d/x.conf");
+}
+
+#[test]
+fn load_reads_conf_d_alphabetically_and_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("multipath.conf");
+    std::fs::write(&main, "defaults {\n verbosity 1\n}\n").unwrap();
+    let d = dir.path().join("multipath/conf.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("20-b.conf"), "defaults {\n verbosity 3\n}\n").unwrap();
+    std::fs::write(d.join("10-a.conf"), "defaults {\n verbosity 2\n}\n").unwrap();
+    std::fs::write(d.join("30-c.txt"), "defaults {\n verbosity 5\n}\n").unwrap();
+    let c = load(&main).unwrap();
+    assert_eq!(c.verbosity(), 3);
+    assert_eq!(c.files().len(), 3);
+    assert_eq!(c.config_dir(), d.as_path());
+    assert_eq!(
+        c.bindings_file(),
+        dir.path().join("multipath/bindings").as_path()
+    );
+    // config_dir points elsewhere.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("a.conf"), "defaults {\n verbosity 6\n}\n").unwrap();
+    std::fs::write(
+        &main,
+        format!("defaults {{\n config_dir \"{}\"\n}}\n", other.display()),
+    )
+    .unwrap();
+    let c = load(&main).unwrap();
+    assert_eq!(c.verbosity(), 6);
+    // A broken conf.d file is reported with its name and line.
+    std::fs::write(other.join("b.conf"), "defaults {\n verbosity 9\n}\n").unwrap();
+    let e = load(&main).unwrap_err();
+    let b = other.join("b.conf").display().to_string();
+    assert!(
+        e.to_string()
+            .contains(&format!("{b}:2: error: value 9 is out of range")),
+        "{e}"
+    );
+}
+
+#[test]
+fn builtin_entry_with_identical_strings_is_folded_into_the_users() {
+    // The user's NETAPP/LUN entry takes the built-in one's place in the
+    // table: its attributes win, the built-in ones fill the gaps (with
+    // their built-in origin), and it is ranked as a user entry.
+    let c = ok("devices {\n device {\n  vendor NETAPP\n  product LUN\n  no_path_retry 5\n }\n}\n");
+    let n = c
+        .hwtable()
+        .filter(|d| d.vendor.as_str() == "NETAPP" && d.product.as_str() == "LUN")
+        .count();
+    assert_eq!(n, 1);
+    assert_eq!(c.hwtable().count(), hwtable::BUILTIN_HWTABLE.len());
+    let s = c.resolve(&id("NETAPP", "LUN", "", "w"));
+    assert_eq!(s.no_path_retry.value, NoPathRetry::Retries(5));
+    assert_eq!(s.no_path_retry.origin, dev(5, "NETAPP", "LUN"));
+    assert_eq!(s.prio.value, "ontap");
+    assert!(
+        matches!(s.prio.origin, Origin::Device { builtin: true, .. }),
+        "{:?}",
+        s.prio.origin
+    );
+}
+
+#[test]
+fn every_builtin_vendor_gets_its_settings_with_no_config() {
+    let c = Config::default();
+    for e in hwtable::BUILTIN_HWTABLE {
+        // A product string the entry's pattern matches: the pattern itself
+        // when it is a literal, else skip (regex entries are covered by the
+        // oracle tests).
+        let literal = |s: &str| !s.contains(['^', '$', '.', '*', '[', '(', '|', '+', '?', '\\']);
+        if !literal(e.vendor) || !literal(e.product) {
+            continue;
+        }
+        let s = c.resolve(&id(e.vendor, e.product, "", "w"));
+        if let Some((_, v)) = e.attrs.iter().find(|(k, _)| *k == "path_grouping_policy") {
+            assert_eq!(
+                s.path_grouping_policy.value.as_str(),
+                *v,
+                "{} {}",
+                e.vendor,
+                e.product
+            );
+            assert!(matches!(
+                s.path_grouping_policy.origin,
+                Origin::Device { builtin: true, .. }
+            ));
+        }
+    }
+    // NetApp through its regex-free entry, Pure, 3PAR.
+    let s = c.resolve(&id("PURE", "FlashArray", "", "w"));
+    assert_eq!(s.path_grouping_policy.value, GroupingPolicy::GroupByPrio);
+}
+
+#[test]
+fn render_is_reparsed_to_the_same_configuration() {
+    let text = format!(
+        "defaults {{\n user_friendly_names yes\n polling_interval 3\n}}\nblacklist {{\n wwid \"^36\"\n}}\ndevices {{\n{QUANTASTOR_DEVICE}}}\noverrides {{\n no_path_retry 6\n protocol {{\n  type \"scsi:fcp\"\n  dev_loss_tmo 30\n }}\n}}\nmultipaths {{\n multipath {{\n  wwid 3600b\n  alias \"b x\"\n }}\n}}\n{}",
+        "paths {\n path {\n  name p0\n  file /tmp/x\n  vendor OSNEXUS\n  product QUANTASTOR\n  wwid 3600b\n }\n}\n"
+    );
+    let c = ok(&text);
+    let r1 = c.render_multipath_t();
+    let c2 = parse_str(&r1, "rendered").unwrap_or_else(|e| panic!("{e}\n{r1}"));
+    let r2 = c2.render_multipath_t();
+    assert_eq!(r1, r2);
+    assert!(r1.contains("\tdevice {\n\t\tvendor \"OSNEXUS\"\n\t\tproduct \"QUANTASTOR\"\n\t\tpath_grouping_policy \"multibus\"\n"), "{r1}");
+    assert!(!r1.contains("getuid_callout"));
+    let id = c.paths()[0].identity();
+    let values = |c: &Config| -> Vec<(&'static str, String)> {
+        c.resolve(&id)
+            .entries()
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            // Not printed (multipath-tools ignores it); see explain.
+            .filter(|(k, _)| *k != "getuid_callout")
+            .collect()
+    };
+    assert_eq!(values(&c), values(&c2));
+}
+
+#[test]
+fn explain_lists_every_property_with_its_origin() {
+    let c = ok(&format!("devices {{\n{QUANTASTOR_DEVICE}}}\nmultipaths {{\n multipath {{\n  wwid w1\n  alias lun0\n }}\n}}\noverrides {{\n dev_loss_tmo 60\n}}\n"));
+    let text = c.explain_text(&id("OSNEXUS", "QUANTASTOR", "", "w1"));
+    assert!(
+        text.contains(
+            "alias = lun0 (setting: multipath.conf multipaths section, multipath.conf:17)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("path_grouping_policy = multibus (setting: storage device configuration, multipath.conf:7,"), "{text}");
+    assert!(
+        text.contains(
+            "dev_loss_tmo = 60 (setting: multipath.conf overrides section, multipath.conf:21)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("prio = const (setting: multipath internal)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("getuid_callout = /sbin/scsi_id -g -u -s /block/%n"),
+        "{text}"
+    );
+    assert!(text.contains("repeat_count (umpath) = 100"), "{text}");
+    assert!(text.contains("checker_timeout"), "{text}");
+}
+
+mod render_proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid value for each of a sample of keywords.
+    fn value_for(k: &str) -> BoxedStrategy<String> {
+        match k {
+            "path_grouping_policy" => prop::sample::select(vec![
+                "failover",
+                "multibus",
+                "group_by_prio",
+                "group_by_serial",
+            ])
+            .prop_map(String::from)
+            .boxed(),
+            "path_selector" => prop::sample::select(vec![
+                "\"round-robin 0\"",
+                "\"service-time 0\"",
+                "\"queue-length 0\"",
+            ])
+            .prop_map(String::from)
+            .boxed(),
+            "failback" => prop_oneof![
+                prop::sample::select(vec!["immediate", "manual", "followover"])
+                    .prop_map(String::from),
+                (1u32..1000).prop_map(|n| n.to_string()),
+            ]
+            .boxed(),
+            "no_path_retry" => prop_oneof![
+                prop::sample::select(vec!["fail", "queue"]).prop_map(String::from),
+                (1u32..1000).prop_map(|n| n.to_string()),
+            ]
+            .boxed(),
+            "rr_min_io" | "rr_min_io_rq" => (1u32..100_000).prop_map(|n| n.to_string()).boxed(),
+            "user_friendly_names" | "detect_prio" | "skip_kpartx" => {
+                prop::sample::select(vec!["yes", "no"])
+                    .prop_map(String::from)
+                    .boxed()
+            }
+            "dev_loss_tmo" => prop_oneof![
+                Just("infinity".to_string()),
+                (0u32..100_000).prop_map(|n| n.to_string())
+            ]
+            .boxed(),
+            "fast_io_fail_tmo" => prop_oneof![
+                Just("off".to_string()),
+                (0u32..100).prop_map(|n| n.to_string())
+            ]
+            .boxed(),
+            "prio_args" | "alias_prefix" => {
+                "[a-z][a-z0-9 \"#]{0,8}".prop_map(|s| quote(&s)).boxed()
+            }
+            _ => Just("x".to_string()).boxed(),
+        }
+    }
+
+    fn quote(s: &str) -> String {
+        parse::quote_value(s, true)
+    }
+
+    const KWS: &[&str] = &[
+        "path_grouping_policy",
+        "path_selector",
+        "failback",
+        "no_path_retry",
+        "rr_min_io",
+        "rr_min_io_rq",
+        "user_friendly_names",
+        "detect_prio",
+        "skip_kpartx",
+        "dev_loss_tmo",
+        "fast_io_fail_tmo",
+        "prio_args",
+        "alias_prefix",
+    ];
+
+    fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::vec(prop::sample::select(KWS.to_vec()), 0..5).prop_flat_map(|ks| {
+            ks.into_iter()
+                .map(|k| value_for(k).prop_map(move |v| (k.to_string(), v)))
+                .collect::<Vec<_>>()
+        })
+    }
+
+    fn section(attrs: &[(String, String)], allowed: Section, depth: usize) -> String {
+        let pad = "\t".repeat(depth);
+        attrs
+            .iter()
+            .filter(|(k, _)| keywords::lookup(k, allowed).is_some())
+            .map(|(k, v)| format!("{pad}{k} {v}\n"))
+            .collect()
+    }
+
+    fn config() -> impl Strategy<Value = String> {
+        (
+            attrs(),
+            prop::collection::vec(("[A-C]{1,2}", "\\^?[a-c]{1,2}(\\.\\*)?", attrs()), 0..4),
+            attrs(),
+            prop::collection::vec(("36[0-9a]{1,3}", attrs()), 0..3),
+        )
+            .prop_map(|(defs, devs, ovr, mps)| {
+                let mut t = format!("defaults {{\n{}}}\n", section(&defs, Section::Defaults, 1));
+                t.push_str("devices {\n");
+                for (v, p, a) in &devs {
+                    t.push_str(&format!(
+                        "\tdevice {{\n\t\tvendor {}\n\t\tproduct {}\n{}\t}}\n",
+                        quote(v),
+                        quote(p),
+                        section(a, Section::Device, 2)
+                    ));
+                }
+                t.push_str("}\n");
+                t.push_str(&format!(
+                    "overrides {{\n{}}}\n",
+                    section(&ovr, Section::Overrides, 1)
+                ));
+                t.push_str("multipaths {\n");
+                for (w, a) in &mps {
+                    t.push_str(&format!(
+                        "\tmultipath {{\n\t\twwid {w}\n{}\t}}\n",
+                        section(a, Section::Multipath, 2)
+                    ));
+                }
+                t.push_str("}\n");
+                t
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// parse → render → parse → render is a fixed point, and the
+        /// re-parsed configuration resolves every path the same way.
+        #[test]
+        fn parse_render_parse(text in config(), v in "[A-C]{1,2}", p in "[a-c]{1,3}", w in "36[0-9a]{1,3}") {
+            let c = match parse_str(&text, "gen") {
+                Ok(c) => c,
+                Err(e) => return Err(TestCaseError::fail(format!("{e}\n{text}"))),
+            };
+            let r1 = c.render_multipath_t();
+            let c2 = parse_str(&r1, "rendered").map_err(|e| TestCaseError::fail(format!("{e}\n{r1}")))?;
+            let r2 = c2.render_multipath_t();
+            prop_assert_eq!(&r1, &r2);
+            let id = id(&v, &p, "", &w);
+            let vals = |c: &Config| -> Vec<(&'static str, String)> {
+                c.resolve(&id).entries().into_iter().map(|(k, v, _)| (k, v)).collect()
+            };
+            prop_assert_eq!(vals(&c), vals(&c2));
+            prop_assert_eq!(c.explain(&id).into_iter().map(|e| (e.keyword, e.value)).collect::<Vec<_>>(),
+                c2.explain(&id).into_iter().map(|e| (e.keyword, e.value)).collect::<Vec<_>>());
+        }
+    }
 }

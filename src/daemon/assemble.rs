@@ -8,6 +8,7 @@
 //! `/dev/sdX`, named by its kernel name, transport `scsi`). Both are
 //! grouped into maps by WWID, declared paths first.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, PathDecl, PathIdentity, PathSettings, Span};
@@ -125,14 +126,20 @@ pub fn map_name(cfg: &Config, id: &PathIdentity<'_>) -> String {
 }
 
 /// Groups the declared paths into maps by WWID, in declaration order.
-pub fn plan(cfg: &Config) -> (Vec<MapPlan>, Vec<Skipped>) {
-    plan_with(cfg, &[])
+/// A map is named by its multipaths `alias`, else its user_friendly_names
+/// binding in `friendly` (WWID to name), else its WWID.
+pub fn plan(cfg: &Config, friendly: &HashMap<String, String>) -> (Vec<MapPlan>, Vec<Skipped>) {
+    plan_with(cfg, friendly, &[])
 }
 
 /// Groups the declared paths, then the discovered SCSI disks (in the
 /// order given), into maps by WWID. Blacklisted disks, disks without a
 /// WWID and disks named like a declared path are skipped.
-pub fn plan_with(cfg: &Config, scsi: &[ScsiDevice]) -> (Vec<MapPlan>, Vec<Skipped>) {
+pub fn plan_with(
+    cfg: &Config,
+    friendly: &HashMap<String, String>,
+    scsi: &[ScsiDevice],
+) -> (Vec<MapPlan>, Vec<Skipped>) {
     let mut maps: Vec<MapPlan> = Vec::new();
     let mut skipped = Vec::new();
     let declared = cfg.paths().iter().map(|d| (d.clone(), None));
@@ -175,11 +182,11 @@ pub fn plan_with(cfg: &Config, scsi: &[ScsiDevice]) -> (Vec<MapPlan>, Vec<Skippe
         match maps.iter_mut().find(|m| m.wwid == d.wwid) {
             Some(m) => m.paths.push(path),
             None => {
-                let name = path
-                    .settings
-                    .alias
-                    .as_ref()
-                    .map_or_else(|| d.wwid.clone(), |a| a.value.clone());
+                let name = match (&path.settings.alias, friendly.get(&d.wwid)) {
+                    (Some(a), _) => a.value.clone(),
+                    (None, Some(f)) => f.clone(),
+                    (None, None) => d.wwid.clone(),
+                };
                 maps.push(MapPlan {
                     name,
                     wwid: d.wwid.clone(),
@@ -266,7 +273,7 @@ paths {
     #[test]
     fn the_seed_stanza_gives_one_multibus_round_robin_map_per_wwid() {
         let cfg = Config::parse_str(SEED, "test.conf").expect("valid config");
-        let (maps, skipped) = plan(&cfg);
+        let (maps, skipped) = plan(&cfg, &HashMap::new());
         assert_eq!(maps.len(), 2);
         let m = &maps[0];
         assert_eq!(m.name, "lun0");

@@ -9,6 +9,7 @@
 //! finish, flush every map and exit.
 
 pub mod assemble;
+pub mod bindings;
 pub mod hotplug;
 pub mod show;
 
@@ -315,7 +316,8 @@ impl Daemon {
     /// still using an old map keep it until they disconnect).
     async fn apply_config(self: &Arc<Self>, st: &mut State, cfg: Arc<Config>) -> String {
         let scsi = self.discover_scsi().await;
-        let (plans, skipped) = assemble::plan_with(&cfg, &scsi);
+        let friendly = bindings::friendly_names(&cfg);
+        let (plans, skipped) = assemble::plan_with(&cfg, &friendly, &scsi);
         st.config = cfg.clone();
         let io_timeout = io_timeout(&cfg);
         for s in &skipped {
@@ -427,7 +429,8 @@ impl Daemon {
             self.remove_path_locked(&mut st, name);
         }
         let cfg = st.config.clone();
-        let (plans, skipped) = assemble::plan_with(&cfg, std::slice::from_ref(&dev));
+        let friendly = bindings::friendly_names(&cfg);
+        let (plans, skipped) = assemble::plan_with(&cfg, &friendly, std::slice::from_ref(&dev));
         let found = plans.into_iter().find_map(|m| {
             let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
             p.map(|p| (m, p))
@@ -881,27 +884,24 @@ impl control::server::Handler for Daemon {
                     }
                     (ShowWhat::Maps, false) => Response::text(show::maps_text(&snaps)),
                     (ShowWhat::Topology, false) => Response::text(show::topology_text(&snaps)),
-                    (ShowWhat::Config, json) => {
+                    (ShowWhat::Config, true) => {
                         // Each path's effective settings with their origins.
                         let st = self.state.lock().await;
                         let mut names: Vec<&String> = st.paths.keys().collect();
                         names.sort();
-                        if json {
-                            let v: serde_json::Map<String, serde_json::Value> = names
-                                .iter()
-                                .map(|n| ((*n).clone(), st.paths[*n].settings.to_json()))
-                                .collect();
-                            Response::json(serde_json::Value::Object(v))
-                        } else {
-                            let mut out = format!("# {}\n", st.config.file());
-                            for n in names {
-                                out.push_str(&format!("path {n}:\n"));
-                                for line in st.paths[n].settings.to_string().lines() {
-                                    out.push_str(&format!("    {line}\n"));
-                                }
-                            }
-                            Response::text(out)
-                        }
+                        let v: serde_json::Map<String, serde_json::Value> = names
+                            .iter()
+                            .filter_map(|n| {
+                                let d = st.config.path(n)?;
+                                Some(((*n).clone(), st.config.explain_json(&d.identity())))
+                            })
+                            .collect();
+                        Response::json(serde_json::Value::Object(v))
+                    }
+                    (ShowWhat::Config, false) => {
+                        // The merged configuration, shaped like `multipath -t`.
+                        let st = self.state.lock().await;
+                        Response::text(st.config.render_multipath_t())
                     }
                     (ShowWhat::Status, _) => {
                         let st = self.state.lock().await;
@@ -916,11 +916,13 @@ impl control::server::Handler for Daemon {
             }
             Command::ShowPathConfig { path, json } => match self.find_path(&path).await {
                 Err(r) => r,
-                Ok((_, _, _, settings)) => {
-                    if json {
-                        Response::json(settings.to_json())
-                    } else {
-                        Response::text(settings.to_string())
+                Ok(_) => {
+                    // The same renderer as `umpath explain`.
+                    let st = self.state.lock().await;
+                    match st.config.path(&path) {
+                        None => Response::error(format!("no path named {path:?}")),
+                        Some(d) if json => Response::json(st.config.explain_json(&d.identity())),
+                        Some(d) => Response::text(st.config.explain_text(&d.identity())),
                     }
                 }
             },
