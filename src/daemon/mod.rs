@@ -845,14 +845,17 @@ fn spawn_hotplug(daemon: Arc<Daemon>) -> JoinHandle<()> {
     })
 }
 
+/// Installs the signal handlers now (so a signal right after READY=1 is
+/// handled, not fatal), then serves them on a task.
 fn spawn_signal_handler(daemon: Arc<Daemon>) -> JoinHandle<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
             error!("cannot install signal handlers");
             return;
         };
