@@ -919,13 +919,25 @@ impl control::server::Handler for Daemon {
             }
             Command::ShowPathConfig { path, json } => match self.find_path(&path).await {
                 Err(r) => r,
-                Ok(_) => {
-                    // The same renderer as `umpath explain`.
+                Ok((engine, id, _, _)) => {
+                    // The same renderer as `umpath explain`, for the live
+                    // path's identity (declared or discovered).
+                    let snap = engine.snapshot();
+                    let Some(p) = snap.map.path(id) else {
+                        return Response::error(format!("no path named {path:?}"));
+                    };
+                    let i = &p.info;
+                    let ident = crate::config::PathIdentity {
+                        vendor: &i.vendor,
+                        product: &i.product,
+                        revision: &i.revision,
+                        wwid: &i.wwid,
+                    };
                     let st = self.state.lock().await;
-                    match st.config.path(&path) {
-                        None => Response::error(format!("no path named {path:?}")),
-                        Some(d) if json => Response::json(st.config.explain_json(&d.identity())),
-                        Some(d) => Response::text(st.config.explain_text(&d.identity())),
+                    if json {
+                        Response::json(st.config.explain_json(&ident))
+                    } else {
+                        Response::text(st.config.explain_text(&ident))
                     }
                 }
             },
