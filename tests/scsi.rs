@@ -197,3 +197,39 @@ fn daemon_serves_discovered_disks() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn getuid_callout_scsi_id_keeps_the_computed_wwid_and_others_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let sysfs = dir.path().join("sys");
+    let devd = dir.path().join("dev");
+    std::fs::create_dir_all(&devd).unwrap();
+    fake_disk(&sysfs, "0:0:0:0", "sda", 2048);
+    let probe = |callout: &str| -> serde_json::Value {
+        let cfg = dir.path().join("m.conf");
+        std::fs::write(
+            &cfg,
+            format!("devices {{\n    device {{\n        vendor \"OSNEXUS\"\n        product \"QUANTASTOR\"\n        getuid_callout \"{callout}\"\n    }}\n}}\n"),
+        )
+        .unwrap();
+        let out = run(Command::new(BIN)
+            .args(["probe", "--json", "--no-sgio", "--sysfs"])
+            .arg(&sysfs)
+            .arg("--dev-dir")
+            .arg(&devd)
+            .arg("--config")
+            .arg(&cfg));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // XenServer's callout names scsi_id: the same identifier, nothing run.
+    let v = probe("/sbin/scsi_id -g -u -s /block/%n");
+    assert_eq!(v["devices"][0]["wwid"], "35000c50015ea71ac", "{v}");
+    // Any other callout runs with %n replaced.
+    let v = probe("/bin/echo 3600custom-%n");
+    assert_eq!(v["devices"][0]["wwid"], "3600custom-sda", "{v}");
+}

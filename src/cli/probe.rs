@@ -175,7 +175,8 @@ pub fn run(args: &ProbeArgs) -> ExitCode {
         dev_dir: args.dev_dir.clone(),
         sgio_fallback: !args.no_sgio,
     };
-    let found = discovery::discover(&opts);
+    let mut found = discovery::discover(&opts);
+    discovery::apply_callouts(&cfg, &mut found.devices);
     let rows = rows(&cfg, &found);
     if args.json {
         match serde_json::to_string_pretty(&json(&rows, &found.errors)) {

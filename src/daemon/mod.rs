@@ -315,7 +315,9 @@ impl Daemon {
     /// maps that are gone or whose paths changed are stopped (connections
     /// still using an old map keep it until they disconnect).
     async fn apply_config(self: &Arc<Self>, st: &mut State, cfg: Arc<Config>) -> String {
-        let scsi = self.discover_scsi().await;
+        let mut scsi = self.discover_scsi().await;
+        // Callouts are programs: run them off the async workers' hot loop.
+        tokio::task::block_in_place(|| discovery::apply_callouts(&cfg, &mut scsi));
         let friendly = bindings::friendly_names(&cfg);
         let (plans, skipped) = assemble::plan_with(&cfg, &friendly, &scsi);
         st.config = cfg.clone();
@@ -416,6 +418,11 @@ impl Daemon {
                 }
             };
         let mut st = self.state.lock().await;
+        let mut dev = dev;
+        let cfg = st.config.clone();
+        tokio::task::block_in_place(|| {
+            discovery::apply_callouts(&cfg, std::slice::from_mut(&mut dev))
+        });
         if let Some(old) = st.paths.get(name) {
             let same = st
                 .maps

@@ -16,6 +16,8 @@
 //! that device; the others are still discovered. Nothing here panics on
 //! what sysfs holds.
 
+pub mod callout;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -393,6 +395,34 @@ fn vpd_over_sgio(devnode: &Path) -> Result<VpdPages, String> {
             .flatten()
     };
     Ok((get(vpd::PAGE_DEVICE_ID), get(vpd::PAGE_UNIT_SERIAL)))
+}
+
+/// Applies each device's `getuid_callout`, if its settings have one:
+/// scsi_id callouts keep the computed WWID (the same identifier), others
+/// run and their output becomes the WWID; a failing callout leaves the
+/// device without a WWID and says why (so it is not used).
+pub fn apply_callouts(cfg: &crate::config::Config, devices: &mut [ScsiDevice]) {
+    for d in devices.iter_mut() {
+        let Some(g) = cfg.resolve(&d.identity()).getuid_callout else {
+            continue;
+        };
+        match callout::run(&g.value, &d.name, callout::CALLOUT_TIMEOUT) {
+            Ok(None) => {
+                d.wwid_source = format!(
+                    "{} (getuid_callout names scsi_id: same identifier, not run)",
+                    d.wwid_source
+                )
+            }
+            Ok(Some(id)) => {
+                d.wwid = id;
+                d.wwid_source = format!("getuid_callout {:?}", g.value);
+            }
+            Err(e) => {
+                d.wwid.clear();
+                d.wwid_error = Some(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
