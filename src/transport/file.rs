@@ -191,6 +191,85 @@ pub(crate) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<
     Ok(())
 }
 
+/// Discards a range: BLKDISCARD on a block device, a hole punch on a file.
+pub(crate) fn discard(file: &File, blkdev: bool, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if blkdev {
+        blk_discard(file, offset, len)
+    } else {
+        falloc(
+            file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+}
+
+/// How far the fast ways of zeroing got.
+pub(crate) enum FastZero {
+    Done,
+    /// Not zeroed; why each fast way was not available.
+    NotFast(Vec<String>),
+}
+
+/// The fast ways to make a range read back as zeroes, shared by the file
+/// and SCSI transports: with `may_unmap` a hole punch (on a block device,
+/// the kernel's zero-out that never falls back to writing zeroes), then
+/// `FALLOC_FL_ZERO_RANGE` (fast on files; on a block device it may fall
+/// back to writing zeroes, so not when `fast_only`).
+pub(crate) fn zero_fast(
+    file: &File,
+    blkdev: bool,
+    offset: u64,
+    len: u64,
+    may_unmap: bool,
+    fast_only: bool,
+) -> io::Result<FastZero> {
+    let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let mut why_not = Vec::new();
+    if may_unmap {
+        match falloc(
+            file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep,
+            offset,
+            len,
+        ) {
+            Ok(()) => return Ok(FastZero::Done),
+            Err(e) if is_unsupported(&e) => why_not.push(format!("punch hole: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if !(blkdev && fast_only) {
+        match falloc(
+            file,
+            FallocateFlags::FALLOC_FL_ZERO_RANGE | keep,
+            offset,
+            len,
+        ) {
+            Ok(()) => return Ok(FastZero::Done),
+            Err(e) if is_unsupported(&e) => why_not.push(format!("zero range: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(FastZero::NotFast(why_not))
+}
+
+/// The error for a FAST_ZERO request that cannot be fast.
+pub(crate) fn cannot_zero_quickly(why_not: &[String]) -> io::Error {
+    let reason = if why_not.is_empty() {
+        "no fast zeroing without unmapping on a block device".to_string()
+    } else {
+        why_not.join("; ")
+    };
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("cannot zero quickly ({reason})"),
+    )
+}
+
 /// `pwrite` until all of `buf` is written.
 pub(crate) fn write_full(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0usize;
@@ -429,20 +508,8 @@ impl FileTransport {
 
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
         let o = self.handle(IoOp::Trim, offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let r = if o.blkdev {
-            blk_discard(&o.file, offset, len)
-        } else {
-            falloc(
-                &o.file,
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            )
-        };
-        r.map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
+        discard(&o.file, o.blkdev, offset, len)
+            .map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
     }
 
     /// Make `len` bytes at `offset` read back as zeroes.
@@ -467,48 +534,19 @@ impl FileTransport {
         if len == 0 {
             return Ok(());
         }
-        let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        let mut why_not = Vec::new();
-        if may_unmap {
-            match falloc(
-                &o.file,
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep,
-                offset,
-                len,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(e) if is_unsupported(&e) => why_not.push(format!("punch hole: {e}")),
-                Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
+        match zero_fast(&o.file, o.blkdev, offset, len, may_unmap, fast_only) {
+            Ok(FastZero::Done) => return Ok(()),
+            Ok(FastZero::NotFast(why)) if fast_only => {
+                return Err(self.error(
+                    op,
+                    offset,
+                    len,
+                    ErrorClass::Unsupported,
+                    cannot_zero_quickly(&why),
+                ))
             }
-        }
-        if !(o.blkdev && fast_only) {
-            match falloc(
-                &o.file,
-                FallocateFlags::FALLOC_FL_ZERO_RANGE | keep,
-                offset,
-                len,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(e) if is_unsupported(&e) => why_not.push(format!("zero range: {e}")),
-                Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
-            }
-        }
-        if fast_only {
-            let reason = if why_not.is_empty() {
-                "no fast zeroing without unmapping on a block device".to_string()
-            } else {
-                why_not.join("; ")
-            };
-            return Err(self.error(
-                op,
-                offset,
-                len,
-                ErrorClass::Unsupported,
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("cannot zero quickly ({reason})"),
-                ),
-            ));
+            Ok(FastZero::NotFast(_)) => {}
+            Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
         }
         self.write_zero_buffers(&o, offset, len)
             .map_err(|e| self.io_error(&o, op, offset, len, e))

@@ -35,12 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use nix::fcntl::FallocateFlags;
 
-use super::file::{
-    blk_discard, blk_sector_size, blk_size, errno_error, falloc, is_unsupported, read_full,
-    write_full,
-};
+use super::file::{self, blk_sector_size, blk_size, errno_error, read_full, write_full};
 use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
 use crate::checker::CheckResult;
 use crate::scsi::tur;
@@ -463,20 +459,8 @@ impl ScsiTransport {
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
         let o = self.handle(IoOp::Trim, offset, len)?;
         self.check_writable(&o, IoOp::Trim, offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let r = if o.blkdev {
-            blk_discard(&o.file, offset, len)
-        } else {
-            falloc(
-                &o.file,
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            )
-        };
-        r.map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
+        file::discard(&o.file, o.blkdev, offset, len)
+            .map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
     }
 
     /// Zeroes a range: with `may_unmap` a hole punch (on a block device the
@@ -496,46 +480,19 @@ impl ScsiTransport {
         if len == 0 {
             return Ok(());
         }
-        let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        let mut why_not = Vec::new();
-        if may_unmap {
-            match falloc(
-                &o.file,
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | keep,
-                offset,
-                len,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(e) if is_unsupported(&e) => why_not.push(format!("punch hole: {e}")),
-                Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
+        match file::zero_fast(&o.file, o.blkdev, offset, len, may_unmap, fast_only) {
+            Ok(file::FastZero::Done) => return Ok(()),
+            Ok(file::FastZero::NotFast(why)) if fast_only => {
+                return Err(TransportError::new(
+                    op,
+                    offset,
+                    len,
+                    self.name.clone(),
+                    ErrorClass::Unsupported,
+                    file::cannot_zero_quickly(&why),
+                ))
             }
-        }
-        if fast_only {
-            let reason = if why_not.is_empty() {
-                "no fast zeroing without unmapping".to_string()
-            } else {
-                why_not.join("; ")
-            };
-            return Err(TransportError::new(
-                op,
-                offset,
-                len,
-                self.name.clone(),
-                ErrorClass::Unsupported,
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("cannot zero quickly ({reason})"),
-                ),
-            ));
-        }
-        match falloc(
-            &o.file,
-            FallocateFlags::FALLOC_FL_ZERO_RANGE | keep,
-            offset,
-            len,
-        ) {
-            Ok(()) => return Ok(()),
-            Err(e) if is_unsupported(&e) => {}
+            Ok(file::FastZero::NotFast(_)) => {}
             Err(e) => return Err(self.io_error(&o, op, offset, len, e)),
         }
         let mut at = offset;
