@@ -24,6 +24,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+# FUZZ_SANITIZER=none builds without ASAN (much faster; what the test
+# command uses for its smoke run). FUZZ_TARGET_DIR keeps the fuzz build
+# outside the work tree (cached across clones).
+sanitizer=(-s "${FUZZ_SANITIZER:-address}")
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
+  export CARGO_TARGET_DIR="$FUZZ_TARGET_DIR"
+fi
+
 toolchain=()
 if [ -n "${FUZZ_TOOLCHAIN:-}" ]; then
   toolchain=("+$FUZZ_TOOLCHAIN")
@@ -37,7 +45,7 @@ for t in $targets; do
   scratch=$(mktemp -d)
   echo "==> fuzzing $t for ${secs}s"
   start=$(date +%s)
-  if ! cargo "${toolchain[@]}" fuzz run "$t" "$scratch" "fuzz/corpus/$t" -- \
+  if ! cargo "${toolchain[@]}" fuzz run "${sanitizer[@]}" "$t" "$scratch" "fuzz/corpus/$t" -- \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1; then
     echo "==> $t FAILED (see fuzz/artifacts/$t)" >&2
     status=1

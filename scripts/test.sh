@@ -90,9 +90,21 @@ cargo build --quiet --all-targets
 echo "==> VM test assets (kernel, busybox; cached)"
 ./scripts/vm-setup.sh >/dev/null
 
+status=0
+# Fuzz smoke: every cargo-fuzz target for a few seconds (no ASAN, the build
+# cached outside the work tree). UMPATH_FUZZ_SECONDS=0 skips it.
+secs="${UMPATH_FUZZ_SECONDS:-10}"
+if [ "$secs" != 0 ]; then
+  echo "==> fuzz smoke (${secs}s per target)"
+  FUZZ_SANITIZER=none FUZZ_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/umpath/fuzz-target" \
+    ./scripts/fuzz-smoke.sh "$secs" || status=1
+fi
+
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast --test-threads 2
+  cargo nextest run --no-fail-fast --test-threads 2 || status=$?
 else
-  cargo test --no-fail-fast -- --test-threads 2
+  cargo test --no-fail-fast -- --test-threads 2 || status=$?
 fi
+
+exit "$status"

@@ -93,12 +93,23 @@ impl NbdUri {
                 }
                 let (host, port) = if let Some(h) = authority.strip_prefix('[') {
                     let (h, after) = h.split_once(']').ok_or_else(|| err("unclosed [ in host"))?;
-                    (h, after.strip_prefix(':'))
+                    let port = match after {
+                        "" => None,
+                        a => Some(a.strip_prefix(':').ok_or_else(|| err("junk after ]"))?),
+                    };
+                    if h.contains(['[', ']']) {
+                        return Err(err("bad IPv6 host"));
+                    }
+                    (h, port)
                 } else {
-                    match authority.rsplit_once(':') {
+                    let (h, p) = match authority.rsplit_once(':') {
                         Some((h, p)) => (h, Some(p)),
                         None => (authority, None),
+                    };
+                    if h.contains([':', '[', ']']) {
+                        return Err(err("an IPv6 host goes in brackets"));
                     }
+                    (h, p)
                 };
                 if host.is_empty() {
                     return Err(err("no host"));
@@ -120,14 +131,29 @@ impl NbdUri {
     }
 }
 
+/// Percent-encodes what a URI path or query value cannot carry as is.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~/:@!$'()*+,;=".contains(&b);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl fmt::Display for NbdUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let export = encode(&self.export);
         match &self.endpoint {
-            Endpoint::Unix(s) => write!(f, "nbd+unix:///{}?socket={s}", self.export),
+            Endpoint::Unix(s) => write!(f, "nbd+unix:///{export}?socket={}", encode(s)),
             Endpoint::Tcp { host, port } if host.contains(':') => {
-                write!(f, "nbd://[{host}]:{port}/{}", self.export)
+                write!(f, "nbd://[{host}]:{port}/{export}")
             }
-            Endpoint::Tcp { host, port } => write!(f, "nbd://{host}:{port}/{}", self.export),
+            Endpoint::Tcp { host, port } => write!(f, "nbd://{host}:{port}/{export}"),
         }
     }
 }
@@ -177,6 +203,10 @@ mod tests {
             "nbd://h:port/x",
             "nbd://[::1/x",
             "nbd://h/x%zz",
+            "nbd://b[n]f::12",
+            "nbd://::1:10809/x",
+            "nbd://[::1]x/y",
+            "nbd://[a[b]]/y",
         ] {
             let e = NbdUri::parse(bad).unwrap_err();
             assert!(e.to_string().contains("expected nbd+unix"), "{bad}: {e}");
@@ -191,6 +221,15 @@ mod tests {
             "nbd://[::1]:1/e",
         ] {
             assert_eq!(NbdUri::parse(u).unwrap().to_string(), u);
+        }
+        // Names that need escapes print back to the same URI.
+        for u in [
+            "nbd://h:1/x%25y",
+            "nbd+unix:///a%20b?socket=/tmp/s%26t",
+            "nbd://h:1/%C3%A9",
+        ] {
+            let p = NbdUri::parse(u).unwrap();
+            assert_eq!(NbdUri::parse(&p.to_string()).unwrap(), p, "{u}");
         }
     }
 }
