@@ -23,17 +23,6 @@ fn daemon() -> Daemon {
     )
 }
 
-fn qemu_io(d: &Daemon, cmds: &[&str]) -> Command {
-    need("qemu-io");
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    c.arg(d.uri("lun0"));
-    c
-}
-
 #[test]
 fn a_hung_read_is_reissued_on_another_path() {
     let d = daemon();

@@ -19,17 +19,6 @@ fn daemon(no_path_retry: &str) -> Daemon {
     )
 }
 
-fn qemu_io(d: &Daemon, cmds: &[&str]) -> Command {
-    need("qemu-io");
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    c.arg(d.uri("lun0"));
-    c
-}
-
 fn all_paths_down(d: &Daemon) {
     d.ctl_ok(&["fault", "path", "p0", "error"]);
     d.ctl_ok(&["fault", "path", "p1", "error"]);

@@ -239,6 +239,18 @@ impl Drop for Daemon {
     }
 }
 
+/// `qemu-io -f raw -c CMD... URI-of-lun0`, not started yet.
+pub fn qemu_io(d: &Daemon, cmds: &[&str]) -> Command {
+    need("qemu-io");
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    c.arg(d.uri("lun0"));
+    c
+}
+
 /// Runs a command, returning its output; panics if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
