@@ -206,23 +206,15 @@ mod tests {
     use super::*;
     use crate::policy::{Failback, GroupingPolicy, SelectorKind};
 
-    const SEED: &str = r#"
-defaults {
-    polling_interval 2
-}
-devices {
-    device {
-          vendor                  "OSNEXUS"
-          product                 "QUANTASTOR"
-          getuid_callout          "/sbin/scsi_id -g -u -s /block/%n"
-          path_selector           "round-robin 0"
-          path_grouping_policy    multibus
-          failback                immediate
-          rr_weight               uniform
-          rr_min_io               100
-          path_checker            tur
+    /// The QuantaStor stanza (verbatim), then the rest of the test config.
+    fn seed() -> String {
+        format!(
+            "defaults {{\n    polling_interval 2\n}}\ndevices {{\n{}}}\n{SEED_REST}",
+            crate::config::QUANTASTOR_DEVICE
+        )
     }
-}
+
+    const SEED_REST: &str = r#"
 multipaths {
     multipath {
         wwid "36000c29abcdef001"
@@ -272,7 +264,7 @@ paths {
 
     #[test]
     fn the_seed_stanza_gives_one_multibus_round_robin_map_per_wwid() {
-        let cfg = Config::parse_str(SEED, "test.conf").expect("valid config");
+        let cfg = Config::parse_str(&seed(), "test.conf").expect("valid config");
         let (maps, skipped) = plan(&cfg, &HashMap::new());
         assert_eq!(maps.len(), 2);
         let m = &maps[0];

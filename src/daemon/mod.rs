@@ -33,7 +33,6 @@ use crate::export::{Export, ExportSet};
 use crate::model::{CheckState, Map, Path as ModelPath};
 use crate::nbd::server::{Limits, NbdServer, ServerConfig};
 use crate::nbd::uri::NbdUri;
-use crate::policy::CheckerKind;
 use crate::transport::fault::FaultSpec;
 use crate::transport::nbd::NbdTransport;
 use crate::transport::{PathDev, Transport};
@@ -455,7 +454,7 @@ impl Daemon {
                 let dev = Arc::new(open_path(&pplan));
                 let timeout = checker_timeout(&pplan.settings, &dev);
                 let CheckResult { state, message } =
-                    PathChecker::new(dev.clone(), effective_checker(&pplan))
+                    PathChecker::new(dev.clone(), pplan.settings.path_checker.value)
                         .check(timeout)
                         .await;
                 let reason = (!state.is_usable()).then_some(message);
@@ -529,7 +528,7 @@ impl Daemon {
             .map(|p| {
                 let dev = Arc::new(open_path(p));
                 let timeout = checker_timeout(&p.settings, &dev);
-                let checker = PathChecker::new(dev.clone(), effective_checker(p));
+                let checker = PathChecker::new(dev.clone(), p.settings.path_checker.value);
                 (
                     dev,
                     tokio::spawn(async move { checker.check(timeout).await }),
@@ -687,12 +686,6 @@ fn open_path(p: &PathPlan) -> PathDev {
     dev
 }
 
-/// The checker a path runs: `tur` on a `file` path has no SCSI target to
-/// ask and checks with a direct read instead.
-fn effective_checker(p: &PathPlan) -> CheckerKind {
-    p.settings.path_checker.value
-}
-
 /// `file` paths on different block-device nodes of one LUN read through
 /// separate page caches, so a read on one may miss a write made on the
 /// other. Say so loudly: such LUNs belong to `--scsi` discovery (O_DIRECT).
@@ -749,7 +742,7 @@ fn spawn_checker(
     dev: Arc<PathDev>,
 ) -> JoinHandle<()> {
     let span = info_span!("path", map = %engine.info().name, path = %p.decl.name);
-    let checker = PathChecker::new(dev.clone(), effective_checker(p));
+    let checker = PathChecker::new(dev.clone(), p.settings.path_checker.value);
     let name = p.decl.name.clone();
     let mut shutdown = daemon.shutdown_tx.subscribe();
     tokio::spawn(

@@ -201,16 +201,6 @@ impl MapEngine {
         self.inner.clock.now()
     }
 
-    /// The path devices, by path id.
-    pub fn devs(&self) -> Vec<(PathId, String, Arc<PathDev>)> {
-        let st = self.inner.state.lock();
-        st.paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i, p.name.clone(), p.dev.clone()))
-            .collect()
-    }
-
     pub fn snapshot(&self) -> MapSnapshot {
         let st = self.inner.state.lock();
         MapSnapshot {

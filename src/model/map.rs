@@ -203,11 +203,6 @@ impl Map {
         self.paths.get(id)
     }
 
-    /// The id of the path with this name.
-    pub fn path_id(&self, name: &str) -> Option<PathId> {
-        self.paths.iter().position(|p| p.info.name == name)
-    }
-
     pub fn groups(&self) -> &[PathGroup] {
         &self.groups
     }
@@ -416,21 +411,6 @@ impl Map {
                 now,
                 &mut events,
             );
-        }
-        events
-    }
-
-    /// Sets a path's priority (from its prioritizer).
-    pub fn set_prio(&mut self, id: PathId, prio: i32, now: Time) -> Vec<MapEvent> {
-        let mut events = Vec::new();
-        if let Some(p) = self.paths.get_mut(id) {
-            if p.prio != prio {
-                p.prio = prio;
-                if self.policy.grouping == GroupingPolicy::GroupByPrio {
-                    self.regroup();
-                }
-                self.after_change(Trigger::Tick, now, &mut events);
-            }
         }
         events
     }
