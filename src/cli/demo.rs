@@ -104,12 +104,15 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the runtime", e))?;
-    rt.block_on(async {
+    let r = rt.block_on(async {
         let (d, servers) = Daemon::start(opts).await?;
         print_banner(&d, &nbd_socket, &control_socket).await;
         d.wait(servers).await;
         Ok(())
-    })
+    });
+    // A check stuck in a device must not keep the demo from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    r
 }
 
 async fn print_banner(d: &Daemon, nbd_socket: &Path, control_socket: &Path) {

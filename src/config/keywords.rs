@@ -666,7 +666,10 @@ pub static KEYWORDS: &[Keyword] = &[
     kw("reassign_maps", DEF, Kind::YesNo, Some("no"), No(KERNEL)),
     kw("uid_attrs", DEF, Kind::Str, None, No(UDEV)),
     kw("max_fds", DEF, Kind::UIntOr { min: 0, max: INT_MAX, words: &["max"] }, Some("max"), No(DAEMON)),
-    kw("queue_without_daemon", DEF, Kind::YesNo, Some("no"), No(KERNEL)),
+    // umpath: whether IO held by no_path_retry keeps waiting while the
+    // daemon stops (no: it fails at once, as dm-multipath's queueing is
+    // turned off when multipathd stops).
+    kw("queue_without_daemon", DEF, Kind::YesNo, Some("no"), Sup),
     kw("allow_usb_devices", DEF, Kind::YesNo, Some("no"), No(UDEV)),
     kw("mode", DM, Kind::Str, None, No(UDEV)),
     kw("uid", DM, Kind::Str, None, No(UDEV)),

@@ -458,6 +458,18 @@ impl Config {
         }
     }
 
+    /// `queue_without_daemon` (default no): keep IO held by no_path_retry
+    /// queued while the daemon stops, until the stop's drain bound.
+    pub fn queue_without_daemon(&self) -> bool {
+        matches!(
+            self.defaults.get("queue_without_daemon"),
+            Some(Assignment {
+                value: Typed::Bool(true),
+                ..
+            })
+        )
+    }
+
     /// Longest interval between checks of a healthy path (default
     /// 4 * polling_interval).
     pub fn max_polling_interval(&self) -> u32 {

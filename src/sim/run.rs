@@ -260,6 +260,7 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
         ios.sort_by_key(|r| r.t_ms);
         Ok::<_, Error>(report::build(&s.name, s.duration_s, &s.paths, &ios, &samples, &steps))
     });
+    rt.shutdown_timeout(Duration::from_millis(200));
     let report = result?;
     for (name, text) in [
         ("report.json", report.to_json()),

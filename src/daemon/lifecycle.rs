@@ -1,0 +1,298 @@
+//! One path lifecycle, used alike by start-up, reconfigure and hotplug:
+//!
+//! ```text
+//!  prepare ──▶ join ──▶ check (every polling_interval; healthy paths back
+//!  (open the     │       off up to max_polling_interval) ──┐
+//!   device, first│       a good check reopens the device   │
+//!   check, size) │       (revalidate) and reinstates       │
+//!                ▼                                          │
+//!               leave ◀── reconfigure / uevent `remove` ────┘
+//! ```
+//!
+//! [`prepare`] does the slow work (opening, the first check, asking the
+//! size) on its own tasks, never under a lock. A first check that has not
+//! answered within [`JOIN_WAIT`] does not hold up the join: the path joins
+//! failed ("first check still running") and its checker task picks the
+//! check up where it is. [`spawn_checker`] runs a path's checks for as
+//! long as the path is in its map; it reads its settings from a cell the
+//! supervisor swaps on reconfigure, and takes no lock.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info_span, Instrument};
+
+use super::assemble::PathPlan;
+use crate::checker::{CheckResult, PathChecker};
+use crate::config::PathSettings;
+use crate::engine::MapEngine;
+use crate::model::{CheckState, PathId};
+use crate::nbd::uri::NbdUri;
+use crate::transport::fault::FaultSpec;
+use crate::transport::nbd::NbdTransport;
+use crate::transport::{PathDev, Transport};
+
+/// Default check timeout when neither the config nor the device says.
+pub const DEFAULT_CHECKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a join waits for a path's first check before the path joins
+/// failed and the check goes on in its checker task.
+pub const JOIN_WAIT: Duration = Duration::from_secs(2);
+
+/// How often paths are checked; daemon-wide, swapped on reconfigure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Polling {
+    /// `polling_interval`: failed and changing paths.
+    pub min: Duration,
+    /// `max_polling_interval`: healthy paths back off up to this.
+    pub max: Duration,
+}
+
+impl Polling {
+    pub fn from_config(cfg: &crate::config::Config) -> Polling {
+        let min = u64::from(cfg.polling_interval().max(1));
+        let max = u64::from(cfg.max_polling_interval()).max(min);
+        Polling {
+            min: Duration::from_secs(min),
+            max: Duration::from_secs(max),
+        }
+    }
+}
+
+/// A first check and the LUN size it could read.
+#[derive(Debug, Clone)]
+pub struct FirstCheck {
+    pub result: CheckResult,
+    pub size: Option<u64>,
+}
+
+/// A path made ready to join a map.
+pub struct Prepared {
+    pub plan: PathPlan,
+    pub dev: Arc<PathDev>,
+    pub checker: PathChecker,
+    /// The first check's outcome, or the check still running.
+    pub first: First,
+}
+
+pub enum First {
+    Done(FirstCheck),
+    Running(JoinHandle<FirstCheck>),
+}
+
+impl Prepared {
+    /// The LUN size, if the first check finished and read it.
+    pub fn size(&self) -> Option<u64> {
+        match &self.first {
+            First::Done(f) => f.size,
+            First::Running(_) => None,
+        }
+    }
+
+    /// The state and reason the path joins with.
+    pub fn join_state(&self) -> (CheckState, Option<String>) {
+        match &self.first {
+            First::Done(f) => {
+                let s = f.result.state;
+                (s, (!s.is_usable()).then(|| f.result.message.clone()))
+            }
+            First::Running(_) => (
+                CheckState::Pending,
+                Some(format!(
+                    "first check still running after {} ms",
+                    JOIN_WAIT.as_millis()
+                )),
+            ),
+        }
+    }
+}
+
+/// Opens the device a plan names and runs its first check, waiting at
+/// most `wait` for it (the check goes on afterwards if it takes longer).
+pub async fn prepare(plan: PathPlan, wait: Duration) -> Prepared {
+    let dev = Arc::new(open_path(&plan));
+    let timeout = checker_timeout(&plan.settings, &dev);
+    let checker = PathChecker::new(dev.clone(), plan.settings.path_checker.value);
+    let mut task = tokio::spawn(first_check(checker.clone(), timeout));
+    let first = match tokio::time::timeout(wait, &mut task).await {
+        Ok(Ok(f)) => First::Done(f),
+        Ok(Err(e)) => First::Done(FirstCheck {
+            result: CheckResult::new(CheckState::Down, format!("first check failed: {e}")),
+            size: None,
+        }),
+        Err(_) => First::Running(task),
+    };
+    Prepared {
+        plan,
+        dev,
+        checker,
+        first,
+    }
+}
+
+/// Prepares many paths at once: a hung path costs one wait, not one per
+/// path.
+pub async fn prepare_all(plans: Vec<PathPlan>, wait: Duration) -> Vec<Prepared> {
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .map(|p| tokio::spawn(prepare(p, wait)))
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(p) = t.await {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A check, then the size (asked only of a path that answered: a dead
+/// device could hang the question).
+pub async fn first_check(checker: PathChecker, timeout: Duration) -> FirstCheck {
+    let result = checker.check(timeout).await;
+    let size = if matches!(result.state, CheckState::Timeout | CheckState::Pending) {
+        None
+    } else {
+        let dev = checker.dev().clone();
+        let ask = tokio::task::spawn_blocking(move || dev.size().ok());
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(s)) => s,
+            _ => None,
+        }
+    };
+    FirstCheck { result, size }
+}
+
+/// The transport a declared path names. Config validation guarantees the
+/// keys each transport needs; a missing one still yields a path that is
+/// down with the reason, never a panic. Opening is lazy: the first check
+/// opens the device.
+pub fn open_path(p: &PathPlan) -> PathDev {
+    let d = &p.decl;
+    let transport = match (&p.scsi, d.transport.as_str()) {
+        (Some(s), _) => Transport::scsi(s.target()),
+        (None, "nbd") => match d.extra.get("uri").map(|(u, _)| NbdUri::parse(u)) {
+            Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(
+                uri,
+                configured_checker_timeout(&p.settings).unwrap_or(DEFAULT_CHECKER_TIMEOUT),
+            )),
+            _ => Transport::file(PathBuf::new()),
+        },
+        (None, _) => Transport::file(d.file.clone().unwrap_or_default()),
+    };
+    let dev = PathDev::new(transport);
+    // Faults declared in the config (validated at load) are set from the start.
+    if let Some((spec, _)) = d.extra.get("fault") {
+        for f in FaultSpec::parse_list(spec).unwrap_or_default() {
+            dev.faults.apply(f);
+        }
+    }
+    dev
+}
+
+/// `checker_timeout` as the configuration sets it, if it does.
+pub fn configured_checker_timeout(s: &PathSettings) -> Option<Duration> {
+    s.checker_timeout
+        .value
+        .map(|secs| Duration::from_secs(u64::from(secs.max(1))))
+}
+
+/// `checker_timeout` from the configuration, else the device's own (a
+/// SCSI disk's sysfs `timeout`, as multipathd uses), else 30 s.
+pub fn checker_timeout(s: &PathSettings, dev: &PathDev) -> Duration {
+    configured_checker_timeout(s)
+        .or_else(|| dev.transport.default_timeout())
+        .unwrap_or(DEFAULT_CHECKER_TIMEOUT)
+}
+
+/// What a path's checker task needs; it holds no daemon state.
+pub struct CheckerCtx {
+    pub engine: MapEngine,
+    pub id: PathId,
+    pub name: String,
+    pub checker: PathChecker,
+    pub settings: Arc<ArcSwap<PathSettings>>,
+    pub polling: Arc<ArcSwap<Polling>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Aborts a task when dropped: a path's checker ends with the path.
+pub struct TaskGuard(pub JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One task per path: check every polling_interval (healthy paths back
+/// off up to max_polling_interval, like multipathd), report results to
+/// the engine. A path that is not carrying IO (failed by IO, by a check,
+/// or waiting for its first check) is checked every polling_interval, and
+/// the first good check reinstates it.
+pub fn spawn_checker(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) -> TaskGuard {
+    let span = info_span!("path", map = %ctx.engine.info().name, path = %ctx.name);
+    TaskGuard(tokio::spawn(checker_loop(ctx, first).instrument(span)))
+}
+
+async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
+    let CheckerCtx {
+        engine,
+        id,
+        name: _,
+        checker,
+        settings,
+        polling,
+        mut shutdown,
+    } = ctx;
+    let mut last = CheckState::Unchecked;
+    if let Some(task) = first {
+        let f = tokio::select! {
+            _ = shutdown.changed() => return,
+            f = task => f,
+        };
+        if let Ok(f) = f {
+            engine.check_result(id, f.result.state, &f.result.message);
+            last = f.result.state;
+        }
+    }
+    let mut interval = Duration::ZERO;
+    loop {
+        let p = **polling.load();
+        if interval.is_zero() || !engine.path_is_active(id) {
+            interval = p.min;
+        }
+        interval = interval.clamp(p.min, p.max);
+        // Sleep in polling_interval slices: a path that IO errors fail
+        // meanwhile is checked at the next slice.
+        let mut slept = Duration::ZERO;
+        while slept < interval {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(p.min) => {}
+            }
+            slept += p.min;
+            if !engine.path_is_active(id) {
+                break;
+            }
+        }
+        let timeout = checker_timeout(&settings.load(), checker.dev());
+        // A healthy check also (re)opens the device if needed.
+        let CheckResult { state, message } = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = checker.check(timeout) => r,
+        };
+        engine.check_result(id, state, &message);
+        // Healthy and unchanged: check less often, up to the max.
+        interval = if state == CheckState::Up && last == CheckState::Up {
+            interval.saturating_mul(2).min(p.max)
+        } else {
+            p.min
+        };
+        last = state;
+    }
+}

@@ -1,0 +1,607 @@
+//! The supervisor: the one owner of "what runs". It holds the running
+//! maps ([`MapRuntime`]s) and the maps still waiting for a path, and takes
+//! messages: reconfigure, kernel uevents, a waiting map that became ready.
+//! It handles one message at a time, so reconfigures and hotplug never
+//! race; slow work (loading the files, discovery, callouts, opening
+//! devices and first checks) runs on other tasks and threads while it
+//! waits, and committing a change is a short synchronous step. After
+//! every commit it publishes a [`Published`] snapshot, which `show`, the
+//! control commands that act on one path, the tick and the NBD server
+//! read without ever waiting for the supervisor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::assemble::{self, MapPlan};
+use super::hotplug::Uevent;
+use super::lifecycle::{self, First, Polling, Prepared, TaskGuard, JOIN_WAIT};
+use super::reconcile::{self, MapChange, Running, Summary};
+use super::runtime::{self, Env, MapRuntime};
+use super::{bindings, Exports, Options};
+use crate::config::{self, Config};
+use crate::discovery::{self, ScsiDevice};
+use crate::engine::MapEngine;
+use crate::export::Export;
+use crate::model::PathId;
+use crate::transport::PathDev;
+
+/// What the supervisor is asked to do.
+pub enum Msg {
+    /// Re-read the configuration; the answer says what changed.
+    Reconfigure(oneshot::Sender<Result<String, String>>),
+    /// A kernel uevent for a SCSI disk.
+    Uevent(Uevent),
+    /// A waiting map has a path that told the LUN's size.
+    MapReady {
+        wwid: String,
+        gen: u64,
+        prepared: Vec<Prepared>,
+        size: u64,
+    },
+}
+
+/// A path as the published snapshot shows it.
+#[derive(Clone)]
+pub struct PublishedPath {
+    pub name: String,
+    pub id: PathId,
+    pub dev: Arc<PathDev>,
+}
+
+/// A running map as the published snapshot shows it.
+#[derive(Clone)]
+pub struct PublishedMap {
+    pub engine: MapEngine,
+    pub paths: Vec<PublishedPath>,
+}
+
+/// A map waiting for a path that can tell its size.
+#[derive(Clone, Debug)]
+pub struct PendingView {
+    pub name: String,
+    pub wwid: String,
+    pub paths: Vec<String>,
+}
+
+/// What is running, as of the last commit.
+pub struct Published {
+    pub config: Arc<Config>,
+    pub maps: Vec<PublishedMap>,
+    pub pending: Vec<PendingView>,
+}
+
+impl Published {
+    pub fn empty(config: Arc<Config>) -> Published {
+        Published {
+            config,
+            maps: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The engine, id and device of the path called `name`.
+    pub fn path(&self, name: &str) -> Option<(&MapEngine, &PublishedPath)> {
+        self.maps.iter().find_map(|m| {
+            m.paths
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| (&m.engine, p))
+        })
+    }
+
+    pub fn path_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .maps
+            .iter()
+            .flat_map(|m| m.paths.iter().map(|p| p.name.as_str()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+struct PendingMap {
+    plan: MapPlan,
+    gen: u64,
+    _task: TaskGuard,
+}
+
+pub struct Supervisor {
+    opts: Options,
+    env: Env,
+    config: Arc<Config>,
+    maps: Vec<MapRuntime>,
+    pending: Vec<PendingMap>,
+    next_gen: u64,
+    published: Arc<ArcSwap<Published>>,
+    exports: Arc<Exports>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// io_timeout from the config (`None`: no limit).
+fn io_timeout(cfg: &Config) -> Option<Duration> {
+    match cfg.io_timeout() {
+        0 => None,
+        s => Some(Duration::from_secs(u64::from(s))),
+    }
+}
+
+impl Supervisor {
+    pub fn new(
+        opts: Options,
+        config: Arc<Config>,
+        clock: crate::engine::Clock,
+        shutdown: watch::Receiver<bool>,
+        published: Arc<ArcSwap<Published>>,
+        exports: Arc<Exports>,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Supervisor {
+        let env = Env {
+            clock,
+            polling: Arc::new(ArcSwap::from_pointee(Polling::from_config(&config))),
+            shutdown,
+            io_timeout: io_timeout(&config),
+        };
+        Supervisor {
+            opts,
+            env,
+            config,
+            maps: Vec::new(),
+            pending: Vec::new(),
+            next_gen: 1,
+            published,
+            exports,
+            tx,
+        }
+    }
+
+    /// Takes messages until shutdown; then hands the maps back for the
+    /// stop sequence.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> Vec<MapRuntime> {
+        let mut shutdown = self.env.shutdown.clone();
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                m = rx.recv() => match m { Some(m) => m, None => break },
+            };
+            // A reconfigure or a hotplug is abandoned if the daemon stops
+            // while it prepares (nothing is committed yet then).
+            let mut stop = self.env.shutdown.clone();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = self.handle(msg) => {}
+            }
+        }
+        self.pending.clear();
+        self.maps
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Reconfigure(reply) => {
+                let r = self.reconfigure().await;
+                let _ = reply.send(r);
+            }
+            Msg::Uevent(ev) => self.hotplug(ev).await,
+            Msg::MapReady {
+                wwid,
+                gen,
+                prepared,
+                size,
+            } => {
+                let Some(i) = self
+                    .pending
+                    .iter()
+                    .position(|p| p.wwid_is(&wwid) && p.gen == gen)
+                else {
+                    return; // superseded by a reconfigure
+                };
+                let p = self.pending.remove(i);
+                info!(map = %p.plan.name, size, "a path told the LUN's size: exporting the map");
+                runtime::warn_separate_caches(&p.plan);
+                self.maps
+                    .push(MapRuntime::start(p.plan, prepared, size, &self.env));
+                self.publish();
+            }
+        }
+    }
+
+    /// Loads the configuration and brings the maps in line with it (used
+    /// at start-up too). A bad file changes nothing.
+    pub async fn reconfigure(&mut self) -> Result<String, String> {
+        let path = self.opts.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| format!("cannot load the configuration: {e}"))?;
+        let cfg = match loaded {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                error!("reconfigure rejected, keeping the running configuration:\n{e}");
+                return Err(format!(
+                    "configuration rejected, the running one stays in force:\n{e}"
+                ));
+            }
+        };
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
+        let summary = self.apply(cfg).await;
+        info!("configuration applied: {}", summary.to_string().trim_end());
+        Ok(summary.to_string())
+    }
+
+    /// Brings the running maps in line with `cfg`.
+    pub async fn apply(&mut self, cfg: Arc<Config>) -> Summary {
+        let plans = self.plan(cfg.clone()).await;
+        let running: Vec<Running<'_>> = self
+            .maps
+            .iter()
+            .map(|m| Running {
+                name: &m.plan.name,
+                wwid: &m.plan.wwid,
+                plan: &m.plan,
+            })
+            .collect();
+        let changes = reconcile::reconcile(&running, plans);
+        // Slow part: open and first-check every new path, all at once.
+        let edit_preps: Vec<_> = changes
+            .edits
+            .iter()
+            .map(|(_, _, e)| tokio::spawn(lifecycle::prepare_all(e.add.clone(), JOIN_WAIT)))
+            .collect();
+        let start_preps: Vec<_> = changes
+            .start
+            .iter()
+            .map(|m| tokio::spawn(lifecycle::prepare_all(m.paths.clone(), JOIN_WAIT)))
+            .collect();
+        let mut edit_prepared = Vec::new();
+        for t in edit_preps {
+            edit_prepared.push(t.await.unwrap_or_default());
+        }
+        let mut start_prepared = Vec::new();
+        for t in start_preps {
+            start_prepared.push(t.await.unwrap_or_default());
+        }
+
+        // Commit: short and synchronous.
+        self.config = cfg.clone();
+        self.env.polling.store(Arc::new(Polling::from_config(&cfg)));
+        self.env.io_timeout = io_timeout(&cfg);
+        let mut summary = Summary::default();
+        for name in changes.stop {
+            if let Some(i) = self.maps.iter().position(|m| m.plan.name == name) {
+                self.maps.remove(i).stop();
+                summary.changes.push((name, MapChange::Stopped));
+            }
+        }
+        for ((name, plan, edit), prepared) in changes.edits.into_iter().zip(edit_prepared) {
+            let Some(rt) = self.maps.iter_mut().find(|m| m.plan.name == name) else {
+                continue;
+            };
+            let added: Vec<String> = prepared.iter().map(|p| p.plan.decl.name.clone()).collect();
+            // New paths join before old ones leave: the map never goes
+            // without a path in between.
+            let replaced: Vec<&String> = edit.remove.iter().filter(|r| added.contains(r)).collect();
+            for r in &replaced {
+                rt.remove_path(r);
+            }
+            for p in prepared {
+                rt.add_path(p, &self.env);
+            }
+            for r in &edit.remove {
+                if !added.contains(r) {
+                    rt.remove_path(r);
+                }
+            }
+            rt.update(&plan, &edit.keep, &self.env);
+            if edit.is_empty() {
+                summary.unchanged += 1;
+            } else {
+                summary.changes.push((
+                    name,
+                    MapChange::Edited {
+                        added,
+                        removed: edit.remove.clone(),
+                        policy: edit.policy_changed,
+                    },
+                ));
+            }
+        }
+        // Waiting maps are planned afresh.
+        self.pending.clear();
+        for (plan, prepared) in changes.start.into_iter().zip(start_prepared) {
+            let name = plan.name.clone();
+            let change = self.start_or_wait(plan, prepared);
+            summary.changes.push((name, change));
+        }
+        self.publish();
+        summary
+    }
+
+    /// Starts a map if a path told its size, else keeps it waiting.
+    fn start_or_wait(&mut self, plan: MapPlan, prepared: Vec<Prepared>) -> MapChange {
+        let paths: Vec<String> = plan.paths.iter().map(|p| p.decl.name.clone()).collect();
+        runtime::warn_separate_caches(&plan);
+        match lun_size(&plan, &prepared) {
+            Some(size) => {
+                self.maps
+                    .push(MapRuntime::start(plan, prepared, size, &self.env));
+                MapChange::Started { paths }
+            }
+            None => {
+                warn!(map = %plan.name, "no path can tell the size of the LUN yet; the map is exported as soon as one can (checked every polling_interval)");
+                let gen = self.next_gen;
+                self.next_gen += 1;
+                let task = tokio::spawn(wait_for_size(
+                    plan.wwid.clone(),
+                    gen,
+                    prepared,
+                    self.env.polling.clone(),
+                    self.tx.clone(),
+                ));
+                self.pending.push(PendingMap {
+                    plan,
+                    gen,
+                    _task: TaskGuard(task),
+                });
+                MapChange::Pending { paths }
+            }
+        }
+    }
+
+    /// Discovery, callouts and grouping (blocking work, on its own thread).
+    async fn plan(&self, cfg: Arc<Config>) -> Vec<MapPlan> {
+        let scsi = self.opts.scsi.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut devs: Vec<ScsiDevice> = match &scsi {
+                Some(opts) => {
+                    let found = discovery::discover(opts);
+                    for e in &found.errors {
+                        warn!("{e}");
+                    }
+                    info!(devices = found.devices.len(), "SCSI discovery");
+                    found.devices
+                }
+                None => Vec::new(),
+            };
+            discovery::apply_callouts(&cfg, &mut devs);
+            let friendly = bindings::friendly_names(&cfg);
+            let (plans, skipped) = assemble::plan_with(&cfg, &friendly, &devs);
+            for s in &skipped {
+                info!(path = %s.path, "not used: {}", s.reason);
+            }
+            plans
+        })
+        .await;
+        r.unwrap_or_else(|e| {
+            error!("planning maps failed: {e}");
+            Vec::new()
+        })
+    }
+
+    /// Acts on a SCSI disk's uevent: `add`/`change` (re)read the disk and
+    /// join it to its map (a new map if its WWID is new); `remove` takes
+    /// its path out. Running maps and their NBD connections stay up.
+    async fn hotplug(&mut self, ev: Uevent) {
+        match ev.action.as_str() {
+            "add" | "change" => self.hotplug_add(&ev.devname).await,
+            "remove" if self.remove_path(&ev.devname) => {
+                info!(path = %ev.devname, "hotplug: path removed");
+                self.publish();
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_path(&mut self, name: &str) -> bool {
+        self.maps.iter_mut().any(|m| m.remove_path(name))
+    }
+
+    async fn hotplug_add(&mut self, name: &str) {
+        let Some(opts) = self.opts.scsi.clone() else {
+            return;
+        };
+        let cfg = self.config.clone();
+        let n = name.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut dev = match discovery::discover_block(&opts, &n) {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            discovery::apply_callouts(&cfg, std::slice::from_mut(&mut dev));
+            let friendly = bindings::friendly_names(&cfg);
+            Ok(Some((
+                dev.clone(),
+                assemble::plan_with(&cfg, &friendly, &[dev]),
+            )))
+        })
+        .await;
+        let (dev, (plans, skipped)) = match found {
+            Ok(Ok(Some(x))) => x,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                warn!("hotplug: {e}");
+                return;
+            }
+            Err(e) => {
+                warn!("hotplug: {e}");
+                return;
+            }
+        };
+        if let Some(m) = self.maps.iter().find(|m| m.paths.contains_key(name)) {
+            if m.plan.wwid == dev.wwid {
+                return;
+            }
+            // Same name, another LUN: the old path goes first.
+            self.remove_path(name);
+        }
+        let found = plans.into_iter().find_map(|m| {
+            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
+            p.map(|p| (m, p))
+        });
+        let Some((mut mplan, pplan)) = found else {
+            let why = skipped
+                .iter()
+                .find(|s| s.path == name)
+                .map_or("not used".to_string(), |s| s.reason.clone());
+            info!(path = %name, "hotplug: not used: {why}");
+            self.publish();
+            return;
+        };
+        let prepared = lifecycle::prepare(pplan.clone(), JOIN_WAIT).await;
+        if let Some(rt) = self
+            .maps
+            .iter_mut()
+            .find(|m| m.plan.wwid == pplan.decl.wwid)
+        {
+            rt.add_path(prepared, &self.env);
+        } else if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.wwid_is(&pplan.decl.wwid))
+        {
+            // A waiting map: start over with the new path too.
+            let mut plan = self.pending.remove(i).plan;
+            plan.paths.push(pplan);
+            let paths = plan.paths.clone();
+            let prepared = lifecycle::prepare_all(paths, JOIN_WAIT).await;
+            self.start_or_wait(plan, prepared);
+        } else {
+            mplan.paths.retain(|p| p.decl.name == name);
+            info!(path = %name, map = %mplan.name, "hotplug: new map");
+            self.start_or_wait(mplan, vec![prepared]);
+        }
+        self.publish();
+    }
+
+    /// Makes the current maps what `show`, control commands and the NBD
+    /// server see.
+    fn publish(&self) {
+        let maps: Vec<PublishedMap> = self
+            .maps
+            .iter()
+            .map(|m| PublishedMap {
+                engine: m.engine.clone(),
+                paths: m
+                    .paths
+                    .iter()
+                    .map(|(name, p)| PublishedPath {
+                        name: name.clone(),
+                        id: p.id,
+                        dev: p.dev.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let exports: Vec<Arc<dyn Export>> = maps
+            .iter()
+            .map(|m| Arc::new(m.engine.clone()) as Arc<dyn Export>)
+            .collect();
+        let pending = self
+            .pending
+            .iter()
+            .map(|p| PendingView {
+                name: p.plan.name.clone(),
+                wwid: p.plan.wwid.clone(),
+                paths: p.plan.paths.iter().map(|x| x.decl.name.clone()).collect(),
+            })
+            .collect();
+        self.published.store(Arc::new(Published {
+            config: self.config.clone(),
+            maps,
+            pending,
+        }));
+        self.exports.set(exports);
+    }
+}
+
+impl PendingMap {
+    fn wwid_is(&self, wwid: &str) -> bool {
+        self.plan.wwid == wwid
+    }
+}
+
+/// The LUN's size: the smallest any prepared path reported (a warning if
+/// they differ); `None` if no path could tell.
+fn lun_size(plan: &MapPlan, prepared: &[Prepared]) -> Option<u64> {
+    let sizes: Vec<(u64, &str)> = prepared
+        .iter()
+        .filter_map(|p| p.size().map(|s| (s, p.plan.decl.name.as_str())))
+        .collect();
+    let min = sizes.iter().map(|(s, _)| *s).min()?;
+    for (s, name) in &sizes {
+        if *s != min {
+            warn!(map = %plan.name, path = %name, "path size {s} differs from {min}; using the smaller");
+        }
+    }
+    Some(min)
+}
+
+/// A waiting map's task: checks its paths every polling_interval until
+/// one tells the LUN's size, then hands them to the supervisor. Each
+/// path keeps its one checker, so a hung device never has more than one
+/// check outstanding.
+async fn wait_for_size(
+    wwid: String,
+    gen: u64,
+    mut prepared: Vec<Prepared>,
+    polling: Arc<ArcSwap<Polling>>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    loop {
+        let interval = polling.load().min;
+        let started = tokio::time::Instant::now();
+        for p in &mut prepared {
+            let timeout = lifecycle::checker_timeout(&p.plan.settings, &p.dev);
+            let task = match std::mem::replace(
+                &mut p.first,
+                First::Done(lifecycle::FirstCheck {
+                    result: crate::checker::CheckResult::new(
+                        crate::model::CheckState::Pending,
+                        "checking",
+                    ),
+                    size: None,
+                }),
+            ) {
+                First::Running(h) => h,
+                First::Done(_) => tokio::spawn(lifecycle::first_check(p.checker.clone(), timeout)),
+            };
+            p.first = First::Running(task);
+        }
+        for p in &mut prepared {
+            if let First::Running(h) = &mut p.first {
+                let left = JOIN_WAIT.saturating_sub(started.elapsed());
+                if let Ok(r) = tokio::time::timeout(left, &mut *h).await {
+                    p.first = First::Done(r.unwrap_or_else(|e| lifecycle::FirstCheck {
+                        result: crate::checker::CheckResult::new(
+                            crate::model::CheckState::Down,
+                            format!("check failed: {e}"),
+                        ),
+                        size: None,
+                    }));
+                }
+            }
+        }
+        let sizes: Vec<u64> = prepared.iter().filter_map(Prepared::size).collect();
+        if let Some(size) = sizes.into_iter().min() {
+            let _ = tx.send(Msg::MapReady {
+                wwid,
+                gen,
+                prepared,
+                size,
+            });
+            return;
+        }
+        tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+    }
+}
