@@ -147,8 +147,9 @@ pub enum Cmd {
     Demo(demo::DemoArgs),
 }
 
-/// Sets up logging: compact lines on a terminal, no timestamps or colour
-/// under journald (which adds its own).
+/// Sets up logging: no timestamps or colour under journald (which adds
+/// its own); colour only when stderr is a terminal (a log file or a pipe
+/// gets plain text).
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("UMPATH_LOG")
@@ -162,7 +163,8 @@ pub fn init_logging() {
     if journald {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.init();
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 
