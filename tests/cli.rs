@@ -2,6 +2,9 @@
 //! `show` has the documented shapes, `demo` works, reconfigure keeps a
 //! good configuration when the new one is bad.
 
+// A test crate: a failed unwrap or expect is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -11,6 +11,9 @@
 //! aside) plus the test's own multipath.conf and conf.d. The machine's
 //! /etc is never touched.
 
+// A test crate: a failed unwrap or expect is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
