@@ -2,8 +2,8 @@
 //! sectors): size, IO, FUA, discard, write-zeroes and the direct-IO probe.
 //! Needs root for losetup (CI runs as root).
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

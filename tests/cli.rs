@@ -2,8 +2,8 @@
 //! `show` has the documented shapes, `demo` works, reconfigure keeps a
 //! good configuration when the new one is bad.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,8 +1,8 @@
 //! Hostile and broken NBD clients against the real daemon: each affects
 //! only its own connection, memory stays bounded, others keep working.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,8 +1,8 @@
 //! The promise, under failure: nothing acknowledged is lost, and no error
 //! reaches a client while a path works.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

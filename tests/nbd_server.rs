@@ -5,8 +5,8 @@
 //! Missing client binaries make the tests fail (never skip):
 //! `apt-get install nbdkit libnbd-bin fio qemu-utils`.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io;
 use std::net::SocketAddr;

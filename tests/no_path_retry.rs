@@ -1,7 +1,7 @@
 //! All paths down: no_path_retry fail / queue / N, seen by a real client.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

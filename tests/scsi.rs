@@ -5,8 +5,8 @@
 //! block size as the minimum block size. Real SCSI (TUR over SG_IO, sense
 //! data) is proven in the VM harness.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -17,8 +17,8 @@
 //! when it lands. The scenario helpers are shared, so both modes assert the
 //! same behaviour.
 
-// A test crate: a failed unwrap or expect is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 mod vm;
