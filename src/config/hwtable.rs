@@ -375,7 +375,7 @@ pub fn builtin_blacklist_exceptions() -> &'static Blacklist {
 mod tests {
     use super::*;
     use crate::config::keywords::Typed;
-    use crate::config::propsel::PathIdentity;
+    use crate::config::sections::PathIdentity;
     use crate::policy::CheckerKind;
 
     #[test]
