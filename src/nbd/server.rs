@@ -1,5 +1,5 @@
 //! The NBD server: listeners on a Unix socket and/or TCP, one task per
-//! client (see [`super::conn`] for the protocol side), graceful shutdown.
+//! client (the private `conn` module is the protocol side), graceful shutdown.
 //!
 //! ```no_run
 //! # async fn demo(exports: std::sync::Arc<dyn umpath::export::ExportSet>) -> std::io::Result<()> {
