@@ -1,6 +1,9 @@
 //! The per-IO hot path of the pure core: routing a request through a map
 //! (lock-free of IO, no allocation) with each selector.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use umpath::model::{CheckState, Map, MapPolicy, NoLoad, Path, PathInfo, Time};
 use umpath::policy::{Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};

@@ -2,6 +2,9 @@
 //! sectors): size, IO, FUA, discard, write-zeroes and the direct-IO probe.
 //! Needs root for losetup (CI runs as root).
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::PathBuf;

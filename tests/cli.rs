@@ -2,6 +2,9 @@
 //! `show` has the documented shapes, `demo` works, reconfigure keeps a
 //! good configuration when the new one is bad.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::{Command, Stdio};

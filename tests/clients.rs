@@ -1,6 +1,9 @@
 //! The map served over NBD, exercised by real clients: nbdinfo, qemu-io,
 //! qemu-img and fio.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Command;

@@ -3,6 +3,9 @@
 //! configuration shaped like `multipath -t`), `show path NAME config`,
 //! reconfigure with conf.d, and user_friendly_names bindings.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Command;

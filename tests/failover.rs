@@ -1,6 +1,9 @@
 //! Failover while a client writes: no client error, data verified, and a
 //! reinstated path carries IO again.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,6 +1,9 @@
 //! io_timeout: a request stuck on a path fails the path; reads are
 //! reissued at once, writes only once their original has ended.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Stdio;

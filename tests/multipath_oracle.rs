@@ -11,6 +11,9 @@
 //! aside) plus the test's own multipath.conf and conf.d. The machine's
 //! /etc is never touched.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;

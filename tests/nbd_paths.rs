@@ -2,6 +2,9 @@
 //! front of one image, as two controllers in front of one volume. Real
 //! faulty peers: nbdkit's error filter, and killing/restarting nbdkit.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

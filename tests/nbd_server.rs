@@ -5,6 +5,9 @@
 //! Missing client binaries make the tests fail (never skip):
 //! `apt-get install nbdkit libnbd-bin fio qemu-utils`.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -718,7 +721,7 @@ fn raw_info_go_list_abort() {
             )
             .await;
         assert_eq!(fin, REP_ACK);
-        let got: Vec<InfoReply> = infos
+        let got: Vec<InfoReply<'_>> = infos
             .iter()
             .map(|p| decode_info_reply(p).unwrap())
             .collect();
@@ -1322,6 +1325,7 @@ fn fio_iops(uri: &str, job: &[&str]) -> (f64, f64) {
 /// CPU seconds used by this process (the in-process server; fio is a
 /// child and not counted).
 fn self_cpu() -> f64 {
+    // SAFETY: rusage is plain integers and timevals; all zeroes is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage only writes the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
@@ -1335,7 +1339,9 @@ fn proc_cpu(pid: u32) -> f64 {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks / hz as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

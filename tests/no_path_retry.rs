@@ -1,5 +1,8 @@
 //! All paths down: no_path_retry fail / queue / N, seen by a real client.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Stdio;

@@ -5,6 +5,9 @@
 //! block size as the minimum block size. Real SCSI (TUR over SG_IO, sense
 //! data) is proven in the VM harness.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::Path;

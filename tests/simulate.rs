@@ -1,6 +1,9 @@
 //! `umpath simulate`: the examples run clean against the real engine and
 //! write their reports; a bad scenario is a clear error.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Command;

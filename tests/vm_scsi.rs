@@ -17,6 +17,9 @@
 //! when it lands. The scenario helpers are shared, so both modes assert the
 //! same behaviour.
 
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 mod vm;
 

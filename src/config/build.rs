@@ -33,6 +33,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::data::Config;
+use super::defaults;
 use super::diag::{Diags, Span};
 use super::hwtable;
 use super::keywords::{
@@ -41,11 +43,9 @@ use super::keywords::{
 };
 use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
-use super::propsel::defaults;
 use super::sections::{
     AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
 };
-use super::Config;
 
 enum AttrCheck {
     Ok(&'static Keyword, Assignment),

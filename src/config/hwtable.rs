@@ -189,7 +189,7 @@ pub struct BuiltinBlacklist {
 /// device node except sd*, dasd* and nvme*; it does not apply to umpath's
 /// declared paths, which have no device node. Its `device` entries come
 /// from the hardware table's `product_blacklist` values (see
-/// [`builtin_blacklist_devices`]).
+/// [`Config::effective_blacklist`](crate::config::Config::effective_blacklist)).
 pub static BUILTIN_BLACKLIST: BuiltinBlacklist = BuiltinBlacklist {
     devnode: &["!^(sd[a-z]|dasd[a-z]|nvme[0-9])"],
     wwid: &[],
@@ -375,7 +375,7 @@ pub fn builtin_blacklist_exceptions() -> &'static Blacklist {
 mod tests {
     use super::*;
     use crate::config::keywords::Typed;
-    use crate::config::propsel::PathIdentity;
+    use crate::config::sections::PathIdentity;
     use crate::policy::CheckerKind;
 
     #[test]

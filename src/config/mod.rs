@@ -6,11 +6,21 @@
 //!   printer.
 //! * [`keywords`]: the table of keywords (sections, value checks,
 //!   defaults, effect in umpath).
-//! * `build` (private): syntax tree to typed [`Config`], with diagnostics.
+//! * [`defaults`]: built-in values and multipath-tools' file locations.
+//! * [`sections`]: the typed section entries and [`PathIdentity`].
 //! * [`hwtable`]: built-in device entries and blacklist.
+//! * [`paths`]: umpath's own `paths` section ([`PathDecl`]).
+//! * `data` (private): the [`Config`] type and its accessors.
+//! * `build` (private): syntax tree to typed [`Config`], with diagnostics.
 //! * [`propsel`]: property selection for a path ([`Config::resolve`]) and
 //!   blacklisting ([`Config::blacklisted`]).
-//! * [`paths`]: umpath's own `paths` section ([`PathDecl`]).
+//! * [`render`]: `multipath -t`-shaped output and explain.
+//! * [`bindings`]: user_friendly_names allocation.
+//!
+//! Dependencies run one way, down this order: `diag`, `defaults`,
+//! `bindings` (leaves); `keywords`; `parse`, `sections`; `paths`,
+//! `hwtable`; `data`; `build`, `propsel`; `render`. This file only
+//! re-exports and loads; no submodule uses it.
 //!
 //! Errors (syntax, invalid values, invalid paths) make loading fail with a
 //! [`ConfigError`] carrying every diagnostic; warnings (unknown keywords,
@@ -19,6 +29,8 @@
 
 pub mod bindings;
 mod build;
+mod data;
+pub mod defaults;
 pub mod diag;
 pub mod hwtable;
 pub mod keywords;
@@ -33,12 +45,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use data::Config;
+pub use defaults::{DEFAULT_BINDINGS_FILE, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE};
 pub use diag::{Diagnostic, Severity, Span};
 pub use keywords::{Assignment, Pattern, Section, Typed};
 pub use paths::PathDecl;
-pub use propsel::{Origin, PathIdentity, PathSettings, Setting};
+pub use propsel::{Origin, PathSettings, Setting};
 pub use sections::{
-    AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
+    AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, PathIdentity,
+    ProtocolEntry,
 };
 
 use diag::Diags;
@@ -61,40 +76,6 @@ pub const QUANTASTOR_DEVICE: &str = r#"    device {
 
 /// Largest configuration file accepted.
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
-
-/// A loaded configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub(crate) file: Arc<str>,
-    pub(crate) defaults: AttrMap,
-    pub(crate) overrides: AttrMap,
-    pub(crate) protocols: Vec<ProtocolEntry>,
-    /// The user's device entries (merged), in file order.
-    pub(crate) devices: Vec<DeviceEntry>,
-    pub(crate) multipaths: Vec<MultipathEntry>,
-    pub(crate) blacklist: Blacklist,
-    pub(crate) blacklist_exceptions: Blacklist,
-    pub(crate) paths: Vec<PathDecl>,
-    pub(crate) warnings: Vec<Diagnostic>,
-    pub(crate) polling_interval: u32,
-    pub(crate) max_polling_interval: u32,
-    /// Indices into [`hwtable::builtin_devices`] of built-in entries that
-    /// were merged into a user entry with identical strings.
-    pub(crate) folded_builtins: Vec<usize>,
-    /// The files read, main file first, then the conf.d files in order.
-    pub(crate) files: Vec<String>,
-    /// The conf.d directory (read or to be read).
-    pub(crate) config_dir: PathBuf,
-    /// Where user_friendly_names bindings are kept.
-    pub(crate) bindings_file: PathBuf,
-}
-
-/// multipath-tools' main configuration file.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/multipath.conf";
-/// multipath-tools' conf.d directory.
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/multipath/conf.d";
-/// multipath-tools' bindings file.
-pub const DEFAULT_BINDINGS_FILE: &str = "/etc/multipath/bindings";
 
 /// Loading failed. Carries every diagnostic (errors and warnings);
 /// displayed one per line.
@@ -179,7 +160,7 @@ fn parse_files_with(
         diags.push(d);
     }
     let mut cfg = build::build(&docs, &mut diags);
-    cfg.derive_paths(base);
+    derive_paths(&mut cfg, base);
     let failed = diags.has_errors();
     let mut all = diags.into_vec();
     // By file (in reading order), then line; file-level notes (line 0)
@@ -355,77 +336,19 @@ fn load_main(path: &Path, main: String) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
-impl Default for Config {
-    /// The configuration of an empty file: built-in values only.
-    fn default() -> Self {
-        let mut cfg = Config::empty(Arc::from("(none)"));
-        cfg.polling_interval = propsel::defaults::POLLING_INTERVAL;
-        cfg.max_polling_interval = 4 * propsel::defaults::POLLING_INTERVAL;
-        cfg
-    }
+/// Fills `config_dir` and `bindings_file` from the keywords, else from
+/// the main file's location (`base`), else multipath-tools' defaults.
+fn derive_paths(cfg: &mut Config, base: Option<&Path>) {
+    let set = |k: &str| cfg.defaults.get(k).map(|a| PathBuf::from(a.text.as_str()));
+    cfg.config_dir = set("config_dir")
+        .or_else(|| base.map(default_config_dir))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
+    cfg.bindings_file = set("bindings_file")
+        .or_else(|| base.map(default_bindings_file))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BINDINGS_FILE));
 }
 
 impl Config {
-    pub(crate) fn empty(file: Arc<str>) -> Self {
-        Config {
-            file,
-            defaults: AttrMap::new(),
-            overrides: AttrMap::new(),
-            protocols: Vec::new(),
-            devices: Vec::new(),
-            multipaths: Vec::new(),
-            blacklist: Blacklist::default(),
-            blacklist_exceptions: Blacklist::default(),
-            paths: Vec::new(),
-            warnings: Vec::new(),
-            polling_interval: propsel::defaults::POLLING_INTERVAL,
-            max_polling_interval: 4 * propsel::defaults::POLLING_INTERVAL,
-            folded_builtins: Vec::new(),
-            files: Vec::new(),
-            config_dir: PathBuf::from(DEFAULT_CONFIG_DIR),
-            bindings_file: PathBuf::from(DEFAULT_BINDINGS_FILE),
-        }
-    }
-
-    /// Fills `config_dir` and `bindings_file` from the keywords, else from
-    /// the main file's location (`base`), else multipath-tools' defaults.
-    fn derive_paths(&mut self, base: Option<&Path>) {
-        let set = |k: &str| self.defaults.get(k).map(|a| PathBuf::from(a.text.as_str()));
-        self.config_dir = set("config_dir")
-            .or_else(|| base.map(default_config_dir))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
-        self.bindings_file = set("bindings_file")
-            .or_else(|| base.map(default_bindings_file))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_BINDINGS_FILE));
-    }
-
-    /// Every file read, main file first, then conf.d files in order.
-    pub fn files(&self) -> &[String] {
-        &self.files
-    }
-
-    /// The conf.d directory (`config_dir`).
-    pub fn config_dir(&self) -> &Path {
-        &self.config_dir
-    }
-
-    /// The user_friendly_names bindings file (`bindings_file`).
-    pub fn bindings_file(&self) -> &Path {
-        &self.bindings_file
-    }
-
-    /// The device entries in multipath-tools' table order: the built-in
-    /// entries (without those merged into a user entry), then the user's
-    /// (merged) entries. Later entries take precedence.
-    pub fn hwtable(&self) -> impl DoubleEndedIterator<Item = &DeviceEntry> + '_ {
-        hwtable::builtin_devices()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.folded_builtins.binary_search(i).is_err())
-            .map(|(_, d)| d)
-            .chain(self.devices.iter())
-    }
-
     /// See [`load`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         load(path)
@@ -434,108 +357,6 @@ impl Config {
     /// See [`parse_str`].
     pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
         parse_str(text, file_name)
-    }
-
-    /// The file this configuration was read from.
-    pub fn file(&self) -> &str {
-        &self.file
-    }
-
-    /// Seconds between path checks (default 5).
-    pub fn polling_interval(&self) -> u32 {
-        self.polling_interval
-    }
-
-    /// umpath's io_timeout in seconds (`defaults` only; 0: no limit;
-    /// default 30, the usual SCSI command timeout).
-    pub fn io_timeout(&self) -> u32 {
-        match self.defaults.get("io_timeout") {
-            Some(Assignment {
-                value: Typed::UInt(v),
-                ..
-            }) => *v,
-            _ => 30,
-        }
-    }
-
-    /// `queue_without_daemon` (default no): keep IO held by no_path_retry
-    /// queued while the daemon stops, until the stop's drain bound.
-    pub fn queue_without_daemon(&self) -> bool {
-        matches!(
-            self.defaults.get("queue_without_daemon"),
-            Some(Assignment {
-                value: Typed::Bool(true),
-                ..
-            })
-        )
-    }
-
-    /// Longest interval between checks of a healthy path (default
-    /// 4 * polling_interval).
-    pub fn max_polling_interval(&self) -> u32 {
-        self.max_polling_interval
-    }
-
-    /// `verbosity` (0 to 6, default 2).
-    pub fn verbosity(&self) -> u32 {
-        match self.defaults.get("verbosity") {
-            Some(Assignment {
-                value: Typed::UInt(v),
-                ..
-            }) => *v,
-            _ => propsel::defaults::VERBOSITY,
-        }
-    }
-
-    /// The declared paths, in file order.
-    pub fn paths(&self) -> &[PathDecl] {
-        &self.paths
-    }
-
-    /// The declared path called `name`.
-    pub fn path(&self, name: &str) -> Option<&PathDecl> {
-        self.paths.iter().find(|p| p.name == name)
-    }
-
-    /// Warnings found while loading (errors make loading fail).
-    pub fn warnings(&self) -> &[Diagnostic] {
-        &self.warnings
-    }
-
-    /// The `defaults` section.
-    pub fn defaults(&self) -> &AttrMap {
-        &self.defaults
-    }
-
-    /// The `overrides` section (without protocol subsections).
-    pub fn overrides(&self) -> &AttrMap {
-        &self.overrides
-    }
-
-    /// `overrides { protocol {} }` entries.
-    pub fn protocols(&self) -> &[ProtocolEntry] {
-        &self.protocols
-    }
-
-    /// The user's device entries (after merging identical ones), in file
-    /// order. Built-in ones: [`hwtable::builtin_devices`].
-    pub fn devices(&self) -> &[DeviceEntry] {
-        &self.devices
-    }
-
-    /// The `multipaths` entries (after merging), in file order.
-    pub fn multipaths(&self) -> &[MultipathEntry] {
-        &self.multipaths
-    }
-
-    /// The user's `blacklist` (built-in: [`hwtable::builtin_blacklist`]).
-    pub fn blacklist(&self) -> &Blacklist {
-        &self.blacklist
-    }
-
-    /// The user's `blacklist_exceptions`.
-    pub fn blacklist_exceptions(&self) -> &Blacklist {
-        &self.blacklist_exceptions
     }
 }
 

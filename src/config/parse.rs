@@ -15,7 +15,7 @@
 //!
 //! The parser knows nothing about keywords except which names are always
 //! sections (to say "missing '{'" rather than "missing value"); meaning is
-//! given by [`super::build`]. It never panics, does not recurse, caps the
+//! given by the private `build` module. It never panics, does not recurse, caps the
 //! nesting depth at [`MAX_DEPTH`] and keeps going after errors so that one
 //! run reports as many problems as possible.
 

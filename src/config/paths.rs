@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::diag::Span;
-use super::propsel::PathIdentity;
+use super::sections::PathIdentity;
 
 /// Transports umpath knows, with the extra keywords each one takes (kept
 /// in [`PathDecl::extra`]).

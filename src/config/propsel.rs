@@ -19,19 +19,14 @@ use std::fmt;
 
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
 
-use super::keywords::Pattern;
-use super::keywords::{canonical, Assignment, Typed};
-use super::sections::{Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry};
-use super::{hwtable, Config};
-
-/// What a path is, as far as configuration is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathIdentity<'a> {
-    pub vendor: &'a str,
-    pub product: &'a str,
-    pub revision: &'a str,
-    pub wwid: &'a str,
-}
+use super::data::Config;
+use super::defaults;
+use super::diag::Span;
+use super::hwtable;
+use super::keywords::{canonical, Assignment, Pattern, Typed};
+use super::sections::{
+    Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, PathIdentity,
+};
 
 /// Where a setting's value came from. `file`/`line` point at the line
 /// that set the value.
@@ -166,27 +161,6 @@ pub struct PathSettings {
     /// request-based maps only use `rr_min_io_rq`, and current kernels
     /// ignore both; umpath honours them.)
     pub repeat_count: Setting<u32>,
-}
-
-/// Built-in defaults (multipath-tools 0.9.x, `multipath -t`).
-pub mod defaults {
-    use super::*;
-    pub const PATH_GROUPING_POLICY: GroupingPolicy = GroupingPolicy::Failover;
-    pub const PATH_SELECTOR: SelectorKind = SelectorKind::ServiceTime;
-    pub const RR_MIN_IO: u32 = 1000;
-    pub const RR_MIN_IO_RQ: u32 = 1;
-    pub const RR_WEIGHT: RrWeight = RrWeight::Uniform;
-    pub const FAILBACK: Failback = Failback::Manual;
-    pub const PATH_CHECKER: CheckerKind = CheckerKind::Tur;
-    pub const NO_PATH_RETRY: NoPathRetry = NoPathRetry::Fail;
-    pub const PRIO: &str = "const";
-    pub const PRIO_ARGS: &str = "";
-    pub const FEATURES: &str = "0";
-    pub const USER_FRIENDLY_NAMES: bool = false;
-    pub const ALIAS_PREFIX: &str = "mpath";
-    pub const UID_ATTRIBUTE: &str = "ID_SERIAL";
-    pub const POLLING_INTERVAL: u32 = 5;
-    pub const VERBOSITY: u32 = 2;
 }
 
 /// Precedence of an origin: level (higher is stronger) and, within the
@@ -590,7 +564,7 @@ impl Config {
     }
 }
 
-fn is_builtin_span_of(span: &super::Span) -> bool {
+fn is_builtin_span_of(span: &Span) -> bool {
     span.line == 0 && &*span.file == hwtable::BUILTIN_HWTABLE_FILE
 }
 

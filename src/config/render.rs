@@ -12,11 +12,11 @@ use std::fmt::Write as _;
 
 use crate::policy::{Failback, NoPathRetry};
 
+use super::data::Config;
 use super::keywords::{lookup, Section, Typed, KEYWORDS};
 use super::parse::quote_value;
-use super::propsel::{Origin, PathIdentity};
-use super::sections::{AttrMap, Blacklist};
-use super::Config;
+use super::propsel::Origin;
+use super::sections::{AttrMap, Blacklist, PathIdentity};
 
 /// Keywords of the `defaults` section in print order, and whether they
 /// are printed when unset (with their default). Keywords multipath-tools

@@ -1,11 +1,20 @@
 //! The typed contents of the sections: attribute maps, device entries,
-//! multipath entries and blacklists.
+//! multipath entries and blacklists, and the [`PathIdentity`] that entries
+//! match against.
 
 use std::collections::BTreeMap;
 
 use super::diag::Span;
 use super::keywords::{Assignment, Pattern};
-use super::propsel::PathIdentity;
+
+/// What a path is, as far as configuration is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathIdentity<'a> {
+    pub vendor: &'a str,
+    pub product: &'a str,
+    pub revision: &'a str,
+    pub wwid: &'a str,
+}
 
 /// The attributes set in one section, by canonical keyword name.
 pub type AttrMap = BTreeMap<&'static str, Assignment>;

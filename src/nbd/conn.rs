@@ -23,7 +23,6 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn, Instrument, Span};
 
 use super::proto::{self, *};
-use super::server::Limits;
 use super::unaligned::Unaligned;
 use crate::export::{Completion, Export, ExportSet, IoError, Op, ReplySender, Request};
 
@@ -35,6 +34,26 @@ const WRITE_BUF: usize = 256 * 1024;
 const SMALL_BUF: usize = 256 * 1024;
 /// Bytes of larger pooled buffers kept per connection.
 const LARGE_POOL_BYTES: usize = 64 * 1024 * 1024;
+
+/// Per-connection resource bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in flight per connection; the reader stops reading new
+    /// requests when this many are unanswered.
+    pub max_inflight: usize,
+    /// Buffer bytes (read and write payloads) in flight per connection. A
+    /// single request larger than this is still admitted, alone.
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inflight: 128,
+            max_inflight_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
 
 /// Everything a connection needs from its server.
 pub(crate) struct ConnEnv {

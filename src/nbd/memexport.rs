@@ -142,32 +142,37 @@ impl MemExportBuilder {
             caps: self.caps,
             stats: MemStats::default(),
         });
+        // A worker that cannot be spawned is logged; with no worker at all
+        // the export completes inline.
+        let spawn = |name: String, work: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(work)
+                .map_err(|e| tracing::warn!("memexport: cannot spawn a worker: {e}; fewer workers"))
+                .is_ok()
+        };
         let queue = match self.mode {
             CompletionMode::Inline => None,
             CompletionMode::Threaded(n) => {
                 let (tx, rx) = crossbeam::channel::unbounded::<Request>();
+                let mut spawned = 0;
                 for i in 0..n.max(1) {
                     let rx = rx.clone();
                     let inner = inner.clone();
-                    std::thread::Builder::new()
-                        .name(format!("memexport-{i}"))
-                        .spawn(move || {
-                            for req in rx.iter() {
-                                inner.serve(req);
-                            }
-                        })
-                        .expect("spawn memexport worker");
+                    let work = Box::new(move || {
+                        for req in rx.iter() {
+                            inner.serve(req);
+                        }
+                    });
+                    spawned += usize::from(spawn(format!("memexport-{i}"), work));
                 }
-                Some(tx)
+                (spawned > 0).then_some(tx)
             }
             CompletionMode::Reversed(batch) => {
                 let (tx, rx) = crossbeam::channel::unbounded::<Request>();
                 let inner = inner.clone();
-                std::thread::Builder::new()
-                    .name("memexport-rev".into())
-                    .spawn(move || reverse_worker(&inner, &rx, batch.max(1)))
-                    .expect("spawn memexport worker");
-                Some(tx)
+                let work = Box::new(move || reverse_worker(&inner, &rx, batch.max(1)));
+                spawn("memexport-rev".into(), work).then_some(tx)
             }
         };
         MemExport {

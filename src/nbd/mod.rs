@@ -5,6 +5,11 @@
 //! ABORT, STRUCTURED_REPLY) and answers READ, WRITE, FLUSH, TRIM,
 //! WRITE_ZEROES and DISC, with simple or structured replies, out of order.
 //! [`memexport`] is a small in-memory export for tests and benchmarks.
+//!
+//! Module dependencies run one way: `server` (listeners, accept loop)
+//! uses `conn` (one connection: handshake, reader, writer, its
+//! [`Limits`]), which uses `proto` and `unaligned`; `proto`, `uri` and
+//! `memexport` use nothing else in `nbd`.
 
 mod conn;
 pub mod memexport;
@@ -13,4 +18,5 @@ pub mod server;
 mod unaligned;
 pub mod uri;
 
-pub use server::{Limits, NbdServer, ServerConfig};
+pub use conn::Limits;
+pub use server::{NbdServer, ServerConfig};

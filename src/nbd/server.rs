@@ -1,5 +1,5 @@
 //! The NBD server: listeners on a Unix socket and/or TCP, one task per
-//! client (see [`super::conn`] for the protocol side), graceful shutdown.
+//! client (the private `conn` module is the protocol side), graceful shutdown.
 //!
 //! ```no_run
 //! # async fn demo(exports: std::sync::Arc<dyn umpath::export::ExportSet>) -> std::io::Result<()> {
@@ -31,28 +31,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub use super::conn::Limits;
 use super::conn::{self, shutdown_requested, ConnEnv};
 use crate::export::ExportSet;
-
-/// Per-connection resource bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Requests in flight per connection; the reader stops reading new
-    /// requests when this many are unanswered.
-    pub max_inflight: usize,
-    /// Buffer bytes (read and write payloads) in flight per connection. A
-    /// single request larger than this is still admitted, alone.
-    pub max_inflight_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_inflight: 128,
-            max_inflight_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
 
 /// Where to listen.
 #[derive(Debug, Clone, Default)]
