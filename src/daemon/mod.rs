@@ -30,7 +30,7 @@ use crate::control::{self, Command, Response, ShowWhat};
 use crate::discovery::{self, DiscoverOptions, ScsiDevice};
 use crate::engine::{Clock, MapEngine, MapInfo, MapSnapshot};
 use crate::export::{Export, ExportSet};
-use crate::model::{CheckState, Map, Path as ModelPath};
+use crate::model::{CheckState, Map, Path as ModelPath, PathId};
 use crate::nbd::server::{Limits, NbdServer, ServerConfig};
 use crate::nbd::uri::NbdUri;
 use crate::transport::fault::FaultSpec;
@@ -76,7 +76,7 @@ pub enum DaemonError {
 /// A path at work: its device, checker and resolved settings.
 struct PathRt {
     map: String,
-    id: usize,
+    id: PathId,
     dev: Arc<PathDev>,
     settings: PathSettings,
     checker: JoinHandle<()>,
@@ -578,10 +578,11 @@ impl Daemon {
             product: plan.product.clone(),
             size,
         };
-        let engine = MapEngine::start(info, map, devs.clone(), self.clock);
+        let engine = MapEngine::start(info, map, devs.clone(), self.clock.clone());
         engine.set_io_timeout(io_timeout(&st.config));
         info!(map = %plan.name, wwid = %plan.wwid, size, paths = plan.paths.len(), policy = %plan.policy.grouping, selector = %plan.policy.selector, rr_min_io = plan.policy.repeat, "map assembled");
-        for (id, (p, dev)) in plan.paths.iter().zip(devs).enumerate() {
+        for (i, (p, dev)) in plan.paths.iter().zip(devs).enumerate() {
+            let id = PathId::new(i);
             let checker = spawn_checker(self.clone(), engine.clone(), id, p, dev.clone());
             st.paths.insert(
                 p.decl.name.clone(),
@@ -628,7 +629,7 @@ impl Daemon {
     async fn find_path(
         &self,
         name: &str,
-    ) -> Result<(MapEngine, usize, Arc<PathDev>, PathSettings), Response> {
+    ) -> Result<(MapEngine, PathId, Arc<PathDev>, PathSettings), Response> {
         let st = self.state.lock().await;
         let Some(p) = st.paths.get(name) else {
             let known: Vec<&str> = st.paths.keys().map(String::as_str).collect();
@@ -737,7 +738,7 @@ fn checker_timeout(s: &PathSettings, dev: &PathDev) -> Duration {
 fn spawn_checker(
     daemon: Arc<Daemon>,
     engine: MapEngine,
-    id: usize,
+    id: PathId,
     p: &PathPlan,
     dev: Arc<PathDev>,
 ) -> JoinHandle<()> {
