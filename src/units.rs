@@ -123,7 +123,10 @@ mod tests {
     fn prio_average_and_weight() {
         assert_eq!(Prio::average([]), Prio(0));
         assert_eq!(Prio::average([Prio(50), Prio(10)]), Prio(30));
-        assert_eq!(Prio::average([Prio(i32::MAX), Prio(i32::MAX)]), Prio(i32::MAX));
+        assert_eq!(
+            Prio::average([Prio(i32::MAX), Prio(i32::MAX)]),
+            Prio(i32::MAX)
+        );
         assert_eq!(Prio(0).weight(), 1);
         assert_eq!(Prio(-1).weight(), 1);
         assert_eq!(Prio(7).weight(), 7);

@@ -36,7 +36,11 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
     for s in maps {
         for (i, p) in s.map.paths().iter().enumerate().filter(|(_, p)| !p.removed) {
             let c = &s.paths[i];
-            let group = s.map.groups().iter().position(|g| g.members.contains(&PathId::new(i)));
+            let group = s
+                .map
+                .groups()
+                .iter()
+                .position(|g| g.members.contains(&PathId::new(i)));
             out.push(json!({
                 "name": p.info.name,
                 "map": s.info.name,

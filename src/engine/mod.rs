@@ -259,9 +259,8 @@ impl MapEngine {
             let rt = st.paths.get(path.index());
             let stuck = rt.map_or(0, |p| p.inflight.stuck());
             if state.is_usable() && stuck > 0 {
-                let why = format!(
-                    "{stuck} request(s) stuck past io_timeout; reinstated when they end"
-                );
+                let why =
+                    format!("{stuck} request(s) stuck past io_timeout; reinstated when they end");
                 if let Some(p) = rt {
                     debug!(map = %map_name, path = %p.name, "check passed, not reinstated: {why}");
                 }
@@ -382,7 +381,7 @@ impl MapEngine {
     /// and any request that would need routing again (a retry after a
     /// path error, a reissue after io_timeout). IO already on a path
     /// completes normally; each path's IO threads exit once their queue is
-    /// drained. [`MapEngine::closed`] receivers see `true`. Idempotent.
+    /// drained. [`Export::closed`] receivers see `true`. Idempotent.
     pub fn close(&self) {
         let held: Vec<Request> = {
             let mut st = self.inner.state.lock();
@@ -402,16 +401,10 @@ impl MapEngine {
         self.inner.closed_tx.send_replace(true);
     }
 
-    /// True once [`MapEngine::close`] was called.
+    /// True once [`MapEngine::close`] was called. Front-ends watch for it
+    /// with [`Export::closed`].
     pub fn is_closed(&self) -> bool {
         *self.inner.closed_tx.borrow()
-    }
-
-    /// Watches for [`MapEngine::close`]: the value turns `true` when the
-    /// map is closed. (If the engine itself is dropped, `changed()` fails:
-    /// treat that as closed too.)
-    pub fn closed(&self) -> watch::Receiver<bool> {
-        self.inner.closed_tx.subscribe()
     }
 
     /// Requests in flight on any path, plus held ones.
@@ -810,7 +803,9 @@ impl Export for MapEngine {
         self.inner.dispatch(req, 0);
     }
 
+    /// Turns `true` on [`MapEngine::close`]; fails (`changed()`) if the
+    /// engine is dropped, which means the same.
     fn closed(&self) -> Option<watch::Receiver<bool>> {
-        Some(MapEngine::closed(self))
+        Some(self.inner.closed_tx.subscribe())
     }
 }

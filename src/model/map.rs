@@ -8,12 +8,12 @@ use super::path::PathInfo;
 use std::time::Duration;
 
 use super::path::{CheckState, DmState, Path};
-use crate::units::{PathId, Prio, Time};
 use crate::policy::failback::{self, FailbackState, GroupView, Trigger};
 use crate::policy::grouping::{group_paths, GroupKey};
 use crate::policy::no_path_retry::{Disposition, NoPathPolicy, NoPathState, Transition};
 use crate::policy::selector::{PathView, Selector};
 use crate::policy::{Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+use crate::units::{PathId, Prio, Time};
 
 /// The policy settings a map runs with (resolved from multipath.conf).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,10 +421,11 @@ impl Map {
 
     /// An admin switches to group `g` (multipathd's `switch group`).
     pub fn switch_group(&mut self, g: usize) -> Vec<MapEvent> {
-        let usable = self
-            .groups
-            .get(g)
-            .is_some_and(|grp| grp.members.iter().any(|&id| self.paths[id.index()].usable()));
+        let usable = self.groups.get(g).is_some_and(|grp| {
+            grp.members
+                .iter()
+                .any(|&id| self.paths[id.index()].usable())
+        });
         if !usable || self.current == Some(g) {
             return Vec::new();
         }
@@ -863,7 +864,9 @@ mod tests {
             T0,
         );
         m.admin_fail(pid(0), T0);
-        assert!(m.check_result(pid(0), CheckState::Up, "", Time(1000)).is_empty());
+        assert!(m
+            .check_result(pid(0), CheckState::Up, "", Time(1000))
+            .is_empty());
         assert_eq!(m.paths()[0].dm, DmState::Failed);
         let ev = m.admin_reinstate(pid(0), Time(2000));
         assert_eq!(ev, vec![MapEvent::PathReinstated { path: pid(0) }]);

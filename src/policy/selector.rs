@@ -67,7 +67,8 @@ impl Selector {
             }
             Selector::ServiceTime(r) => r.select_min(members, view, |v, id| {
                 // (bytes + 1) / weight, compared without division.
-                (v.in_flight_bytes(id) + 1).saturating_mul(1_000_000 / u64::from(v.prio(id).weight()))
+                (v.in_flight_bytes(id) + 1)
+                    .saturating_mul(1_000_000 / u64::from(v.prio(id).weight()))
             }),
         }
     }
