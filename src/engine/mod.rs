@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::export::{BlockSizes, Export, ExportCaps, IoError, Op, Request};
-use crate::model::{CheckState, LoadView, Map, MapEvent, MapPolicy, Route, SwitchReason};
+use crate::model::{CheckState, LoadView, Map, MapEvent, MapPolicy, Path, Route, SwitchReason};
 use crate::policy::no_path_retry::Disposition;
 use crate::transport::{ErrorClass, IoOp, PathDev, TransportError};
 use crate::units::{duration_ms, PathId, Time};
@@ -161,8 +161,27 @@ pub struct MapEngine {
 pub struct MapSnapshot {
     pub info: MapInfo,
     pub map: Map,
+    /// Counters of every path, by id (`paths[id.index()]`); prefer
+    /// [`MapSnapshot::path`] and [`MapSnapshot::live_paths`].
     pub paths: Vec<PathCounters>,
     pub held: usize,
+}
+
+impl MapSnapshot {
+    /// Path `id` with its counters.
+    pub fn path(&self, id: PathId) -> Option<(&Path, &PathCounters)> {
+        Some((self.map.path(id)?, self.paths.get(id.index())?))
+    }
+
+    /// The paths that are part of the map (tombstones of removed paths
+    /// left out), with their ids and counters, in id order.
+    pub fn live_paths(&self) -> impl Iterator<Item = (PathId, &Path, &PathCounters)> {
+        self.map
+            .iter_paths()
+            .zip(&self.paths)
+            .filter(|((_, p), _)| !p.removed)
+            .map(|((id, p), c)| (id, p, c))
+    }
 }
 
 /// A path's counters for `show` commands.
@@ -283,7 +302,7 @@ impl MapEngine {
 
     /// A path joins the running map (hotplug): its IO threads start and it
     /// is grouped at once. Returns its id.
-    pub fn add_path(&self, path: crate::model::Path, dev: Arc<PathDev>) -> PathId {
+    pub fn add_path(&self, path: Path, dev: Arc<PathDev>) -> PathId {
         let now = self.now();
         let weak = Arc::downgrade(&self.inner);
         let name = path.info.name.clone();

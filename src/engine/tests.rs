@@ -513,7 +513,10 @@ fn a_removed_path_releases_its_io_threads_and_keeps_its_id() {
     r.scripts.push(script);
     let served = r.serving_paths(4);
     assert!(served.contains(&2) && !served.contains(&1), "{served:?}");
-    assert_eq!(r.engine.snapshot().paths.len(), 3);
+    let snap = r.engine.snapshot();
+    let live: Vec<PathId> = snap.live_paths().map(|(id, _, _)| id).collect();
+    assert_eq!(live, vec![pid(0), pid(2)]);
+    assert!(snap.path(pid(1)).is_some_and(|(p, _)| p.removed));
 }
 
 #[test]
