@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use umpath::model::{CheckState, Map, MapPolicy, NoLoad, Path, PathInfo, Time};
+use umpath::model::{CheckState, Map, MapPolicy, NoLoad, Path, PathId, PathInfo, Time};
 use umpath::policy::{Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
 
 fn map(n: usize, selector: SelectorKind, repeat: u32) -> Map {
@@ -29,7 +29,7 @@ fn map(n: usize, selector: SelectorKind, repeat: u32) -> Map {
         rr_weight: RrWeight::Uniform,
         failback: Failback::Immediate,
         no_path_retry: NoPathRetry::Fail,
-        polling_interval: 5,
+        polling_interval: std::time::Duration::from_secs(5),
     };
     Map::new("m".into(), "w".into(), paths, policy, Time(0)).0
 }
@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
     }
     // A map with one of two paths failed: the selector skips it every time.
     let mut m = map(2, SelectorKind::RoundRobin, 1);
-    m.fail_path(0, "EIO", Time(0));
+    m.fail_path(PathId::new(0), "EIO", Time(0));
     g.bench_function("round-robin/1 of 2 failed", |b| {
         b.iter(|| black_box(m.route(&NoLoad)))
     });

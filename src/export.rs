@@ -168,6 +168,15 @@ pub trait Export: Send + Sync + 'static {
     /// through [`Request::complete`], possibly from another thread. The
     /// front-end has already checked bounds and alignment.
     fn submit(&self, req: Request);
+    /// Tells front-ends when the export goes away for good (its map was
+    /// removed from the configuration): the value turns `true`, and from
+    /// then on every request fails with [`IoError::Shutdown`]. A front-end
+    /// should end its sessions on the export then (after answering what
+    /// is in flight). A dropped sender (`changed()` fails) means the same.
+    /// `None` (the default): the export never closes by itself.
+    fn closed(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// The set of exports a front-end serves; it changes on reconfigure.

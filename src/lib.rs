@@ -6,7 +6,8 @@
 //!   [`config`] (multipath.conf parsing, hardware table, property selection
 //!   with origins), [`model`] (paths, path groups, maps and their state
 //!   machines) and [`policy`] (path selectors, grouping, failback,
-//!   no_path_retry). Time is always passed in, never read.
+//!   no_path_retry), over the leaf value types of [`units`] (`Time`,
+//!   `PathId`, `Prio`). Time is always passed in, never read.
 //! * **Edges**: [`transport`] (file, later SCSI/NBD/iSCSI) behind one small
 //!   IO interface, [`checker`] (path probes), [`engine`] (per-map IO
 //!   dispatch with retry on another path), [`nbd`] (pure protocol codec plus
@@ -33,4 +34,5 @@ pub mod policy;
 pub mod scsi;
 pub mod sim;
 pub mod transport;
+pub mod units;
 pub mod unixsock;

@@ -15,6 +15,7 @@
 //! - a map removed by reconfigure ends its connections after in-flight IO.
 //!
 //! Each test prints its figures (`--no-capture` to see them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -1104,7 +1105,7 @@ fn a_map_removed_by_reconfigure_ends_its_connections_after_inflight_io() {
     make_image(&img0, 16 << 20);
     make_image(&img1, 16 << 20);
     let defaults = "    polling_interval 1\n    checker_timeout 5";
-    let lun0 = vec![
+    let lun0 = [
         lun_path("a0", &img0, WWID, ""),
         lun_path("a1", &img0, WWID, ""),
     ];

@@ -96,7 +96,7 @@ pub fn map_policy(cfg: &Config, s: &PathSettings) -> MapPolicy {
         rr_weight: s.rr_weight.value,
         failback: s.failback.value,
         no_path_retry: s.no_path_retry.value,
-        polling_interval: cfg.polling_interval(),
+        polling_interval: std::time::Duration::from_secs(u64::from(cfg.polling_interval())),
     }
 }
 
@@ -274,7 +274,7 @@ paths {
         assert_eq!(m.policy.selector, SelectorKind::RoundRobin);
         assert_eq!(m.policy.repeat, 100);
         assert_eq!(m.policy.failback, Failback::Immediate);
-        assert_eq!(m.policy.polling_interval, 2);
+        assert_eq!(m.policy.polling_interval, std::time::Duration::from_secs(2));
         // No device entry, no alias: multipath-tools defaults, named by WWID.
         let o = &maps[1];
         assert_eq!(o.name, "36000c29other");

@@ -164,7 +164,7 @@ impl Daemon {
         let mut sup = Supervisor::new(
             opts.clone(),
             cfg.clone(),
-            clock,
+            clock.clone(),
             shutdown_rx.clone(),
             published.clone(),
             exports.clone(),

@@ -87,7 +87,7 @@ impl MapRuntime {
             size,
         };
         let devs: Vec<Arc<PathDev>> = prepared.iter().map(|p| p.dev.clone()).collect();
-        let engine = MapEngine::start(info, map, devs, env.clock);
+        let engine = MapEngine::start(info, map, devs, env.clock.clone());
         engine.set_io_timeout(env.io_timeout);
         info!(map = %plan.name, wwid = %plan.wwid, size, paths = prepared.len(), policy = %plan.policy.grouping, selector = %plan.policy.selector, rr_min_io = plan.policy.repeat, "map assembled");
         let mut rt = MapRuntime {
@@ -99,7 +99,7 @@ impl MapRuntime {
             paths: BTreeMap::new(),
         };
         for (i, p) in prepared.into_iter().enumerate() {
-            let id = PathId::from(i);
+            let id = PathId::new(i);
             rt.track(id, p, env);
         }
         rt
@@ -198,7 +198,7 @@ impl MapRuntime {
     /// its clients are disconnected once answered. Checkers stop.
     pub fn stop(self) {
         info!(map = %self.plan.name, "stopping map");
-        self.engine.shutdown();
+        self.engine.close();
         for rt in self.paths.values() {
             rt.dev.faults.clear();
         }

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::engine::MapSnapshot;
-use crate::model::DmState;
+use crate::model::{DmState, PathId};
 
 /// Sizes the way multipath -ll prints them: from KiB up, one decimal
 /// below 10 ("1.0G", "16M", "0.5K").
@@ -36,7 +36,11 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
     for s in maps {
         for (i, p) in s.map.paths().iter().enumerate().filter(|(_, p)| !p.removed) {
             let c = &s.paths[i];
-            let group = s.map.groups().iter().position(|g| g.members.contains(&i));
+            let group = s
+                .map
+                .groups()
+                .iter()
+                .position(|g| g.members.contains(&PathId::new(i)));
             out.push(json!({
                 "name": p.info.name,
                 "map": s.info.name,
@@ -78,7 +82,7 @@ pub fn maps_json(maps: &[MapSnapshot]) -> Value {
                             "policy": pol.selector.to_string(),
                             "prio": g.prio,
                             "status": g.status.as_str(),
-                            "paths": g.members.iter().map(|&id| s.map.paths()[id].info.name.clone()).collect::<Vec<_>>(),
+                            "paths": g.members.iter().map(|&id| s.map.paths()[id.index()].info.name.clone()).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
@@ -221,7 +225,7 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
                 g.status.as_str()
             ));
             for (pi, &id) in g.members.iter().enumerate() {
-                let p = &s.map.paths()[id];
+                let p = &s.map.paths()[id.index()];
                 let branch = if pi + 1 == g.members.len() {
                     "`-"
                 } else {
@@ -230,10 +234,10 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
                 out.push_str(&format!(
                     "{gindent}{branch} {} {} {} {} {}\n",
                     p.info.name,
-                    s.paths[id].transport,
+                    s.paths[id.index()].transport,
                     p.dm.as_str(),
                     p.check.as_str(),
-                    dev_state(s, id),
+                    dev_state(s, id.index()),
                 ));
             }
         }

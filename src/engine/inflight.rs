@@ -14,10 +14,12 @@
 //!   after that acknowledgement can never be overwritten by a stale copy
 //!   landing late. The cost: a client's write stalls while its path hangs.
 
+use std::time::Duration;
+
 use parking_lot::Mutex;
 
 use crate::export::{Op, ReplySender, Request};
-use crate::model::Time;
+use crate::units::Time;
 
 /// Where a registered request sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +118,15 @@ impl Inflight {
         }
     }
 
-    /// Marks requests older than `timeout_ms` as timed out (once each) and
-    /// returns them, reads and flushes with a request to reissue.
-    pub(super) fn expire(&self, now: Time, timeout_ms: u64) -> Vec<Expired> {
+    /// Marks requests outstanding for `timeout` or longer as timed out
+    /// (once each) and returns them, reads and flushes with a request to
+    /// reissue.
+    pub(super) fn expire(&self, now: Time, timeout: Duration) -> Vec<Expired> {
         let mut out = Vec::new();
         let mut s = self.slots.lock();
         for (_, e) in s.entries.iter_mut() {
             let Some(e) = e else { continue };
-            if e.timed_out || now.since(e.started) < timeout_ms {
+            if e.timed_out || now.elapsed_since(e.started) < timeout {
                 continue;
             }
             e.timed_out = true;
@@ -160,6 +163,8 @@ impl Inflight {
 mod tests {
     use super::*;
 
+    const SEC: Duration = Duration::from_secs(1);
+
     fn req(op: Op, tx: &ReplySender) -> Request {
         Request {
             op,
@@ -177,8 +182,8 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let f = Inflight::default();
         let t = f.register(&req(Op::Read, &tx), Time(0));
-        assert!(f.expire(Time(999), 1000).is_empty());
-        let ex = f.expire(Time(1000), 1000);
+        assert!(f.expire(Time(999), SEC).is_empty());
+        let ex = f.expire(Time(1000), SEC);
         assert_eq!(ex.len(), 1);
         let r = ex[0].reissue.as_ref().expect("a read is reissued");
         assert_eq!(
@@ -186,7 +191,7 @@ mod tests {
             (7, 4096, 512, 512)
         );
         // Once only.
-        assert!(f.expire(Time(5000), 1000).is_empty());
+        assert!(f.expire(Time(5000), SEC).is_empty());
         assert_eq!(f.stuck(), 1);
         assert_eq!(f.finish(t), Finish::Reissued);
         assert_eq!(f.stuck(), 0);
@@ -205,7 +210,7 @@ mod tests {
             },
         ] {
             let t = f.register(&req(op, &tx), Time(0));
-            let ex = f.expire(Time(2000), 1000);
+            let ex = f.expire(Time(2000), SEC);
             assert_eq!(ex.len(), 1);
             assert!(
                 ex[0].reissue.is_none(),

@@ -19,6 +19,8 @@
 
 mod clock;
 mod inflight;
+#[cfg(test)]
+mod tests;
 
 pub use clock::Clock;
 use inflight::{Finish, Inflight, Ticket};
@@ -27,17 +29,18 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
+use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::export::{BlockSizes, Export, ExportCaps, IoError, Op, Request};
-use crate::model::{
-    CheckState, LoadView, Map, MapEvent, MapPolicy, PathId, Route, SwitchReason, Time,
-};
+use crate::model::{CheckState, LoadView, Map, MapEvent, MapPolicy, Path, Route, SwitchReason};
 use crate::policy::no_path_retry::Disposition;
 use crate::transport::{ErrorClass, IoOp, PathDev, TransportError};
+use crate::units::{duration_ms, PathId, Time};
 
 /// IO worker threads per path.
 pub const WORKERS_PER_PATH: usize = 4;
@@ -47,7 +50,7 @@ pub const WORKERS_PER_PATH: usize = 4;
 const INLINE_READ_MAX: u32 = 128 * 1024;
 
 /// Default io_timeout: the usual SCSI command timeout.
-pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request is retried on other paths at most this many times before the
 /// client sees EIO (a safety net; each retry has failed a path first).
@@ -57,7 +60,9 @@ const MAX_ATTEMPTS: u32 = 64;
 pub struct PathRt {
     pub name: String,
     pub dev: Arc<PathDev>,
-    tx: Sender<Job>,
+    /// The way to the path's IO threads; `None` once the path is removed
+    /// or the map closed: the threads then exit when their queue is empty.
+    tx: RwLock<Option<Sender<Job>>>,
     in_flight: AtomicU32,
     in_flight_bytes: AtomicU64,
     /// Requests this path completed successfully.
@@ -78,6 +83,12 @@ impl PathRt {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Lets the IO threads exit once they have done the jobs queued so
+    /// far (no new job can reach them).
+    fn release_workers(&self) {
+        self.tx.write().take();
+    }
 }
 
 struct Job {
@@ -93,6 +104,8 @@ struct State {
     paths: Vec<Arc<PathRt>>,
     /// Requests held while no path is usable (no_path_retry queue / N).
     held: VecDeque<Request>,
+    /// [`MapEngine::close`] was called: nothing is routed any more.
+    closed: bool,
 }
 
 struct PathsLoad<'a>(&'a [Arc<PathRt>]);
@@ -101,13 +114,13 @@ impl LoadView for PathsLoad<'_> {
     #[inline]
     fn in_flight(&self, id: PathId) -> u32 {
         self.0
-            .get(id)
+            .get(id.index())
             .map_or(0, |p| p.in_flight.load(Ordering::Relaxed))
     }
     #[inline]
     fn in_flight_bytes(&self, id: PathId) -> u64 {
         self.0
-            .get(id)
+            .get(id.index())
             .map_or(0, |p| p.in_flight_bytes.load(Ordering::Relaxed))
     }
 }
@@ -133,6 +146,8 @@ struct Inner {
     /// Milliseconds a request may stay on a path before the path fails
     /// (0: no limit). See [`inflight`] for what happens to the request.
     io_timeout_ms: AtomicU64,
+    /// Turns true when the map is closed ([`MapEngine::close`]).
+    closed_tx: watch::Sender<bool>,
 }
 
 /// One multipath map at work. Cheap to clone.
@@ -146,8 +161,27 @@ pub struct MapEngine {
 pub struct MapSnapshot {
     pub info: MapInfo,
     pub map: Map,
+    /// Counters of every path, by id (`paths[id.index()]`); prefer
+    /// [`MapSnapshot::path`] and [`MapSnapshot::live_paths`].
     pub paths: Vec<PathCounters>,
     pub held: usize,
+}
+
+impl MapSnapshot {
+    /// Path `id` with its counters.
+    pub fn path(&self, id: PathId) -> Option<(&Path, &PathCounters)> {
+        Some((self.map.path(id)?, self.paths.get(id.index())?))
+    }
+
+    /// The paths that are part of the map (tombstones of removed paths
+    /// left out), with their ids and counters, in id order.
+    pub fn live_paths(&self) -> impl Iterator<Item = (PathId, &Path, &PathCounters)> {
+        self.map
+            .iter_paths()
+            .zip(&self.paths)
+            .filter(|((_, p), _)| !p.removed)
+            .map(|((id, p), c)| (id, p, c))
+    }
 }
 
 /// A path's counters for `show` commands.
@@ -163,7 +197,9 @@ pub struct PathCounters {
 }
 
 impl MapEngine {
-    /// Starts a map: `devs[i]` is the device of `map.paths()[i]`.
+    /// Starts a map: `devs[i]` is the device of `map.paths()[i]` (the
+    /// path with id `PathId::new(i)`). `clock` is the engine's only source
+    /// of time ([`Clock::manual`] in tests).
     pub fn start(info: MapInfo, map: Map, devs: Vec<Arc<PathDev>>, clock: Clock) -> MapEngine {
         let block_size = devs
             .iter()
@@ -182,12 +218,14 @@ impl MapEngine {
                 info,
                 block_size,
                 clock,
-                io_timeout_ms: AtomicU64::new(DEFAULT_IO_TIMEOUT_MS),
+                io_timeout_ms: AtomicU64::new(duration_ms(DEFAULT_IO_TIMEOUT)),
                 state: Mutex::new(State {
                     map,
                     paths,
                     held: VecDeque::new(),
+                    closed: false,
                 }),
+                closed_tx: watch::Sender::new(false),
             }
         });
         MapEngine { inner }
@@ -199,6 +237,11 @@ impl MapEngine {
 
     pub fn now(&self) -> Time {
         self.inner.clock.now()
+    }
+
+    /// The engine's clock (shared with its clones).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     pub fn snapshot(&self) -> MapSnapshot {
@@ -223,10 +266,28 @@ impl MapEngine {
     }
 
     /// A path check finished.
+    ///
+    /// A good check does not reinstate a path that still has requests
+    /// stuck past io_timeout (their originals have not ended): the path
+    /// stays failed, with a reason saying so, until they end; the next good
+    /// check after that reinstates it.
     pub fn check_result(&self, path: PathId, state: CheckState, reason: &str) {
         let now = self.now();
-        self.inner
-            .apply(|map| map.check_result(path, state, reason, now));
+        let map_name = &self.inner.info.name;
+        self.inner.apply_state(|st| {
+            let rt = st.paths.get(path.index());
+            let stuck = rt.map_or(0, |p| p.inflight.stuck());
+            if state.is_usable() && stuck > 0 {
+                let why =
+                    format!("{stuck} request(s) stuck past io_timeout; reinstated when they end");
+                if let Some(p) = rt {
+                    debug!(map = %map_name, path = %p.name, "check passed, not reinstated: {why}");
+                }
+                st.map.check_held(path, state, &why, now)
+            } else {
+                st.map.check_result(path, state, reason, now)
+            }
+        });
     }
 
     /// May IO go down this path now?
@@ -241,13 +302,16 @@ impl MapEngine {
 
     /// A path joins the running map (hotplug): its IO threads start and it
     /// is grouped at once. Returns its id.
-    pub fn add_path(&self, path: crate::model::Path, dev: Arc<PathDev>) -> PathId {
+    pub fn add_path(&self, path: Path, dev: Arc<PathDev>) -> PathId {
         let now = self.now();
         let weak = Arc::downgrade(&self.inner);
         let name = path.info.name.clone();
         let rt = spawn_path(weak, &self.inner.info.name, &name, dev);
-        let mut id = 0;
+        let mut id = PathId::new(0);
         self.inner.apply_state(|st| {
+            if st.closed {
+                rt.release_workers();
+            }
             st.paths.push(rt);
             let (new_id, ev) = st.map.add_path(path, now);
             id = new_id;
@@ -256,11 +320,19 @@ impl MapEngine {
         id
     }
 
-    /// The path's device went away (hotplug): it leaves its group; IO in
-    /// flight on it finishes or fails over as usual.
+    /// The path's device went away (hotplug, reconfigure): it leaves its
+    /// group; IO in flight on it finishes or fails over as usual, and its
+    /// IO threads exit once the jobs queued to them are done. Its id stays
+    /// taken (a tombstone in the map and the snapshot).
     pub fn remove_path(&self, path: PathId) {
         let now = self.now();
-        self.inner.apply(|map| map.remove_path(path, now));
+        self.inner.apply_state(|st| {
+            let ev = st.map.remove_path(path, now);
+            if let Some(p) = st.paths.get(path.index()) {
+                p.release_workers();
+            }
+            ev
+        });
     }
 
     /// `fail path NAME`: stays failed until reinstated by an admin.
@@ -301,11 +373,14 @@ impl MapEngine {
     }
 
     /// Sets io_timeout (`None`: no limit).
-    pub fn set_io_timeout(&self, t: Option<std::time::Duration>) {
-        let ms = t.map_or(0, |d| {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-        });
+    pub fn set_io_timeout(&self, t: Option<Duration>) {
+        let ms = t.map_or(0, |d| duration_ms(d).max(1));
         self.inner.io_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The current io_timeout (`None`: no limit).
+    pub fn io_timeout(&self) -> Option<Duration> {
+        self.inner.io_timeout()
     }
 
     /// Stops the map: held requests fail with ESHUTDOWN and the path
@@ -318,6 +393,37 @@ impl MapEngine {
         for r in held {
             r.complete(Err(IoError::Shutdown));
         }
+    }
+
+    /// Closes the map (it was removed from the configuration): from now on
+    /// new requests fail with [`IoError::Shutdown`], and so do held ones
+    /// and any request that would need routing again (a retry after a
+    /// path error, a reissue after io_timeout). IO already on a path
+    /// completes normally; each path's IO threads exit once their queue is
+    /// drained. [`Export::closed`] receivers see `true`. Idempotent.
+    pub fn close(&self) {
+        let held: Vec<Request> = {
+            let mut st = self.inner.state.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            for p in &st.paths {
+                p.release_workers();
+            }
+            st.held.drain(..).collect()
+        };
+        info!(map = %self.inner.info.name, held = held.len(), "map closed");
+        for r in held {
+            r.complete(Err(IoError::Shutdown));
+        }
+        self.inner.closed_tx.send_replace(true);
+    }
+
+    /// True once [`MapEngine::close`] was called. Front-ends watch for it
+    /// with [`Export::closed`].
+    pub fn is_closed(&self) -> bool {
+        *self.inner.closed_tx.borrow()
     }
 
     /// Requests in flight on any path, plus held ones.
@@ -374,23 +480,42 @@ impl Inner {
         }
     }
 
+    /// io_timeout, `None` for no limit.
+    fn io_timeout(&self) -> Option<Duration> {
+        match self.io_timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
     /// Routes a request to a path, holds it, or fails it.
     fn dispatch(&self, mut req: Request, attempts: u32) {
         let target = {
             let mut st = self.state.lock();
             let st = &mut *st;
-            match st.map.route(&PathsLoad(&st.paths)) {
-                Route::Path(id) => st.paths.get(id).map(|p| (id, p.clone())),
-                Route::NoPath(Disposition::Queue) => {
-                    st.held.push_back(req);
-                    return;
+            if st.closed {
+                Err(IoError::Shutdown)
+            } else {
+                match st.map.route(&PathsLoad(&st.paths)) {
+                    Route::Path(id) => st
+                        .paths
+                        .get(id.index())
+                        .map(|p| (id, p.clone()))
+                        .ok_or(IoError::Io),
+                    Route::NoPath(Disposition::Queue) => {
+                        st.held.push_back(req);
+                        return;
+                    }
+                    Route::NoPath(Disposition::Fail) => Err(IoError::Io),
                 }
-                Route::NoPath(Disposition::Fail) => None,
             }
         };
-        let Some((id, path)) = target else {
-            req.complete(Err(IoError::Io));
-            return;
+        let (id, path) = match target {
+            Ok(t) => t,
+            Err(e) => {
+                req.complete(Err(e));
+                return;
+            }
         };
         // Fast path: a read whose data is in the page cache completes here,
         // without a hand-off to the path's IO threads (preadv2 RWF_NOWAIT
@@ -412,22 +537,30 @@ impl Inner {
         path.in_flight_bytes
             .fetch_add(u64::from(req.len), Ordering::Relaxed);
         let ticket = path.inflight.register(&req, self.clock.now());
-        let tx = path.tx.clone();
-        if let Err(e) = tx.send(Job {
+        let job = Job {
             req,
             id,
-            path,
+            path: path.clone(),
             attempts,
             ticket,
-        }) {
-            // The path's workers are gone (map shutting down).
-            let job = e.into_inner();
+        };
+        let unsent = match &*path.tx.read() {
+            Some(tx) => tx.send(job).err().map(|e| e.into_inner()),
+            None => Some(job),
+        };
+        if let Some(job) = unsent {
+            // The path was removed (or the map closed) after it was chosen:
+            // route again (a closed map fails the request).
             job.path.inflight.finish(job.ticket);
             job.path.in_flight.fetch_sub(1, Ordering::Relaxed);
             job.path
                 .in_flight_bytes
                 .fetch_sub(u64::from(job.req.len), Ordering::Relaxed);
-            job.req.complete(Err(IoError::Shutdown));
+            if attempts + 1 >= MAX_ATTEMPTS {
+                job.req.complete(Err(IoError::Io));
+            } else {
+                self.dispatch(job.req, attempts + 1);
+            }
         }
     }
 
@@ -503,13 +636,17 @@ impl Inner {
     /// Fails paths with a request outstanding longer than io_timeout and
     /// reissues their reads (see [`inflight`] for writes).
     fn watchdog(&self, now: Time) {
-        let timeout = self.io_timeout_ms.load(Ordering::Relaxed);
-        if timeout == 0 {
+        let Some(timeout) = self.io_timeout() else {
             return;
-        }
+        };
         let paths: Vec<(PathId, Arc<PathRt>)> = {
             let st = self.state.lock();
-            st.paths.iter().cloned().enumerate().collect()
+            st.paths
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, p)| (PathId::new(i), p))
+                .collect()
         };
         for (id, path) in paths {
             let expired = path.inflight.expire(now, timeout);
@@ -519,7 +656,7 @@ impl Inner {
             let reason = format!(
                 "{} request(s) outstanding for more than {} ms (io_timeout)",
                 expired.len(),
-                timeout
+                timeout.as_millis()
             );
             warn!(map = %self.info.name, path = %path.name, "{reason}: failing the path");
             self.apply(|map| map.fail_path(id, &reason, now));
@@ -591,7 +728,7 @@ fn spawn_path(map: Weak<Inner>, map_name: &str, name: &str, dev: Arc<PathDev>) -
     Arc::new(PathRt {
         name: name.to_string(),
         dev,
-        tx,
+        tx: RwLock::new(Some(tx)),
         in_flight: AtomicU32::new(0),
         in_flight_bytes: AtomicU64::new(0),
         ios: AtomicU64::new(0),
@@ -683,5 +820,11 @@ impl Export for MapEngine {
 
     fn submit(&self, req: Request) {
         self.inner.dispatch(req, 0);
+    }
+
+    /// Turns `true` on [`MapEngine::close`]; fails (`changed()`) if the
+    /// engine is dropped, which means the same.
+    fn closed(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.inner.closed_tx.subscribe())
     }
 }

@@ -5,13 +5,15 @@
 
 #[cfg(test)]
 use super::path::PathInfo;
-use super::path::{CheckState, DmState, Path, PathId};
-use super::Time;
+use std::time::Duration;
+
+use super::path::{CheckState, DmState, Path};
 use crate::policy::failback::{self, FailbackState, GroupView, Trigger};
 use crate::policy::grouping::{group_paths, GroupKey};
 use crate::policy::no_path_retry::{Disposition, NoPathPolicy, NoPathState, Transition};
 use crate::policy::selector::{PathView, Selector};
 use crate::policy::{Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+use crate::units::{PathId, Prio, Time};
 
 /// The policy settings a map runs with (resolved from multipath.conf).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +25,8 @@ pub struct MapPolicy {
     pub rr_weight: RrWeight,
     pub failback: Failback,
     pub no_path_retry: NoPathRetry,
-    /// Seconds; the unit of `no_path_retry N`.
-    pub polling_interval: u32,
+    /// How often paths are checked; the unit of `no_path_retry N`.
+    pub polling_interval: Duration,
 }
 
 /// A path group's status, as `multipath -ll` shows it.
@@ -53,7 +55,7 @@ impl GroupStatus {
 pub struct PathGroup {
     pub members: Vec<PathId>,
     /// Average priority of the group's usable paths (0 if none).
-    pub prio: i64,
+    pub prio: Prio,
     pub status: GroupStatus,
     selector: Selector,
 }
@@ -147,12 +149,10 @@ struct View<'a, L> {
 impl<L: LoadView> PathView for View<'_, L> {
     #[inline]
     fn usable(&self, id: PathId) -> bool {
-        self.paths.get(id).is_some_and(Path::usable)
+        self.paths.get(id.index()).is_some_and(Path::usable)
     }
-    fn prio(&self, id: PathId) -> u32 {
-        self.paths
-            .get(id)
-            .map_or(1, |p| u32::try_from(p.prio.max(1)).unwrap_or(1))
+    fn prio(&self, id: PathId) -> Prio {
+        self.paths.get(id.index()).map_or(Prio::DEFAULT, |p| p.prio)
     }
     fn in_flight(&self, id: PathId) -> u32 {
         self.load.in_flight(id)
@@ -195,12 +195,22 @@ impl Map {
         (map, events)
     }
 
+    /// Every path, tombstones of removed ones included, in id order
+    /// (`paths()[i]` has id `PathId::new(i)`; prefer [`Map::iter_paths`]).
     pub fn paths(&self) -> &[Path] {
         &self.paths
     }
 
+    /// Every path with its id, tombstones of removed ones included.
+    pub fn iter_paths(&self) -> impl Iterator<Item = (PathId, &Path)> {
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (PathId::new(i), p))
+    }
+
     pub fn path(&self, id: PathId) -> Option<&Path> {
-        self.paths.get(id)
+        self.paths.get(id.index())
     }
 
     pub fn groups(&self) -> &[PathGroup] {
@@ -255,7 +265,7 @@ impl Map {
     /// An IO error on `id` (dm's fail_path). Idempotent.
     pub fn fail_path(&mut self, id: PathId, reason: &str, now: Time) -> Vec<MapEvent> {
         let mut events = Vec::new();
-        if let Some(p) = self.paths.get_mut(id) {
+        if let Some(p) = self.paths.get_mut(id.index()) {
             if p.dm == DmState::Active {
                 p.dm = DmState::Failed;
                 p.reason = Some(reason.to_string());
@@ -273,7 +283,7 @@ impl Map {
 
     /// An admin fails the path; it stays failed until [`Map::admin_reinstate`].
     pub fn admin_fail(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
-        if let Some(p) = self.paths.get_mut(id) {
+        if let Some(p) = self.paths.get_mut(id.index()) {
             p.admin_failed = true;
         }
         self.fail_path(id, "failed by admin", now)
@@ -282,7 +292,7 @@ impl Map {
     /// An admin reinstates the path. It carries IO again at once unless its
     /// checker says it is down (then it comes back when a check passes).
     pub fn admin_reinstate(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
-        let Some(p) = self.paths.get_mut(id) else {
+        let Some(p) = self.paths.get_mut(id.index()) else {
             return Vec::new();
         };
         p.admin_failed = false;
@@ -295,7 +305,7 @@ impl Map {
     /// A new path joins the map (hotplug); it is grouped at once.
     pub fn add_path(&mut self, path: Path, now: Time) -> (PathId, Vec<MapEvent>) {
         self.paths.push(path);
-        let id = self.paths.len() - 1;
+        let id = PathId::new(self.paths.len() - 1);
         self.regroup();
         self.current = None;
         let mut events = Vec::new();
@@ -306,7 +316,7 @@ impl Map {
     /// The path's device went away (hotplug): it fails and leaves its group.
     pub fn remove_path(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
         let mut events = self.fail_path(id, "device removed", now);
-        if let Some(p) = self.paths.get_mut(id) {
+        if let Some(p) = self.paths.get_mut(id.index()) {
             if p.removed {
                 return events;
             }
@@ -319,6 +329,43 @@ impl Map {
         events
     }
 
+    /// A check found the path healthy but it must not carry IO yet (the
+    /// engine has requests stuck on it past io_timeout): the checker's
+    /// verdict is recorded and a failed path stays failed, with `why` as
+    /// its reason. A path that is active (an admin reinstated it) stays
+    /// active. For any other verdict this is [`Map::check_result`].
+    pub fn check_held(
+        &mut self,
+        id: PathId,
+        state: CheckState,
+        why: &str,
+        now: Time,
+    ) -> Vec<MapEvent> {
+        if !state.is_usable() {
+            return self.check_result(id, state, why, now);
+        }
+        let mut events = Vec::new();
+        let Some(p) = self.paths.get_mut(id.index()) else {
+            return events;
+        };
+        if p.removed {
+            return events;
+        }
+        let from = p.check;
+        p.check = state;
+        if from != state {
+            events.push(MapEvent::CheckerChanged {
+                path: id,
+                from,
+                to: state,
+            });
+        }
+        if p.dm == DmState::Failed && !p.admin_failed {
+            p.reason = Some(why.to_string());
+        }
+        events
+    }
+
     /// A path check finished.
     pub fn check_result(
         &mut self,
@@ -328,7 +375,7 @@ impl Map {
         now: Time,
     ) -> Vec<MapEvent> {
         let mut events = Vec::new();
-        let Some(p) = self.paths.get_mut(id) else {
+        let Some(p) = self.paths.get_mut(id.index()) else {
             return events;
         };
         if p.removed {
@@ -374,10 +421,11 @@ impl Map {
 
     /// An admin switches to group `g` (multipathd's `switch group`).
     pub fn switch_group(&mut self, g: usize) -> Vec<MapEvent> {
-        let usable = self
-            .groups
-            .get(g)
-            .is_some_and(|grp| grp.members.iter().any(|&id| self.paths[id].usable()));
+        let usable = self.groups.get(g).is_some_and(|grp| {
+            grp.members
+                .iter()
+                .any(|&id| self.paths[id.index()].usable())
+        });
         if !usable || self.current == Some(g) {
             return Vec::new();
         }
@@ -423,8 +471,8 @@ impl Map {
         let first_in_group = !self.groups[group]
             .members
             .iter()
-            .any(|&m| self.paths[m].usable());
-        let Some(p) = self.paths.get_mut(id) else {
+            .any(|&m| self.paths[m.index()].usable());
+        let Some(p) = self.paths.get_mut(id.index()) else {
             return events;
         };
         if p.dm == DmState::Active {
@@ -473,7 +521,7 @@ impl Map {
                 usable: g
                     .members
                     .iter()
-                    .filter(|&&id| self.paths[id].usable())
+                    .filter(|&&id| self.paths[id.index()].usable())
                     .count(),
             })
             .collect()
@@ -518,19 +566,19 @@ impl Map {
 
     fn update_prios(&mut self) {
         for g in &mut self.groups {
-            let (sum, n) = g
-                .members
-                .iter()
-                .map(|&id| &self.paths[id])
-                .filter(|p| p.usable())
-                .fold((0i64, 0i64), |(s, n), p| (s + i64::from(p.prio), n + 1));
-            g.prio = if n == 0 { 0 } else { sum / n };
+            g.prio = Prio::average(
+                g.members
+                    .iter()
+                    .map(|&id| &self.paths[id.index()])
+                    .filter(|p| p.usable())
+                    .map(|p| p.prio),
+            );
         }
     }
 
     fn update_status(&mut self) {
         for (i, g) in self.groups.iter_mut().enumerate() {
-            let usable = g.members.iter().any(|&id| self.paths[id].usable());
+            let usable = g.members.iter().any(|&id| self.paths[id.index()].usable());
             g.status = if Some(i) == self.current {
                 GroupStatus::Active
             } else if usable {
@@ -547,8 +595,8 @@ impl Map {
             .iter()
             .enumerate()
             .filter(|(_, p)| !p.removed)
-            .map(|(id, p)| GroupKey {
-                id,
+            .map(|(i, p)| GroupKey {
+                id: PathId::new(i),
                 prio: p.prio,
                 serial: &p.info.serial,
                 node_name: &p.info.node_name,
@@ -560,7 +608,7 @@ impl Map {
             .into_iter()
             .map(|members| PathGroup {
                 members,
-                prio: 0,
+                prio: Prio(0),
                 status: GroupStatus::Enabled,
                 selector: Selector::new(policy.selector, policy.repeat, policy.rr_weight),
             })
@@ -582,6 +630,10 @@ fn transition_event(t: Transition) -> MapEvent {
 mod tests {
     use super::*;
 
+    fn pid(i: usize) -> PathId {
+        PathId::new(i)
+    }
+
     fn policy(grouping: GroupingPolicy, failback: Failback, npr: NoPathRetry) -> MapPolicy {
         MapPolicy {
             grouping,
@@ -590,7 +642,7 @@ mod tests {
             rr_weight: RrWeight::Uniform,
             failback,
             no_path_retry: npr,
-            polling_interval: 1,
+            polling_interval: Duration::from_secs(1),
         }
     }
 
@@ -640,10 +692,10 @@ mod tests {
         assert_eq!(
             route_n(&mut m, 4),
             vec![
-                Route::Path(0),
-                Route::Path(1),
-                Route::Path(0),
-                Route::Path(1)
+                Route::Path(pid(0)),
+                Route::Path(pid(1)),
+                Route::Path(pid(0)),
+                Route::Path(pid(1))
             ]
         );
     }
@@ -661,28 +713,28 @@ mod tests {
             ),
             T0,
         );
-        let ev = m.fail_path(0, "EIO", T0);
+        let ev = m.fail_path(pid(0), "EIO", T0);
         assert_eq!(
             ev,
             vec![MapEvent::PathFailed {
-                path: 0,
+                path: pid(0),
                 reason: "EIO".into()
             }]
         );
-        assert_eq!(route_n(&mut m, 3), vec![Route::Path(1); 3]);
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(pid(1)); 3]);
         // A second failure report is a no-op.
-        assert!(m.fail_path(0, "EIO", T0).is_empty());
+        assert!(m.fail_path(pid(0), "EIO", T0).is_empty());
         // The checker finds it healthy again: reinstated.
-        let ev = m.check_result(0, CheckState::Up, "", Time(1000));
-        assert_eq!(ev, vec![MapEvent::PathReinstated { path: 0 }]);
-        assert!(route_n(&mut m, 2).contains(&Route::Path(0)));
+        let ev = m.check_result(pid(0), CheckState::Up, "", Time(1000));
+        assert_eq!(ev, vec![MapEvent::PathReinstated { path: pid(0) }]);
+        assert!(route_n(&mut m, 2).contains(&Route::Path(pid(0))));
     }
 
     #[test]
     fn failover_group_switch_and_immediate_failback() {
         let mut ps = paths(2);
-        ps[0].prio = 50;
-        ps[1].prio = 10;
+        ps[0].prio = Prio(50);
+        ps[1].prio = Prio(10);
         let (mut m, _) = Map::new(
             "m".into(),
             "w".into(),
@@ -696,29 +748,29 @@ mod tests {
         );
         assert_eq!(m.groups().len(), 2);
         assert_eq!(m.current_group(), Some(0));
-        assert_eq!(m.route(&NoLoad), Route::Path(0));
-        let ev = m.fail_path(0, "EIO", T0);
+        assert_eq!(m.route(&NoLoad), Route::Path(pid(0)));
+        let ev = m.fail_path(pid(0), "EIO", T0);
         assert!(ev.contains(&MapEvent::GroupSwitched {
             from: Some(0),
             to: Some(1),
             reason: SwitchReason::Failover
         }));
-        assert_eq!(m.route(&NoLoad), Route::Path(1));
+        assert_eq!(m.route(&NoLoad), Route::Path(pid(1)));
         assert_eq!(m.groups()[0].status, GroupStatus::Disabled);
-        let ev = m.check_result(0, CheckState::Up, "", Time(5000));
+        let ev = m.check_result(pid(0), CheckState::Up, "", Time(5000));
         assert!(ev.contains(&MapEvent::GroupSwitched {
             from: Some(1),
             to: Some(0),
             reason: SwitchReason::Failback
         }));
-        assert_eq!(m.route(&NoLoad), Route::Path(0));
+        assert_eq!(m.route(&NoLoad), Route::Path(pid(0)));
     }
 
     #[test]
     fn manual_failback_stays_on_the_working_group() {
         let mut ps = paths(2);
-        ps[0].prio = 50;
-        ps[1].prio = 10;
+        ps[0].prio = Prio(50);
+        ps[1].prio = Prio(10);
         let (mut m, _) = Map::new(
             "m".into(),
             "w".into(),
@@ -730,12 +782,12 @@ mod tests {
             ),
             T0,
         );
-        m.fail_path(0, "EIO", T0);
-        m.check_result(0, CheckState::Up, "", Time(5000));
+        m.fail_path(pid(0), "EIO", T0);
+        m.check_result(pid(0), CheckState::Up, "", Time(5000));
         assert_eq!(m.current_group(), Some(1));
-        assert_eq!(m.route(&NoLoad), Route::Path(1));
+        assert_eq!(m.route(&NoLoad), Route::Path(pid(1)));
         assert!(!m.switch_group(0).is_empty());
-        assert_eq!(m.route(&NoLoad), Route::Path(0));
+        assert_eq!(m.route(&NoLoad), Route::Path(pid(0)));
     }
 
     #[test]
@@ -751,13 +803,13 @@ mod tests {
             ),
             T0,
         );
-        m.fail_path(0, "EIO", T0);
-        let ev = m.fail_path(1, "EIO", T0);
+        m.fail_path(pid(0), "EIO", T0);
+        let ev = m.fail_path(pid(1), "EIO", T0);
         assert!(ev.contains(&MapEvent::QueueingStarted { deadline: None }));
         assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Queue));
-        let ev = m.check_result(1, CheckState::Up, "", Time(1000));
+        let ev = m.check_result(pid(1), CheckState::Up, "", Time(1000));
         assert!(ev.contains(&MapEvent::Resumed));
-        assert_eq!(m.route(&NoLoad), Route::Path(1));
+        assert_eq!(m.route(&NoLoad), Route::Path(pid(1)));
     }
 
     #[test]
@@ -773,7 +825,7 @@ mod tests {
             ),
             T0,
         );
-        m.fail_path(0, "EIO", T0);
+        m.fail_path(pid(0), "EIO", T0);
         assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Queue));
         assert!(m.tick(Time(2999)).is_empty());
         assert_eq!(m.tick(Time(3000)), vec![MapEvent::QueueExhausted]);
@@ -793,7 +845,7 @@ mod tests {
             ),
             T0,
         );
-        let ev = m.fail_path(0, "EIO", T0);
+        let ev = m.fail_path(pid(0), "EIO", T0);
         assert!(ev.contains(&MapEvent::FailingStarted));
         assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Fail));
     }
@@ -811,11 +863,13 @@ mod tests {
             ),
             T0,
         );
-        m.admin_fail(0, T0);
-        assert!(m.check_result(0, CheckState::Up, "", Time(1000)).is_empty());
+        m.admin_fail(pid(0), T0);
+        assert!(m
+            .check_result(pid(0), CheckState::Up, "", Time(1000))
+            .is_empty());
         assert_eq!(m.paths()[0].dm, DmState::Failed);
-        let ev = m.admin_reinstate(0, Time(2000));
-        assert_eq!(ev, vec![MapEvent::PathReinstated { path: 0 }]);
+        let ev = m.admin_reinstate(pid(0), Time(2000));
+        assert_eq!(ev, vec![MapEvent::PathReinstated { path: pid(0) }]);
     }
 
     #[test]
@@ -839,7 +893,7 @@ mod tests {
             T0,
         );
         assert_eq!(m.paths()[1].dm, DmState::Failed);
-        assert_eq!(route_n(&mut m, 3), vec![Route::Path(0); 3]);
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(pid(0)); 3]);
     }
 
     #[test]
@@ -856,13 +910,13 @@ mod tests {
             T0,
         );
         assert!(m
-            .check_result(0, CheckState::Pending, "", T0)
+            .check_result(pid(0), CheckState::Pending, "", T0)
             .iter()
             .all(|e| matches!(e, MapEvent::CheckerChanged { .. })));
         assert_eq!(m.paths()[0].dm, DmState::Active);
-        let ev = m.check_result(0, CheckState::Timeout, "check timed out", T0);
+        let ev = m.check_result(pid(0), CheckState::Timeout, "check timed out", T0);
         assert!(ev.contains(&MapEvent::PathFailed {
-            path: 0,
+            path: pid(0),
             reason: "check timed out".into()
         }));
     }
@@ -880,12 +934,12 @@ mod tests {
             ),
             T0,
         );
-        m.fail_path(0, "EIO on write", T0);
-        m.check_result(0, CheckState::Down, "connection refused", Time(1000));
+        m.fail_path(pid(0), "EIO on write", T0);
+        m.check_result(pid(0), CheckState::Down, "connection refused", Time(1000));
         assert_eq!(m.paths()[0].reason.as_deref(), Some("connection refused"));
         // An admin's reason is kept.
-        m.admin_fail(1, T0);
-        m.check_result(1, CheckState::Down, "whatever", Time(1000));
+        m.admin_fail(pid(1), T0);
+        m.check_result(pid(1), CheckState::Down, "whatever", Time(1000));
         assert_eq!(m.paths()[1].reason.as_deref(), Some("failed by admin"));
     }
 
@@ -902,27 +956,27 @@ mod tests {
             ),
             T0,
         );
-        let ev = m.remove_path(1, T0);
+        let ev = m.remove_path(pid(1), T0);
         assert!(ev.contains(&MapEvent::PathFailed {
-            path: 1,
+            path: pid(1),
             reason: "device removed".into()
         }));
-        assert_eq!(m.groups()[0].members, vec![0]);
-        assert_eq!(route_n(&mut m, 3), vec![Route::Path(0); 3]);
+        assert_eq!(m.groups()[0].members, vec![pid(0)]);
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(pid(0)); 3]);
         // Checks of a removed path change nothing.
-        assert!(m.check_result(1, CheckState::Up, "", T0).is_empty());
+        assert!(m.check_result(pid(1), CheckState::Up, "", T0).is_empty());
         let mut p = Path::new(PathInfo {
             name: "p2".into(),
             ..Default::default()
         });
         p.check = CheckState::Up;
         let (id, _) = m.add_path(p, T0);
-        assert_eq!(id, 2);
-        assert_eq!(m.groups()[0].members, vec![0, 2]);
-        assert!(route_n(&mut m, 4).contains(&Route::Path(2)));
+        assert_eq!(id, pid(2));
+        assert_eq!(m.groups()[0].members, vec![pid(0), pid(2)]);
+        assert!(route_n(&mut m, 4).contains(&Route::Path(pid(2))));
         // The last path leaving: queueing starts.
-        m.remove_path(0, T0);
-        let ev = m.remove_path(2, T0);
+        m.remove_path(pid(0), T0);
+        let ev = m.remove_path(pid(2), T0);
         assert!(
             ev.contains(&MapEvent::QueueingStarted { deadline: None }),
             "{ev:?}"

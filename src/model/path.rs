@@ -11,8 +11,7 @@
 
 use std::fmt;
 
-/// Index of a path inside its map.
-pub type PathId = usize;
+use crate::units::{Prio, Time};
 
 /// What the path checker last concluded (multipathd's `chk_st`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,11 +105,11 @@ pub struct Path {
     pub dm: DmState,
     /// Failed by an admin: checks do not reinstate it.
     pub admin_failed: bool,
-    pub prio: i32,
+    pub prio: Prio,
     /// Why the path is failed (None while active).
     pub reason: Option<String>,
     /// When `dm` last changed.
-    pub since: super::Time,
+    pub since: Time,
     /// How many times the path has failed.
     pub failures: u64,
     /// The device went away (hotplug): the path is a tombstone that keeps
@@ -126,9 +125,9 @@ impl Path {
             check: CheckState::Unchecked,
             dm: DmState::Active,
             admin_failed: false,
-            prio: 1,
+            prio: Prio::DEFAULT,
             reason: None,
-            since: super::Time(0),
+            since: Time(0),
             failures: 0,
             removed: false,
         }
@@ -140,7 +139,7 @@ impl Path {
         info: PathInfo,
         check: CheckState,
         reason: Option<String>,
-        now: super::Time,
+        now: Time,
     ) -> Self {
         let mut p = Path::new(info);
         p.check = check;

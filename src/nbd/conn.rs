@@ -76,6 +76,21 @@ pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Resolves once the export closes (its map was removed); never for an
+/// export that does not close by itself.
+async fn export_closed(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => shutdown_requested(rx).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A non-blocking check: has the export closed?
+fn export_closed_now(rx: &Option<watch::Receiver<bool>>) -> bool {
+    rx.as_ref()
+        .is_some_and(|r| *r.borrow() || r.has_changed().is_err())
+}
+
 /// A non-blocking check for a shutdown request.
 fn shutdown_now(rx: &mut watch::Receiver<bool>) -> bool {
     match rx.has_changed() {
@@ -441,6 +456,8 @@ enum ReaderEnd {
     Disconnect,
     Eof,
     Shutdown,
+    /// The export was closed (its map removed by a reconfigure).
+    ExportClosed,
     WriterGone,
     Protocol(ProtoError),
     Io(io::Error),
@@ -460,6 +477,9 @@ where
     let end = reader_loop(reader, &s, tx, &shared, env.shutdown, &mut requests).await;
     match &end {
         ReaderEnd::Protocol(e) => warn!(error = %e, "protocol violation; closing"),
+        ReaderEnd::ExportClosed => {
+            info!("the export was removed; ending the session once in-flight requests are answered")
+        }
         ReaderEnd::Io(e) if !is_disconnect(e) => warn!(error = %e, "read failed; closing"),
         other => debug!(reason = ?other, "reader finished"),
     }
@@ -521,9 +541,13 @@ async fn reader_loop<R: AsyncRead + Unpin>(
     let unaligned = (!p.block_size_agreed && p.block_sizes.minimum > 1)
         .then(|| Unaligned::new(s.export.clone(), p.block_sizes.minimum, p.size));
     let mut hb = [0u8; REQUEST_HEADER_LEN];
+    let mut closed = s.export.closed();
     loop {
         if shutdown_now(&mut shutdown) {
             return ReaderEnd::Shutdown;
+        }
+        if export_closed_now(&closed) {
+            return ReaderEnd::ExportClosed;
         }
         if sh.is_dead.load(Ordering::Acquire) {
             return ReaderEnd::WriterGone;
@@ -536,6 +560,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
             tokio::select! {
                 biased;
                 _ = shutdown_requested(&mut shutdown) => return ReaderEnd::Shutdown,
+                _ = export_closed(&mut closed) => return ReaderEnd::ExportClosed,
                 _ = sh.dead.notified() => return ReaderEnd::WriterGone,
                 r = rd.read_exact(&mut hb) => match r {
                     Ok(_) => {}

@@ -12,13 +12,13 @@
 //! | N seconds   | N seconds after it became better, if it still is         |
 
 use super::Failback;
-use crate::model::Time;
+use crate::units::{Prio, Time};
 
 /// A path group as failback sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupView {
     /// Group priority (average priority of its usable paths).
-    pub prio: i64,
+    pub prio: Prio,
     /// Usable paths in the group.
     pub usable: usize,
 }
@@ -150,8 +150,11 @@ pub fn decide(
 mod tests {
     use super::*;
 
-    fn g(prio: i64, usable: usize) -> GroupView {
-        GroupView { prio, usable }
+    fn g(prio: i32, usable: usize) -> GroupView {
+        GroupView {
+            prio: Prio(prio),
+            usable,
+        }
     }
 
     const T0: Time = Time(0);

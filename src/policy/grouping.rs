@@ -5,13 +5,13 @@
 //! group.
 
 use super::GroupingPolicy;
-use crate::model::PathId;
+use crate::units::{PathId, Prio};
 
 /// What grouping needs to know about a path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GroupKey<'a> {
     pub id: PathId,
-    pub prio: i32,
+    pub prio: Prio,
     pub serial: &'a str,
     /// Target node name (FC WWNN / iSCSI target name); empty if unknown.
     pub node_name: &'a str,
@@ -36,13 +36,12 @@ pub fn group_paths(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Vec<Pa
         GroupingPolicy::GroupByTpg => group_by(paths, |p| p.tpg),
     };
     // Best group first: highest average priority; stable for ties.
-    let avg = |g: &Vec<PathId>| -> i64 {
-        let sum: i64 = g
-            .iter()
-            .filter_map(|id| paths.iter().find(|p| p.id == *id))
-            .map(|p| i64::from(p.prio))
-            .sum();
-        sum / (g.len().max(1) as i64)
+    let avg = |g: &Vec<PathId>| -> Prio {
+        Prio::average(
+            g.iter()
+                .filter_map(|id| paths.iter().find(|p| p.id == *id))
+                .map(|p| p.prio),
+        )
     };
     groups.sort_by_key(|g| std::cmp::Reverse(avg(g)));
     groups
@@ -71,20 +70,28 @@ fn group_by<K: PartialEq>(
 mod tests {
     use super::*;
 
-    fn key(id: PathId, prio: i32, serial: &'static str) -> GroupKey<'static> {
+    fn key(id: usize, prio: i32, serial: &'static str) -> GroupKey<'static> {
         GroupKey {
-            id,
-            prio,
+            id: PathId::new(id),
+            prio: Prio(prio),
             serial,
-            ..Default::default()
+            node_name: "",
+            tpg: None,
         }
+    }
+
+    fn groups(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Vec<usize>> {
+        group_paths(policy, paths)
+            .into_iter()
+            .map(|g| g.into_iter().map(PathId::index).collect())
+            .collect()
     }
 
     #[test]
     fn multibus_puts_every_path_in_one_group() {
         let paths = [key(0, 1, "a"), key(1, 1, "b"), key(2, 1, "c")];
         assert_eq!(
-            group_paths(GroupingPolicy::Multibus, &paths),
+            groups(GroupingPolicy::Multibus, &paths),
             vec![vec![0, 1, 2]]
         );
         assert!(group_paths(GroupingPolicy::Multibus, &[]).is_empty());
@@ -94,7 +101,7 @@ mod tests {
     fn failover_gives_one_path_per_group_best_first() {
         let paths = [key(0, 1, "a"), key(1, 50, "a"), key(2, 1, "a")];
         assert_eq!(
-            group_paths(GroupingPolicy::Failover, &paths),
+            groups(GroupingPolicy::Failover, &paths),
             vec![vec![1], vec![0], vec![2]]
         );
     }
@@ -108,11 +115,11 @@ mod tests {
             key(3, 50, "x"),
         ];
         assert_eq!(
-            group_paths(GroupingPolicy::GroupByPrio, &paths),
+            groups(GroupingPolicy::GroupByPrio, &paths),
             vec![vec![1, 3], vec![0, 2]]
         );
         assert_eq!(
-            group_paths(GroupingPolicy::GroupBySerial, &paths),
+            groups(GroupingPolicy::GroupBySerial, &paths),
             vec![vec![0, 3], vec![1, 2]]
         );
     }

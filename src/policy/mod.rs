@@ -1,5 +1,5 @@
 //! Policy: the decisions multipath makes, as pure functions and small state
-//! machines. No IO and no clock: time comes in as [`crate::model::Time`].
+//! machines. No IO and no clock: time comes in as [`crate::units::Time`].
 //!
 //! * [`grouping`]: path_grouping_policy (multibus, failover, ...) turns a
 //!   map's paths into path groups.

@@ -13,7 +13,9 @@
 //! request fails with EIO, and so does every new one until a path returns.
 
 use super::NoPathRetry;
-use crate::model::Time;
+use std::time::Duration;
+
+use crate::units::Time;
 
 /// Where the map stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +54,23 @@ pub enum Transition {
 #[derive(Debug, Clone)]
 pub struct NoPathPolicy {
     mode: NoPathRetry,
-    interval_ms: u64,
+    /// The unit of `no_path_retry N` (at least a second).
+    interval: Duration,
     state: NoPathState,
 }
 
+/// polling_interval as the unit of `no_path_retry N`: at least a second,
+/// as multipathd's polling_interval is.
+fn unit(polling_interval: Duration) -> Duration {
+    polling_interval.max(Duration::from_secs(1))
+}
+
 impl NoPathPolicy {
-    /// `polling_interval_secs` is the unit of `no_path_retry N`.
-    pub fn new(mode: NoPathRetry, polling_interval_secs: u32) -> Self {
+    /// `polling_interval` is the unit of `no_path_retry N`.
+    pub fn new(mode: NoPathRetry, polling_interval: Duration) -> Self {
         NoPathPolicy {
             mode,
-            interval_ms: u64::from(polling_interval_secs.max(1)) * 1000,
+            interval: unit(polling_interval),
             state: NoPathState::Serving,
         }
     }
@@ -111,7 +120,7 @@ impl NoPathPolicy {
                 Some(Transition::QueueingStarted { deadline: None })
             }
             NoPathRetry::Retries(n) => {
-                let deadline = Some(now.plus_ms(self.interval_ms.saturating_mul(u64::from(n))));
+                let deadline = Some(now.plus(self.interval.saturating_mul(n)));
                 self.state = NoPathState::Queueing {
                     since: now,
                     deadline,
@@ -151,11 +160,11 @@ impl NoPathPolicy {
     pub fn reconfigure(
         &mut self,
         mode: NoPathRetry,
-        polling_interval_secs: u32,
+        polling_interval: Duration,
         now: Time,
     ) -> Option<Transition> {
         self.mode = mode;
-        self.interval_ms = u64::from(polling_interval_secs.max(1)) * 1000;
+        self.interval = unit(polling_interval);
         match (self.state, mode) {
             (NoPathState::Queueing { .. }, NoPathRetry::Fail) => {
                 self.state = NoPathState::Failing;
@@ -169,7 +178,7 @@ impl NoPathPolicy {
                 None
             }
             (NoPathState::Queueing { since, .. }, NoPathRetry::Retries(n)) => {
-                let deadline = Some(now.plus_ms(self.interval_ms.saturating_mul(u64::from(n))));
+                let deadline = Some(now.plus(self.interval.saturating_mul(n)));
                 self.state = NoPathState::Queueing { since, deadline };
                 None
             }
@@ -182,9 +191,13 @@ impl NoPathPolicy {
 mod tests {
     use super::*;
 
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     #[test]
     fn fail_mode_fails_at_once() {
-        let mut p = NoPathPolicy::new(NoPathRetry::Fail, 5);
+        let mut p = NoPathPolicy::new(NoPathRetry::Fail, secs(5));
         assert_eq!(p.disposition(), Disposition::Fail);
         assert_eq!(p.all_paths_down(Time(0)), Some(Transition::FailingStarted));
         assert_eq!(p.disposition(), Disposition::Fail);
@@ -194,7 +207,7 @@ mod tests {
 
     #[test]
     fn queue_mode_holds_forever() {
-        let mut p = NoPathPolicy::new(NoPathRetry::Queue, 5);
+        let mut p = NoPathPolicy::new(NoPathRetry::Queue, secs(5));
         assert_eq!(
             p.all_paths_down(Time(0)),
             Some(Transition::QueueingStarted { deadline: None })
@@ -206,7 +219,7 @@ mod tests {
 
     #[test]
     fn retries_hold_for_n_polling_intervals_then_fail() {
-        let mut p = NoPathPolicy::new(NoPathRetry::Retries(3), 5);
+        let mut p = NoPathPolicy::new(NoPathRetry::Retries(3), secs(5));
         let t0 = Time::from_secs(100);
         assert_eq!(
             p.all_paths_down(t0),
@@ -230,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_second_down_report_changes_nothing() {
-        let mut p = NoPathPolicy::new(NoPathRetry::Retries(1), 1);
+        let mut p = NoPathPolicy::new(NoPathRetry::Retries(1), secs(1));
         assert!(p.all_paths_down(Time(0)).is_some());
         assert_eq!(p.all_paths_down(Time(500)), None);
         assert_eq!(p.path_restored(), Some(Transition::Resumed));
@@ -239,10 +252,10 @@ mod tests {
 
     #[test]
     fn reconfigure_to_fail_releases_held_io_as_errors() {
-        let mut p = NoPathPolicy::new(NoPathRetry::Queue, 5);
+        let mut p = NoPathPolicy::new(NoPathRetry::Queue, secs(5));
         p.all_paths_down(Time(0));
         assert_eq!(
-            p.reconfigure(NoPathRetry::Fail, 5, Time(10)),
+            p.reconfigure(NoPathRetry::Fail, secs(5), Time(10)),
             Some(Transition::QueueExhausted)
         );
         assert_eq!(p.disposition(), Disposition::Fail);
@@ -250,10 +263,10 @@ mod tests {
 
     #[test]
     fn reconfigure_to_retries_starts_the_count_now() {
-        let mut p = NoPathPolicy::new(NoPathRetry::Queue, 5);
+        let mut p = NoPathPolicy::new(NoPathRetry::Queue, secs(5));
         p.all_paths_down(Time(0));
         assert_eq!(
-            p.reconfigure(NoPathRetry::Retries(2), 1, Time::from_secs(50)),
+            p.reconfigure(NoPathRetry::Retries(2), secs(1), Time::from_secs(50)),
             None
         );
         assert_eq!(p.tick(Time::from_secs(51)), None);

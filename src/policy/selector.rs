@@ -18,14 +18,14 @@
 //! priority; with `uniform` it is not.
 
 use super::{RrWeight, SelectorKind};
-use crate::model::PathId;
+use crate::units::{PathId, Prio};
 
 /// What a selector may ask about the paths of a group.
 pub trait PathView {
     /// May IO go down this path now?
     fn usable(&self, id: PathId) -> bool;
-    /// The path's priority (from its prioritizer; at least 1 for weights).
-    fn prio(&self, id: PathId) -> u32;
+    /// The path's priority (from its prioritizer).
+    fn prio(&self, id: PathId) -> Prio;
     /// Requests in flight on the path.
     fn in_flight(&self, id: PathId) -> u32;
     /// Bytes in flight on the path.
@@ -67,7 +67,8 @@ impl Selector {
             }
             Selector::ServiceTime(r) => r.select_min(members, view, |v, id| {
                 // (bytes + 1) / weight, compared without division.
-                (v.in_flight_bytes(id) + 1).saturating_mul(1_000_000 / u64::from(v.prio(id).max(1)))
+                (v.in_flight_bytes(id) + 1)
+                    .saturating_mul(1_000_000 / u64::from(v.prio(id).weight()))
             }),
         }
     }
@@ -101,7 +102,7 @@ impl RoundRobin {
     fn quota<V: PathView>(&self, id: PathId, view: &V) -> u32 {
         match self.weight {
             RrWeight::Uniform => self.repeat,
-            RrWeight::Priorities => self.repeat.saturating_mul(view.prio(id).max(1)),
+            RrWeight::Priorities => self.repeat.saturating_mul(view.prio(id).weight()),
         }
     }
 
@@ -171,7 +172,7 @@ mod tests {
 
     struct View {
         usable: Vec<bool>,
-        prio: Vec<u32>,
+        prio: Vec<i32>,
         inflight: Vec<u32>,
     }
 
@@ -187,22 +188,30 @@ mod tests {
 
     impl PathView for View {
         fn usable(&self, id: PathId) -> bool {
-            self.usable[id]
+            self.usable[id.index()]
         }
-        fn prio(&self, id: PathId) -> u32 {
-            self.prio[id]
+        fn prio(&self, id: PathId) -> Prio {
+            Prio(self.prio[id.index()])
         }
         fn in_flight(&self, id: PathId) -> u32 {
-            self.inflight[id]
+            self.inflight[id.index()]
         }
         fn in_flight_bytes(&self, id: PathId) -> u64 {
-            u64::from(self.inflight[id]) * 4096
+            u64::from(self.inflight[id.index()]) * 4096
         }
     }
 
-    fn run(sel: &mut Selector, members: &[PathId], view: &View, n: usize) -> Vec<PathId> {
+    fn ids(members: &[usize]) -> Vec<PathId> {
+        members.iter().copied().map(PathId::new).collect()
+    }
+
+    fn select(sel: &mut Selector, members: &[usize], view: &View) -> Option<usize> {
+        sel.select(&ids(members), view).map(PathId::index)
+    }
+
+    fn run(sel: &mut Selector, members: &[usize], view: &View, n: usize) -> Vec<usize> {
         (0..n)
-            .map(|_| sel.select(members, view).expect("a usable path"))
+            .map(|_| select(sel, members, view).expect("a usable path"))
             .collect()
     }
 
@@ -259,10 +268,10 @@ mod tests {
         let mut s = Selector::new(SelectorKind::RoundRobin, 1, RrWeight::Uniform);
         let mut v = View::all_up(2);
         v.usable = vec![false, false];
-        assert_eq!(s.select(&[0, 1], &v), None);
-        assert_eq!(s.select(&[], &v), None);
+        assert_eq!(select(&mut s, &[0, 1], &v), None);
+        assert_eq!(select(&mut s, &[], &v), None);
         v.usable[1] = true;
-        assert_eq!(s.select(&[0, 1], &v), Some(1));
+        assert_eq!(select(&mut s, &[0, 1], &v), Some(1));
     }
 
     #[test]
@@ -277,7 +286,7 @@ mod tests {
         let mut s = Selector::new(SelectorKind::QueueLength, 1, RrWeight::Uniform);
         let mut v = View::all_up(3);
         v.inflight = vec![5, 1, 3];
-        assert_eq!(s.select(&[0, 1, 2], &v), Some(1));
+        assert_eq!(select(&mut s, &[0, 1, 2], &v), Some(1));
         v.inflight = vec![0, 0, 0];
         let picks = run(&mut s, &[0, 1, 2], &v, 3);
         let mut sorted = picks.clone();
@@ -290,8 +299,8 @@ mod tests {
         let mut s = Selector::new(SelectorKind::ServiceTime, 1, RrWeight::Uniform);
         let mut v = View::all_up(2);
         v.inflight = vec![4, 2];
-        assert_eq!(s.select(&[0, 1], &v), Some(1));
+        assert_eq!(select(&mut s, &[0, 1], &v), Some(1));
         v.usable[1] = false;
-        assert_eq!(s.select(&[0, 1], &v), Some(0));
+        assert_eq!(select(&mut s, &[0, 1], &v), Some(0));
     }
 }

@@ -1,8 +1,10 @@
 //! Transports: how a path reaches its LUN.
 //!
 //! A [`Transport`] is one of a fixed set of engines (an enum, not a trait
-//! object): today only [`file::FileTransport`] (a regular file or a block
-//! device); SCSI, NBD and iSCSI variants come later. Every method is
+//! object): [`file::FileTransport`] (a regular file or a block device),
+//! [`scsi::ScsiTransport`], [`nbd::NbdTransport`], and
+//! [`memory::MemoryTransport`] (a LUN in memory with scriptable failures,
+//! for tests); iSCSI comes later. Every method is
 //! synchronous and takes `&self`: IO worker threads and the path checker
 //! call them concurrently, so each may block in a syscall but none holds a
 //! lock across one.
@@ -17,6 +19,7 @@
 
 pub mod fault;
 pub mod file;
+pub mod memory;
 pub mod nbd;
 pub mod scsi;
 
@@ -31,6 +34,7 @@ pub use fault::{
     Fault, FaultError, FaultParseError, FaultSpec, FaultTargets, Faults, IoKindForFault,
 };
 pub use file::FileTransport;
+pub use memory::{MemLun, MemScript, MemoryTransport};
 pub use scsi::{ScsiTarget, ScsiTransport};
 
 /// The operation a [`TransportError`] happened in.
@@ -244,6 +248,8 @@ pub enum Transport {
     File(file::FileTransport),
     Nbd(nbd::NbdTransport),
     Scsi(scsi::ScsiTransport),
+    /// For tests: see [`memory`].
+    Memory(memory::MemoryTransport),
 }
 
 impl Transport {
@@ -259,6 +265,7 @@ impl Transport {
             Transport::File(t) => t.size(),
             Transport::Nbd(t) => t.size(),
             Transport::Scsi(t) => t.size(),
+            Transport::Memory(t) => t.size(),
         }
     }
 
@@ -268,6 +275,7 @@ impl Transport {
             Transport::File(t) => t.read_at(buf, offset),
             Transport::Nbd(t) => t.read_at(buf, offset),
             Transport::Scsi(t) => t.read_at(buf, offset),
+            Transport::Memory(t) => t.read_at(buf, offset),
         }
     }
 
@@ -279,6 +287,8 @@ impl Transport {
             // No page cache of ours in front of a server.
             Transport::Nbd(_) => None,
             Transport::Scsi(t) => t.read_cached(buf, offset),
+            // Always on the IO threads, so scripted hangs and errors apply.
+            Transport::Memory(_) => None,
         }
     }
 
@@ -289,6 +299,7 @@ impl Transport {
             Transport::File(t) => t.write_at(buf, offset, fua),
             Transport::Nbd(t) => t.write_at(buf, offset, fua),
             Transport::Scsi(t) => t.write_at(buf, offset, fua),
+            Transport::Memory(t) => t.write_at(buf, offset, fua),
         }
     }
 
@@ -298,6 +309,7 @@ impl Transport {
             Transport::File(t) => t.flush(),
             Transport::Nbd(t) => t.flush(),
             Transport::Scsi(t) => t.flush(),
+            Transport::Memory(t) => t.flush(),
         }
     }
 
@@ -307,6 +319,7 @@ impl Transport {
             Transport::File(t) => t.trim(offset, len),
             Transport::Nbd(t) => t.trim(offset, len),
             Transport::Scsi(t) => t.trim(offset, len),
+            Transport::Memory(t) => t.trim(offset, len),
         }
     }
 
@@ -324,6 +337,7 @@ impl Transport {
             Transport::File(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
             Transport::Nbd(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
             Transport::Scsi(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
+            Transport::Memory(t) => t.write_zeroes(offset, len),
         }
     }
 
@@ -339,6 +353,7 @@ impl Transport {
         match self {
             Transport::File(_) | Transport::Nbd(_) => 1,
             Transport::Scsi(t) => u32::try_from(t.block_size()).unwrap_or(u32::MAX),
+            Transport::Memory(t) => t.lun().block_size(),
         }
     }
 
@@ -346,7 +361,7 @@ impl Transport {
     /// command timeout), used when the configuration sets none.
     pub fn default_timeout(&self) -> Option<std::time::Duration> {
         match self {
-            Transport::File(_) | Transport::Nbd(_) => None,
+            Transport::File(_) | Transport::Nbd(_) | Transport::Memory(_) => None,
             Transport::Scsi(t) => t.default_timeout(),
         }
     }
@@ -355,7 +370,7 @@ impl Transport {
     /// (`None` for files).
     pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
         match self {
-            Transport::File(_) | Transport::Nbd(_) => None,
+            Transport::File(_) | Transport::Nbd(_) | Transport::Memory(_) => None,
             Transport::Scsi(t) => Some(t.tur(timeout)),
         }
     }
@@ -366,6 +381,7 @@ impl Transport {
             Transport::File(t) => t.describe(),
             Transport::Nbd(t) => t.describe(),
             Transport::Scsi(t) => t.describe(),
+            Transport::Memory(t) => t.describe(),
         }
     }
 
@@ -375,6 +391,7 @@ impl Transport {
             Transport::File(t) => t.path().display().to_string(),
             Transport::Nbd(t) => t.target().to_string(),
             Transport::Scsi(t) => t.target(),
+            Transport::Memory(t) => t.name().to_string(),
         }
     }
 
@@ -383,6 +400,7 @@ impl Transport {
             Transport::File(t) => t.caps(),
             Transport::Nbd(t) => t.caps(),
             Transport::Scsi(t) => t.caps(),
+            Transport::Memory(t) => t.caps(),
         }
     }
 
@@ -392,6 +410,7 @@ impl Transport {
             Transport::File(t) => t.is_open(),
             Transport::Nbd(t) => t.is_open(),
             Transport::Scsi(t) => t.is_open(),
+            Transport::Memory(t) => t.is_open(),
         }
     }
 
@@ -403,6 +422,7 @@ impl Transport {
             Transport::File(t) => t.reopen(),
             Transport::Nbd(t) => t.revalidate().map(|_| ()),
             Transport::Scsi(t) => t.reopen(),
+            Transport::Memory(t) => t.revalidate().map(|_| ()),
         }
     }
 
@@ -414,6 +434,7 @@ impl Transport {
             Transport::File(t) => t.revalidate(),
             Transport::Nbd(t) => t.revalidate(),
             Transport::Scsi(t) => t.revalidate(),
+            Transport::Memory(t) => t.revalidate(),
         }
     }
 
@@ -424,6 +445,7 @@ impl Transport {
             Transport::File(t) => t.probe(len),
             Transport::Nbd(t) => t.probe(len),
             Transport::Scsi(t) => t.probe(len),
+            Transport::Memory(t) => t.probe(len),
         }
     }
 }
@@ -456,6 +478,14 @@ impl PathDev {
 
     pub fn with_faults(transport: Transport, faults: Faults) -> Self {
         PathDev { transport, faults }
+    }
+
+    /// A path called `name` to an in-memory LUN, with the handle that
+    /// scripts it (see [`memory`]).
+    pub fn memory(name: &str, lun: &MemLun) -> (Arc<PathDev>, MemScript) {
+        let t = MemoryTransport::new(name, lun);
+        let script = t.script();
+        (Arc::new(PathDev::new(Transport::Memory(t))), script)
     }
 
     /// Shorthand for `Arc::new(PathDev::new(Transport::file(path)))`.
@@ -528,7 +558,7 @@ impl PathDev {
     /// TEST UNIT READY behind the `checks` fault target (`None`: no SCSI
     /// target on this path). An injected check fault makes the path down.
     pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
-        if matches!(self.transport, Transport::File(_)) {
+        if matches!(self.transport, Transport::File(_) | Transport::Memory(_)) {
             return None;
         }
         if let Err(e) = self.fault(IoKindForFault::Check, IoOp::Check, 0, 0) {
