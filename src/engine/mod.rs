@@ -26,7 +26,7 @@ pub use clock::Clock;
 use inflight::{Finish, Inflight, Ticket};
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
@@ -42,8 +42,12 @@ use crate::policy::no_path_retry::Disposition;
 use crate::transport::{ErrorClass, IoOp, PathDev, TransportError};
 use crate::units::{duration_ms, PathId, Time};
 
-/// IO worker threads per path.
+/// IO worker threads per path, at most.
 pub const WORKERS_PER_PATH: usize = 4;
+
+/// An IO thread with nothing to do for this long exits (a new one starts
+/// with the next request that needs it).
+pub const WORKER_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads up to this size whose data is cached complete on the submitting
 /// thread (it must not be held up long: it is a connection's task).
@@ -71,6 +75,18 @@ pub struct PathRt {
     errors: AtomicU64,
     /// What the IO threads are working on, for the io_timeout watchdog.
     inflight: Inflight,
+    /// IO threads are started when requests need them (up to
+    /// [`WORKERS_PER_PATH`]) and retire after [`WORKER_IDLE`] without work,
+    /// so an idle path costs no thread.
+    workers: Workers,
+}
+
+/// What starting an IO thread of a path needs.
+struct Workers {
+    running: Arc<AtomicUsize>,
+    rx: Receiver<Job>,
+    map: Weak<Inner>,
+    map_name: String,
 }
 
 impl PathRt {
@@ -548,6 +564,11 @@ impl Inner {
             Some(tx) => tx.send(job).err().map(|e| e.into_inner()),
             None => Some(job),
         };
+        if unsent.is_none() {
+            if let Err(e) = path.ensure_workers() {
+                self.no_workers(&path, id, e);
+            }
+        }
         if let Some(job) = unsent {
             // The path was removed (or the map closed) after it was chosen:
             // route again (a closed map fails the request).
@@ -714,17 +735,6 @@ fn describe_event(e: &MapEvent, map: &Map) -> String {
 
 fn spawn_path(map: Weak<Inner>, map_name: &str, name: &str, dev: Arc<PathDev>) -> Arc<PathRt> {
     let (tx, rx) = channel::unbounded::<Job>();
-    for i in 0..WORKERS_PER_PATH {
-        let rx: Receiver<Job> = rx.clone();
-        let map = map.clone();
-        let dev = dev.clone();
-        let res = thread::Builder::new()
-            .name(format!("io-{name}-{i}"))
-            .spawn(move || worker(map, dev, rx));
-        if let Err(e) = res {
-            error!(map = %map_name, path = %name, "cannot start IO thread: {e}");
-        }
-    }
     Arc::new(PathRt {
         name: name.to_string(),
         dev,
@@ -734,15 +744,102 @@ fn spawn_path(map: Weak<Inner>, map_name: &str, name: &str, dev: Arc<PathDev>) -
         ios: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         inflight: Inflight::default(),
+        workers: Workers {
+            running: Arc::new(AtomicUsize::new(0)),
+            rx,
+            map,
+            map_name: map_name.to_string(),
+        },
     })
 }
 
-fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>) {
-    while let Ok(mut job) = rx.recv() {
-        let result = do_io(&dev, &mut job.req);
-        match map.upgrade() {
-            Some(inner) => inner.finished(job, result),
-            None => job.req.complete(Err(IoError::Shutdown)),
+impl PathRt {
+    /// Starts IO threads while queued requests outnumber them (up to
+    /// [`WORKERS_PER_PATH`]). Called after a job was queued.
+    fn ensure_workers(&self) -> std::io::Result<()> {
+        let w = &self.workers;
+        loop {
+            let running = w.running.load(Ordering::SeqCst);
+            let wanted = (self.in_flight.load(Ordering::SeqCst) as usize).min(WORKERS_PER_PATH);
+            if running >= wanted.max(1) {
+                return Ok(());
+            }
+            if w.running
+                .compare_exchange(running, running + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            let rx = w.rx.clone();
+            let map = w.map.clone();
+            let dev = self.dev.clone();
+            let count = w.running.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("io-{}", self.name))
+                .spawn(move || worker(map, dev, rx, count));
+            if let Err(e) = spawned {
+                w.running.fetch_sub(1, Ordering::SeqCst);
+                if running == 0 {
+                    return Err(e);
+                }
+                // Fewer threads than wanted, but some: they will get to it.
+                debug!(map = %w.map_name, path = %self.name, "cannot start another IO thread: {e}");
+                return Ok(());
+            }
+        }
+    }
+
+    /// IO threads of this path running now.
+    pub fn workers(&self) -> usize {
+        self.workers.running.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    /// A path has no IO thread and none can start: the path fails with
+    /// that reason and its queued requests go elsewhere.
+    fn no_workers(&self, path: &Arc<PathRt>, id: PathId, e: std::io::Error) {
+        let reason = format!("cannot start an IO thread: {e}");
+        error!(map = %self.info.name, path = %path.name, "{reason}; failing the path");
+        while let Ok(job) = path.workers.rx.try_recv() {
+            let err = TransportError::new(
+                IoOp::Read,
+                job.req.offset,
+                u64::from(job.req.len),
+                path.name.clone(),
+                ErrorClass::Path,
+                std::io::Error::other(reason.clone()),
+            );
+            self.finished(job, Err(err));
+        }
+        let now = self.clock.now();
+        self.apply(|map| map.fail_path(id, &reason, now));
+    }
+}
+
+fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>, running: Arc<AtomicUsize>) {
+    loop {
+        match rx.recv_timeout(WORKER_IDLE) {
+            Ok(mut job) => {
+                let result = do_io(&dev, &mut job.req);
+                match map.upgrade() {
+                    Some(inner) => inner.finished(job, result),
+                    None => job.req.complete(Err(IoError::Shutdown)),
+                }
+            }
+            Err(channel::RecvTimeoutError::Timeout) => {
+                running.fetch_sub(1, Ordering::SeqCst);
+                // A job queued while we retired (its sender saw us still
+                // running and started no thread): take it after all.
+                if rx.is_empty() {
+                    return;
+                }
+                running.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(channel::RecvTimeoutError::Disconnected) => {
+                running.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
         }
     }
 }

@@ -496,7 +496,11 @@ fn failback_manual_stays_on_the_working_group() {
 #[test]
 fn a_removed_path_releases_its_io_threads_and_keeps_its_id() {
     let mut r = Setup::multibus(2).start();
-    assert_eq!(Arc::strong_count(&r.devs[1]), 2 + WORKERS_PER_PATH);
+    // IO threads start on demand: none before the first request.
+    assert_eq!(Arc::strong_count(&r.devs[1]), 2);
+    r.serving_paths(4);
+    let threads = Arc::strong_count(&r.devs[1]) - 2;
+    assert!((1..=WORKERS_PER_PATH).contains(&threads), "{threads}");
     r.engine.remove_path(pid(1));
     r.workers_gone(1);
     assert!(r.path(1).removed);
