@@ -22,6 +22,9 @@ struct Nbdkit {
     child: Child,
     socket: PathBuf,
     dead: bool,
+    /// SIGTERM sent: the socket path is no longer ours (a new server may
+    /// listen there).
+    terminated: bool,
 }
 
 impl Nbdkit {
@@ -56,6 +59,7 @@ impl Nbdkit {
             child,
             socket: socket.to_path_buf(),
             dead: false,
+            terminated: false,
         }
     }
 
@@ -65,6 +69,23 @@ impl Nbdkit {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.terminated {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+
+    /// SIGTERM, as `systemctl stop` does: nbdkit stops listening at once
+    /// but keeps its open connections for several seconds, answering
+    /// every request with ESHUTDOWN. The process is reaped on drop.
+    fn terminate(&mut self) {
+        if self.dead || std::mem::replace(&mut self.terminated, true) {
+            return;
+        }
+        let pid = self.child.id() as i32;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -112,8 +133,23 @@ fn setup() -> Setup {
 }
 
 fn fio(d: &Daemon, size: &str, rate: &str) -> Child {
+    fio_with(d, size, rate, &[])
+}
+
+/// Unthrottled random writes for `secs` seconds, then their verification.
+fn fio_for(d: &Daemon, secs: u32) -> Child {
+    fio_with(
+        d,
+        "32M",
+        "0",
+        &["--time_based".to_string(), format!("--runtime={secs}")],
+    )
+}
+
+fn fio_with(d: &Daemon, size: &str, rate: &str, extra: &[String]) -> Child {
     need("fio");
     Command::new("fio")
+        .args(extra)
         .args([
             "--name=nbdpaths",
             "--ioengine=nbd",
@@ -236,4 +272,64 @@ fn a_bad_uri_is_a_config_error_with_its_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("m.conf:") && err.contains("socket="), "{err}");
+}
+
+/// A restarted upstream under load (fio unthrottled) is active again
+/// within two polling intervals (polling_interval 1) of its return, stays
+/// active, and fio sees no error. The old server is stopped with SIGTERM
+/// and lingers, answering ESHUTDOWN on the connections it had, as nbdkit
+/// does under `systemctl restart`.
+#[test]
+fn a_restarted_server_under_load_is_back_within_two_polling_intervals() {
+    let mut s = setup();
+    let fio = fio_for(&s.d, 16);
+    std::thread::sleep(Duration::from_millis(1000));
+    let sock = s.kits[1].socket.clone();
+    s.kits[1].terminate();
+    s.d.wait_path("c1", "lost with its server", Duration::from_secs(10), |p| {
+        p["dm_state"] == "failed"
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let ios = s.d.ios("c1");
+    // The old server still runs (reaped when the test ends).
+    let _old = std::mem::replace(
+        &mut s.kits[1],
+        Nbdkit::start(&sock, &s.image, &s.triggers[1]),
+    );
+    let back = Instant::now();
+    let mut active_after = None;
+    let mut flaps = 0;
+    let mut was_active = false;
+    // Watch for a while after: it must come back once and stay.
+    while back.elapsed() < Duration::from_secs(6) {
+        let active = s.d.path_json("c1")["dm_state"] == "active";
+        if active && active_after.is_none() {
+            active_after = Some(back.elapsed());
+        }
+        if was_active && !active {
+            flaps += 1;
+        }
+        was_active = active;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("c1 active {active_after:?} after its server returned; flaps {flaps}");
+    let took = active_after.unwrap_or_else(|| {
+        panic!(
+            "c1 not reinstated within 6 s of its server's return\n--- daemon log ---\n{}",
+            s.d.log_text()
+        )
+    });
+    assert!(
+        took <= Duration::from_millis(2500),
+        "c1 reinstated {took:?} after its server returned (want <= 2 polling intervals)\n--- daemon log ---\n{}",
+        s.d.log_text()
+    );
+    assert_eq!(
+        flaps,
+        0,
+        "c1 flapped after reinstatement\n--- daemon log ---\n{}",
+        s.d.log_text()
+    );
+    assert!(s.d.ios("c1") > ios, "c1 carries IO again");
+    fio_ok(fio, &s.d);
 }

@@ -340,8 +340,25 @@ impl NbdTransport {
                 drop(stale);
                 Err(self.error(op, offset, len, ErrorClass::Path, e))
             }
+            // The server is shutting down (e.g. nbdkit after SIGTERM keeps
+            // its connections open for a while, answering ESHUTDOWN to
+            // every request): this connection and the idle ones are to a
+            // server that is going away, and a restarted server listens
+            // anew. Drop them all, so the next check connects to it.
+            Err(ReqError::Server(proto::ESHUTDOWN)) => {
+                drop(c);
+                let stale = std::mem::take(&mut *self.pool.lock());
+                drop(stale);
+                Err(self.error(
+                    op,
+                    offset,
+                    len,
+                    ErrorClass::Path,
+                    io::Error::from_raw_os_error(libc::ESHUTDOWN),
+                ))
+            }
             Err(ReqError::Server(errno)) => {
-                // A server error leaves the stream in sync: keep it.
+                // Any other server error leaves the stream in sync: keep it.
                 self.give_back(c);
                 let os = server_errno(errno);
                 let class = match os {
