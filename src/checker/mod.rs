@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use crate::model::path::CheckState;
 use crate::policy::CheckerKind;
-use crate::transport::{PathDev, Revalidated};
+use crate::transport::{PathDev, Revalidated, TurResult};
 
 /// Bytes the `directio` (and, on `file` paths, `tur`) checker reads.
 pub const DIRECTIO_LEN: usize = 4096;
@@ -59,6 +59,12 @@ impl CheckResult {
     }
 }
 
+impl From<TurResult> for CheckResult {
+    fn from(r: TurResult) -> Self {
+        CheckResult::new(r.state, r.message)
+    }
+}
+
 impl fmt::Display for CheckResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.state, self.message)
@@ -75,23 +81,22 @@ pub fn check_blocking(kind: CheckerKind, dev: &PathDev) -> CheckResult {
 }
 
 /// Like [`check_blocking`], with the timeout SCSI commands are sent with.
+///
+/// The path's capabilities decide the probe: `tur` sends TEST UNIT READY
+/// only where there is a SCSI target
+/// ([`crate::transport::TransportCaps::scsi_target`]),
+/// else it reads like `directio`. Each check runs one probe, so a `check`
+/// fault is applied exactly once per check, whatever the transport.
 pub fn check_blocking_timeout(kind: CheckerKind, dev: &PathDev, timeout: Duration) -> CheckResult {
-    if kind == CheckerKind::Tur {
-        if let Some(r) = dev.tur(timeout) {
-            if !matches!(r.state, CheckState::Up | CheckState::Ghost) {
-                return r;
-            }
-            return revalidated(kind, dev, r.state, r.message);
-        }
-    }
     let (len, how) = match kind {
         CheckerKind::None => return CheckResult::new(CheckState::Up, "none: not checked"),
-        CheckerKind::Directio => (DIRECTIO_LEN, ""),
-        CheckerKind::Readsector0 => (SECTOR0_LEN, ""),
+        CheckerKind::Tur if dev.caps().scsi_target => return tur_check(dev, timeout),
         CheckerKind::Tur => (
             DIRECTIO_LEN,
             " (no SCSI target on this path; checked by a read)",
         ),
+        CheckerKind::Directio => (DIRECTIO_LEN, ""),
+        CheckerKind::Readsector0 => (SECTOR0_LEN, ""),
     };
     let probe = match dev.probe(len) {
         Ok(p) => p,
@@ -107,6 +112,18 @@ pub fn check_blocking_timeout(kind: CheckerKind, dev: &PathDev, timeout: Duratio
         message.push_str(&note);
     }
     revalidated(kind, dev, CheckState::Up, message)
+}
+
+/// TEST UNIT READY on a path with a SCSI target.
+fn tur_check(dev: &PathDev, timeout: Duration) -> CheckResult {
+    let kind = CheckerKind::Tur;
+    match dev.tur(timeout) {
+        Err(e) => CheckResult::new(CheckState::Down, format!("{kind}: {e}")),
+        Ok(r) if matches!(r.state, CheckState::Up | CheckState::Ghost) => {
+            revalidated(kind, dev, r.state, r.message)
+        }
+        Ok(r) => r.into(),
+    }
 }
 
 /// A check found the path usable: reopen its IO handle if needed.
