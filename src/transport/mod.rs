@@ -27,11 +27,11 @@ use std::sync::Arc;
 
 use crate::export::IoError;
 
+pub use crate::scsi::tur::TurResult;
 pub use fault::{
     Fault, FaultError, FaultParseError, FaultSpec, FaultTargets, Faults, IoKindForFault,
 };
 pub use file::FileTransport;
-pub use crate::scsi::tur::TurResult;
 pub use scsi::{ScsiTarget, ScsiTransport};
 
 /// The operation a [`TransportError`] happened in.
