@@ -469,6 +469,105 @@ mod tests {
         );
     }
 
+    /// An NBD path to an in-crate server of a 1 MiB in-memory export,
+    /// served until the returned runtime is dropped.
+    fn nbd_dev() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<PathDev>) {
+        use crate::export::{Export, ExportSet};
+        use crate::nbd::memexport::{ExportList, MemExport};
+        use crate::nbd::{NbdServer, ServerConfig};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("nbd.sock");
+        let exports: Vec<Arc<dyn Export>> = vec![Arc::new(MemExport::new("lun0", 1 << 20))];
+        let set: Arc<dyn ExportSet> = Arc::new(ExportList::new(exports));
+        let cfg = ServerConfig {
+            unix: Some(sock.clone()),
+            tcp: None,
+            limits: Default::default(),
+        };
+        let server = rt.block_on(NbdServer::bind(&cfg, set)).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        rt.spawn(async move {
+            let _stop = stop;
+            server.serve(stopped).await
+        });
+        let uri =
+            crate::nbd::uri::NbdUri::parse(&format!("nbd+unix:///lun0?socket={}", sock.display()))
+                .unwrap();
+        let dev = Arc::new(PathDev::new(Transport::Nbd(
+            crate::transport::nbd::NbdTransport::new(uri, Duration::from_secs(10)),
+        )));
+        (rt, dir, dev)
+    }
+
+    fn scsi_on_file(dir: &Path) -> Arc<PathDev> {
+        use crate::transport::ScsiTarget;
+        let path = dir.join("sdz");
+        std::fs::write(&path, vec![1u8; 64 * 1024]).unwrap();
+        Arc::new(PathDev::new(Transport::scsi(ScsiTarget {
+            devnode: path,
+            hctl: "1:0:0:0".into(),
+            block_size: Some(512),
+            timeout: None,
+        })))
+    }
+
+    #[test]
+    fn nbd_path_checks() {
+        let (_rt, _d, dev) = nbd_dev();
+        assert!(!dev.caps().scsi_target);
+        for kind in CheckerKind::ALL {
+            let r = check_blocking(kind, &dev);
+            assert_eq!(r.state, CheckState::Up, "{kind}: {}", r.message);
+        }
+        let r = check_blocking(CheckerKind::Tur, &dev);
+        assert!(r.message.contains("no SCSI target"), "{}", r.message);
+        fault(&dev, "error check");
+        let r = check_blocking(CheckerKind::Tur, &dev);
+        assert_eq!(r.state, CheckState::Down);
+        assert!(r.message.contains("injected"), "{}", r.message);
+    }
+
+    /// A `delay N check` fault makes a check take about N, on every
+    /// transport and with every checker that touches the device (it was
+    /// applied twice on NBD paths: before asking for a SCSI target, and
+    /// again before the read).
+    #[test]
+    fn a_delay_check_fault_is_applied_once_per_check() {
+        let delay = Duration::from_millis(400);
+        let (_d, file) = good_image();
+        let dir = tempfile::tempdir().unwrap();
+        let scsi = scsi_on_file(dir.path());
+        let (_rt, _nd, nbd) = nbd_dev();
+        for (name, dev) in [("file", &file), ("scsi", &scsi), ("nbd", &nbd)] {
+            // Connected and opened before timing.
+            assert_eq!(
+                check_blocking(CheckerKind::Directio, dev).state,
+                CheckState::Up,
+                "{name}"
+            );
+            fault(dev, "delay 400 check");
+            for kind in [
+                CheckerKind::Directio,
+                CheckerKind::Readsector0,
+                CheckerKind::Tur,
+            ] {
+                let t0 = Instant::now();
+                let r = check_blocking(kind, dev);
+                let took = t0.elapsed();
+                assert!(
+                    took >= delay && took < delay * 2 - Duration::from_millis(50),
+                    "{name} {kind}: a check took {took:?} under a {delay:?} check delay: {}",
+                    r.message
+                );
+            }
+        }
+    }
+
     #[test]
     fn path_dev_seeds_differ() {
         let a = PathDev::new(Transport::file("/nonexistent/a"));

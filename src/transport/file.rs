@@ -1010,6 +1010,23 @@ mod tests {
     }
 
     #[test]
+    fn caps_of_a_regular_file() {
+        let (_d, path) = image(8192);
+        let t = FileTransport::open(&path).unwrap();
+        let c = t.caps();
+        assert!(!c.scsi_target && !c.read_only);
+        assert!(c.flush && c.fua && c.volatile_cache && c.write_zeroes);
+        // Temporary directories are on filesystems that punch holes.
+        assert!(c.trim && c.fast_zero, "{c:?}");
+        // The hole probe past the end left the file alone.
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 8192);
+        assert!(data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        let gone = FileTransport::new(path.with_extension("missing"));
+        assert_eq!(gone.caps(), TransportCaps::BASIC);
+    }
+
+    #[test]
     fn directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t = FileTransport::new(dir.path());

@@ -697,6 +697,39 @@ mod tests {
     }
 
     #[test]
+    fn caps_intersect_and_advertise() {
+        let all = TransportCaps {
+            scsi_target: true,
+            read_only: false,
+            flush: true,
+            volatile_cache: false,
+            fua: true,
+            trim: true,
+            write_zeroes: true,
+            fast_zero: true,
+        };
+        let nbd = TransportCaps {
+            read_only: true,
+            volatile_cache: true,
+            ..TransportCaps::BASIC
+        };
+        let both = all.intersect(nbd);
+        assert!(!both.scsi_target && !both.trim && !both.fast_zero);
+        assert!(both.read_only && both.volatile_cache && both.flush && both.write_zeroes);
+        assert_eq!(all.intersect(all), all);
+        let e = all.export_caps();
+        assert!(e.trim && e.fast_zero && e.multi_conn && !e.read_only);
+        let e = both.export_caps();
+        assert!(!e.trim && !e.fast_zero && e.read_only && e.write_zeroes);
+        // No fast zero without write-zeroes.
+        let no_wz = TransportCaps {
+            write_zeroes: false,
+            ..all
+        };
+        assert!(!no_wz.export_caps().fast_zero);
+    }
+
+    #[test]
     fn types_are_send_sync() {
         fn check<T: Send + Sync>() {}
         check::<Transport>();
