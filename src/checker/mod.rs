@@ -14,9 +14,14 @@
 //! * `tur`: SCSI TEST UNIT READY over SG_IO on a `scsi` path, retried and
 //!   decided like multipath-tools' `tur` checker ([`crate::scsi::tur`]:
 //!   standby → ghost, state transition → i/o pending, reservation conflict
-//!   → ready). A `file` path has no SCSI target to ask, so it is checked
-//!   the way `directio` checks it.
+//!   → ready). A path without a SCSI target (`file`, `nbd`: see
+//!   [`crate::transport::TransportCaps::scsi_target`]) is checked the way
+//!   `directio` checks it.
 //! * `none`: always up, without touching the device (so faults don't apply).
+//!
+//! The path's capabilities choose the probe and each check runs exactly
+//! one, so a `check` fault (e.g. `delay 300 check`) is applied once per
+//! check on every transport.
 //!
 //! A check that finds the path healthy also revalidates the transport's IO
 //! handle ([`crate::transport::Transport::revalidate`]): it opens it if it

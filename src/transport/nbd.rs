@@ -6,7 +6,13 @@
 //! and gives it back. The pool's lock is held only to take or return a
 //! connection, never across a syscall. A connection that fails in any way
 //! is dropped, and the next IO or check makes a new one, so a server that
-//! restarts comes back by itself.
+//! restarts comes back by itself. A connection answered ESHUTDOWN (the
+//! server is going away: nbdkit answers so for seconds after SIGTERM) is
+//! dropped together with the idle ones, so the next check connects to the
+//! restarted server instead of asking the dying one again.
+//!
+//! Capabilities ([`NbdTransport::caps`]) come from the transmission flags
+//! of the last handshake, so they follow the server across reconnects.
 //!
 //! Error classes: a broken or timed-out connection, a refused connection
 //! and a server-reported EIO/ESHUTDOWN fail the path (the controller may be
