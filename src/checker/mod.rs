@@ -14,9 +14,14 @@
 //! * `tur`: SCSI TEST UNIT READY over SG_IO on a `scsi` path, retried and
 //!   decided like multipath-tools' `tur` checker ([`crate::scsi::tur`]:
 //!   standby → ghost, state transition → i/o pending, reservation conflict
-//!   → ready). A `file` path has no SCSI target to ask, so it is checked
-//!   the way `directio` checks it.
+//!   → ready). A path without a SCSI target (`file`, `nbd`: see
+//!   [`crate::transport::TransportCaps::scsi_target`]) is checked the way
+//!   `directio` checks it.
 //! * `none`: always up, without touching the device (so faults don't apply).
+//!
+//! The path's capabilities choose the probe and each check runs exactly
+//! one, so a `check` fault (e.g. `delay 300 check`) is applied once per
+//! check on every transport.
 //!
 //! A check that finds the path healthy also revalidates the transport's IO
 //! handle ([`crate::transport::Transport::revalidate`]): it opens it if it
@@ -35,7 +40,7 @@ use std::time::Duration;
 
 use crate::model::path::CheckState;
 use crate::policy::CheckerKind;
-use crate::transport::{PathDev, Revalidated};
+use crate::transport::{PathDev, Revalidated, TurResult};
 
 /// Bytes the `directio` (and, on `file` paths, `tur`) checker reads.
 pub const DIRECTIO_LEN: usize = 4096;
@@ -59,6 +64,12 @@ impl CheckResult {
     }
 }
 
+impl From<TurResult> for CheckResult {
+    fn from(r: TurResult) -> Self {
+        CheckResult::new(r.state, r.message)
+    }
+}
+
 impl fmt::Display for CheckResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.state, self.message)
@@ -75,23 +86,22 @@ pub fn check_blocking(kind: CheckerKind, dev: &PathDev) -> CheckResult {
 }
 
 /// Like [`check_blocking`], with the timeout SCSI commands are sent with.
+///
+/// The path's capabilities decide the probe: `tur` sends TEST UNIT READY
+/// only where there is a SCSI target
+/// ([`crate::transport::TransportCaps::scsi_target`]),
+/// else it reads like `directio`. Each check runs one probe, so a `check`
+/// fault is applied exactly once per check, whatever the transport.
 pub fn check_blocking_timeout(kind: CheckerKind, dev: &PathDev, timeout: Duration) -> CheckResult {
-    if kind == CheckerKind::Tur {
-        if let Some(r) = dev.tur(timeout) {
-            if !matches!(r.state, CheckState::Up | CheckState::Ghost) {
-                return r;
-            }
-            return revalidated(kind, dev, r.state, r.message);
-        }
-    }
     let (len, how) = match kind {
         CheckerKind::None => return CheckResult::new(CheckState::Up, "none: not checked"),
-        CheckerKind::Directio => (DIRECTIO_LEN, ""),
-        CheckerKind::Readsector0 => (SECTOR0_LEN, ""),
+        CheckerKind::Tur if dev.caps().scsi_target => return tur_check(dev, timeout),
         CheckerKind::Tur => (
             DIRECTIO_LEN,
             " (no SCSI target on this path; checked by a read)",
         ),
+        CheckerKind::Directio => (DIRECTIO_LEN, ""),
+        CheckerKind::Readsector0 => (SECTOR0_LEN, ""),
     };
     let probe = match dev.probe(len) {
         Ok(p) => p,
@@ -107,6 +117,18 @@ pub fn check_blocking_timeout(kind: CheckerKind, dev: &PathDev, timeout: Duratio
         message.push_str(&note);
     }
     revalidated(kind, dev, CheckState::Up, message)
+}
+
+/// TEST UNIT READY on a path with a SCSI target.
+fn tur_check(dev: &PathDev, timeout: Duration) -> CheckResult {
+    let kind = CheckerKind::Tur;
+    match dev.tur(timeout) {
+        Err(e) => CheckResult::new(CheckState::Down, format!("{kind}: {e}")),
+        Ok(r) if matches!(r.state, CheckState::Up | CheckState::Ghost) => {
+            revalidated(kind, dev, r.state, r.message)
+        }
+        Ok(r) => r.into(),
+    }
 }
 
 /// A check found the path usable: reopen its IO handle if needed.
@@ -450,6 +472,105 @@ mod tests {
             check_blocking(CheckerKind::None, &dev).state,
             CheckState::Up
         );
+    }
+
+    /// An NBD path to an in-crate server of a 1 MiB in-memory export,
+    /// served until the returned runtime is dropped.
+    fn nbd_dev() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<PathDev>) {
+        use crate::export::{Export, ExportSet};
+        use crate::nbd::memexport::{ExportList, MemExport};
+        use crate::nbd::{NbdServer, ServerConfig};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("nbd.sock");
+        let exports: Vec<Arc<dyn Export>> = vec![Arc::new(MemExport::new("lun0", 1 << 20))];
+        let set: Arc<dyn ExportSet> = Arc::new(ExportList::new(exports));
+        let cfg = ServerConfig {
+            unix: Some(sock.clone()),
+            tcp: None,
+            limits: Default::default(),
+        };
+        let server = rt.block_on(NbdServer::bind(&cfg, set)).unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        rt.spawn(async move {
+            let _stop = stop;
+            server.serve(stopped).await
+        });
+        let uri =
+            crate::nbd::uri::NbdUri::parse(&format!("nbd+unix:///lun0?socket={}", sock.display()))
+                .unwrap();
+        let dev = Arc::new(PathDev::new(Transport::Nbd(
+            crate::transport::nbd::NbdTransport::new(uri, Duration::from_secs(10)),
+        )));
+        (rt, dir, dev)
+    }
+
+    fn scsi_on_file(dir: &Path) -> Arc<PathDev> {
+        use crate::transport::ScsiTarget;
+        let path = dir.join("sdz");
+        std::fs::write(&path, vec![1u8; 64 * 1024]).unwrap();
+        Arc::new(PathDev::new(Transport::scsi(ScsiTarget {
+            devnode: path,
+            hctl: "1:0:0:0".into(),
+            block_size: Some(512),
+            timeout: None,
+        })))
+    }
+
+    #[test]
+    fn nbd_path_checks() {
+        let (_rt, _d, dev) = nbd_dev();
+        assert!(!dev.caps().scsi_target);
+        for kind in CheckerKind::ALL {
+            let r = check_blocking(kind, &dev);
+            assert_eq!(r.state, CheckState::Up, "{kind}: {}", r.message);
+        }
+        let r = check_blocking(CheckerKind::Tur, &dev);
+        assert!(r.message.contains("no SCSI target"), "{}", r.message);
+        fault(&dev, "error check");
+        let r = check_blocking(CheckerKind::Tur, &dev);
+        assert_eq!(r.state, CheckState::Down);
+        assert!(r.message.contains("injected"), "{}", r.message);
+    }
+
+    /// A `delay N check` fault makes a check take about N, on every
+    /// transport and with every checker that touches the device (it was
+    /// applied twice on NBD paths: before asking for a SCSI target, and
+    /// again before the read).
+    #[test]
+    fn a_delay_check_fault_is_applied_once_per_check() {
+        let delay = Duration::from_millis(400);
+        let (_d, file) = good_image();
+        let dir = tempfile::tempdir().unwrap();
+        let scsi = scsi_on_file(dir.path());
+        let (_rt, _nd, nbd) = nbd_dev();
+        for (name, dev) in [("file", &file), ("scsi", &scsi), ("nbd", &nbd)] {
+            // Connected and opened before timing.
+            assert_eq!(
+                check_blocking(CheckerKind::Directio, dev).state,
+                CheckState::Up,
+                "{name}"
+            );
+            fault(dev, "delay 400 check");
+            for kind in [
+                CheckerKind::Directio,
+                CheckerKind::Readsector0,
+                CheckerKind::Tur,
+            ] {
+                let t0 = Instant::now();
+                let r = check_blocking(kind, dev);
+                let took = t0.elapsed();
+                assert!(
+                    took >= delay && took < delay * 2 - Duration::from_millis(50),
+                    "{name} {kind}: a check took {took:?} under a {delay:?} check delay: {}",
+                    r.message
+                );
+            }
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tracing::{debug, error, info, warn};
 use crate::export::{BlockSizes, Export, ExportCaps, IoError, Op, Request};
 use crate::model::{CheckState, LoadView, Map, MapEvent, MapPolicy, Path, Route, SwitchReason};
 use crate::policy::no_path_retry::Disposition;
-use crate::transport::{ErrorClass, IoOp, PathDev, TransportError};
+use crate::transport::{ErrorClass, IoOp, PathDev, TransportCaps, TransportError};
 use crate::units::{duration_ms, PathId, Time};
 
 /// IO worker threads per path, at most.
@@ -504,8 +504,39 @@ impl Inner {
         }
     }
 
+    /// The intersection of the capabilities of the map's paths that are
+    /// not removed: the usable ones, or all of them if none is usable.
+    fn path_caps(&self) -> TransportCaps {
+        let st = self.state.lock();
+        let live = || {
+            st.map
+                .paths()
+                .iter()
+                .zip(&st.paths)
+                .filter(|(p, _)| !p.removed)
+        };
+        let any_usable = live().any(|(p, _)| p.usable());
+        live()
+            .filter(|(p, _)| p.usable() || !any_usable)
+            .map(|(_, rt)| rt.dev.caps())
+            .reduce(TransportCaps::intersect)
+            .unwrap_or(TransportCaps::BASIC)
+    }
+
     /// Routes a request to a path, holds it, or fails it.
     fn dispatch(&self, mut req: Request, attempts: u32) {
+        // A connection keeps the capabilities it negotiated; a trim or a
+        // fast zero the map's paths can no longer do is "not supported",
+        // never a path failure.
+        let refused = match req.op {
+            Op::Trim => !self.path_caps().trim,
+            Op::WriteZeroes { fast: true, .. } => !self.path_caps().fast_zero,
+            _ => false,
+        };
+        if refused {
+            req.complete(Err(IoError::NotSup));
+            return;
+        }
         let target = {
             let mut st = self.state.lock();
             let st = &mut *st;
@@ -900,10 +931,11 @@ impl Export for MapEngine {
         self.inner.info.size
     }
 
+    /// What all of the map's usable paths can do (all of its paths when
+    /// none is usable), asked of the transports now: it follows the path
+    /// set and paths that reconnect with other capabilities.
     fn caps(&self) -> ExportCaps {
-        // Multi-conn: every connection goes through this one engine to the
-        // same LUN, and a flush on any path reaches the LUN's cache.
-        ExportCaps::ALL
+        self.inner.path_caps().export_caps()
     }
 
     fn block_sizes(&self) -> BlockSizes {

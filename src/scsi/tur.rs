@@ -82,6 +82,15 @@ impl TurOutcome {
     }
 }
 
+/// What a TEST UNIT READY check concluded: the path's state and why (for
+/// the admin). The `scsi` transport answers it; the checker turns it into
+/// its own result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurResult {
+    pub state: CheckState,
+    pub message: String,
+}
+
 /// What to do after one TEST UNIT READY.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurVerdict {

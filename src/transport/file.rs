@@ -68,6 +68,10 @@ struct Opened {
     /// Set when IO on this handle failed with a path error: the next
     /// successful check reopens it.
     failed: AtomicBool,
+    /// What the file or device can do, found at open.
+    caps: TransportCaps,
+    /// Cleared when a trim answered "not supported".
+    trim_ok: AtomicBool,
 }
 
 /// Why the transport is not open: the last open error, kept in a form that
@@ -156,6 +160,11 @@ fn open_io(path: &Path) -> io::Result<Opened> {
             "not a regular file or block device",
         ));
     }
+    let caps = if ft.is_block_device() {
+        blockdev_caps(meta.rdev(), false)
+    } else {
+        regular_file_caps(&file, meta.len())
+    };
     Ok(Opened {
         file,
         blkdev: ft.is_block_device(),
@@ -163,7 +172,83 @@ fn open_io(path: &Path) -> io::Result<Opened> {
         ino: meta.ino(),
         rdev: meta.rdev(),
         failed: AtomicBool::new(false),
+        trim_ok: AtomicBool::new(caps.trim),
+        caps,
     })
+}
+
+/// A regular file's capabilities: the page cache is its volatile cache;
+/// trim and fast zeroing need hole punching, which is probed past the end
+/// of the file (`KEEP_SIZE`: nothing is read, written or allocated).
+fn regular_file_caps(file: &File, size: u64) -> TransportCaps {
+    let at = size.div_ceil(4096).saturating_add(1).saturating_mul(4096);
+    let punch = falloc(
+        file,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        at,
+        4096,
+    );
+    let holes = !matches!(&punch, Err(e) if is_unsupported(e));
+    TransportCaps {
+        trim: holes,
+        fast_zero: holes,
+        ..TransportCaps::BASIC
+    }
+}
+
+/// What a block device's request queue says it can do (sysfs
+/// `/sys/dev/block/MAJ:MIN/queue`, the whole disk's for a partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueLimits {
+    /// `discard_max_bytes` > 0.
+    pub discard: bool,
+    /// `write_zeroes_max_bytes` > 0: zeroing without writing zeroes.
+    pub write_zeroes: bool,
+    /// `write_cache` is "write back".
+    pub write_back: bool,
+    /// The device's `ro` is 1.
+    pub read_only: bool,
+}
+
+/// Reads the queue limits of block device `rdev`; `None` if sysfs does
+/// not have them.
+pub(crate) fn queue_limits(rdev: u64) -> Option<QueueLimits> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let dev = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    // A partition's directory sits in its disk's, which has the queue.
+    let queue = if dev.join("partition").exists() {
+        dev.join("../queue")
+    } else {
+        dev.join("queue")
+    };
+    let text = |p: PathBuf| std::fs::read_to_string(p).ok();
+    let num = |f: &str| text(queue.join(f)).and_then(|t| t.trim().parse::<u64>().ok());
+    let discard = num("discard_max_bytes")? > 0;
+    Some(QueueLimits {
+        discard,
+        write_zeroes: num("write_zeroes_max_bytes").unwrap_or(0) > 0,
+        write_back: text(queue.join("write_cache")).is_none_or(|t| t.trim() == "write back"),
+        read_only: text(dev.join("ro")).is_some_and(|t| t.trim() == "1"),
+    })
+}
+
+/// A block device's capabilities from its queue limits (all of them if
+/// sysfs does not say).
+pub(crate) fn blockdev_caps(rdev: u64, scsi_target: bool) -> TransportCaps {
+    let q = queue_limits(rdev).unwrap_or(QueueLimits {
+        discard: true,
+        write_zeroes: true,
+        write_back: true,
+        read_only: false,
+    });
+    TransportCaps {
+        scsi_target,
+        read_only: q.read_only,
+        volatile_cache: q.write_back,
+        trim: q.discard,
+        fast_zero: q.write_zeroes,
+        ..TransportCaps::BASIC
+    }
 }
 
 /// `pread` until `buf` is full; end of file first is an error.
@@ -382,13 +467,15 @@ impl FileTransport {
         self.io.load().as_ref().is_some_and(|o| o.blkdev)
     }
 
+    /// Found at open (see [`TransportCaps`]); [`TransportCaps::BASIC`]
+    /// while not open.
     pub fn caps(&self) -> TransportCaps {
-        TransportCaps {
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: true,
+        match self.io.load().as_deref() {
+            Some(o) => TransportCaps {
+                trim: o.caps.trim && o.trim_ok.load(Ordering::Relaxed),
+                ..o.caps
+            },
+            None => TransportCaps::BASIC,
         }
     }
 
@@ -508,8 +595,13 @@ impl FileTransport {
 
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), TransportError> {
         let o = self.handle(IoOp::Trim, offset, len)?;
-        discard(&o.file, o.blkdev, offset, len)
-            .map_err(|e| self.io_error(&o, IoOp::Trim, offset, len, e))
+        discard(&o.file, o.blkdev, offset, len).map_err(|e| {
+            let e = self.io_error(&o, IoOp::Trim, offset, len, e);
+            if e.class == ErrorClass::Unsupported {
+                o.trim_ok.store(false, Ordering::Relaxed);
+            }
+            e
+        })
     }
 
     /// Make `len` bytes at `offset` read back as zeroes.
@@ -915,6 +1007,23 @@ mod tests {
             classify(IoOp::Read, &errno_error(libc::ENOSPC)),
             ErrorClass::Path
         );
+    }
+
+    #[test]
+    fn caps_of_a_regular_file() {
+        let (_d, path) = image(8192);
+        let t = FileTransport::open(&path).unwrap();
+        let c = t.caps();
+        assert!(!c.scsi_target && !c.read_only);
+        assert!(c.flush && c.fua && c.volatile_cache && c.write_zeroes);
+        // Temporary directories are on filesystems that punch holes.
+        assert!(c.trim && c.fast_zero, "{c:?}");
+        // The hole probe past the end left the file alone.
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 8192);
+        assert!(data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        let gone = FileTransport::new(path.with_extension("missing"));
+        assert_eq!(gone.caps(), TransportCaps::BASIC);
     }
 
     #[test]

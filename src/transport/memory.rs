@@ -324,6 +324,9 @@ impl MemoryTransport {
 
     pub fn caps(&self) -> TransportCaps {
         TransportCaps {
+            scsi_target: false,
+            read_only: false,
+            volatile_cache: false,
             flush: true,
             fua: true,
             trim: true,

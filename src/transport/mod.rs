@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use crate::export::IoError;
 
+pub use crate::scsi::tur::TurResult;
 pub use fault::{
     Fault, FaultError, FaultParseError, FaultSpec, FaultTargets, Faults, IoKindForFault,
 };
@@ -210,16 +211,89 @@ impl TransportError {
     }
 }
 
-/// What a transport can do (for the export's advertised capabilities).
+/// What a transport is and what it can do: the one source the checker
+/// (which probe to run) and the engine (what an export advertises) ask.
+///
+/// Each transport computes it from what it knows of its LUN, without a
+/// syscall (facts are gathered when the transport opens or connects):
+///
+/// * `file`, regular file: flush and FUA (`fdatasync`) with the page
+///   cache as the volatile cache; trim and fast zeroing if the
+///   filesystem punches holes (probed at open, and learned from a trim
+///   that answers "not supported").
+/// * `file` on a block device and `scsi`: from the queue's sysfs limits
+///   (`discard_max_bytes` for trim, `write_zeroes_max_bytes` for fast
+///   zeroing, `write_cache` for the cache); `scsi` has a SCSI target.
+/// * `nbd`: from the server's transmission flags at the last handshake,
+///   so they may change when the path reconnects (to a restarted or
+///   different server). Before the first connection only what umpath can
+///   always do (flush, FUA, write-zeroes by writing zeroes) is claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportCaps {
+    /// A SCSI target answers commands (TEST UNIT READY) on this path.
+    pub scsi_target: bool,
+    /// The LUN refuses writes.
+    pub read_only: bool,
+    /// A flush is accepted (a no-op where nothing is cached).
     pub flush: bool,
+    /// Completed writes may sit in a volatile cache until a flush (or
+    /// FUA) makes them stable.
+    pub volatile_cache: bool,
+    /// A write can be made stable before it completes (natively or by a
+    /// flush after it).
     pub fua: bool,
+    /// Discard is passed on to the LUN.
     pub trim: bool,
+    /// Write-zeroes is accepted (done by writing zeroes if nothing faster).
     pub write_zeroes: bool,
-    /// Write-zeroes may be asked to fail rather than be slow; it then
-    /// fails with [`ErrorClass::Unsupported`] when it would be slow.
+    /// Write-zeroes can be fast (no data written), so a request that asks
+    /// for fast zeroing only may succeed; it fails with
+    /// [`ErrorClass::Unsupported`] when it would be slow.
     pub fast_zero: bool,
+}
+
+impl TransportCaps {
+    /// What a transport that knows nothing of its LUN yet can still do.
+    pub const BASIC: TransportCaps = TransportCaps {
+        scsi_target: false,
+        read_only: false,
+        flush: true,
+        volatile_cache: true,
+        fua: true,
+        trim: false,
+        write_zeroes: true,
+        fast_zero: false,
+    };
+
+    /// What both can do: a feature only if both have it; read-only or a
+    /// volatile cache if either has it.
+    pub fn intersect(self, other: TransportCaps) -> TransportCaps {
+        TransportCaps {
+            scsi_target: self.scsi_target && other.scsi_target,
+            read_only: self.read_only || other.read_only,
+            flush: self.flush && other.flush,
+            volatile_cache: self.volatile_cache || other.volatile_cache,
+            fua: self.fua && other.fua,
+            trim: self.trim && other.trim,
+            write_zeroes: self.write_zeroes && other.write_zeroes,
+            fast_zero: self.fast_zero && other.fast_zero,
+        }
+    }
+
+    /// What paths with these capabilities, together, let an export
+    /// advertise. `multi_conn`: every connection goes through one engine
+    /// to one LUN, and a flush on any path reaches the LUN's cache.
+    pub fn export_caps(self) -> crate::export::ExportCaps {
+        crate::export::ExportCaps {
+            read_only: self.read_only,
+            flush: self.flush,
+            fua: self.fua,
+            trim: self.trim,
+            write_zeroes: self.write_zeroes,
+            fast_zero: self.write_zeroes && self.fast_zero,
+            multi_conn: true,
+        }
+    }
 }
 
 /// The result of a checker's probe read ([`Transport::probe`]).
@@ -367,8 +441,8 @@ impl Transport {
     }
 
     /// SCSI TEST UNIT READY, if the transport has a SCSI target to ask
-    /// (`None` for files).
-    pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
+    /// (`None` otherwise; see [`TransportCaps::scsi_target`]).
+    pub fn tur(&self, timeout: std::time::Duration) -> Option<TurResult> {
         match self {
             Transport::File(_) | Transport::Nbd(_) | Transport::Memory(_) => None,
             Transport::Scsi(t) => Some(t.tur(timeout)),
@@ -395,6 +469,8 @@ impl Transport {
         }
     }
 
+    /// What the transport is and can do (see [`TransportCaps`]). Never
+    /// blocks: IO routing may ask it.
     pub fn caps(&self) -> TransportCaps {
         match self {
             Transport::File(t) => t.caps(),
@@ -555,19 +631,28 @@ impl PathDev {
             .write_zeroes(offset, len, may_unmap, fast_only)
     }
 
-    /// TEST UNIT READY behind the `checks` fault target (`None`: no SCSI
-    /// target on this path). An injected check fault makes the path down.
-    pub fn tur(&self, timeout: std::time::Duration) -> Option<crate::checker::CheckResult> {
-        if matches!(self.transport, Transport::File(_) | Transport::Memory(_)) {
-            return None;
-        }
-        if let Err(e) = self.fault(IoKindForFault::Check, IoOp::Check, 0, 0) {
-            return Some(crate::checker::CheckResult::new(
-                crate::model::CheckState::Down,
-                format!("tur: {e}"),
-            ));
-        }
-        self.transport.tur(timeout)
+    /// What the path's transport is and can do.
+    pub fn caps(&self) -> TransportCaps {
+        self.transport.caps()
+    }
+
+    /// TEST UNIT READY behind the `checks` fault target. A path without a
+    /// SCSI target ([`TransportCaps::scsi_target`]) answers with an
+    /// [`ErrorClass::Unsupported`] error; the checker asks only paths that
+    /// have one. A check runs either this or [`PathDev::probe`], so a
+    /// check fault applies once per check.
+    pub fn tur(&self, timeout: std::time::Duration) -> Result<TurResult, TransportError> {
+        self.fault(IoKindForFault::Check, IoOp::Check, 0, 0)?;
+        self.transport.tur(timeout).ok_or_else(|| {
+            TransportError::new(
+                IoOp::Check,
+                0,
+                0,
+                self.transport.target(),
+                ErrorClass::Unsupported,
+                io::Error::new(io::ErrorKind::Unsupported, "no SCSI target on this path"),
+            )
+        })
     }
 
     /// The checker's probe, behind the `checks` fault target.
@@ -639,6 +724,39 @@ mod tests {
             io::Error::from_raw_os_error(libc::EIO),
         );
         assert!(e.to_string().starts_with("/x: flush: "), "{e}");
+    }
+
+    #[test]
+    fn caps_intersect_and_advertise() {
+        let all = TransportCaps {
+            scsi_target: true,
+            read_only: false,
+            flush: true,
+            volatile_cache: false,
+            fua: true,
+            trim: true,
+            write_zeroes: true,
+            fast_zero: true,
+        };
+        let nbd = TransportCaps {
+            read_only: true,
+            volatile_cache: true,
+            ..TransportCaps::BASIC
+        };
+        let both = all.intersect(nbd);
+        assert!(!both.scsi_target && !both.trim && !both.fast_zero);
+        assert!(both.read_only && both.volatile_cache && both.flush && both.write_zeroes);
+        assert_eq!(all.intersect(all), all);
+        let e = all.export_caps();
+        assert!(e.trim && e.fast_zero && e.multi_conn && !e.read_only);
+        let e = both.export_caps();
+        assert!(!e.trim && !e.fast_zero && e.read_only && e.write_zeroes);
+        // No fast zero without write-zeroes.
+        let no_wz = TransportCaps {
+            write_zeroes: false,
+            ..all
+        };
+        assert!(!no_wz.export_caps().fast_zero);
     }
 
     #[test]

@@ -6,7 +6,13 @@
 //! and gives it back. The pool's lock is held only to take or return a
 //! connection, never across a syscall. A connection that fails in any way
 //! is dropped, and the next IO or check makes a new one, so a server that
-//! restarts comes back by itself.
+//! restarts comes back by itself. A connection answered ESHUTDOWN (the
+//! server is going away: nbdkit answers so for seconds after SIGTERM) is
+//! dropped together with the idle ones, so the next check connects to the
+//! restarted server instead of asking the dying one again.
+//!
+//! Capabilities ([`NbdTransport::caps`]) come from the transmission flags
+//! of the last handshake, so they follow the server across reconnects.
 //!
 //! Error classes: a broken or timed-out connection, a refused connection
 //! and a server-reported EIO/ESHUTDOWN fail the path (the controller may be
@@ -340,8 +346,25 @@ impl NbdTransport {
                 drop(stale);
                 Err(self.error(op, offset, len, ErrorClass::Path, e))
             }
+            // The server is shutting down (e.g. nbdkit after SIGTERM keeps
+            // its connections open for a while, answering ESHUTDOWN to
+            // every request): this connection and the idle ones are to a
+            // server that is going away, and a restarted server listens
+            // anew. Drop them all, so the next check connects to it.
+            Err(ReqError::Server(proto::ESHUTDOWN)) => {
+                drop(c);
+                let stale = std::mem::take(&mut *self.pool.lock());
+                drop(stale);
+                Err(self.error(
+                    op,
+                    offset,
+                    len,
+                    ErrorClass::Path,
+                    io::Error::from_raw_os_error(libc::ESHUTDOWN),
+                ))
+            }
             Err(ReqError::Server(errno)) => {
-                // A server error leaves the stream in sync: keep it.
+                // Any other server error leaves the stream in sync: keep it.
                 self.give_back(c);
                 let os = server_errno(errno);
                 let class = match os {
@@ -369,14 +392,15 @@ impl NbdTransport {
         Ok(self.info(IoOp::Size)?.size)
     }
 
+    /// From the transmission flags of the last handshake (so they follow
+    /// the server across reconnects); [`TransportCaps::BASIC`] before the
+    /// first. Flush and FUA are always possible (a flush without a server
+    /// cache is a no-op, FUA without server support a flush after the
+    /// write), as is write-zeroes (by writing zeroes).
     pub fn caps(&self) -> TransportCaps {
-        let f = self.info.load_full().map_or(0, |i| i.flags);
-        TransportCaps {
-            flush: true,
-            fua: true,
-            trim: f & proto::FLAG_SEND_TRIM != 0,
-            write_zeroes: true,
-            fast_zero: f & proto::FLAG_SEND_FAST_ZERO != 0,
+        match self.info.load().as_deref() {
+            Some(i) => caps_from_flags(i.flags),
+            None => TransportCaps::BASIC,
         }
     }
 
@@ -538,6 +562,21 @@ impl NbdTransport {
     }
 }
 
+/// What a server with these transmission flags lets a path do.
+fn caps_from_flags(f: u16) -> TransportCaps {
+    let has = |bit: u16| f & bit != 0;
+    TransportCaps {
+        scsi_target: false,
+        read_only: has(proto::FLAG_READ_ONLY),
+        flush: true,
+        volatile_cache: has(proto::FLAG_SEND_FLUSH),
+        fua: true,
+        trim: has(proto::FLAG_SEND_TRIM),
+        write_zeroes: true,
+        fast_zero: has(proto::FLAG_SEND_WRITE_ZEROES) && has(proto::FLAG_SEND_FAST_ZERO),
+    }
+}
+
 enum Data<'a> {
     None,
     In(&'a mut [u8]),
@@ -564,6 +603,24 @@ mod tests {
         assert_eq!(v[0], (10, MAX_REQUEST as u64));
         assert_eq!(v[2], (10 + 2 * MAX_REQUEST as u64, 5));
         assert_eq!(chunks(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn caps_follow_the_transmission_flags() {
+        let c = caps_from_flags(proto::FLAG_HAS_FLAGS);
+        assert!(!c.trim && !c.fast_zero && !c.volatile_cache && !c.read_only);
+        assert!(c.flush && c.fua && c.write_zeroes && !c.scsi_target);
+        let c = caps_from_flags(
+            proto::FLAG_HAS_FLAGS
+                | proto::FLAG_SEND_FLUSH
+                | proto::FLAG_SEND_TRIM
+                | proto::FLAG_SEND_WRITE_ZEROES
+                | proto::FLAG_SEND_FAST_ZERO
+                | proto::FLAG_READ_ONLY,
+        );
+        assert!(c.trim && c.fast_zero && c.volatile_cache && c.read_only);
+        // Fast zero means nothing without write-zeroes.
+        assert!(!caps_from_flags(proto::FLAG_SEND_FAST_ZERO).fast_zero);
     }
 
     #[test]

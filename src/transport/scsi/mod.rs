@@ -38,8 +38,7 @@ use arc_swap::ArcSwapOption;
 
 use super::file::{self, blk_sector_size, blk_size, errno_error, read_full, write_full};
 use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
-use crate::checker::CheckResult;
-use crate::scsi::tur;
+use crate::scsi::tur::{self, TurResult};
 
 /// Largest piece of one request moved through the bounce buffer at once.
 pub const CHUNK: usize = 1 << 20;
@@ -98,6 +97,8 @@ struct Opened {
     rdev: u64,
     ino: u64,
     failed: AtomicBool,
+    /// What the disk can do, found at open.
+    caps: TransportCaps,
 }
 
 /// Static facts about the disk, from discovery.
@@ -186,13 +187,15 @@ impl ScsiTransport {
         self.io.load().is_some()
     }
 
+    /// Found at open from the disk's queue limits (see
+    /// [`TransportCaps`]); a SCSI target either way.
     pub fn caps(&self) -> TransportCaps {
-        TransportCaps {
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: true,
+        match self.io.load().as_deref() {
+            Some(o) => o.caps,
+            None => TransportCaps {
+                scsi_target: true,
+                ..TransportCaps::BASIC
+            },
         }
     }
 
@@ -276,6 +279,17 @@ impl ScsiTransport {
                 let bs = blk_sector_size(&file)?;
                 self.block_size.store(bs, Ordering::Relaxed);
             }
+            let caps = if blkdev {
+                file::blockdev_caps(meta.rdev(), true)
+            } else {
+                // A stand-in for a disk (tests): no queue to ask.
+                TransportCaps {
+                    scsi_target: true,
+                    trim: true,
+                    fast_zero: true,
+                    ..TransportCaps::BASIC
+                }
+            };
             Ok(Opened {
                 blkdev,
                 read_only,
@@ -283,6 +297,10 @@ impl ScsiTransport {
                 ino: meta.ino(),
                 file,
                 failed: AtomicBool::new(false),
+                caps: TransportCaps {
+                    read_only: read_only || caps.read_only,
+                    ..caps
+                },
             })
         });
         match r {
@@ -549,14 +567,14 @@ impl ScsiTransport {
     /// TEST UNIT READY over SG_IO on a descriptor of its own, retried and
     /// decided like multipath-tools' `tur` checker
     /// ([`crate::scsi::tur`]).
-    pub fn tur(&self, timeout: Duration) -> CheckResult {
+    pub fn tur(&self, timeout: Duration) -> TurResult {
         let file = match sgio::open_for_commands(&self.target.devnode) {
             Ok(f) => f,
             Err(e) => {
-                return CheckResult::new(
-                    crate::model::CheckState::Down,
-                    format!("tur: cannot open {}: {e}", self.name),
-                )
+                return TurResult {
+                    state: crate::model::CheckState::Down,
+                    message: format!("tur: cannot open {}: {e}", self.name),
+                }
             }
         };
         let (state, why, tries) = tur::run(|| sgio::test_unit_ready(&file, timeout));
@@ -564,7 +582,7 @@ impl ScsiTransport {
         if tries > 1 {
             message.push_str(&format!(" after {tries} commands"));
         }
-        CheckResult::new(state, message)
+        TurResult { state, message }
     }
 }
 
