@@ -18,8 +18,8 @@ pub struct DemoArgs {
     /// Scratch directory (default: a new one under $TMPDIR).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Image size in bytes.
-    #[arg(long, default_value_t = 1 << 30)]
+    /// Image size: bytes, or with a suffix (64M, 1G, 2T).
+    #[arg(long, default_value = "1G", value_parser = super::parse_size_arg)]
     pub size: u64,
     /// Also serve NBD on TCP HOST:PORT.
     #[arg(long)]
@@ -119,19 +119,57 @@ async fn print_banner(d: &Daemon, nbd_socket: &Path, control_socket: &Path) {
     let sock = nbd_socket.display();
     let uri = format!("nbd+unix:///{DEMO_MAP}?socket={sock}");
     let ctl = control_socket.display();
+    // The commands are printed so they run as printed: this binary's own
+    // path, not a bare `umpath` that may not be on PATH.
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "umpath".to_string());
+    let me = shell_quote(&me);
     println!("umpath demo: map {DEMO_MAP} is served over NBD at");
     println!("{uri}");
     println!();
-    println!("Try, from another terminal:");
+    println!("Try, from another terminal (Debian packages: libnbd-bin for nbdinfo and");
+    println!("nbdfuse, qemu-utils for qemu-io, nbd-client for nbd-client):");
     println!("  nbdinfo '{uri}'");
     println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '{uri}'");
-    println!("  nbd-client -unix {sock} -N {DEMO_MAP} /dev/nbd0     # needs the nbd kernel module");
     println!("  mkdir -p /tmp/lun0 && nbdfuse /tmp/lun0 '{uri}' &  # the export as a file");
-    println!("  umpath --control-socket {ctl} show topology");
-    println!("  umpath --control-socket {ctl} fail path p0");
-    println!("  umpath --control-socket {ctl} reinstate path p0");
+    println!("  nbd-client -unix {sock} -N {DEMO_MAP} /dev/nbd0     # needs root and the nbd kernel module");
+    println!("  {me} --control-socket {ctl} show topology");
+    println!("  {me} --control-socket {ctl} fail path p0");
+    println!("  {me} --control-socket {ctl} reinstate path p0");
     println!();
     print!("{}", d.topology_text().await);
     println!();
     println!("Serving until Ctrl-C.");
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_config_is_clean() {
+        let c = crate::config::Config::parse_str(&demo_config(Path::new("/tmp/x.img")), "demo")
+            .expect("valid");
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_quote("/usr/bin/umpath"), "/usr/bin/umpath");
+        assert_eq!(shell_quote("/a b/umpath"), "'/a b/umpath'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
 }

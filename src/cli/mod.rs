@@ -90,24 +90,42 @@ pub enum Cmd {
         json: bool,
     },
     /// Fail a path (it stays failed until reinstated).
-    Fail { what: PathWord, name: String },
+    Fail {
+        /// The word `path`.
+        what: PathWord,
+        /// The path's name (as `show paths` lists it).
+        name: String,
+    },
     /// Reinstate a path failed by `fail path`.
-    Reinstate { what: PathWord, name: String },
+    Reinstate {
+        /// The word `path`.
+        what: PathWord,
+        /// The path's name (as `show paths` lists it).
+        name: String,
+    },
     /// Inject a fault: error | delay MS | hang | flaky PERCENT | clear,
     /// optionally followed by read, write and/or check.
     Fault {
+        /// The word `path`.
         what: PathWord,
+        /// The path's name (as `show paths` lists it).
         name: String,
+        /// error | delay MS | hang | flaky PERCENT | clear, then optionally
+        /// read, write and/or check (default: read and write).
         #[arg(num_args = 1.., required = true, allow_hyphen_values = true)]
         spec: Vec<String>,
     },
     /// Switch a map to path group N (1-based): `switch map NAME group N`.
     Switch {
+        /// The word `map`.
         #[arg(value_parser = ["map"])]
         map_word: String,
+        /// The map's name (alias or WWID, as `show maps` lists it).
         map: String,
+        /// The word `group`.
         #[arg(value_parser = ["group"])]
         group_word: String,
+        /// The path group, numbered from 1 as `show topology` lists them.
         group: usize,
     },
     /// Re-read the configuration (a bad file is rejected; the running one stays).
@@ -119,8 +137,11 @@ pub enum Cmd {
     /// Print every effective property for a device with where it came from
     /// (multipaths entry, overrides, device entry, defaults, built-in).
     Explain {
+        /// The device's vendor (SCSI INQUIRY), e.g. OSNEXUS.
         vendor: String,
+        /// The device's product, e.g. QUANTASTOR.
         product: String,
+        /// The device's revision (optional).
         revision: Option<String>,
         /// The WWID (selects the multipaths entry and the wwid blacklist).
         #[arg(long, default_value = "")]
@@ -134,6 +155,7 @@ pub enum Cmd {
     /// chart.svg, and fails if any data was wrong or any error reached the
     /// client while a path was usable.
     Simulate {
+        /// The scenario file (TOML; see examples/).
         scenario: PathBuf,
         /// Where the report goes (default ./umpath-sim-<scenario file stem>).
         #[arg(long)]
@@ -170,6 +192,12 @@ pub fn init_logging() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Cmd::Daemon { .. } | Cmd::Demo(_) | Cmd::Simulate { .. }
+    ) {
+        quiet_on_closed_pipe();
+    }
     match cli.command {
         Cmd::Daemon {
             nbd_socket,
@@ -263,6 +291,33 @@ pub fn main() -> ExitCode {
         }
         Cmd::Reconfigure => send(&cli.control_socket, &Ctl::Reconfigure),
         Cmd::Shutdown => send(&cli.control_socket, &Ctl::Shutdown),
+    }
+}
+
+/// A command whose output goes to a pipe that closes early (`| head`,
+/// `| true`) ends quietly, as other Unix tools do, instead of failing on
+/// EPIPE. Only for one-shot client commands: the daemon keeps ignoring
+/// SIGPIPE so a client that goes away cannot kill it.
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the default disposition (no Rust handler runs), at
+    // start-up before any other thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// A size argument: bytes, or a number with K, M, G or T (powers of 1024;
+/// "KiB", "MB" and the like are read the same way).
+pub fn parse_size_arg(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    match crate::sim::scenario::parse_size(t) {
+        Some(0) | None => Err(format!(
+            "{s:?} is not a size: use bytes or a number with K, M, G or T (e.g. 64M, 1G)"
+        )),
+        Some(n) => Ok(n),
     }
 }
 

@@ -616,13 +616,10 @@ pub static KEYWORDS: &[Keyword] = &[
     kw("user_friendly_names", DHOM, Kind::YesNo, Some("no"), Sup),
     kw("alias_prefix", DHO, Kind::NonEmpty, Some("mpath"), Sup),
     kw("uid_attribute", DHO, Kind::Str, Some("ID_SERIAL"), Sup),
-    kw(
-        "getuid_callout",
-        DHO,
-        Kind::Str,
-        None,
-        Dep("multipath-tools ignores it (use uid_attribute); umpath records the value but paths declare their WWID"),
-    ),
+    // Deprecated by multipath-tools (which ignores it), but umpath honours
+    // it for SCSI paths: a scsi_id callout yields the computed identifier,
+    // others run (see discovery::callout). Declared paths state their WWID.
+    kw("getuid_callout", DHO, Kind::Str, None, Sup),
     kw("flush_on_last_del", DHOM, Kind::OneOf(&["yes", "no", "always", "unused", "never"]), Some("no"), No(NOT_YET)),
     kw("deferred_remove", DHOM, Kind::YesNo, Some("no"), No(KERNEL)),
     kw("skip_kpartx", DHOM, Kind::YesNo, Some("no"), No(UDEV)),

@@ -113,11 +113,9 @@ paths {
 #[test]
 fn quantastor_stanza_verbatim() {
     let c = ok(QUANTASTOR);
-    // The only warning: getuid_callout is deprecated.
+    // No warning: umpath honours getuid_callout (SCSI paths).
     let w = warnings(&c);
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert_eq!(w[0].0, 8);
-    assert!(w[0].1.contains("'getuid_callout' is deprecated"), "{w:?}");
+    assert!(w.is_empty(), "{w:?}");
 
     assert_eq!(c.paths().len(), 2);
     let p0 = c.path("p0").unwrap();
@@ -1258,7 +1256,6 @@ fn every_diagnostic_has_file_line_and_a_plain_message() {
         ("defaults {\n features \"2 queue_if_no_path\"\n}\n", 2, false, "announces 2 words but has 1"),
         ("defaults {\n path_checker rdac\n}\n", 2, false, "hardware specific"),
         ("defaults {\n prio nonsense\n}\n", 2, false, "unknown prioritizer 'nonsense'"),
-        ("defaults {\n getuid_callout \"/sbin/scsi_id\"\n}\n", 2, false, "keyword 'getuid_callout' is deprecated"),
         ("defaults {\n reassign_maps yes\n}\n", 2, false, "keyword 'reassign_maps' has no effect in umpath"),
         ("defaults {\n polling_interval 10\n max_polling_interval 5\n}\n", 3, false, "max_polling_interval 5 is smaller than polling_interval 10"),
         // Sections and entries.

@@ -89,6 +89,8 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot serve NBD on {0}")]
+    NbdListen(std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -191,16 +193,10 @@ impl Daemon {
             tcp: opts.nbd_listen.as_deref().map(tcp_listen_addr),
             limits: Limits::default(),
         };
+        // The error names the address that failed.
         let server = NbdServer::bind(&server_cfg, export_set)
             .await
-            .map_err(|source| DaemonError::Listen {
-                what: "NBD",
-                addr: match &server_cfg.tcp {
-                    Some(t) => format!("unix:{} and tcp:{t}", nbd_socket.display()),
-                    None => format!("unix:{}", nbd_socket.display()),
-                },
-                source,
-            })?;
+            .map_err(DaemonError::NbdListen)?;
         let nbd_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.serve(nbd_shutdown).await {
@@ -559,16 +555,28 @@ impl control::server::Handler for Daemon {
                         // The merged configuration, shaped like `multipath -t`.
                         Response::text(self.config().render_multipath_t())
                     }
-                    (ShowWhat::Status, _) => {
+                    (ShowWhat::Status, json) => {
                         let p = self.published.load();
                         let paths: usize = p.maps.iter().map(|m| m.paths.len()).sum();
-                        Response::json(json!({
-                            "config": self.opts.config.display().to_string(),
-                            "maps": p.maps.len(),
-                            "waiting_maps": p.pending.len(),
-                            "paths": paths,
-                            "uptime_ms": self.clock.now().0,
-                        }))
+                        let uptime_ms = self.clock.now().0;
+                        if json {
+                            Response::json(json!({
+                                "config": self.opts.config.display().to_string(),
+                                "maps": p.maps.len(),
+                                "waiting_maps": p.pending.len(),
+                                "paths": paths,
+                                "uptime_ms": uptime_ms,
+                            }))
+                        } else {
+                            Response::text(format!(
+                                "config        {}\nmaps          {}\nwaiting maps  {}\npaths         {}\nuptime        {}\n",
+                                self.opts.config.display(),
+                                p.maps.len(),
+                                p.pending.len(),
+                                paths,
+                                show::human_duration(Duration::from_millis(uptime_ms)),
+                            ))
+                        }
                     }
                 }
             }

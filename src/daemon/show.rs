@@ -20,6 +20,24 @@ pub fn human_size(bytes: u64) -> String {
     format!("{v:.precision$}{}", UNITS[u])
 }
 
+/// A duration the way `uptime` reads: "3d 4h 5m 6s", largest unit first.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let mut out = Vec::new();
+    if days > 0 {
+        out.push(format!("{days}d"));
+    }
+    if days > 0 || h > 0 {
+        out.push(format!("{h}h"));
+    }
+    if days > 0 || h > 0 || m > 0 {
+        out.push(format!("{m}m"));
+    }
+    out.push(format!("{sec}s"));
+    out.join(" ")
+}
+
 fn dev_state(s: &MapSnapshot, i: usize) -> &'static str {
     let p = &s.map.paths()[i];
     if p.dm == DmState::Active {
@@ -248,6 +266,17 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_like_uptime() {
+        use std::time::Duration;
+        assert_eq!(human_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(human_duration(Duration::from_secs(3600 + 2)), "1h 0m 2s");
+        assert_eq!(
+            human_duration(Duration::from_secs(2 * 86_400 + 61)),
+            "2d 0h 1m 1s"
+        );
+    }
 
     #[test]
     fn sizes_like_multipath() {

@@ -86,7 +86,9 @@ impl NbdServer {
         }
         let tcp = match &cfg.tcp {
             Some(addr) => {
-                let l = TcpListener::bind(addr.as_str()).await?;
+                let l = TcpListener::bind(addr.as_str())
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("tcp {addr}: {e}")))?;
                 info!(addr = %l.local_addr()?, "NBD listening on TCP");
                 Some(l)
             }
@@ -94,8 +96,11 @@ impl NbdServer {
         };
         let unix = match &cfg.unix {
             Some(path) => {
-                crate::unixsock::prepare_socket_path(path)?;
-                let l = UnixListener::bind(path)?;
+                let named = |e: io::Error| {
+                    io::Error::new(e.kind(), format!("unix {}: {e}", path.display()))
+                };
+                crate::unixsock::prepare_socket_path(path).map_err(named)?;
+                let l = UnixListener::bind(path).map_err(named)?;
                 let m = std::fs::symlink_metadata(path)?;
                 info!(path = %path.display(), "NBD listening on Unix socket");
                 Some((
