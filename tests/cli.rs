@@ -373,3 +373,89 @@ fn faults_can_be_declared_in_the_config() {
         "{err}"
     );
 }
+
+/// Runs the demo with stderr to a file until it serves, runs `check` on
+/// its printed lines, then stops it and returns the log.
+fn demo_log(extra: &[&str], check: impl FnOnce(&[String])) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let mut child = Command::new(BIN)
+        .args(extra)
+        .args(["demo", "--size", "64M", "--dir"])
+        .arg(dir.path().join("demo"))
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start demo");
+    let lines = read_until(&mut child, Duration::from_secs(20), |l| {
+        l.starts_with("Serving until Ctrl-C")
+    });
+    check(&lines);
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn logs_in_a_file_are_plain_and_the_demo_has_no_warning() {
+    let log = demo_log(&[], |lines| {
+        // The printed commands name this binary, so they run as printed.
+        let me = std::fs::canonicalize(BIN).unwrap();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{} --control-socket", me.display()))),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("libnbd-bin")), "{lines:?}");
+    });
+    assert!(!log.contains('\x1b'), "escape codes in a log file:\n{log}");
+    assert!(log.contains("umpath ready"), "{log}");
+    assert!(!log.contains("WARN"), "the demo's own config warns:\n{log}");
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let log = demo_log(&["--log-format", "json"], |_| {});
+    let mut n = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        n += 1;
+    }
+    assert!(n > 3, "{log}");
+    assert!(log.contains(r#""map":"lun0""#), "{log}");
+}
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly_and_sizes_take_suffixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("multipath.conf");
+    std::fs::write(&cfg, "defaults {\n    polling_interval 2\n}\n").unwrap();
+    // A large answer into a pipe nobody reads.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{BIN} --config {} explain OSNEXUS QUANTASTOR --json | true; echo rc=${{PIPESTATUS:-x}}",
+            cfg.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    let bad = Command::new(BIN)
+        .args(["demo", "--size", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a size"),
+        "{bad:?}"
+    );
+}

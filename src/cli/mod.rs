@@ -29,6 +29,15 @@ pub struct Cli {
     /// too; by default `multipath/conf.d` next to the file).
     #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Log lines as text (journal entries under journald) or JSON.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "UMPATH_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -169,29 +178,86 @@ pub enum Cmd {
     Demo(demo::DemoArgs),
 }
 
-/// Sets up logging: no timestamps or colour under journald (which adds
-/// its own); colour only when stderr is a terminal (a log file or a pipe
-/// gets plain text).
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Plain lines (colour only on a terminal; under journald, native
+    /// journal entries with the map and path as fields).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// True when stderr is the journal stream systemd gave us (JOURNAL_STREAM
+/// names its device and inode), not just inherited from a parent.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let v = v.to_string_lossy();
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(md) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(md.dev()) && ino.parse::<u64>().ok() == Some(md.ino())
+}
+
+/// Sets up logging (`UMPATH_LOG` or `RUST_LOG` filter, default info):
+/// `--log-format json` writes one JSON object per line; otherwise, under
+/// journald, native journal entries (priority from the level, the map,
+/// path and other fields as journal fields, e.g. `MAP=lun0 PATH=p0`); else
+/// plain lines, coloured only when stderr is a terminal.
 pub fn init_logging() {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("UMPATH_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = || {
+        EnvFilter::try_from_env("UMPATH_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let format = LOG_FORMAT.get().copied().unwrap_or_default();
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    if journald {
-        builder.without_time().with_ansi(false).init();
-    } else {
-        use std::io::IsTerminal;
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    if format == LogFormat::Json {
+        let _ = tracing_subscriber::registry()
+            .with(fmt.json().flatten_event(true).with_filter(filter()))
+            .try_init();
+        return;
     }
+    if stderr_is_journal() {
+        if let Ok(j) = tracing_journald::layer() {
+            let j = j
+                .with_field_prefix(None)
+                .with_syslog_identifier("umpath".to_string());
+            let _ = tracing_subscriber::registry()
+                .with(j.with_filter(filter()))
+                .try_init();
+            return;
+        }
+        let _ = tracing_subscriber::registry()
+            .with(fmt.without_time().with_ansi(false).with_filter(filter()))
+            .try_init();
+        return;
+    }
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::registry()
+        .with(
+            fmt.with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter()),
+        )
+        .try_init();
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     if !matches!(
         cli.command,
         Cmd::Daemon { .. } | Cmd::Demo(_) | Cmd::Simulate { .. }
