@@ -17,22 +17,34 @@ for a in "$@"; do
   esac
 done
 
-# Debian packages the tests talk to (real peers, not mocks):
-#   nbdkit, libnbd-bin (nbdinfo, nbdfuse), fio, qemu-utils (qemu-io, qemu-img),
-#   multipath-tools (the oracle for multipath.conf semantics),
-#   e2fsprogs (mkfs.ext4, fsck.ext4), util-linux (losetup), fuse3,
-#   for the VM tests (tests/vm_scsi.rs): qemu-system-x86 (installed below,
-#   matched to qemu-utils), cpio and gzip (the initramfs), kmod (depmod on
-#   the downloaded kernel), binutils (strip). scripts/vm-setup.sh downloads
-#   the kernel and busybox-static into target/vm-cache without installing them.
-PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps
-  cpio gzip kmod binutils)
+# The tests talk to real peers, not mocks. scripts/vm-setup.sh downloads
+# the VM tests' kernel and busybox-static into target/vm-cache without
+# installing them.
+# Commands the tests run, each with the Debian package that brings it.
+# What is present is not reinstalled, so a user with everything installed
+# needs no root. (Checking commands, not package names: nbdfuse, for one,
+# is a virtual package that libnbd-bin provides.)
+NEEDS=(
+  nbdkit:nbdkit nbdinfo:libnbd-bin nbdfuse:libnbd-bin fio:fio
+  qemu-io:qemu-utils qemu-img:qemu-utils multipath:multipath-tools
+  mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:util-linux
+  fusermount3:fuse3 ip:iproute2 pgrep:procps
+  cpio:cpio gzip:gzip depmod:kmod strip:binutils
+)
+# Packages checked by name (no single command to look for).
+PKGS=()
 
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 missing=()
+for pair in "${NEEDS[@]}"; do
+  cmd="${pair%%:*}" pkg="${pair#*:}"
+  have "$cmd" || missing+=("$pkg")
+done
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; exit 1; }
@@ -49,7 +61,7 @@ fi
 # would remove a backported qemu-utils to install the release's QEMU, so
 # take qemu-system-x86 from backports then (a private apt state; the
 # system's sources and lists are not changed).
-if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+if ! have qemu-system-x86_64; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
@@ -95,9 +107,15 @@ status=0
 # cached outside the work tree). UMPATH_FUZZ_SECONDS=0 skips it.
 secs="${UMPATH_FUZZ_SECONDS:-10}"
 if [ "$secs" != 0 ]; then
-  echo "==> fuzz smoke (${secs}s per target)"
-  FUZZ_SANITIZER=none FUZZ_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/umpath/fuzz-target" \
-    ./scripts/fuzz-smoke.sh "$secs" || status=1
+  fuzz_log=target/fuzz-smoke.log
+  mkdir -p target
+  echo "==> fuzz smoke (${secs}s per target; libFuzzer output in $fuzz_log)"
+  if ! FUZZ_SANITIZER=none FUZZ_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/umpath/fuzz-target" \
+    ./scripts/fuzz-smoke.sh "$secs" >"$fuzz_log" 2>&1; then
+    status=1
+    tail -n 40 "$fuzz_log"
+  fi
+  grep '^==>' "$fuzz_log" | sed 's/^==>/   /' || true
 fi
 
 echo "==> tests"
