@@ -328,49 +328,9 @@ fn path_names(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
-/// fio, nbd engine, 4k random writes at a bounded rate, then a crc32c
-/// verify of every block; `size` sets how long it runs.
-fn fio_verify(d: &Daemon, size: &str, rate: &str) -> Child {
-    need("fio");
-    Command::new("fio")
-        .args([
-            "--name=ctlplane",
-            "--ioengine=nbd",
-            &format!("--uri={}", d.uri("lun0")),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=16",
-            &format!("--size={size}"),
-            &format!("--rate_iops={rate}"),
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--do_verify=1",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fio")
-}
-
-/// Waits for fio; `Err` says what went wrong (exit status, errors).
-fn fio_result(child: Child) -> Result<(), String> {
-    let out = child.wait_with_output().expect("fio");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        return Err(format!("fio failed ({}): {stderr}\n{stdout}", out.status));
-    }
-    let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..])
-        .map_err(|e| format!("fio json: {e}\n{stdout}"))?;
-    if v["jobs"][0]["error"] != 0 {
-        return Err(format!(
-            "fio reported error {}: {stderr}",
-            v["jobs"][0]["error"]
-        ));
-    }
-    Ok(())
+/// The common verifying fio job against lun0.
+fn fio_lun0(d: &Daemon, size: &str, rate: &str) -> Child {
+    fio_verify(&d.uri("lun0"), size, rate, 16, &[])
 }
 
 fn sigterm(d: &Daemon) {
@@ -463,7 +423,7 @@ fn reconfigure_edits_path_sets_in_place_and_old_connections_obey_it() {
         Nbd::Done(vec![])
     );
 
-    let fio = fio_verify(&d, "32M", "1500");
+    let fio = fio_lun0(&d, "32M", "1500");
     std::thread::sleep(Duration::from_millis(1000));
 
     // 1: add p2.

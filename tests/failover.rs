@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -25,42 +24,7 @@ fn daemon() -> Daemon {
 /// fio writes 4k blocks at a limited rate (so the run lasts a few
 /// seconds) and then verifies every block.
 fn fio(d: &Daemon) -> std::process::Child {
-    need("fio");
-    Command::new("fio")
-        .args([
-            "--name=failover",
-            "--ioengine=nbd",
-            &format!("--uri={}", d.uri("lun0")),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=16",
-            "--size=64M",
-            "--rate_iops=2000",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--do_verify=1",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fio")
-}
-
-fn fio_ok(child: std::process::Child, d: &Daemon) {
-    let out = child.wait_with_output().expect("fio");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio failed: {}\n{}\n--- daemon log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stdout,
-        d.log_text()
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..]).expect("fio json");
-    assert_eq!(v["jobs"][0]["error"], 0, "{stdout}");
+    fio_verify(&d.uri("lun0"), "64M", "2000", 16, &[])
 }
 
 #[test]

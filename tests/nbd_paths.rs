@@ -161,38 +161,7 @@ fn fio_for(d: &Daemon, secs: u32) -> Child {
 }
 
 fn fio_with(d: &Daemon, size: &str, rate: &str, extra: &[String]) -> Child {
-    need("fio");
-    Command::new("fio")
-        .args(extra)
-        .args([
-            "--name=nbdpaths",
-            "--ioengine=nbd",
-            &format!("--uri={}", d.uri("lun0")),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=8",
-            &format!("--size={size}"),
-            &format!("--rate_iops={rate}"),
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--do_verify=1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fio")
-}
-
-fn fio_ok(child: Child, d: &Daemon) {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("err= 0"),
-        "fio: {}\n{}\n--- daemon log ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.log_text()
-    );
+    fio_verify(&d.uri("lun0"), size, rate, 8, extra)
 }
 
 #[test]

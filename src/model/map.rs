@@ -345,12 +345,23 @@ impl Map {
             return self.check_result(id, state, why, now);
         }
         let mut events = Vec::new();
-        let Some(p) = self.paths.get_mut(id.index()) else {
-            return events;
-        };
-        if p.removed {
-            return events;
+        if let Some(p) = self.record_check(id, state, &mut events) {
+            if p.dm == DmState::Failed && !p.admin_failed {
+                p.reason = Some(why.to_string());
+            }
         }
+        events
+    }
+
+    /// Records a checker verdict on a live path (an event if it changed);
+    /// the path, unless it does not exist or was removed.
+    fn record_check(
+        &mut self,
+        id: PathId,
+        state: CheckState,
+        events: &mut Vec<MapEvent>,
+    ) -> Option<&mut Path> {
+        let p = self.paths.get_mut(id.index()).filter(|p| !p.removed)?;
         let from = p.check;
         p.check = state;
         if from != state {
@@ -360,10 +371,7 @@ impl Map {
                 to: state,
             });
         }
-        if p.dm == DmState::Failed && !p.admin_failed {
-            p.reason = Some(why.to_string());
-        }
-        events
+        Some(p)
     }
 
     /// A path check finished.
@@ -375,21 +383,9 @@ impl Map {
         now: Time,
     ) -> Vec<MapEvent> {
         let mut events = Vec::new();
-        let Some(p) = self.paths.get_mut(id.index()) else {
+        let Some(p) = self.record_check(id, state, &mut events) else {
             return events;
         };
-        if p.removed {
-            return events;
-        }
-        let from = p.check;
-        p.check = state;
-        if from != state {
-            events.push(MapEvent::CheckerChanged {
-                path: id,
-                from,
-                to: state,
-            });
-        }
         match state {
             s if s.is_usable() && p.dm == DmState::Failed && !p.admin_failed => {
                 events.extend(self.reinstate(id, now));

@@ -304,3 +304,58 @@ pub fn read_until(
         lines.join("\n")
     );
 }
+
+/// A verifying fio job over NBD: 4k random writes at a bounded rate, then
+/// a crc32c verify of every block. `size` and the rate set how long it
+/// runs; `extra` adds fio options (e.g. `--time_based --runtime=16`).
+pub fn fio_verify(uri: &str, size: &str, rate_iops: &str, iodepth: u32, extra: &[String]) -> Child {
+    need("fio");
+    Command::new("fio")
+        .args(extra)
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            &format!("--iodepth={iodepth}"),
+            &format!("--size={size}"),
+            &format!("--rate_iops={rate_iops}"),
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--do_verify=1",
+            "--output-format=json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fio")
+}
+
+/// Waits for a [`fio_verify`] job; `Err` says what went wrong (exit
+/// status, the error fio counted, its output).
+pub fn fio_result(child: Child) -> Result<(), String> {
+    let out = child.wait_with_output().expect("fio");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("fio failed ({}): {stderr}\n{stdout}", out.status));
+    }
+    let v: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..])
+        .map_err(|e| format!("fio json: {e}\n{stdout}"))?;
+    if v["jobs"][0]["error"] != 0 {
+        return Err(format!(
+            "fio reported error {}: {stderr}",
+            v["jobs"][0]["error"]
+        ));
+    }
+    Ok(())
+}
+
+/// [`fio_result`], failing the test with the daemon's log.
+pub fn fio_ok(child: Child, d: &Daemon) {
+    if let Err(e) = fio_result(child) {
+        panic!("{e}\n--- daemon log ---\n{}", d.log_text());
+    }
+}
