@@ -20,12 +20,13 @@ done
 # Debian packages the tests talk to (real peers, not mocks):
 #   nbdkit, libnbd-bin (nbdinfo, nbdfuse), fio, qemu-utils (qemu-io, qemu-img),
 #   multipath-tools (the oracle for multipath.conf semantics),
-#   e2fsprogs (mkfs.ext4, fsck.ext4), util-linux (losetup), fuse3,
+#   e2fsprogs (mkfs.ext4, fsck.ext4), util-linux (losetup, setpriv), fuse3,
+#   python3 (tests/access.rs: clients as other users),
 #   for the VM tests (tests/vm_scsi.rs): qemu-system-x86 (installed below,
 #   matched to qemu-utils), cpio and gzip (the initramfs), kmod (depmod on
 #   the downloaded kernel), binutils (strip). scripts/vm-setup.sh downloads
 #   the kernel and busybox-static into target/vm-cache without installing them.
-PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps
+PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps python3
   cpio gzip kmod binutils)
 
 missing=()

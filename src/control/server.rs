@@ -93,12 +93,16 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// Budget unit for replies in flight.
 const BUDGET_UNIT: usize = 4096;
 
+/// Commands of unprivileged peers that run at once.
+pub const UNPRIVILEGED_WORKERS: usize = 2;
+
 /// Shared by the connections of one server.
 struct Shared {
     opts: ServeOptions,
     slots: Mutex<Slots>,
     budget: Arc<Semaphore>,
     budget_units: u32,
+    work: Arc<Semaphore>,
     refused_log: Mutex<Throttle>,
     denied_log: Mutex<Throttle>,
     slow_log: Mutex<Throttle>,
@@ -111,6 +115,7 @@ impl Shared {
             slots: Mutex::new(Slots::default()),
             budget: Arc::new(Semaphore::new(budget_units)),
             budget_units: budget_units as u32,
+            work: Arc::new(Semaphore::new(UNPRIVILEGED_WORKERS)),
             refused_log: Mutex::new(Throttle::new(LOG_INTERVAL, LOG_BURST)),
             denied_log: Mutex::new(Throttle::new(LOG_INTERVAL, LOG_BURST)),
             slow_log: Mutex::new(Throttle::new(LOG_INTERVAL, LOG_BURST)),
@@ -263,7 +268,7 @@ fn admit<H: Handler>(stream: UnixStream, handler: &Arc<H>, shared: &Arc<Shared>)
     };
     let h = handler.clone();
     tokio::spawn(async move {
-        if let Err(e) = one(stream, h, &slot.shared, cred).await {
+        if let Err(e) = one(stream, h, &slot.shared, cred, privileged).await {
             debug!("control connection: {e}");
         }
         drop(slot);
@@ -275,6 +280,7 @@ async fn one<H: Handler>(
     handler: Arc<H>,
     shared: &Shared,
     cred: Option<Cred>,
+    privileged: bool,
 ) -> io::Result<()> {
     let bounds = shared.opts.bounds;
     let (rd, mut wr) = stream.into_split();
@@ -284,23 +290,21 @@ async fn one<H: Handler>(
         BufReader::new(rd.take(MAX_REQUEST as u64)).read_line(&mut line),
     )
     .await;
-    let resp = match read {
-        Err(_) => Response::error("timed out waiting for a command"),
-        Ok(Err(e)) => Response::error(format!("cannot read the command: {e}")),
-        Ok(Ok(_)) if !line.ends_with('\n') && line.len() >= MAX_REQUEST => {
-            Response::error(format!("command longer than {MAX_REQUEST} bytes"))
-        }
-        Ok(Ok(_)) => match Command::parse(&line) {
-            Ok(cmd) => match authorize(shared, &cmd, cred) {
-                Ok(()) => handler.handle(cmd).await,
-                Err(refusal) => refusal,
-            },
-            Err(e) => Response::error(e),
-        },
+    let cmd = match read {
+        Err(_) => Err(Response::error("timed out waiting for a command")),
+        Ok(Err(e)) => Err(Response::error(format!("cannot read the command: {e}"))),
+        Ok(Ok(_)) if !line.ends_with('\n') && line.len() >= MAX_REQUEST => Err(Response::error(
+            format!("command longer than {MAX_REQUEST} bytes"),
+        )),
+        Ok(Ok(_)) => Command::parse(&line)
+            .map_err(Response::error)
+            .and_then(|cmd| authorize(shared, &cmd, cred).map(|()| cmd)),
     };
     drop(line);
-    let out = encode(&resp, bounds.max_reply);
-    drop(resp);
+    let out = match cmd {
+        Err(resp) => encode(&resp, bounds.max_reply),
+        Ok(cmd) => answer(shared, handler, cmd, privileged).await,
+    };
 
     // The reply must be read within the deadline, budget wait included.
     let deadline = tokio::time::Instant::now() + bounds.timeout;
@@ -329,6 +333,45 @@ async fn one<H: Handler>(
             });
             Ok(())
         }
+    }
+}
+
+/// Runs `cmd` and encodes its reply on the blocking pool, so that rendering
+/// a large answer (`show config --json` of many paths) never holds up the
+/// runtime's workers. Unprivileged peers take turns: at most
+/// [`UNPRIVILEGED_WORKERS`] of their commands run at once (and one waits at
+/// most the deadline for its turn), so root's commands answer at once
+/// however many others are queued.
+async fn answer<H: Handler>(
+    shared: &Shared,
+    handler: Arc<H>,
+    cmd: Command,
+    privileged: bool,
+) -> Vec<u8> {
+    let max = shared.opts.bounds.max_reply;
+    let _turn = if privileged {
+        None
+    } else {
+        let turn = tokio::time::timeout(
+            shared.opts.bounds.timeout,
+            shared.work.clone().acquire_owned(),
+        )
+        .await;
+        match turn {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                return encode(
+                    &Response::error("busy: too many control commands running; try again"),
+                    max,
+                )
+            }
+        }
+    };
+    let rt = tokio::runtime::Handle::current();
+    let job = tokio::task::spawn_blocking(move || encode(&rt.block_on(handler.handle(cmd)), max));
+    match job.await {
+        Ok(out) => out,
+        Err(e) => encode(&Response::error(format!("the command failed: {e}")), max),
     }
 }
 
