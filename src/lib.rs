@@ -19,6 +19,7 @@
 //! [`export`] is the narrow boundary between front-ends (NBD) and the
 //! engine: a request goes in, a completion comes back.
 
+pub mod access;
 pub mod checker;
 pub mod cli;
 pub mod config;

@@ -83,6 +83,21 @@ pub enum Cmd {
         /// Where the device nodes of SCSI disks are.
         #[arg(long, default_value = "/dev", requires = "scsi")]
         dev_dir: PathBuf,
+        /// Group (name or gid) whose members may change things through the
+        /// control socket (fail, reinstate, fault, switch, reconfigure,
+        /// shutdown), besides root. Default: `umpath_admin_group` in
+        /// multipath.conf's defaults, else root only. `show` is for everyone.
+        #[arg(long)]
+        admin_group: Option<String>,
+        /// Group (name or gid) whose members may open NBD sessions on the
+        /// Unix socket, besides root. Default: `umpath_nbd_group`, else the
+        /// admin group, else root only.
+        #[arg(long)]
+        nbd_group: Option<String>,
+        /// Seconds a control client has to send its command, and again to
+        /// read its reply, before it is dropped.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        control_timeout: u64,
     },
     /// List the SCSI disks found in sysfs: identity, H:C:T:L, WWID, the
     /// device rule that applies, the map each falls in or why it is
@@ -271,6 +286,9 @@ pub fn main() -> ExitCode {
             scsi,
             sysfs,
             dev_dir,
+            admin_group,
+            nbd_group,
+            control_timeout,
         } => {
             init_logging();
             let opts = daemon::Options {
@@ -283,6 +301,14 @@ pub fn main() -> ExitCode {
                     sysfs,
                     dev_dir,
                 }),
+                access: crate::access::AccessOptions {
+                    admin_group,
+                    nbd_group,
+                },
+                control: control::server::Bounds {
+                    timeout: Duration::from_secs(control_timeout),
+                    ..Default::default()
+                },
             };
             match daemon::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

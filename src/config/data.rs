@@ -134,6 +134,28 @@ impl Config {
         )
     }
 
+    /// `umpath_admin_group`: the group (name or gid) whose members may
+    /// change things through the control socket.
+    pub fn admin_group(&self) -> Option<&str> {
+        self.defaults_str("umpath_admin_group")
+    }
+
+    /// `umpath_nbd_group`: the group (name or gid) whose members may open
+    /// NBD sessions on the Unix socket (default: the admin group).
+    pub fn nbd_group(&self) -> Option<&str> {
+        self.defaults_str("umpath_nbd_group")
+    }
+
+    fn defaults_str(&self, key: &str) -> Option<&str> {
+        match self.defaults.get(key) {
+            Some(Assignment {
+                value: Typed::Str(v),
+                ..
+            }) => Some(v.as_str()),
+            _ => None,
+        }
+    }
+
     /// Longest interval between checks of a healthy path (default
     /// 4 * polling_interval).
     pub fn max_polling_interval(&self) -> u32 {

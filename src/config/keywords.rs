@@ -667,6 +667,13 @@ pub static KEYWORDS: &[Keyword] = &[
     // daemon stops (no: it fails at once, as dm-multipath's queueing is
     // turned off when multipathd stops).
     kw("queue_without_daemon", DEF, Kind::YesNo, Some("no"), Sup),
+    // umpath: the group whose members may change things through the
+    // control socket (fail, reinstate, fault, switch, reconfigure,
+    // shutdown) besides root; `umpath daemon --admin-group` wins.
+    kw("umpath_admin_group", DEF, Kind::NonEmpty, None, Sup),
+    // umpath: the group whose members may open NBD sessions on the Unix
+    // socket besides root (default: umpath_admin_group); `--nbd-group` wins.
+    kw("umpath_nbd_group", DEF, Kind::NonEmpty, None, Sup),
     kw("allow_usb_devices", DEF, Kind::YesNo, Some("no"), No(UDEV)),
     kw("mode", DM, Kind::Str, None, No(UDEV)),
     kw("uid", DM, Kind::Str, None, No(UDEV)),

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::proto::{Command, Response};
+use super::proto::{Command, Response, MAX_REPLY};
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub fn request(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Respon
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io_err)?;
     let mut buf = Vec::new();
-    s.take(64 * 1024 * 1024)
+    s.take(MAX_REPLY as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(io_err)?;
     serde_json::from_slice(&buf).map_err(|e| ClientError::BadAnswer {

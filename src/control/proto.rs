@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 /// Longest request line the server reads.
 pub const MAX_REQUEST: usize = 4096;
 
+/// Longest reply the server sends (a larger one is replaced by an error
+/// reply); the client reads at most this much.
+pub const MAX_REPLY: usize = 16 * 1024 * 1024;
+
 /// What `show` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShowWhat {
@@ -117,6 +121,22 @@ impl Command {
             }
         };
         Ok(cmd)
+    }
+
+    /// Whether this command only reads. Read-only commands are for any
+    /// local user who can reach the socket; the others need root or the
+    /// admin group ([`crate::access`]). Every command must choose: there
+    /// is no catch-all arm.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Command::Show { .. } | Command::ShowPathConfig { .. } => true,
+            Command::FailPath { .. }
+            | Command::ReinstatePath { .. }
+            | Command::FaultPath { .. }
+            | Command::SwitchGroup { .. }
+            | Command::Reconfigure
+            | Command::Shutdown => false,
+        }
     }
 
     /// The request line for this command (inverse of [`Command::parse`]).
@@ -233,6 +253,23 @@ mod tests {
         assert!(Command::parse("fail path").unwrap_err().contains("try:"));
         assert!(Command::parse("switch map m group 0").is_err());
         assert!(Command::parse("fault path p0").is_err());
+    }
+
+    #[test]
+    fn only_show_is_read_only() {
+        for (line, ro) in [
+            ("show paths --json", true),
+            ("show config", true),
+            ("show path p0 config", true),
+            ("fail path p0", false),
+            ("reinstate path p0", false),
+            ("fault path p0 clear", false),
+            ("switch map m group 1", false),
+            ("reconfigure", false),
+            ("shutdown", false),
+        ] {
+            assert_eq!(Command::parse(line).unwrap().is_read_only(), ro, "{line}");
+        }
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct Options {
     /// Discover SCSI disks (sysfs) and use each as a path, in addition to
     /// the declared ones; `None`: declared paths only.
     pub scsi: Option<DiscoverOptions>,
+    /// Groups for changes and NBD sessions (flags; the `defaults`
+    /// keywords apply when a flag is not given).
+    pub access: crate::access::AccessOptions,
+    /// Bounds of the control socket.
+    pub control: control::server::Bounds,
 }
 
 /// Start-up failures.
@@ -93,6 +98,8 @@ pub enum DaemonError {
     NbdListen(std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Access(String),
 }
 
 /// The running daemon: a handle to the supervisor and the published
@@ -157,6 +164,7 @@ impl Daemon {
         for w in cfg.warnings() {
             warn!("{w}");
         }
+        let policy = access_policy(&opts.access, &cfg).map_err(DaemonError::Access)?;
         let cfg = Arc::new(cfg);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -196,6 +204,7 @@ impl Daemon {
         // The error names the address that failed.
         let server = NbdServer::bind(&server_cfg, export_set)
             .await
+            .and_then(|mut s| s.restrict_unix(policy.clone()).map(|()| s))
             .map_err(DaemonError::NbdListen)?;
         let nbd_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -213,6 +222,10 @@ impl Daemon {
             listener,
             opts.control_socket.clone(),
             daemon.clone(),
+            control::server::ServeOptions {
+                policy,
+                bounds: opts.control,
+            },
             shutdown_rx.clone(),
         )));
         info!("control socket {}", opts.control_socket.display());
@@ -400,6 +413,35 @@ fn fail_held(engines: &[MapEngine]) {
     for e in engines {
         e.shutdown();
     }
+}
+
+/// Who may do what: flags first, then the `defaults` keywords; the NBD
+/// group defaults to the admin group. Group names are resolved now.
+fn access_policy(
+    opts: &crate::access::AccessOptions,
+    cfg: &Config,
+) -> Result<crate::access::Policy, String> {
+    let admin = opts.admin_group.as_deref().or(cfg.admin_group());
+    let nbd = opts.nbd_group.as_deref().or(cfg.nbd_group()).or(admin);
+    let resolve = |name: Option<&str>, what: &str| {
+        name.map(|n| crate::unixsock::resolve_group(n).map_err(|e| format!("{what} group: {e}")))
+            .transpose()
+    };
+    let policy = crate::access::Policy {
+        owner: nix::unistd::geteuid().as_raw(),
+        admin: resolve(admin, "admin")?,
+        nbd: resolve(nbd, "NBD")?,
+    };
+    let name = |g: &Option<crate::access::Group>| {
+        g.as_ref()
+            .map_or_else(|| "none".to_string(), |g| format!("{} ({})", g.name, g.gid))
+    };
+    info!(
+        "access: changes for root and group {}; NBD sessions on the Unix socket for root and group {}",
+        name(&policy.admin),
+        name(&policy.nbd)
+    );
+    Ok(policy)
 }
 
 /// `--nbd-listen` value to a socket address: a bare port (or `:port`)

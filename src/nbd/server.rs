@@ -54,6 +54,14 @@ pub struct NbdServer {
     unix: Option<(UnixListener, SocketFile)>,
     tcp: Option<TcpListener>,
     limits: Limits,
+    /// Who may open sessions on the Unix socket; `None`: its mode decides.
+    unix_access: Option<Arc<UnixAccess>>,
+}
+
+/// The Unix socket's access policy and its refusal log's rate limit.
+struct UnixAccess {
+    policy: crate::access::Policy,
+    log: parking_lot::Mutex<crate::access::Throttle>,
 }
 
 /// Removes our socket file when dropped, unless someone replaced it.
@@ -96,11 +104,13 @@ impl NbdServer {
         };
         let unix = match &cfg.unix {
             Some(path) => {
+                // Owner only until `restrict_unix` widens it to a group.
                 let named = |e: io::Error| {
                     io::Error::new(e.kind(), format!("unix {}: {e}", path.display()))
                 };
-                crate::unixsock::prepare_socket_path(path).map_err(named)?;
-                let l = UnixListener::bind(path).map_err(named)?;
+                let l = crate::unixsock::bind_listener(path, 0o600, None).map_err(named)?;
+                l.set_nonblocking(true).map_err(named)?;
+                let l = UnixListener::from_std(l).map_err(named)?;
                 let m = std::fs::symlink_metadata(path)?;
                 info!(path = %path.display(), "NBD listening on Unix socket");
                 Some((
@@ -118,7 +128,24 @@ impl NbdServer {
             unix,
             tcp,
             limits: cfg.limits,
+            unix_access: None,
         })
+    }
+
+    /// Unix socket clients are admitted by their credentials (SO_PEERCRED)
+    /// per `policy` ([`crate::access`]): root, the daemon's user and the
+    /// policy's NBD group; others are closed before the handshake, with
+    /// a log line (rate limited). The socket file becomes mode 0660 and
+    /// group-owned by the NBD group if there is one, 0600 otherwise.
+    pub fn restrict_unix(&mut self, policy: crate::access::Policy) -> io::Result<()> {
+        if let (Some((_, f)), Some(g)) = (&self.unix, &policy.nbd) {
+            crate::unixsock::set_mode(&f.path, 0o660, Some(g.gid))?;
+        }
+        self.unix_access = Some(Arc::new(UnixAccess {
+            policy,
+            log: parking_lot::Mutex::new(crate::access::Throttle::new(Duration::from_secs(10), 5)),
+        }));
+        Ok(())
     }
 
     /// The bound TCP address (useful with port 0).
@@ -149,6 +176,7 @@ impl NbdServer {
             mut unix,
             mut tcp,
             limits,
+            unix_access,
         } = self;
         let mut conns = JoinSet::new();
         loop {
@@ -156,7 +184,7 @@ impl NbdServer {
                 biased;
                 _ = shutdown_requested(&mut shutdown) => break,
                 r = accept_unix(&unix) => match r {
-                    Ok(s) => spawn_unix(&mut conns, s, &exports, limits, &shutdown),
+                    Ok(s) => spawn_unix(&mut conns, s, &exports, limits, &shutdown, &unix_access),
                     Err(e) => accept_failed(e).await,
                 },
                 r = accept_tcp(&tcp) => match r {
@@ -219,7 +247,13 @@ fn spawn_unix(
     exports: &Arc<dyn ExportSet>,
     limits: Limits,
     shutdown: &watch::Receiver<bool>,
+    access: &Option<Arc<UnixAccess>>,
 ) {
+    if let Some(a) = access {
+        if !unix_admitted(&s, a) {
+            return;
+        }
+    }
     let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
         Some(pid) => format!("unix:pid={pid}"),
         None => "unix".to_string(),
@@ -234,6 +268,25 @@ fn spawn_unix(
         }
         .instrument(span),
     );
+}
+
+/// Whether the Unix socket's peer may open a session; a refused one is
+/// dropped (closed before the handshake) and logged, rate limited.
+fn unix_admitted(s: &UnixStream, a: &UnixAccess) -> bool {
+    let cred = crate::unixsock::peer_cred(s);
+    let verdict = a
+        .policy
+        .check(crate::access::Need::Nbd, cred, crate::unixsock::peer_groups);
+    let Err(msg) = verdict else { return true };
+    let admitted = a.log.lock().admit(std::time::Instant::now());
+    if let Some(skipped) = admitted {
+        let uid = cred.map_or_else(|| "unknown".into(), |c| c.uid.to_string());
+        let pid = cred
+            .and_then(|c| c.pid)
+            .map_or_else(|| "unknown".into(), |p| p.to_string());
+        warn!(uid = %uid, pid = %pid, skipped, "NBD connection refused: {msg}");
+    }
+    false
 }
 
 fn spawn_tcp(
