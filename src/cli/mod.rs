@@ -40,6 +40,7 @@ pub enum ShowArg {
     Topology,
     Config,
     Status,
+    Stats,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,6 +75,14 @@ pub enum Cmd {
         /// Where the device nodes of SCSI disks are.
         #[arg(long, default_value = "/dev", requires = "scsi")]
         dev_dir: PathBuf,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (a bare
+        /// PORT binds 127.0.0.1); overrides `umpath_metrics_listen`.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<String>,
+        /// Refuse to start when the metrics address cannot be bound
+        /// (default: log the error and serve without metrics).
+        #[arg(long)]
+        metrics_required: bool,
     },
     /// List the SCSI disks found in sysfs: identity, H:C:T:L, WWID, the
     /// device rule that applies, the map each falls in or why it is
@@ -177,6 +186,8 @@ pub fn main() -> ExitCode {
             scsi,
             sysfs,
             dev_dir,
+            metrics_listen,
+            metrics_required,
         } => {
             init_logging();
             let opts = daemon::Options {
@@ -189,6 +200,8 @@ pub fn main() -> ExitCode {
                     sysfs,
                     dev_dir,
                 }),
+                metrics_listen,
+                metrics_required,
             };
             match daemon::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -235,6 +248,7 @@ pub fn main() -> ExitCode {
                             ShowArg::Topology => ShowWhat::Topology,
                             ShowArg::Config => ShowWhat::Config,
                             ShowArg::Status => ShowWhat::Status,
+                            ShowArg::Stats => ShowWhat::Stats,
                         },
                         json,
                     },

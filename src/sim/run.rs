@@ -188,6 +188,8 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
         nbd_listen: None,
         control_socket: work.join("control.sock"),
         scsi: None,
+        metrics_listen: None,
+        metrics_required: false,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
