@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod probe;
+pub mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +99,10 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of maps and paths: IOPS, throughput, latency, in
+    /// flight, state, last event (q quits). Not on a terminal: one table
+    /// of two samples one interval apart.
+    Top(top::TopArgs),
     /// Fail a path (it stays failed until reinstated).
     Fail { what: PathWord, name: String },
     /// Reinstate a path failed by `fail path`.
@@ -212,6 +217,7 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Top(args) => top::run(&cli.control_socket, &args),
         Cmd::Simulate {
             scenario,
             out,
