@@ -25,8 +25,9 @@ done
 #   matched to qemu-utils), cpio and gzip (the initramfs), kmod (depmod on
 #   the downloaded kernel), binutils (strip). scripts/vm-setup.sh downloads
 #   the kernel and busybox-static into target/vm-cache without installing them.
+#   prometheus (promtool checks the /metrics exposition, tests/metrics.rs).
 PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps
-  cpio gzip kmod binutils)
+  cpio gzip kmod binutils prometheus)
 
 missing=()
 for p in "${PKGS[@]}"; do

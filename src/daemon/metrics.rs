@@ -38,11 +38,14 @@ use crate::engine::MapSnapshot;
 use crate::model::{CheckState, DmState};
 use crate::policy::no_path_retry::NoPathState;
 
-/// Connections served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 8;
+/// Connections served at once; more are answered 503 and closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
 /// Longest request head read (request line and headers).
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// A connection has this long to send its request and take the answer.
+/// A connection has this long to send its request head (so idle
+/// connections cannot hold the slots for long).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection has this long in all, request and answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A rendered exposition is reused for this long.
 pub const CACHE_FOR: Duration = Duration::from_secs(1);
@@ -535,6 +538,10 @@ pub async fn serve(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "metrics: too many connections; closing this one");
+            // Never waits: a new socket's send buffer takes these bytes.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             drop(stream);
             continue;
         };
@@ -553,11 +560,34 @@ pub async fn serve(
 async fn answer(mut stream: TcpStream, peer: SocketAddr, renderer: &Renderer) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    let head_len = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
+    /// How reading the request head ended.
+    enum HeadRead {
+        Complete(usize),
+        TooLarge,
+        Closed,
+    }
+    let read_head = async {
+        loop {
+            if let Some(end) = find_head_end(&buf) {
+                return HeadRead::Complete(end);
+            }
+            if buf.len() >= MAX_REQUEST {
+                return HeadRead::TooLarge;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            }
         }
-        if buf.len() >= MAX_REQUEST {
+    };
+    let head_len = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
+        Ok(HeadRead::Complete(n)) => n,
+        Ok(HeadRead::Closed) => return,
+        Err(_) => {
+            debug!(%peer, "metrics: no request within {HEAD_TIMEOUT:?}");
+            return;
+        }
+        Ok(HeadRead::TooLarge) => {
             respond(
                 &mut stream,
                 "431 Request Header Fields Too Large",
@@ -567,10 +597,6 @@ async fn answer(mut stream: TcpStream, peer: SocketAddr, renderer: &Renderer) {
             )
             .await;
             return;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
         }
     };
     let head = String::from_utf8_lossy(buf.get(..head_len).unwrap_or_default());

@@ -205,11 +205,11 @@ pub fn stats_text(maps: &[MapSnapshot]) -> String {
     for s in maps {
         for (_, p, c) in s.live_paths() {
             let n = c.io_latency.count();
-            let avg = if n == 0 {
-                "-".to_string()
-            } else {
-                (c.io_latency.sum_ns / n / 1000).to_string()
-            };
+            let avg = c
+                .io_latency
+                .sum_ns
+                .checked_div(n)
+                .map_or("-".to_string(), |ns| (ns / 1000).to_string());
             rows.push(vec![
                 p.info.name.clone(),
                 s.info.name.clone(),
