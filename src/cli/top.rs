@@ -602,7 +602,7 @@ mod tests {
         assert!(map.contains(" 1.5k "), "{t}");
         let p0 = lines[3];
         assert!(
-            p0.starts_with("  p0") && p0.contains(" 1000 ") && p0.contains("100us"),
+            p0.starts_with("  p0") && p0.contains(" 1.0k ") && p0.contains("100us"),
             "{t}"
         );
         assert!(
