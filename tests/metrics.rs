@@ -229,6 +229,21 @@ fn metrics_scrape_passes_promtool_and_follows_io_and_failures() {
     );
     assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(om.contains("# TYPE umpath_path_ios counter\n"), "{om}");
+    // Every series the Grafana dashboard queries exists.
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/grafana/umpath.json"
+    ))
+    .unwrap();
+    serde_json::from_str::<serde_json::Value>(&dash).expect("the dashboard is JSON");
+    for name in dash.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if name.starts_with("umpath_") {
+            assert!(
+                back.lines().any(|l| l.starts_with(name)),
+                "the dashboard queries {name}, which /metrics does not have"
+            );
+        }
+    }
     let (status, _, _) = get(&addr, "/nothing", None);
     assert!(status.contains("404"), "{status}");
     println!(
