@@ -601,38 +601,34 @@ async fn answer(mut stream: TcpStream, peer: SocketAddr, renderer: &Renderer) {
     };
     let head = String::from_utf8_lossy(buf.get(..head_len).unwrap_or_default());
     let req = parse_head(&head);
-    let (status, ctype, body): (&str, &str, Vec<u8>) = match (req.method, req.path) {
-        ("GET" | "HEAD", "/metrics") => match renderer.get().await {
-            Ok(r) if req.openmetrics => (
-                "200 OK",
-                OPENMETRICS_TYPE,
-                r.openmetrics.clone().into_bytes(),
-            ),
-            Ok(r) => ("200 OK", PROMETHEUS_TYPE, r.prometheus.clone().into_bytes()),
-            Err(_) => (
-                "500 Internal Server Error",
-                "text/plain",
-                b"cannot render the metrics\n".to_vec(),
-            ),
-        },
-        ("GET" | "HEAD", "/") => (
+    let get = matches!(req.method, "GET" | "HEAD");
+    // Rendered (or the cached text) only for a metrics request; the body
+    // is borrowed from it, not copied.
+    let rendered = if get && req.path == "/metrics" {
+        Some(renderer.get().await)
+    } else {
+        None
+    };
+    let (status, ctype, body): (&str, &str, &[u8]) = match (&rendered, get, req.path) {
+        (Some(Ok(r)), _, _) if req.openmetrics => {
+            ("200 OK", OPENMETRICS_TYPE, r.openmetrics.as_bytes())
+        }
+        (Some(Ok(r)), _, _) => ("200 OK", PROMETHEUS_TYPE, r.prometheus.as_bytes()),
+        (Some(Err(_)), _, _) => (
+            "500 Internal Server Error",
+            "text/plain",
+            b"cannot render the metrics\n",
+        ),
+        (None, true, "/") => (
             "200 OK",
             "text/html; charset=utf-8",
-            b"<html><body><a href=\"/metrics\">umpath metrics</a></body></html>\n".to_vec(),
+            b"<html><body><a href=\"/metrics\">umpath metrics</a></body></html>\n",
         ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain",
-            b"not found; try /metrics\n".to_vec(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            b"only GET\n".to_vec(),
-        ),
+        (None, true, _) => ("404 Not Found", "text/plain", b"not found; try /metrics\n"),
+        (None, false, _) => ("405 Method Not Allowed", "text/plain", b"only GET\n"),
     };
     debug!(%peer, method = req.method, path = req.path, status, "metrics request");
-    respond(&mut stream, status, ctype, &body, req.method == "HEAD").await;
+    respond(&mut stream, status, ctype, body, req.method == "HEAD").await;
 }
 
 async fn respond(stream: &mut TcpStream, status: &str, ctype: &str, body: &[u8], head_only: bool) {
