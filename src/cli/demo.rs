@@ -4,14 +4,25 @@
 //! QuantaStor stanza (as the vendor documents it) and two `file` paths to
 //! the image, starts the engine, prints the NBD URI, client commands and
 //! the topology, serves until Ctrl-C, then removes what it made.
+//!
+//! `--drill` runs a failover drill: a light read load on the map, and
+//! every few seconds one path is failed or reinstated in turn (fail p0,
+//! reinstate p0, fail p1, reinstate p1, ...), so `umpath top` shows IO
+//! moving between the paths with no other tool.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
+use tracing::{info, warn};
 
+use crate::control::server::Handler;
+use crate::control::Command;
 use crate::daemon::{self, Daemon};
 use crate::error::{Error, Result};
+use crate::export::{Completion, Export, Op, Request};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -24,6 +35,14 @@ pub struct DemoArgs {
     /// Also serve NBD on TCP HOST:PORT.
     #[arg(long)]
     pub nbd_listen: Option<String>,
+    /// Failover drill: a light read load, and every SECS seconds (default
+    /// 5) a path is failed or reinstated in turn; watch it with `umpath top`.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
+    pub drill: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT
+    /// binds 127.0.0.1).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The export name of the demo map.
@@ -101,15 +120,28 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
         scsi: None,
         access: Default::default(),
         control: Default::default(),
+        metrics_listen: args.metrics_listen,
+        metrics_required: false,
     };
+    let drill = args.drill.map(|s| Duration::from_secs(s.max(1)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the runtime", e))?;
     let r = rt.block_on(async {
         let (d, servers) = Daemon::start(opts).await?;
-        print_banner(&d, &nbd_socket, &control_socket).await;
+        print_banner(&d, &nbd_socket, &control_socket, drill).await;
+        let drill = drill.map(|every| {
+            (
+                tokio::spawn(run_drill(d.clone(), every)),
+                tokio::spawn(drill_load(d.clone())),
+            )
+        });
         d.wait(servers).await;
+        if let Some((a, b)) = drill {
+            a.abort();
+            b.abort();
+        }
         Ok(())
     });
     // A check stuck in a device must not keep the demo from exiting.
@@ -117,7 +149,12 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
     r
 }
 
-async fn print_banner(d: &Daemon, nbd_socket: &Path, control_socket: &Path) {
+async fn print_banner(
+    d: &Daemon,
+    nbd_socket: &Path,
+    control_socket: &Path,
+    drill: Option<Duration>,
+) {
     let sock = nbd_socket.display();
     let uri = format!("nbd+unix:///{DEMO_MAP}?socket={sock}");
     let ctl = control_socket.display();
@@ -139,10 +176,85 @@ async fn print_banner(d: &Daemon, nbd_socket: &Path, control_socket: &Path) {
     println!("  {me} --control-socket {ctl} show topology");
     println!("  {me} --control-socket {ctl} fail path p0");
     println!("  {me} --control-socket {ctl} reinstate path p0");
+    println!("  {me} --control-socket {ctl} top                # live view, q quits");
     println!();
     print!("{}", d.topology_text().await);
     println!();
+    match drill {
+        Some(every) => println!(
+            "Failover drill: every {} s a path is failed or reinstated in turn (p0, then p1), \
+             under a light read load; watch it with `{me} --control-socket {ctl} top`.",
+            every.as_secs()
+        ),
+        None => println!("Add --drill to watch failover happen in `umpath top`."),
+    }
     println!("Serving until Ctrl-C.");
+}
+
+/// The drill's steps, in order, forever: fail p0, reinstate p0, fail p1,
+/// reinstate p1.
+const DRILL_STEPS: [(bool, &str); 4] = [(true, "p0"), (false, "p0"), (true, "p1"), (false, "p1")];
+
+/// Fails and reinstates the demo's paths in turn, one step every `every`.
+async fn run_drill(d: Arc<Daemon>, every: Duration) {
+    let mut step = 0usize;
+    loop {
+        tokio::time::sleep(every).await;
+        let (fail, path) = DRILL_STEPS[step % DRILL_STEPS.len()];
+        step += 1;
+        let cmd = if fail {
+            Command::FailPath { path: path.into() }
+        } else {
+            Command::ReinstatePath { path: path.into() }
+        };
+        let what = if fail { "failing" } else { "reinstating" };
+        info!("drill: {what} path {path}");
+        let r = d.clone().handle(cmd).await;
+        if !r.ok {
+            warn!("drill: {}", r.text.trim_end());
+        }
+    }
+}
+
+/// The drill's load: about 200 reads of 4 KiB per second spread over the
+/// first 64 MiB of the map, submitted to the engine like an NBD client's
+/// (reads only: the image may hold a client's file system).
+async fn drill_load(d: Arc<Daemon>) {
+    const BS: u32 = 4096;
+    const SPAN: u64 = 64 << 20;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Completion>();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut n: u64 = 0;
+    let mut free: Vec<Vec<u8>> = Vec::new();
+    loop {
+        tick.tick().await;
+        while let Ok(c) = rx.try_recv() {
+            free.push(c.buf);
+        }
+        let published = d.published();
+        let Some(m) = published
+            .maps
+            .iter()
+            .find(|m| m.engine.info().name == DEMO_MAP)
+        else {
+            continue;
+        };
+        let size = m.engine.info().size.min(SPAN).max(u64::from(BS));
+        // A cheap spread of offsets (Knuth's multiplicative hash).
+        let block = n.wrapping_mul(2_654_435_761) % (size / u64::from(BS));
+        n += 1;
+        let buf = free.pop().unwrap_or_else(|| vec![0u8; BS as usize]);
+        m.engine.submit(Request {
+            op: Op::Read,
+            offset: block * u64::from(BS),
+            len: BS,
+            fua: false,
+            cookie: n,
+            buf,
+            reply: tx.clone(),
+        });
+    }
 }
 
 /// Quotes a word for a POSIX shell when it needs it.

@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod probe;
+pub mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ pub enum ShowArg {
     Topology,
     Config,
     Status,
+    Stats,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -98,6 +100,14 @@ pub enum Cmd {
         /// read its reply, before it is dropped.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         control_timeout: u64,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (a bare
+        /// PORT binds 127.0.0.1); overrides `umpath_metrics_listen`.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<String>,
+        /// Refuse to start when the metrics address cannot be bound
+        /// (default: log the error and serve without metrics).
+        #[arg(long)]
+        metrics_required: bool,
     },
     /// List the SCSI disks found in sysfs: identity, H:C:T:L, WWID, the
     /// device rule that applies, the map each falls in or why it is
@@ -113,6 +123,10 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of maps and paths: IOPS, throughput, latency, in
+    /// flight, state, last event (q quits). Not on a terminal: one table
+    /// of two samples one interval apart.
+    Top(top::TopArgs),
     /// Fail a path (it stays failed until reinstated).
     Fail {
         /// The word `path`.
@@ -289,6 +303,8 @@ pub fn main() -> ExitCode {
             admin_group,
             nbd_group,
             control_timeout,
+            metrics_listen,
+            metrics_required,
         } => {
             init_logging();
             let opts = daemon::Options {
@@ -309,6 +325,8 @@ pub fn main() -> ExitCode {
                     timeout: Duration::from_secs(control_timeout),
                     ..Default::default()
                 },
+                metrics_listen,
+                metrics_required,
             };
             match daemon::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -319,6 +337,7 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Top(args) => top::run(&cli.control_socket, &args),
         Cmd::Simulate {
             scenario,
             out,
@@ -355,6 +374,7 @@ pub fn main() -> ExitCode {
                             ShowArg::Topology => ShowWhat::Topology,
                             ShowArg::Config => ShowWhat::Config,
                             ShowArg::Status => ShowWhat::Status,
+                            ShowArg::Stats => ShowWhat::Stats,
                         },
                         json,
                     },

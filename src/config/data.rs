@@ -122,6 +122,18 @@ impl Config {
         }
     }
 
+    /// `umpath_metrics_listen` (`defaults` only): where to serve
+    /// Prometheus metrics, if set.
+    pub fn metrics_listen(&self) -> Option<&str> {
+        match self.defaults.get("umpath_metrics_listen") {
+            Some(Assignment {
+                value: Typed::Str(v),
+                ..
+            }) => Some(v.as_str()),
+            _ => None,
+        }
+    }
+
     /// `queue_without_daemon` (default no): keep IO held by no_path_retry
     /// queued while the daemon stops, until the stop's drain bound.
     pub fn queue_without_daemon(&self) -> bool {

@@ -659,6 +659,10 @@ pub static KEYWORDS: &[Keyword] = &[
     // umpath: seconds a request may stay on a path before the path fails
     // and the request is handled per the io_timeout rule (0: no limit).
     kw("io_timeout", DEF, Kind::UInt { min: 0, max: DAY }, Some("30"), Sup),
+    // umpath: serve Prometheus metrics on HOST:PORT (a bare PORT binds
+    // 127.0.0.1); `umpath daemon --metrics-listen` takes precedence. Read
+    // at start.
+    kw("umpath_metrics_listen", DEF, Kind::NonEmpty, None, Sup),
     kw("find_multipaths", DEF, Kind::OneOf(&["yes", "no", "strict", "greedy", "smart", "on", "off", "1", "0"]), Some("strict"), Sup),
     kw("reassign_maps", DEF, Kind::YesNo, Some("no"), No(KERNEL)),
     kw("uid_attrs", DEF, Kind::Str, None, No(UDEV)),

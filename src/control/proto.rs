@@ -17,6 +17,8 @@ pub enum ShowWhat {
     Topology,
     Config,
     Status,
+    /// Counters per map and path, recent events (`umpath top`).
+    Stats,
 }
 
 /// A control command.
@@ -78,6 +80,10 @@ impl Command {
                 what: ShowWhat::Config,
                 json,
             },
+            ["show", "stats"] | ["show", "maps", "stats"] => Command::Show {
+                what: ShowWhat::Stats,
+                json,
+            },
             ["show", "status"] | ["show", "daemon"] => Command::Show {
                 what: ShowWhat::Status,
                 json,
@@ -112,7 +118,7 @@ impl Command {
             [] => return Err("empty command".to_string()),
             _ => {
                 return Err(format!(
-                    "unknown command {:?}; try: show paths|maps|topology|config|status [--json], \
+                    "unknown command {:?}; try: show paths|maps|topology|config|status|stats [--json], \
                      show path NAME config, fail path NAME, reinstate path NAME, \
                      fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
                      switch map NAME group N, reconfigure, shutdown",
@@ -150,6 +156,7 @@ impl Command {
                     ShowWhat::Topology => "topology",
                     ShowWhat::Config => "config",
                     ShowWhat::Status => "status",
+                    ShowWhat::Stats => "stats",
                 },
                 *json,
             ),

@@ -221,22 +221,38 @@ pub async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared::new(opts));
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => admit(stream, &handler, &shared),
+                Ok((stream, _)) => admit(stream, &handler, &shared, &mut conns),
                 Err(e) => {
                     warn!("control socket accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
     let _ = std::fs::remove_file(&path);
+    // Commands still running (a reconfigure the stop abandoned) get to
+    // send their answer; a client still silent is dropped with the rest.
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
-fn admit<H: Handler>(stream: UnixStream, handler: &Arc<H>, shared: &Arc<Shared>) {
+/// How long a stopping daemon lets control commands in progress answer.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+fn admit<H: Handler>(
+    stream: UnixStream,
+    handler: &Arc<H>,
+    shared: &Arc<Shared>,
+    conns: &mut tokio::task::JoinSet<()>,
+) {
     let cred = crate::unixsock::peer_cred(&stream);
     let privileged = shared.privileged(cred);
     let uid = cred.map(|c| c.uid);
@@ -267,7 +283,7 @@ fn admit<H: Handler>(stream: UnixStream, handler: &Arc<H>, shared: &Arc<Shared>)
         uid,
     };
     let h = handler.clone();
-    tokio::spawn(async move {
+    conns.spawn(async move {
         if let Err(e) = one(stream, h, &slot.shared, cred, privileged).await {
             debug!("control connection: {e}");
         }

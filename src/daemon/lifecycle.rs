@@ -282,10 +282,12 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
         }
         let timeout = checker_timeout(&settings.load(), checker.dev());
         // A healthy check also (re)opens the device if needed.
+        let started = std::time::Instant::now();
         let CheckResult { state, message } = tokio::select! {
             _ = shutdown.changed() => return,
             r = checker.check(timeout) => r,
         };
+        engine.check_duration(id, started.elapsed());
         engine.check_result(id, state, &message);
         // Healthy and unchanged: check less often, up to the max.
         interval = if state == CheckState::Up && last == CheckState::Up {

@@ -27,6 +27,7 @@ pub mod assemble;
 pub mod bindings;
 pub mod hotplug;
 pub mod lifecycle;
+pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
 pub mod show;
@@ -81,6 +82,12 @@ pub struct Options {
     pub access: crate::access::AccessOptions,
     /// Bounds of the control socket.
     pub control: control::server::Bounds,
+    /// Serve Prometheus metrics on this TCP address (a bare port binds
+    /// 127.0.0.1); `None`: `umpath_metrics_listen` from the config, if set.
+    pub metrics_listen: Option<String>,
+    /// A metrics address that cannot be bound stops the start (otherwise
+    /// the daemon starts without metrics).
+    pub metrics_required: bool,
 }
 
 /// Start-up failures.
@@ -110,6 +117,8 @@ pub struct Daemon {
     published: Arc<ArcSwap<Published>>,
     tx: mpsc::UnboundedSender<Msg>,
     shutdown_tx: watch::Sender<bool>,
+    /// Daemon-wide counters (reloads, start time) for the metrics.
+    stats: Arc<metrics::Stats>,
 }
 
 /// The export set the NBD server sees; swapped on every commit.
@@ -188,6 +197,7 @@ impl Daemon {
             published,
             tx,
             shutdown_tx,
+            stats: Arc::new(metrics::Stats::default()),
         });
 
         let mut tasks = Vec::new();
@@ -229,6 +239,9 @@ impl Daemon {
             shutdown_rx.clone(),
         )));
         info!("control socket {}", opts.control_socket.display());
+        if let Some(t) = daemon.start_metrics(shutdown_rx.clone()).await? {
+            tasks.push(t);
+        }
 
         // Time-driven policy: no_path_retry deadlines, deferred failback,
         // the io_timeout watchdog. Reads the snapshot; waits for nothing.
@@ -367,8 +380,56 @@ impl Daemon {
                 .await
                 .unwrap_or_else(|_| Err("the daemon is stopping; reconfigure abandoned".into()))
         };
+        self.stats.reloaded(r.is_ok());
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         r
+    }
+
+    /// Serves metrics if `--metrics-listen` or `umpath_metrics_listen`
+    /// asks. An address that cannot be bound is an error only with
+    /// `--metrics-required`; otherwise the daemon goes on without metrics.
+    async fn start_metrics(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<JoinHandle<()>>, DaemonError> {
+        let cfg = self.config();
+        let Some(listen) = self
+            .opts
+            .metrics_listen
+            .as_deref()
+            .or_else(|| cfg.metrics_listen())
+        else {
+            return Ok(None);
+        };
+        let addr = tcp_listen_addr(listen);
+        match metrics::bind(&addr).await {
+            Ok(listener) => {
+                let shown = listener
+                    .local_addr()
+                    .map_or(addr.clone(), |a| a.to_string());
+                info!("metrics on http://{shown}/metrics");
+                let renderer = Arc::new(metrics::Renderer::new(
+                    self.published.clone(),
+                    self.stats.clone(),
+                ));
+                Ok(Some(tokio::spawn(metrics::serve(
+                    listener, renderer, shutdown,
+                ))))
+            }
+            Err(source) => {
+                let e = DaemonError::Listen {
+                    what: "metrics",
+                    addr,
+                    source,
+                };
+                if self.opts.metrics_required {
+                    Err(e)
+                } else {
+                    error!("{e}; serving without metrics (--metrics-required makes this fatal)");
+                    Ok(None)
+                }
+            }
+        }
     }
 
     /// The published snapshot.
@@ -597,6 +658,10 @@ impl control::server::Handler for Daemon {
                         // The merged configuration, shaped like `multipath -t`.
                         Response::text(self.config().render_multipath_t())
                     }
+                    (ShowWhat::Stats, true) => {
+                        Response::json(show::stats_json(&snaps, self.clock.now().0))
+                    }
+                    (ShowWhat::Stats, false) => Response::text(show::stats_text(&snaps)),
                     (ShowWhat::Status, json) => {
                         let p = self.published.load();
                         let paths: usize = p.maps.iter().map(|m| m.paths.len()).sum();

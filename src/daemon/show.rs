@@ -127,6 +127,126 @@ pub fn maps_json(maps: &[MapSnapshot]) -> Value {
     )
 }
 
+fn histogram_json(h: &crate::engine::histogram::HistogramSnapshot) -> Value {
+    json!({ "sum_ns": h.sum_ns, "buckets": h.buckets.to_vec() })
+}
+
+/// `show stats --json`: the counters of every map and path and the recent
+/// events, for `umpath top` (which computes rates from two answers).
+/// Times are milliseconds of the daemon's clock (`uptime_ms` is now);
+/// histogram `buckets` are per bucket, not cumulative, with the upper
+/// bounds in `bucket_bounds_s` and one more bucket above the last bound.
+pub fn stats_json(maps: &[MapSnapshot], uptime_ms: u64) -> Value {
+    let maps: Vec<Value> = maps
+        .iter()
+        .map(|s| {
+            let paths: Vec<Value> = s
+                .live_paths()
+                .map(|(id, p, c)| {
+                    let group = s.map.groups().iter().position(|g| g.members.contains(&id));
+                    json!({
+                        "name": p.info.name,
+                        "state": p.check.as_str(),
+                        "dm_state": p.dm.as_str(),
+                        "admin_failed": p.admin_failed,
+                        "prio": p.prio,
+                        "group": group.map(|g| g + 1),
+                        "ios": c.ios,
+                        "read_bytes": c.read_bytes,
+                        "written_bytes": c.written_bytes,
+                        "errors": {
+                            "path": c.errors_by_class[0],
+                            "lun": c.errors_by_class[1],
+                            "unsupported": c.errors_by_class[2],
+                        },
+                        "in_flight": c.in_flight,
+                        "stuck": c.stuck,
+                        "failures": p.failures,
+                        "reinstatements": c.reinstatements,
+                        "reason": p.reason,
+                        "io_latency": histogram_json(&c.io_latency),
+                        "check_latency": histogram_json(&c.check_latency),
+                    })
+                })
+                .collect();
+            let events: Vec<Value> = s
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "t_ms": e.at.0,
+                        "path": e.path.and_then(|id| s.map.path(id)).map(|p| p.info.name.clone()),
+                        "text": e.text,
+                    })
+                })
+                .collect();
+            json!({
+                "name": s.info.name,
+                "wwid": s.info.wwid,
+                "size": s.info.size,
+                "queueing": format!("{:?}", s.map.no_path_state()),
+                "held_requests": s.held,
+                "usable_paths": s.map.usable_paths(),
+                "current_group": s.map.current_group().map(|g| g + 1),
+                "group_switches": s.group_switches,
+                "paths": paths,
+                "events": events,
+            })
+        })
+        .collect();
+    json!({
+        "uptime_ms": uptime_ms,
+        "bucket_bounds_s": crate::engine::histogram::BUCKETS.to_vec(),
+        "maps": maps,
+    })
+}
+
+/// `show stats` as text: the counters per path.
+pub fn stats_text(maps: &[MapSnapshot]) -> String {
+    let mut rows = vec![[
+        "name",
+        "map",
+        "dm_st",
+        "chk_st",
+        "ios",
+        "read",
+        "written",
+        "errors",
+        "in_flight",
+        "failures",
+        "reinstated",
+        "avg_lat_us",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
+    for s in maps {
+        for (_, p, c) in s.live_paths() {
+            let n = c.io_latency.count();
+            let avg = c
+                .io_latency
+                .sum_ns
+                .checked_div(n)
+                .map_or("-".to_string(), |ns| (ns / 1000).to_string());
+            rows.push(vec![
+                p.info.name.clone(),
+                s.info.name.clone(),
+                p.dm.as_str().to_string(),
+                p.check.as_str().to_string(),
+                c.ios.to_string(),
+                human_size(c.read_bytes),
+                human_size(c.written_bytes),
+                c.errors.to_string(),
+                c.in_flight.to_string(),
+                p.failures.to_string(),
+                c.reinstatements.to_string(),
+                avg,
+            ]);
+        }
+    }
+    table(rows)
+}
+
 fn table(rows: Vec<Vec<String>>) -> String {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)

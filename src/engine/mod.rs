@@ -18,18 +18,20 @@
 //! state, never across a syscall or an await.
 
 mod clock;
+pub mod histogram;
 mod inflight;
 #[cfg(test)]
 mod tests;
 
 pub use clock::Clock;
+use histogram::{Histogram, HistogramSnapshot};
 use inflight::{Finish, Inflight, Ticket};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
@@ -71,8 +73,18 @@ pub struct PathRt {
     in_flight_bytes: AtomicU64,
     /// Requests this path completed successfully.
     ios: AtomicU64,
-    /// Requests that failed on this path.
-    errors: AtomicU64,
+    /// Requests that failed on this path, by [`ErrorClass`] (path, LUN,
+    /// unsupported).
+    errors: [AtomicU64; 3],
+    /// Bytes of successful reads and writes.
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+    /// How long requests took on this path (dispatch to completion).
+    io_latency: Histogram,
+    /// How long the path's checks took.
+    check_latency: Histogram,
+    /// Times the path was reinstated.
+    reinstatements: AtomicU64,
     /// What the IO threads are working on, for the io_timeout watchdog.
     inflight: Inflight,
     /// IO threads are started when requests need them (up to
@@ -94,7 +106,7 @@ impl PathRt {
         self.ios.load(Ordering::Relaxed)
     }
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.errors.iter().map(|e| e.load(Ordering::Relaxed)).sum()
     }
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
@@ -113,6 +125,20 @@ struct Job {
     path: Arc<PathRt>,
     attempts: u32,
     ticket: Ticket,
+    /// When the request was handed to the path (for its latency).
+    started: Instant,
+}
+
+/// How many recent events a map keeps for `show stats` (and `umpath top`).
+const RECENT_EVENTS: usize = 32;
+
+/// A state change of a map, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub at: Time,
+    /// The path it is about, if any.
+    pub path: Option<PathId>,
+    pub text: String,
 }
 
 struct State {
@@ -122,6 +148,43 @@ struct State {
     held: VecDeque<Request>,
     /// [`MapEngine::close`] was called: nothing is routed any more.
     closed: bool,
+    /// The last [`RECENT_EVENTS`] events, oldest first.
+    events: VecDeque<EventRecord>,
+    /// Times IO moved to another path group.
+    group_switches: u64,
+}
+
+impl State {
+    /// Counts an event (reinstatements, group switches) and keeps it
+    /// among the recent ones.
+    fn note_event(&mut self, e: &MapEvent, text: &str, now: Time) {
+        let path = match e {
+            MapEvent::PathReinstated { path } => {
+                if let Some(p) = self.paths.get(path.index()) {
+                    p.reinstatements.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(*path)
+            }
+            MapEvent::PathFailed { path, .. } | MapEvent::CheckerChanged { path, .. } => {
+                Some(*path)
+            }
+            MapEvent::GroupSwitched { from, to, .. } => {
+                if from.is_some() && to.is_some() {
+                    self.group_switches += 1;
+                }
+                None
+            }
+            _ => None,
+        };
+        if self.events.len() >= RECENT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(EventRecord {
+            at: now,
+            path,
+            text: text.to_string(),
+        });
+    }
 }
 
 struct PathsLoad<'a>(&'a [Arc<PathRt>]);
@@ -181,6 +244,10 @@ pub struct MapSnapshot {
     /// [`MapSnapshot::path`] and [`MapSnapshot::live_paths`].
     pub paths: Vec<PathCounters>,
     pub held: usize,
+    /// Times IO moved to another path group.
+    pub group_switches: u64,
+    /// Recent events, oldest first.
+    pub events: Vec<EventRecord>,
 }
 
 impl MapSnapshot {
@@ -205,6 +272,13 @@ impl MapSnapshot {
 pub struct PathCounters {
     pub ios: u64,
     pub errors: u64,
+    /// Errors by class: path, LUN, unsupported (sum: `errors`).
+    pub errors_by_class: [u64; 3],
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub io_latency: HistogramSnapshot,
+    pub check_latency: HistogramSnapshot,
+    pub reinstatements: u64,
     pub in_flight: u32,
     /// Requests past io_timeout whose original has not ended yet.
     pub stuck: usize,
@@ -240,6 +314,8 @@ impl MapEngine {
                     paths,
                     held: VecDeque::new(),
                     closed: false,
+                    events: VecDeque::new(),
+                    group_switches: 0,
                 }),
                 closed_tx: watch::Sender::new(false),
             }
@@ -266,12 +342,20 @@ impl MapEngine {
             info: self.inner.info.clone(),
             map: st.map.clone(),
             held: st.held.len(),
+            group_switches: st.group_switches,
+            events: st.events.iter().cloned().collect(),
             paths: st
                 .paths
                 .iter()
                 .map(|p| PathCounters {
                     ios: p.ios(),
                     errors: p.errors(),
+                    errors_by_class: [0, 1, 2].map(|i| p.errors[i].load(Ordering::Relaxed)),
+                    read_bytes: p.read_bytes.load(Ordering::Relaxed),
+                    written_bytes: p.written_bytes.load(Ordering::Relaxed),
+                    io_latency: p.io_latency.snapshot(),
+                    check_latency: p.check_latency.snapshot(),
+                    reinstatements: p.reinstatements.load(Ordering::Relaxed),
                     in_flight: p.in_flight(),
                     stuck: p.inflight.stuck(),
                     fault: p.dev.faults.describe(),
@@ -304,6 +388,14 @@ impl MapEngine {
                 st.map.check_result(path, state, reason, now)
             }
         });
+    }
+
+    /// How long a check of the path took (for its check latency histogram).
+    pub fn check_duration(&self, path: PathId, d: Duration) {
+        let st = self.inner.state.lock();
+        if let Some(p) = st.paths.get(path.index()) {
+            p.check_latency.record(d);
+        }
     }
 
     /// May IO go down this path now?
@@ -477,6 +569,12 @@ impl Inner {
                 }
             }
             let names: Vec<String> = events.iter().map(|e| describe_event(e, &st.map)).collect();
+            if !events.is_empty() {
+                let now = self.clock.now();
+                for (e, text) in events.iter().zip(&names) {
+                    st.note_event(e, text, now);
+                }
+            }
             (names, redispatch, fail)
         };
         for e in &events {
@@ -567,6 +665,7 @@ impl Inner {
         // Fast path: a read whose data is in the page cache completes here,
         // without a hand-off to the path's IO threads (preadv2 RWF_NOWAIT
         // never waits for the device).
+        let started = Instant::now();
         if req.op == Op::Read && req.len <= INLINE_READ_MAX {
             let len = req.len as usize;
             let hit = req
@@ -575,6 +674,9 @@ impl Inner {
                 .and_then(|buf| path.dev.read_cached(buf, req.offset));
             if hit.is_some() {
                 path.ios.fetch_add(1, Ordering::Relaxed);
+                path.read_bytes
+                    .fetch_add(u64::from(req.len), Ordering::Relaxed);
+                path.io_latency.record(started.elapsed());
                 req.complete(Ok(()));
                 return;
             }
@@ -590,6 +692,7 @@ impl Inner {
             path: path.clone(),
             attempts,
             ticket,
+            started,
         };
         let unsent = match &*path.tx.read() {
             Some(tx) => tx.send(job).err().map(|e| e.into_inner()),
@@ -624,6 +727,7 @@ impl Inner {
             path,
             attempts,
             ticket,
+            started,
         } = job;
         path.in_flight.fetch_sub(1, Ordering::Relaxed);
         path.in_flight_bytes
@@ -644,15 +748,29 @@ impl Inner {
                 }
             }
         }
+        path.io_latency.record(started.elapsed());
         let e = match result {
             Ok(()) => {
                 path.ios.fetch_add(1, Ordering::Relaxed);
+                let bytes = match req.op {
+                    Op::Read => Some(&path.read_bytes),
+                    Op::Write => Some(&path.written_bytes),
+                    _ => None,
+                };
+                if let Some(b) = bytes {
+                    b.fetch_add(u64::from(req.len), Ordering::Relaxed);
+                }
                 req.complete(Ok(()));
                 return;
             }
             Err(e) => e,
         };
-        path.errors.fetch_add(1, Ordering::Relaxed);
+        let class = match e.class {
+            ErrorClass::Path => 0,
+            ErrorClass::Lun => 1,
+            ErrorClass::Unsupported => 2,
+        };
+        path.errors[class].fetch_add(1, Ordering::Relaxed);
         match e.class {
             ErrorClass::Path => {
                 let now = self.clock.now();
@@ -773,7 +891,12 @@ fn spawn_path(map: Weak<Inner>, map_name: &str, name: &str, dev: Arc<PathDev>) -
         in_flight: AtomicU32::new(0),
         in_flight_bytes: AtomicU64::new(0),
         ios: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
+        errors: Default::default(),
+        read_bytes: AtomicU64::new(0),
+        written_bytes: AtomicU64::new(0),
+        io_latency: Histogram::default(),
+        check_latency: Histogram::default(),
+        reinstatements: AtomicU64::new(0),
         inflight: Inflight::default(),
         workers: Workers {
             running: Arc::new(AtomicUsize::new(0)),

@@ -555,3 +555,53 @@ fn close_fails_new_and_held_io_lets_in_flight_io_finish_and_ends_the_workers() {
     assert_eq!(r.engine.outstanding(), 0);
     r.engine.close();
 }
+
+#[test]
+fn counters_for_metrics_bytes_errors_by_class_latency_reinstatements_switches_events() {
+    let mut r = Setup {
+        grouping: GroupingPolicy::Failover,
+        prios: vec![50, 10],
+        ..Setup::multibus(2)
+    }
+    .start();
+    let w = r.write(0, 0x11);
+    r.result(w).expect("write ok");
+    let c = r.read(0);
+    r.result(c).expect("read ok");
+    let p0 = r.counters(0);
+    assert_eq!(
+        (p0.read_bytes, p0.written_bytes),
+        (u64::from(BLOCK), u64::from(BLOCK))
+    );
+    assert_eq!(p0.io_latency.count(), 2, "every completed request is timed");
+    r.scripts[0].fail_next_lun_error();
+    let c = r.read(0);
+    assert_eq!(r.result(c), Err(IoError::Io));
+    assert_eq!(r.counters(0).errors_by_class, [0, 1, 0]);
+    // A path error: p0 fails, IO fails over to group 2, then fails back.
+    r.scripts[0].fail_next_path_error();
+    assert_eq!(r.serving_paths(1), vec![1]);
+    assert_eq!(r.counters(0).errors_by_class, [1, 1, 0]);
+    assert_eq!(r.engine.snapshot().group_switches, 1);
+    r.engine.check_result(pid(0), CheckState::Up, "");
+    let s = r.engine.snapshot();
+    assert_eq!(s.group_switches, 2, "failover and failback");
+    assert_eq!(s.paths[0].reinstatements, 1);
+    assert_eq!(s.map.path(pid(0)).map(|p| p.failures), Some(1));
+    let texts: Vec<(Option<PathId>, &str)> =
+        s.events.iter().map(|e| (e.path, e.text.as_str())).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|(p, t)| *p == Some(pid(0)) && t.contains("p0 failed")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|(p, t)| *p == Some(pid(0)) && t.contains("p0 reinstated")),
+        "{texts:?}"
+    );
+    r.engine.check_duration(pid(1), Duration::from_millis(3));
+    assert_eq!(r.counters(1).check_latency.count(), 1);
+}

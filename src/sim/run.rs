@@ -190,6 +190,8 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
         scsi: None,
         access: Default::default(),
         control: Default::default(),
+        metrics_listen: None,
+        metrics_required: false,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
