@@ -99,6 +99,7 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
         nbd_listen: args.nbd_listen,
         control_socket: control_socket.clone(),
         scsi: None,
+        nbd_limits: daemon::NbdLimitOptions::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -74,6 +74,8 @@ pub enum Cmd {
         /// Where the device nodes of SCSI disks are.
         #[arg(long, default_value = "/dev", requires = "scsi")]
         dev_dir: PathBuf,
+        #[command(flatten)]
+        limits: NbdLimitArgs,
     },
     /// List the SCSI disks found in sysfs: identity, H:C:T:L, WWID, the
     /// device rule that applies, the map each falls in or why it is
@@ -147,6 +149,41 @@ pub enum Cmd {
     Demo(demo::DemoArgs),
 }
 
+/// NBD server limits; each overrides its `defaults` keyword
+/// (`nbd_handshake_timeout`, ...), whose defaults are shown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NbdLimitArgs {
+    /// Seconds an NBD client has to finish the handshake [default 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_handshake_timeout: Option<u32>,
+    /// Seconds an NBD client may stall mid-payload or leave a reply
+    /// unread before it is closed [default 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_payload_timeout: Option<u32>,
+    /// NBD connections at once, all clients together [default 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections: Option<u32>,
+    /// NBD connections at once per client uid (Unix socket) [default 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections_per_uid: Option<u32>,
+    /// MiB of NBD request payloads and replies in flight, all clients
+    /// together [default 256].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_memory_budget: Option<u32>,
+}
+
+impl From<NbdLimitArgs> for daemon::NbdLimitOptions {
+    fn from(a: NbdLimitArgs) -> Self {
+        daemon::NbdLimitOptions {
+            handshake_timeout: a.nbd_handshake_timeout,
+            payload_timeout: a.nbd_payload_timeout,
+            max_connections: a.nbd_max_connections,
+            max_connections_per_uid: a.nbd_max_connections_per_uid,
+            memory_budget_mib: a.nbd_memory_budget,
+        }
+    }
+}
+
 /// Sets up logging: no timestamps or colour under journald (which adds
 /// its own); colour only when stderr is a terminal (a log file or a pipe
 /// gets plain text).
@@ -177,6 +214,7 @@ pub fn main() -> ExitCode {
             scsi,
             sysfs,
             dev_dir,
+            limits,
         } => {
             init_logging();
             let opts = daemon::Options {
@@ -189,6 +227,7 @@ pub fn main() -> ExitCode {
                     sysfs,
                     dev_dir,
                 }),
+                nbd_limits: limits.into(),
             };
             match daemon::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

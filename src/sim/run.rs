@@ -188,6 +188,7 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
         nbd_listen: None,
         control_socket: work.join("control.sock"),
         scsi: None,
+        nbd_limits: daemon::NbdLimitOptions::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
