@@ -87,8 +87,9 @@ impl Budget {
         if n == 0 {
             return true;
         }
-        let h = held.get();
+        // `held` changes only under this lock (reader and writer race).
         let mut st = self.st.lock();
+        let h = held.get();
         let ok = if st.used + n <= self.limit {
             let sharers = (st.holders + st.waiters + usize::from(h == 0)).max(1);
             h == 0 || st.used + n <= self.limit / 2 || h + n <= self.limit / sharers
@@ -134,11 +135,14 @@ impl Budget {
             let mut st = self.st.lock();
             let h = held.get();
             let n = n.min(h);
+            if n == 0 {
+                return;
+            }
             held.0.store(h - n, Ordering::Relaxed);
             if h == n {
-                st.holders -= 1;
+                st.holders = st.holders.saturating_sub(1);
             }
-            st.used -= n;
+            st.used = st.used.saturating_sub(n);
             st.last_busy = Some(Instant::now());
             st.waiters
         };

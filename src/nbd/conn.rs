@@ -595,18 +595,25 @@ where
             info!("the export was removed; ending the session once in-flight requests are answered")
         }
         ReaderEnd::Io(e) if !is_disconnect(e) => warn!(error = %e, "read failed; closing"),
-        ReaderEnd::PayloadStall { got, payload } => warn!(
-            peer = %env.peer_key,
-            "client sent {got} of {payload} payload bytes, then nothing for {} s; closing",
-            limits.payload_timeout.as_secs_f32()
-        ),
+        ReaderEnd::PayloadStall { got, payload } => {
+            if let Some(suppressed) = env.notices.allow("payload-stall", &env.peer_key) {
+                warn!(
+                    peer = %env.peer_key,
+                    suppressed,
+                    "client sent {got} of {payload} payload bytes, then nothing for {} s; closing",
+                    limits.payload_timeout.as_secs_f32()
+                );
+            }
+        }
         other => debug!(reason = ?other, "reader finished"),
     }
     // The writer drains every request still in flight, then closes.
     match (&mut writer.0).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-            warn!(peer = %env.peer_key, "{e}; closing")
+            if let Some(suppressed) = env.notices.allow("reply-stall", &env.peer_key) {
+                warn!(peer = %env.peer_key, suppressed, "{e}; closing");
+            }
         }
         Ok(Err(e)) => debug!(error = %e, "writer stopped"),
         Err(e) => error!(error = %e, "writer task failed"),
@@ -818,6 +825,20 @@ async fn read_payload<R: AsyncRead + Unpin>(
     let mut got = 0;
     while got < payload {
         let end = payload.min(got + PAYLOAD_CHUNK);
+        if got == 0 {
+            // A header alone takes nothing: wait for the first bytes.
+            let r = tokio::select! {
+                biased;
+                _ = sh.dead.notified() => return Err(ReaderEnd::WriterGone),
+                r = tokio::time::timeout(deadline, rd.fill_buf()) => r,
+            };
+            match r {
+                Err(_) => return Err(ReaderEnd::PayloadStall { got, payload }),
+                Ok(Ok([])) => return Err(ReaderEnd::Eof),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ReaderEnd::Io(e)),
+            }
+        }
         if *charged < end {
             sh.charge(end - *charged, shutdown).await?;
             *charged = end;
