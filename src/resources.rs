@@ -15,7 +15,7 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((r.rlim_cur as u64, r.rlim_max as u64))
+    Ok((r.rlim_cur, r.rlim_max))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Returns the soft
@@ -26,8 +26,8 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
         return Ok((soft, soft));
     }
     let r = libc::rlimit {
-        rlim_cur: hard as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
+        rlim_cur: hard,
+        rlim_max: hard,
     };
     // SAFETY: setrlimit reads the struct we own.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
@@ -40,7 +40,9 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 /// now and then, not per connection).
 pub fn open_fds() -> io::Result<usize> {
     // The directory handle itself shows up once; do not count it.
-    Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
 }
 
 /// Allocator threshold above which a buffer gets its own mapping, which

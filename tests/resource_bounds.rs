@@ -219,7 +219,10 @@ fn idle_sockets_up_to_the_descriptor_limit() {
     assert!(max_fds < 256, "daemon at {max_fds} descriptors");
     // The silent ones are closed at the deadline (2 s), not before.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !d.log_text().contains("no NBD handshake within 2 s; closing") {
+    while !d
+        .log_text()
+        .contains("no NBD handshake within 2 s; closing")
+    {
         assert!(Instant::now() < deadline, "no handshake deadline line");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -266,12 +269,15 @@ fn connection_caps_refuse_with_a_log_line() {
     let a = handshake(&d.nbd_socket);
     let b = handshake(&d.nbd_socket);
     let mut c = UnixStream::connect(&d.nbd_socket).unwrap();
-    assert!(closed_within(&mut c, Duration::from_secs(5)), "3rd same-uid client kept");
+    assert!(
+        closed_within(&mut c, Duration::from_secs(5)),
+        "3rd same-uid client kept"
+    );
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    assert!(d
-        .log_text()
-        .contains(&format!("uid {uid} has 2 connections (the maximum per uid)")));
+    assert!(d.log_text().contains(&format!(
+        "uid {uid} has 2 connections (the maximum per uid)"
+    )));
     let t1 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut g = [0u8; proto::GREETING_LEN];
     (&t1).read_exact(&mut g).unwrap();
@@ -316,7 +322,10 @@ fn write_headers_without_payload() {
     }
     paths_healthy(&d);
     for s in &mut stallers {
-        assert!(closed_within(s, Duration::from_secs(8)), "a staller was kept");
+        assert!(
+            closed_within(s, Duration::from_secs(8)),
+            "a staller was kept"
+        );
     }
     let closed_after = sent.elapsed();
     assert!(

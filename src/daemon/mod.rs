@@ -102,17 +102,25 @@ pub struct NbdLimitOptions {
 impl NbdLimitOptions {
     /// The server's settings: these flags, else the configuration.
     fn server_config(&self, cfg: &Config, paths: usize) -> ServerConfig {
-        let pick = |flag: Option<u32>, kw: &str, default: u32| flag.unwrap_or_else(|| cfg.defaults_uint(kw, default));
+        let pick = |flag: Option<u32>, kw: &str, default: u32| {
+            flag.unwrap_or_else(|| cfg.defaults_uint(kw, default))
+        };
         let secs = |s: u32| Duration::from_secs(u64::from(s.max(1)));
         let d = ServerConfig::default();
         ServerConfig {
             limits: Limits {
                 handshake_timeout: secs(pick(self.handshake_timeout, "nbd_handshake_timeout", 10)),
                 payload_timeout: secs(pick(self.payload_timeout, "nbd_payload_timeout", 30)),
-                memory_budget: (pick(self.memory_budget_mib, "nbd_memory_budget", 256).max(1) as usize) << 20,
+                memory_budget: (pick(self.memory_budget_mib, "nbd_memory_budget", 256).max(1)
+                    as usize)
+                    << 20,
                 ..Limits::default()
             },
-            max_connections: pick(self.max_connections, "nbd_max_connections", d.max_connections as u32) as usize,
+            max_connections: pick(
+                self.max_connections,
+                "nbd_max_connections",
+                d.max_connections as u32,
+            ) as usize,
             max_connections_per_uid: pick(
                 self.max_connections_per_uid,
                 "nbd_max_connections_per_uid",
@@ -240,14 +248,17 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NBD_SOCKET));
         let export_set: Arc<dyn ExportSet> = exports;
-        let paths = |p: &Published| p.maps.iter().map(|m| m.paths.len()).sum::<usize>()
-            + p.pending.iter().map(|m| m.paths.len()).sum::<usize>();
+        let paths = |p: &Published| {
+            p.maps.iter().map(|m| m.paths.len()).sum::<usize>()
+                + p.pending.iter().map(|m| m.paths.len()).sum::<usize>()
+        };
         let server_cfg = ServerConfig {
             unix: Some(nbd_socket.clone()),
             tcp: opts.nbd_listen.as_deref().map(tcp_listen_addr),
-            ..opts
-                .nbd_limits
-                .server_config(&daemon.published.load().config, paths(&daemon.published.load()))
+            ..opts.nbd_limits.server_config(
+                &daemon.published.load().config,
+                paths(&daemon.published.load()),
+            )
         };
         let fd_reserve = server_cfg.fd_reserve.clone();
         let server = NbdServer::bind(&server_cfg, export_set)

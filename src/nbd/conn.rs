@@ -534,7 +534,11 @@ impl Shared {
 
     /// Takes `n` bytes of the server budget, waiting if needed; `false` if
     /// the connection ends meanwhile (writer gone or shutdown).
-    async fn charge(&self, n: usize, shutdown: &mut watch::Receiver<bool>) -> Result<(), ReaderEnd> {
+    async fn charge(
+        &self,
+        n: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReaderEnd> {
         if self.budget.try_take(&self.held, n) {
             return Ok(());
         }
@@ -572,7 +576,10 @@ enum ReaderEnd {
     Protocol(ProtoError),
     Io(io::Error),
     /// The client sent part of a payload, then nothing for the deadline.
-    PayloadStall { got: usize, payload: usize },
+    PayloadStall {
+        got: usize,
+        payload: usize,
+    },
 }
 
 async fn transmission<R, W>(reader: BufReader<R>, w: W, s: Session, env: ConnEnv)
@@ -588,7 +595,16 @@ where
             .instrument(env.span.clone()),
     ));
     let mut requests = 0u64;
-    let end = reader_loop(reader, &s, tx, &shared, env.shutdown, &mut requests, &limits).await;
+    let end = reader_loop(
+        reader,
+        &s,
+        tx,
+        &shared,
+        env.shutdown,
+        &mut requests,
+        &limits,
+    )
+    .await;
     match &end {
         ReaderEnd::Protocol(e) => warn!(error = %e, "protocol violation; closing"),
         ReaderEnd::ExportClosed => {

@@ -13,10 +13,13 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Entries kept before old ones are pruned.
 const MAX_ENTRIES: usize = 4096;
 
+/// Per (kind, peer): when the last line was logged, and events since.
+type Seen = HashMap<(&'static str, String), (Instant, u64)>;
+
 #[derive(Debug)]
 pub(crate) struct RateLog {
     interval: Duration,
-    seen: Mutex<HashMap<(&'static str, String), (Instant, u64)>>,
+    seen: Mutex<Seen>,
 }
 
 impl Default for RateLog {

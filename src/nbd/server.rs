@@ -185,7 +185,10 @@ impl Drop for Ticket {
 impl Gate {
     fn admit(self: &Arc<Gate>, uid: Option<u32>) -> Result<Ticket, Refusal> {
         let mut st = self.st.lock();
-        if st.counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if st
+            .counted
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
             if let Ok(n) = crate::resources::open_fds() {
                 st.fds = n;
                 st.live_then = st.live;
