@@ -32,6 +32,7 @@ pub mod export;
 pub mod model;
 pub mod nbd;
 pub mod policy;
+pub mod resources;
 pub mod scsi;
 pub mod sim;
 pub mod transport;

@@ -93,6 +93,7 @@ fn start(config_text: &str, dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
         nbd_socket,
         control_socket,
         log,
+        launch: Launch::default(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -16,15 +16,23 @@ use common::*;
 use umpath::nbd::proto;
 
 fn daemon() -> Daemon {
+    daemon_with(&[])
+}
+
+fn daemon_with(args: &[&str]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("lun0.img");
     make_image(&img, 64 << 20);
-    Daemon::start_in(
+    Daemon::start_with(
         dir,
         &seed_config(
             "    polling_interval 1",
             &[file_path("p0", &img), file_path("p1", &img)],
         ),
+        Launch {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            nofile: None,
+        },
     )
 }
 
@@ -90,7 +98,8 @@ fn qemu_io_works(d: &Daemon) {
 #[test]
 fn five_hundred_concurrent_connections() {
     need("qemu-io");
-    let d = daemon();
+    // One uid opens them all: lift the per-uid cap (default 128).
+    let d = daemon_with(&["--nbd-max-connections-per-uid", "1000"]);
     let mut conns: Vec<UnixStream> = (0..500).map(|_| handshake(&d.nbd_socket)).collect();
     qemu_io_works(&d);
     // Every connection reads, and gets its answer.

@@ -77,6 +77,7 @@ fn queue_holds_io_until_a_path_returns() {
         maps[0]["held_requests"].as_u64().unwrap_or(0) >= 1,
         "{maps}"
     );
+    assert_eq!(maps[0]["queueing"], "queueing", "{maps}");
     d.ctl_ok(&["fault", "path", "p1", "clear"]);
     let out = child.wait_with_output().expect("qemu-io");
     let text = format!(

@@ -492,7 +492,7 @@ mod tests {
         let cfg = ServerConfig {
             unix: Some(sock.clone()),
             tcp: None,
-            limits: Default::default(),
+            ..ServerConfig::default()
         };
         let server = rt.block_on(NbdServer::bind(&cfg, set)).unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);

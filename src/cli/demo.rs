@@ -122,6 +122,7 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
         control: Default::default(),
         metrics_listen: args.metrics_listen,
         metrics_required: false,
+        nbd_limits: daemon::NbdLimitOptions::default(),
     };
     let drill = args.drill.map(|s| Duration::from_secs(s.max(1)));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -108,6 +108,8 @@ pub enum Cmd {
         /// (default: log the error and serve without metrics).
         #[arg(long)]
         metrics_required: bool,
+        #[command(flatten)]
+        limits: NbdLimitArgs,
     },
     /// List the SCSI disks found in sysfs: identity, H:C:T:L, WWID, the
     /// device rule that applies, the map each falls in or why it is
@@ -205,6 +207,41 @@ pub enum Cmd {
     /// Run the engine on an embedded default: a sparse 1 GiB image reached
     /// by two file paths with the QuantaStor stanza, served over NBD.
     Demo(demo::DemoArgs),
+}
+
+/// NBD server limits; each overrides its `defaults` keyword
+/// (`nbd_handshake_timeout`, ...), whose defaults are shown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NbdLimitArgs {
+    /// Seconds an NBD client has to finish the handshake [default 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_handshake_timeout: Option<u32>,
+    /// Seconds an NBD client may stall mid-payload or leave a reply
+    /// unread before it is closed [default 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_payload_timeout: Option<u32>,
+    /// NBD connections at once, all clients together [default 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections: Option<u32>,
+    /// NBD connections at once per client uid (Unix socket) [default 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections_per_uid: Option<u32>,
+    /// MiB of NBD request payloads and replies in flight, all clients
+    /// together [default 256].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_memory_budget: Option<u32>,
+}
+
+impl From<NbdLimitArgs> for daemon::NbdLimitOptions {
+    fn from(a: NbdLimitArgs) -> Self {
+        daemon::NbdLimitOptions {
+            handshake_timeout: a.nbd_handshake_timeout,
+            payload_timeout: a.nbd_payload_timeout,
+            max_connections: a.nbd_max_connections,
+            max_connections_per_uid: a.nbd_max_connections_per_uid,
+            memory_budget_mib: a.nbd_memory_budget,
+        }
+    }
 }
 
 /// How log lines are written (`--log-format`).
@@ -305,6 +342,7 @@ pub fn main() -> ExitCode {
             control_timeout,
             metrics_listen,
             metrics_required,
+            limits,
         } => {
             init_logging();
             let opts = daemon::Options {
@@ -327,6 +365,7 @@ pub fn main() -> ExitCode {
                 },
                 metrics_listen,
                 metrics_required,
+                nbd_limits: limits.into(),
             };
             match daemon::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -134,6 +134,17 @@ impl Config {
         }
     }
 
+    /// A umpath number in `defaults` (the NBD limits), or `default`.
+    pub fn defaults_uint(&self, keyword: &str, default: u32) -> u32 {
+        match self.defaults.get(keyword) {
+            Some(Assignment {
+                value: Typed::UInt(v),
+                ..
+            }) => *v,
+            _ => default,
+        }
+    }
+
     /// `queue_without_daemon` (default no): keep IO held by no_path_retry
     /// queued while the daemon stops, until the stop's drain bound.
     pub fn queue_without_daemon(&self) -> bool {

@@ -663,6 +663,14 @@ pub static KEYWORDS: &[Keyword] = &[
     // 127.0.0.1); `umpath daemon --metrics-listen` takes precedence. Read
     // at start.
     kw("umpath_metrics_listen", DEF, Kind::NonEmpty, None, Sup),
+    // umpath: NBD server limits (read at start; `umpath daemon` flags
+    // override them).
+    kw("nbd_handshake_timeout", DEF, Kind::UInt { min: 1, max: DAY }, Some("10"), Sup),
+    kw("nbd_payload_timeout", DEF, Kind::UInt { min: 1, max: DAY }, Some("30"), Sup),
+    kw("nbd_max_connections", DEF, Kind::UInt { min: 1, max: INT_MAX }, Some("1024"), Sup),
+    kw("nbd_max_connections_per_uid", DEF, Kind::UInt { min: 1, max: INT_MAX }, Some("128"), Sup),
+    // MiB of request payloads and replies in flight, all clients together.
+    kw("nbd_memory_budget", DEF, Kind::UInt { min: 1, max: 1 << 20 }, Some("256"), Sup),
     kw("find_multipaths", DEF, Kind::OneOf(&["yes", "no", "strict", "greedy", "smart", "on", "off", "1", "0"]), Some("strict"), Sup),
     kw("reassign_maps", DEF, Kind::YesNo, Some("no"), No(KERNEL)),
     kw("uid_attrs", DEF, Kind::Str, None, No(UDEV)),

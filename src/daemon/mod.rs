@@ -34,6 +34,7 @@ pub mod show;
 pub mod supervisor;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,14 +42,14 @@ use arc_swap::ArcSwap;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Config};
 use crate::control::{self, Command, Response, ShowWhat};
 use crate::discovery::DiscoverOptions;
 use crate::engine::{Clock, MapEngine, MapSnapshot};
 use crate::export::{Export, ExportSet};
-use crate::nbd::server::{Limits, NbdServer, ServerConfig};
+use crate::nbd::server::{fd_reserve_for, Limits, NbdServer, ServerConfig};
 use crate::transport::fault::FaultSpec;
 use runtime::MapRuntime;
 use supervisor::{Msg, Published, Supervisor};
@@ -88,6 +89,59 @@ pub struct Options {
     /// A metrics address that cannot be bound stops the start (otherwise
     /// the daemon starts without metrics).
     pub metrics_required: bool,
+    /// NBD server limits given on the command line (they override the
+    /// `defaults` keywords).
+    pub nbd_limits: NbdLimitOptions,
+}
+
+/// `umpath daemon` flags for the NBD server's limits; `None`: the
+/// configuration's `nbd_*` keyword, else its default.
+#[derive(Debug, Clone, Default)]
+pub struct NbdLimitOptions {
+    /// Seconds a client has to reach transmission (`nbd_handshake_timeout`, 10).
+    pub handshake_timeout: Option<u32>,
+    /// Seconds a client may stall mid-payload or leave a reply unread
+    /// (`nbd_payload_timeout`, 30).
+    pub payload_timeout: Option<u32>,
+    /// Connections at once (`nbd_max_connections`, 1024).
+    pub max_connections: Option<u32>,
+    /// Connections at once per uid (`nbd_max_connections_per_uid`, 128).
+    pub max_connections_per_uid: Option<u32>,
+    /// MiB of payloads and replies in flight (`nbd_memory_budget`, 256).
+    pub memory_budget_mib: Option<u32>,
+}
+
+impl NbdLimitOptions {
+    /// The server's settings: these flags, else the configuration.
+    fn server_config(&self, cfg: &Config, paths: usize) -> ServerConfig {
+        let pick = |flag: Option<u32>, kw: &str, default: u32| {
+            flag.unwrap_or_else(|| cfg.defaults_uint(kw, default))
+        };
+        let secs = |s: u32| Duration::from_secs(u64::from(s.max(1)));
+        let d = ServerConfig::default();
+        ServerConfig {
+            limits: Limits {
+                handshake_timeout: secs(pick(self.handshake_timeout, "nbd_handshake_timeout", 10)),
+                payload_timeout: secs(pick(self.payload_timeout, "nbd_payload_timeout", 30)),
+                memory_budget: (pick(self.memory_budget_mib, "nbd_memory_budget", 256).max(1)
+                    as usize)
+                    << 20,
+                ..Limits::default()
+            },
+            max_connections: pick(
+                self.max_connections,
+                "nbd_max_connections",
+                d.max_connections as u32,
+            ) as usize,
+            max_connections_per_uid: pick(
+                self.max_connections_per_uid,
+                "nbd_max_connections_per_uid",
+                d.max_connections_per_uid as u32,
+            ) as usize,
+            fd_reserve: Arc::new(AtomicUsize::new(fd_reserve_for(paths))),
+            ..d
+        }
+    }
 }
 
 /// Start-up failures.
@@ -141,6 +195,14 @@ impl ExportSet for Exports {
 
 /// Runs the daemon until a signal or `shutdown` stops it.
 pub fn run(opts: Options) -> Result<(), DaemonError> {
+    // Before any thread: big buffers go back to the system when freed.
+    if !crate::resources::tune_allocator() {
+        debug!("allocator not tuned (not glibc)");
+    }
+    match crate::resources::raise_nofile_limit() {
+        Ok((before, after)) => info!("descriptor limit (RLIMIT_NOFILE): {after} (was {before})"),
+        Err(e) => warn!("cannot read or raise the descriptor limit: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("umpath")
@@ -206,12 +268,20 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NBD_SOCKET));
         let export_set: Arc<dyn ExportSet> = exports;
+        let paths = |p: &Published| {
+            p.maps.iter().map(|m| m.paths.len()).sum::<usize>()
+                + p.pending.iter().map(|m| m.paths.len()).sum::<usize>()
+        };
         let server_cfg = ServerConfig {
             unix: Some(nbd_socket.clone()),
             tcp: opts.nbd_listen.as_deref().map(tcp_listen_addr),
-            limits: Limits::default(),
+            ..opts.nbd_limits.server_config(
+                &daemon.published.load().config,
+                paths(&daemon.published.load()),
+            )
         };
         // The error names the address that failed.
+        let fd_reserve = server_cfg.fd_reserve.clone();
         let server = NbdServer::bind(&server_cfg, export_set)
             .await
             .and_then(|mut s| s.restrict_unix(policy.clone()).map(|()| s))
@@ -256,6 +326,8 @@ impl Daemon {
                     _ = tick.tick() => {
                         let p = d.published.load();
                         for m in &p.maps { m.engine.tick(); }
+                        // Descriptors kept from NBD clients follow the paths.
+                        fd_reserve.store(fd_reserve_for(paths(&p)), Ordering::Relaxed);
                     }
                 }
             }

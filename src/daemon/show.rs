@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use crate::engine::MapSnapshot;
 use crate::model::{DmState, PathId};
+use crate::policy::no_path_retry::NoPathState;
 
 /// Sizes the way multipath -ll prints them: from KiB up, one decimal
 /// below 10 ("1.0G", "16M", "0.5K").
@@ -116,7 +117,15 @@ pub fn maps_json(maps: &[MapSnapshot]) -> Value {
                     "rr_weight": pol.rr_weight.as_str(),
                     "failback": pol.failback.to_string(),
                     "no_path_retry": pol.no_path_retry.to_string(),
-                    "queueing": format!("{:?}", s.map.no_path_state()),
+                    "queueing": queueing_word(s.map.no_path_state()),
+                    "queueing_since_ms": match s.map.no_path_state() {
+                        NoPathState::Queueing { since, .. } => json!(since.0),
+                        _ => Value::Null,
+                    },
+                    "queueing_deadline_ms": match s.map.no_path_state() {
+                        NoPathState::Queueing { deadline: Some(d), .. } => json!(d.0),
+                        _ => Value::Null,
+                    },
                     "held_requests": s.held,
                     "usable_paths": s.map.usable_paths(),
                     "current_group": s.map.current_group().map(|g| g + 1),
@@ -184,7 +193,7 @@ pub fn stats_json(maps: &[MapSnapshot], uptime_ms: u64) -> Value {
                 "name": s.info.name,
                 "wwid": s.info.wwid,
                 "size": s.info.size,
-                "queueing": format!("{:?}", s.map.no_path_state()),
+                "queueing": queueing_word(s.map.no_path_state()),
                 "held_requests": s.held,
                 "usable_paths": s.map.usable_paths(),
                 "current_group": s.map.current_group().map(|g| g + 1),
@@ -245,6 +254,16 @@ pub fn stats_text(maps: &[MapSnapshot]) -> String {
         }
     }
     table(rows)
+}
+
+/// A map's no_path_retry state in one word: `serving` (a path is
+/// usable), `queueing` (IO held), `failing` (IO fails at once).
+fn queueing_word(s: NoPathState) -> &'static str {
+    match s {
+        NoPathState::Serving => "serving",
+        NoPathState::Queueing { .. } => "queueing",
+        NoPathState::Failing => "failing",
+    }
 }
 
 fn table(rows: Vec<Vec<String>>) -> String {
@@ -320,7 +339,7 @@ pub fn maps_text(maps: &[MapSnapshot]) -> String {
             human_size(s.info.size),
             s.map.paths().len().to_string(),
             s.map.usable_paths().to_string(),
-            format!("{:?}", s.map.no_path_state()),
+            queueing_word(s.map.no_path_state()).to_string(),
         ]);
     }
     table(rows)
@@ -405,5 +424,17 @@ mod tests {
         assert_eq!(human_size(1536 * 1024 * 1024), "1.5G");
         assert_eq!(human_size(16 << 20), "16M");
         assert_eq!(human_size(100 << 30), "100G");
+    }
+
+    #[test]
+    fn queueing_is_a_word_not_a_debug_string() {
+        use crate::units::Time;
+        assert_eq!(queueing_word(NoPathState::Serving), "serving");
+        let q = NoPathState::Queueing {
+            since: Time(5),
+            deadline: None,
+        };
+        assert_eq!(queueing_word(q), "queueing");
+        assert_eq!(queueing_word(NoPathState::Failing), "failing");
     }
 }

@@ -374,10 +374,28 @@ impl MapEngine {
     pub fn check_result(&self, path: PathId, state: CheckState, reason: &str) {
         let now = self.now();
         let map_name = &self.inner.info.name;
+        // A path that passes its check but whose IO machinery cannot start
+        // (a thread limit) stays down with that reason: never shown
+        // healthy while its IO would fail. (Starting the thread is a
+        // syscall: outside the map lock.)
+        let no_thread = if state.is_usable() {
+            let rt = self.inner.state.lock().paths.get(path.index()).cloned();
+            rt.and_then(|p| p.ensure_workers().err())
+                .map(|e| format!("cannot start an IO thread: {e}"))
+        } else {
+            None
+        };
         self.inner.apply_state(|st| {
             let rt = st.paths.get(path.index());
             let stuck = rt.map_or(0, |p| p.inflight.stuck());
-            if state.is_usable() && stuck > 0 {
+            if let Some(why) = &no_thread {
+                if let Some(p) = rt {
+                    error!(map = %map_name, path = %p.name, "check passed, path kept down: {why}");
+                }
+                let mut ev = st.map.fail_path(path, why, now);
+                ev.extend(st.map.check_held(path, state, why, now));
+                ev
+            } else if state.is_usable() && stuck > 0 {
                 let why =
                     format!("{stuck} request(s) stuck past io_timeout; reinstated when they end");
                 if let Some(p) = rt {

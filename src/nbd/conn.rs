@@ -7,11 +7,27 @@
 //! cookie, offset and length there. The table bounds a connection's
 //! requests and buffer bytes: when it is full the reader stops reading, so
 //! a client that never reads its replies cannot grow server memory.
-//! Buffers come back with completions and are pooled at their grown length.
+//! Request memory also counts against the server-wide [`Budget`]: a read's
+//! buffer when it is admitted, a write's payload chunk by chunk as it
+//! arrives (a header alone reserves nothing large).
+//!
+//! Deadlines: the handshake must reach transmission within
+//! [`Limits::handshake_timeout`]; in transmission an idle client is kept
+//! for ever, but one that stops sending mid-payload, or stops reading a
+//! reply, for [`Limits::payload_timeout`] is closed (sooner, after
+//! [`HOG_STALL`], if it holds more than its fair share while others wait
+//! for the memory budget).
+//!
+//! Buffers come back with completions and are pooled at their grown
+//! length, a few per connection and within the budget's pool limit;
+//! bigger ones are freed.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::io::{
@@ -22,20 +38,30 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn, Instrument, Span};
 
+use super::budget::{Budget, Held};
 use super::proto::{self, *};
+use super::ratelog::RateLog;
 use super::unaligned::Unaligned;
 use crate::export::{Completion, Export, ExportSet, IoError, Op, ReplySender, Request};
 
-/// Socket read buffer (request headers and small write payloads).
-const READ_BUF: usize = 256 * 1024;
+/// Socket read buffer (request headers and small write payloads; big
+/// payloads bypass it).
+const READ_BUF: usize = 64 * 1024;
 /// Reply write buffer (batched replies; big read payloads bypass it).
-const WRITE_BUF: usize = 256 * 1024;
-/// Pooled buffers up to this size are kept (up to the slot count).
-const SMALL_BUF: usize = 256 * 1024;
-/// Bytes of larger pooled buffers kept per connection.
-const LARGE_POOL_BYTES: usize = 64 * 1024 * 1024;
+const WRITE_BUF: usize = 64 * 1024;
+/// Write payloads are read (and charged to the budget) this much at a time.
+const PAYLOAD_CHUNK: usize = 256 * 1024;
+/// Buffers kept per connection for reuse...
+const POOL_COUNT: usize = 16;
+/// ... and their bytes; larger buffers are freed, not pooled.
+const POOL_BYTES: usize = 8 * 1024 * 1024;
+const POOL_MAX_BUF: usize = 4 * 1024 * 1024;
+/// A client whose replies stay unread this long while it holds more than
+/// its fair share of an exhausted memory budget is closed.
+pub const HOG_STALL: Duration = Duration::from_secs(2);
 
-/// Per-connection resource bounds.
+/// Per-connection resource bounds and deadlines (and the size of the
+/// server-wide memory budget).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Requests in flight per connection; the reader stops reading new
@@ -44,13 +70,23 @@ pub struct Limits {
     /// Buffer bytes (read and write payloads) in flight per connection. A
     /// single request larger than this is still admitted, alone.
     pub max_inflight_bytes: usize,
+    /// A client must reach transmission within this time.
+    pub handshake_timeout: Duration,
+    /// A client that stops sending a request's payload, or stops reading
+    /// a reply, for this long is closed. Idle clients are kept.
+    pub payload_timeout: Duration,
+    /// Request payloads and replies in flight, all connections together.
+    pub memory_budget: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_inflight: 128,
-            max_inflight_bytes: 256 * 1024 * 1024,
+            max_inflight_bytes: 64 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            payload_timeout: Duration::from_secs(30),
+            memory_budget: 256 * 1024 * 1024,
         }
     }
 }
@@ -61,6 +97,12 @@ pub(crate) struct ConnEnv {
     pub limits: Limits,
     pub shutdown: watch::Receiver<bool>,
     pub span: Span,
+    /// The server-wide memory budget.
+    pub budget: Arc<Budget>,
+    /// Rate limit for lines about dropped clients.
+    pub notices: Arc<RateLog>,
+    /// Who the peer is, for those lines (`uid=U` or an IP address).
+    pub peer_key: String,
 }
 
 /// Resolves once shutdown is requested (the value turns true, or the
@@ -108,13 +150,27 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut reader = BufReader::with_capacity(READ_BUF, r);
+    let deadline = env.limits.handshake_timeout;
     let result = tokio::select! {
         biased;
         _ = shutdown_requested(&mut env.shutdown) => {
             debug!("server shutting down during handshake");
             return;
         }
-        r = negotiate(&mut reader, &mut w, &*env.exports) => r,
+        r = tokio::time::timeout(deadline, negotiate(&mut reader, &mut w, &*env.exports)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(suppressed) = env.notices.allow("handshake", &env.peer_key) {
+                    warn!(
+                        peer = %env.peer_key,
+                        suppressed,
+                        "no NBD handshake within {} s; closing",
+                        deadline.as_secs_f32()
+                    );
+                }
+                return;
+            }
+        },
     };
     let session = match result {
         Ok(Some(s)) => s,
@@ -310,43 +366,66 @@ struct SlotInfo {
     len: u32,
     /// Buffer bytes charged against the connection's budget.
     cost: usize,
+    /// Bytes taken from the server-wide budget (a write's grow as its
+    /// payload arrives).
+    charged: usize,
     /// Message for a structured error reply of an early rejection.
     msg: &'static str,
 }
 
-/// Buffers at their grown length, for reuse.
+/// Buffers at their grown length, for reuse: at most [`POOL_COUNT`] and
+/// [`POOL_BYTES`] per connection, none above [`POOL_MAX_BUF`], and all
+/// pools together within the budget's pool limit.
 struct BufPool {
-    small: Vec<Vec<u8>>,
-    max_small: usize,
-    large: Vec<Vec<u8>>,
-    large_bytes: usize,
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+    budget: Arc<Budget>,
 }
 
 impl BufPool {
+    fn new(budget: Arc<Budget>) -> BufPool {
+        BufPool {
+            bufs: Vec::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// A buffer for `len` bytes: a pooled one big enough if there is one
+    /// (else the biggest, to grow), else a new empty one.
     fn take(&mut self, len: usize) -> Vec<u8> {
-        if len == 0 {
+        if len == 0 || self.bufs.is_empty() {
             return Vec::new();
         }
-        let v = if len <= SMALL_BUF {
-            self.small.pop()
-        } else {
-            self.large.pop().inspect(|v| self.large_bytes -= v.len())
-        };
-        v.unwrap_or_default()
+        let i = self
+            .bufs
+            .iter()
+            .position(|b| b.capacity() >= len)
+            .unwrap_or(self.bufs.len() - 1);
+        let v = self.bufs.swap_remove(i);
+        self.bytes -= v.capacity();
+        self.budget.pool_take(v.capacity());
+        v
     }
 
     fn put(&mut self, v: Vec<u8>) {
-        if v.capacity() == 0 {
+        let cap = v.capacity();
+        if cap == 0
+            || cap > POOL_MAX_BUF
+            || self.bufs.len() >= POOL_COUNT
+            || self.bytes + cap > POOL_BYTES
+            || !self.budget.pool_put(cap)
+        {
             return;
         }
-        if v.len() <= SMALL_BUF {
-            if self.small.len() < self.max_small {
-                self.small.push(v);
-            }
-        } else if self.large_bytes + v.len() <= LARGE_POOL_BYTES {
-            self.large_bytes += v.len();
-            self.large.push(v);
-        }
+        self.bytes += cap;
+        self.bufs.push(v);
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        self.budget.pool_take(self.bytes);
     }
 }
 
@@ -361,6 +440,9 @@ struct Table {
 struct Shared {
     table: Mutex<Table>,
     max_bytes: usize,
+    /// The server-wide memory budget and this connection's part of it.
+    budget: Arc<Budget>,
+    held: Held,
     /// The writer freed a slot.
     space: Notify,
     /// The writer failed (the client is gone).
@@ -369,21 +451,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(limits: Limits) -> Shared {
+    fn new(limits: Limits, budget: Arc<Budget>) -> Shared {
         let n = limits.max_inflight.clamp(1, u32::MAX as usize);
         Shared {
             table: Mutex::new(Table {
                 slots: vec![SlotInfo::default(); n],
                 free: (0..n as u32).rev().collect(),
                 bytes: 0,
-                pool: BufPool {
-                    small: Vec::with_capacity(n),
-                    max_small: n,
-                    large: Vec::new(),
-                    large_bytes: 0,
-                },
+                pool: BufPool::new(budget.clone()),
             }),
             max_bytes: limits.max_inflight_bytes.max(1),
+            budget,
+            held: Held::default(),
             space: Notify::new(),
             dead: Notify::new(),
             is_dead: AtomicBool::new(false),
@@ -421,21 +500,29 @@ impl Shared {
         }
     }
 
+    /// Records what an admitted request took from the server budget.
+    fn set_charged(&self, slot: u32, charged: usize) {
+        if let Some(s) = self.table.lock().slots.get_mut(slot as usize) {
+            s.charged = charged;
+        }
+    }
+
     fn lookup(&self, cookie: u64) -> Option<SlotInfo> {
         let t = self.table.lock();
         let s = t.slots.get(usize::try_from(cookie).ok()?)?;
         s.active.then_some(*s)
     }
 
-    fn release(&self, cookie: u64, cost: usize, buf: Vec<u8>) {
+    fn release(&self, cookie: u64, info: &SlotInfo, buf: Vec<u8>) {
         {
             let mut t = self.table.lock();
             let idx = cookie as usize;
             t.slots[idx].active = false;
             t.free.push(idx as u32);
-            t.bytes -= cost;
+            t.bytes -= info.cost;
             t.pool.put(buf);
         }
+        self.budget.give(&self.held, info.charged);
         self.space.notify_one();
     }
 
@@ -443,6 +530,33 @@ impl Shared {
         self.is_dead.store(true, Ordering::Release);
         self.dead.notify_one();
         self.space.notify_one();
+    }
+
+    /// Takes `n` bytes of the server budget, waiting if needed; `false` if
+    /// the connection ends meanwhile (writer gone or shutdown).
+    async fn charge(
+        &self,
+        n: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReaderEnd> {
+        if self.budget.try_take(&self.held, n) {
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown_requested(shutdown) => Err(ReaderEnd::Shutdown),
+            _ = self.dead.notified() => Err(ReaderEnd::WriterGone),
+            _ = self.budget.take(&self.held, n) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Whatever requests the connection left unanswered (a writer that
+        // failed, a reader that stopped mid-payload) goes back.
+        let h = self.held.get();
+        self.budget.give(&self.held, h);
     }
 }
 
@@ -461,6 +575,11 @@ enum ReaderEnd {
     WriterGone,
     Protocol(ProtoError),
     Io(io::Error),
+    /// The client sent part of a payload, then nothing for the deadline.
+    PayloadStall {
+        got: usize,
+        payload: usize,
+    },
 }
 
 async fn transmission<R, W>(reader: BufReader<R>, w: W, s: Session, env: ConnEnv)
@@ -468,24 +587,50 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = Arc::new(Shared::new(env.limits));
+    let limits = env.limits;
+    let shared = Arc::new(Shared::new(limits, env.budget.clone()));
     let (tx, rx) = mpsc::unbounded_channel();
     let mut writer = AbortOnDrop(tokio::spawn(
-        writer_loop(w, rx, shared.clone(), s.structured).instrument(env.span.clone()),
+        writer_loop(w, rx, shared.clone(), s.structured, limits.payload_timeout)
+            .instrument(env.span.clone()),
     ));
     let mut requests = 0u64;
-    let end = reader_loop(reader, &s, tx, &shared, env.shutdown, &mut requests).await;
+    let end = reader_loop(
+        reader,
+        &s,
+        tx,
+        &shared,
+        env.shutdown,
+        &mut requests,
+        &limits,
+    )
+    .await;
     match &end {
         ReaderEnd::Protocol(e) => warn!(error = %e, "protocol violation; closing"),
         ReaderEnd::ExportClosed => {
             info!("the export was removed; ending the session once in-flight requests are answered")
         }
         ReaderEnd::Io(e) if !is_disconnect(e) => warn!(error = %e, "read failed; closing"),
+        ReaderEnd::PayloadStall { got, payload } => {
+            if let Some(suppressed) = env.notices.allow("payload-stall", &env.peer_key) {
+                warn!(
+                    peer = %env.peer_key,
+                    suppressed,
+                    "client sent {got} of {payload} payload bytes, then nothing for {} s; closing",
+                    limits.payload_timeout.as_secs_f32()
+                );
+            }
+        }
         other => debug!(reason = ?other, "reader finished"),
     }
     // The writer drains every request still in flight, then closes.
     match (&mut writer.0).await {
         Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            if let Some(suppressed) = env.notices.allow("reply-stall", &env.peer_key) {
+                warn!(peer = %env.peer_key, suppressed, "{e}; closing");
+            }
+        }
         Ok(Err(e)) => debug!(error = %e, "writer stopped"),
         Err(e) => error!(error = %e, "writer task failed"),
     }
@@ -536,6 +681,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
     sh: &Shared,
     mut shutdown: watch::Receiver<bool>,
     requests: &mut u64,
+    limits: &Limits,
 ) -> ReaderEnd {
     let p = &s.params;
     let unaligned = (!p.block_size_agreed && p.block_sizes.minimum > 1)
@@ -590,6 +736,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
             offset: h.offset,
             len: h.len,
             cost: buf_len,
+            charged: 0,
             msg: checked.err().map_or("", |e| e.msg),
         };
         let (slot, mut buf) = match sh.try_admit(info) {
@@ -603,18 +750,36 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 },
             },
         };
-        if buf.len() < buf_len {
-            buf.resize(buf_len, 0);
-        }
+        // The server budget: a read's buffer now, a write's payload as it
+        // arrives. (A stop here leaves the slot taken: the connection is
+        // ending and `Shared` gives its bytes back.)
+        let mut charged = 0;
         if payload > 0 {
-            if let Err(e) = rd.read_exact(&mut buf[..payload]).await {
-                return if e.kind() == io::ErrorKind::UnexpectedEof {
-                    ReaderEnd::Eof
-                } else {
-                    ReaderEnd::Io(e)
-                };
+            let r = read_payload(
+                &mut rd,
+                &mut buf,
+                payload,
+                sh,
+                limits.payload_timeout,
+                &mut shutdown,
+                &mut charged,
+            )
+            .await;
+            if let Err(end) = r {
+                drop(buf);
+                sh.budget.give(&sh.held, charged);
+                return end;
+            }
+        } else if buf_len > 0 {
+            if let Err(end) = sh.charge(buf_len, &mut shutdown).await {
+                return end;
+            }
+            charged = buf_len;
+            if buf.len() < buf_len {
+                buf.resize(buf_len, 0);
             }
         }
+        sh.set_charged(slot, charged);
         let cookie = u64::from(slot);
         let action = match checked {
             Ok(a) => a,
@@ -661,6 +826,70 @@ async fn reader_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// Reads a `payload` of bytes into `buf`, growing it and charging the
+/// server budget a chunk at a time as the bytes arrive. Each read must
+/// make progress within `deadline`.
+async fn read_payload<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+    payload: usize,
+    sh: &Shared,
+    deadline: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    charged: &mut usize,
+) -> Result<(), ReaderEnd> {
+    let mut got = 0;
+    while got < payload {
+        let end = payload.min(got + PAYLOAD_CHUNK);
+        if got == 0 {
+            // A header alone takes nothing: wait for the first bytes.
+            let r = tokio::select! {
+                biased;
+                _ = sh.dead.notified() => return Err(ReaderEnd::WriterGone),
+                r = tokio::time::timeout(deadline, rd.fill_buf()) => r,
+            };
+            match r {
+                Err(_) => return Err(ReaderEnd::PayloadStall { got, payload }),
+                Ok(Ok([])) => return Err(ReaderEnd::Eof),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ReaderEnd::Io(e)),
+            }
+        }
+        if *charged < end {
+            sh.charge(end - *charged, shutdown).await?;
+            *charged = end;
+        }
+        grow(buf, end, payload);
+        while got < end {
+            let r = tokio::select! {
+                biased;
+                _ = sh.dead.notified() => return Err(ReaderEnd::WriterGone),
+                r = tokio::time::timeout(deadline, rd.read(&mut buf[got..end])) => r,
+            };
+            match r {
+                Err(_) => return Err(ReaderEnd::PayloadStall { got, payload }),
+                Ok(Ok(0)) => return Err(ReaderEnd::Eof),
+                Ok(Ok(n)) => got += n,
+                Ok(Err(e)) => return Err(ReaderEnd::Io(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes `buf` at least `need` long, growing its capacity geometrically
+/// but never beyond `max`.
+fn grow(buf: &mut Vec<u8>, need: usize, max: usize) {
+    if buf.len() >= need {
+        return;
+    }
+    if buf.capacity() < need {
+        let target = buf.capacity().saturating_mul(2).clamp(need, max.max(need));
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.resize(need, 0);
+}
+
 fn complete(tx: &ReplySender, cookie: u64, result: Result<(), IoError>, buf: Vec<u8>) {
     let _ = tx.send(Completion {
         cookie,
@@ -674,6 +903,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     mut rx: UnboundedReceiver<Completion>,
     sh: Arc<Shared>,
     structured: bool,
+    stall: Duration,
 ) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(WRITE_BUF, w);
     let r = async {
@@ -682,7 +912,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 Ok(c) => c,
                 Err(TryRecvError::Empty) => {
                     // Nothing more queued right now: push out what we have.
-                    w.flush().await?;
+                    guarded(w.flush(), &sh, stall).await?;
                     match rx.recv().await {
                         Some(c) => c,
                         None => break,
@@ -694,17 +924,70 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 error!(cookie = c.cookie, "export completed an unknown request");
                 continue;
             };
-            write_reply(&mut w, &info, &c, structured).await?;
-            sh.release(c.cookie, info.cost, c.buf);
+            guarded(write_reply(&mut w, &info, &c, structured), &sh, stall).await?;
+            sh.release(c.cookie, &info, c.buf);
         }
-        w.flush().await?;
-        w.shutdown().await
+        guarded(w.flush(), &sh, stall).await?;
+        guarded(w.shutdown(), &sh, stall).await
     }
     .await;
     if r.is_err() {
         sh.kill();
+        // Close our half now; answer nothing more, but give back what the
+        // requests still in flight hold as they complete.
+        drop(w);
+        while let Some(c) = rx.recv().await {
+            if let Some(info) = sh.lookup(c.cookie) {
+                sh.release(c.cookie, &info, Vec::new());
+            }
+        }
     }
     r
+}
+
+/// Runs a write to the client, failing with `TimedOut` if it does not
+/// complete within `stall` (the client stopped reading its replies), or
+/// within [`HOG_STALL`] while the connection holds more than its fair
+/// share of a memory budget others wait for.
+async fn guarded<F: Future<Output = io::Result<()>>>(
+    f: F,
+    sh: &Shared,
+    stall: Duration,
+) -> io::Result<()> {
+    let mut f = std::pin::pin!(f);
+    // Most writes only fill the buffer: no timer for them.
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        return r;
+    }
+    let start = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut f => return r,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let waited = start.elapsed();
+        if waited >= stall {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read no reply for {} s",
+                    waited.as_secs_f32().round()
+                ),
+            ));
+        }
+        let held = sh.held.get();
+        if waited >= HOG_STALL && sh.budget.under_pressure() && held > sh.budget.fair_share() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read no reply for {} s while holding {} MiB, more than its share of the exhausted NBD memory budget",
+                    waited.as_secs_f32().round(),
+                    held >> 20
+                ),
+            ));
+        }
+    }
 }
 
 async fn write_reply<W: AsyncWrite + Unpin>(
@@ -765,7 +1048,12 @@ mod tests {
         Limits {
             max_inflight: n,
             max_inflight_bytes: bytes,
+            ..Limits::default()
         }
+    }
+
+    fn shared(n: usize, bytes: usize) -> Shared {
+        Shared::new(limits(n, bytes), Arc::new(Budget::new(1 << 30)))
     }
 
     fn info(cost: usize) -> SlotInfo {
@@ -777,14 +1065,14 @@ mod tests {
 
     #[test]
     fn admission_bounds_count_and_bytes() {
-        let sh = Shared::new(limits(2, 1000));
+        let sh = shared(2, 1000);
         let (a, _) = sh.try_admit(info(600)).unwrap();
         assert!(sh.try_admit(info(600)).is_none(), "byte budget");
         let (b, _) = sh.try_admit(info(100)).unwrap();
         assert!(sh.try_admit(info(0)).is_none(), "slot budget");
         assert_ne!(a, b);
         assert!(sh.lookup(u64::from(a)).is_some());
-        sh.release(u64::from(a), 600, vec![0; 600]);
+        sh.release(u64::from(a), &info(600), vec![0; 600]);
         assert!(sh.lookup(u64::from(a)).is_none());
         assert!(sh.lookup(99).is_none());
         // The released buffer is reused at its grown length.
@@ -794,41 +1082,84 @@ mod tests {
 
     #[test]
     fn oversized_request_admitted_alone() {
-        let sh = Shared::new(limits(4, 100));
+        let sh = shared(4, 100);
         let (a, _) = sh.try_admit(info(1000)).unwrap();
         assert!(sh.try_admit(info(1)).is_none());
-        sh.release(u64::from(a), 1000, Vec::new());
+        sh.release(u64::from(a), &info(1000), Vec::new());
         assert!(sh.try_admit(info(1)).is_some());
     }
 
     #[test]
-    fn pool_keeps_bounded_large_buffers() {
-        let mut p = BufPool {
-            small: Vec::new(),
-            max_small: 1,
-            large: Vec::new(),
-            large_bytes: 0,
-        };
-        p.put(vec![0; 10]);
-        p.put(vec![0; 10]);
-        assert_eq!(p.small.len(), 1);
-        for _ in 0..3 {
-            p.put(vec![0; 32 * 1024 * 1024]);
+    fn release_gives_the_server_budget_back() {
+        let budget = Arc::new(Budget::new(1 << 20));
+        let sh = Shared::new(limits(4, 1 << 20), budget.clone());
+        let (a, _) = sh.try_admit(info(1000)).unwrap();
+        assert!(sh.budget.try_take(&sh.held, 1000));
+        sh.set_charged(a, 1000);
+        assert_eq!(budget.used(), 1000);
+        let i = sh.lookup(u64::from(a)).unwrap();
+        sh.release(u64::from(a), &i, Vec::new());
+        assert_eq!(budget.used(), 0);
+        // What a connection still holds when it ends goes back too.
+        assert!(sh.budget.try_take(&sh.held, 500));
+        drop(sh);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn pool_is_bounded_and_frees_big_buffers() {
+        let budget = Arc::new(Budget::new(1 << 30));
+        let mut p = BufPool::new(budget.clone());
+        for _ in 0..(POOL_COUNT + 4) {
+            p.put(vec![0; 10]);
         }
-        assert_eq!(p.large.len(), 2);
-        assert_eq!(p.take(SMALL_BUF + 1).len(), 32 * 1024 * 1024);
-        assert_eq!(p.large_bytes, 32 * 1024 * 1024);
+        assert_eq!(p.bufs.len(), POOL_COUNT);
+        let mut p = BufPool::new(budget.clone());
+        p.put(vec![0; POOL_MAX_BUF + 1]);
+        assert!(p.bufs.is_empty(), "big buffers are freed");
+        for _ in 0..4 {
+            p.put(vec![0; POOL_MAX_BUF]);
+        }
+        assert_eq!(p.bytes, POOL_BYTES);
+        assert_eq!(p.bufs.len(), POOL_BYTES / POOL_MAX_BUF);
+        assert_eq!(p.take(100).len(), POOL_MAX_BUF);
         assert_eq!(p.take(0).capacity(), 0);
+        drop(p);
+        assert_eq!(budget.pooled(), 16 * 10);
+    }
+
+    #[test]
+    fn pools_together_stay_within_the_budget_pool_limit() {
+        let budget = Arc::new(Budget::new(16 * 1024 * 1024)); // pool limit 1 MiB
+        let mut a = BufPool::new(budget.clone());
+        let mut b = BufPool::new(budget.clone());
+        a.put(vec![0; 768 * 1024]);
+        b.put(vec![0; 512 * 1024]);
+        assert_eq!((a.bufs.len(), b.bufs.len()), (1, 0));
+        drop(a);
+        b.put(vec![0; 512 * 1024]);
+        assert_eq!(b.bufs.len(), 1);
+    }
+
+    #[test]
+    fn grow_is_geometric_and_capped() {
+        let mut v = Vec::new();
+        grow(&mut v, 10, 100);
+        assert_eq!(v.len(), 10);
+        grow(&mut v, 30, 100);
+        assert!(v.capacity() >= 30 && v.capacity() <= 100);
+        grow(&mut v, 100, 100);
+        assert_eq!((v.len(), v.capacity()), (100, 100));
     }
 
     #[tokio::test]
     async fn admit_waits_for_release() {
-        let sh = Arc::new(Shared::new(limits(1, 1 << 20)));
+        let sh = Arc::new(shared(1, 1 << 20));
         let (a, _) = sh.try_admit(info(1)).unwrap();
         let sh2 = sh.clone();
         let waiter = tokio::spawn(async move { sh2.admit(info(1)).await.map(|x| x.0) });
         tokio::task::yield_now().await;
-        sh.release(u64::from(a), 1, Vec::new());
+        sh.release(u64::from(a), &info(1), Vec::new());
         assert_eq!(waiter.await.unwrap(), Some(a));
         let sh3 = sh.clone();
         let waiter = tokio::spawn(async move { sh3.admit(info(1)).await.map(|x| x.0) });

@@ -11,9 +11,11 @@
 //! [`Limits`]), which uses `proto` and `unaligned`; `proto`, `uri` and
 //! `memexport` use nothing else in `nbd`.
 
+mod budget;
 mod conn;
 pub mod memexport;
 pub mod proto;
+mod ratelog;
 pub mod server;
 mod unaligned;
 pub mod uri;

@@ -1,6 +1,16 @@
 //! The NBD server: listeners on a Unix socket and/or TCP, one task per
 //! client (the private `conn` module is the protocol side), graceful shutdown.
 //!
+//! Admission: a client is accepted, then closed at once with a log line
+//! (at most one per peer and reason every 10 s) when the server has
+//! [`ServerConfig::max_connections`] connections, when its uid has
+//! [`ServerConfig::max_connections_per_uid`] (Unix socket, SO_PEERCRED), or
+//! when the open descriptors reach the soft `RLIMIT_NOFILE` minus
+//! [`ServerConfig::fd_reserve`] (kept for paths, checkers, the control
+//! socket and logs). Open descriptors are estimated from a count of
+//! /proc/self/fd at most once a second plus the connections opened and
+//! closed since.
+//!
 //! ```no_run
 //! # async fn demo(exports: std::sync::Arc<dyn umpath::export::ExportSet>) -> std::io::Result<()> {
 //! use umpath::nbd::{NbdServer, ServerConfig};
@@ -18,25 +28,40 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::budget::Budget;
 pub use super::conn::Limits;
 use super::conn::{self, shutdown_requested, ConnEnv};
+use super::ratelog::RateLog;
 use crate::export::ExportSet;
 
-/// Where to listen.
-#[derive(Debug, Clone, Default)]
+/// Default cap on connections, all peers together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on connections of one uid (Unix socket).
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 128;
+/// Descriptors kept free for the daemon's own use when nothing else is
+/// said: 64 + 4 per path.
+pub fn fd_reserve_for(paths: usize) -> usize {
+    64 + 4 * paths
+}
+
+/// Where to listen, and the admission limits.
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// A Unix socket path. A stale socket file there is removed; a live
     /// one (something accepts connections) or a non-socket is an error.
@@ -46,6 +71,26 @@ pub struct ServerConfig {
     /// [`NbdServer::local_addr`].
     pub tcp: Option<String>,
     pub limits: Limits,
+    /// Connections at once, all peers together.
+    pub max_connections: usize,
+    /// Connections at once per peer uid (Unix socket).
+    pub max_connections_per_uid: usize,
+    /// Descriptors new clients must leave free (the owner may update it,
+    /// e.g. when paths are added).
+    pub fd_reserve: Arc<AtomicUsize>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            unix: None,
+            tcp: None,
+            limits: Limits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            fd_reserve: Arc::new(AtomicUsize::new(fd_reserve_for(0))),
+        }
+    }
 }
 
 /// A bound, not yet serving, NBD server.
@@ -56,6 +101,129 @@ pub struct NbdServer {
     limits: Limits,
     /// Who may open sessions on the Unix socket; `None`: its mode decides.
     unix_access: Option<Arc<UnixAccess>>,
+    gate: Arc<Gate>,
+    budget: Arc<Budget>,
+    notices: Arc<RateLog>,
+}
+
+/// Who may connect now: connection counts and the descriptor budget.
+struct Gate {
+    max_conns: usize,
+    max_per_uid: usize,
+    fd_limit: usize,
+    fd_reserve: Arc<AtomicUsize>,
+    st: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    live: usize,
+    per_uid: HashMap<u32, usize>,
+    /// Descriptors open at the last count, and live connections then.
+    fds: usize,
+    live_then: usize,
+    counted: Option<Instant>,
+}
+
+/// Why a client was turned away.
+enum Refusal {
+    Fds {
+        open: usize,
+        limit: usize,
+        reserve: usize,
+    },
+    Total(usize),
+    Uid(u32, usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Fds {
+                open,
+                limit,
+                reserve,
+            } => write!(
+                f,
+                "{open} descriptors open, limit {limit} with {reserve} reserved for paths, checkers and the control socket"
+            ),
+            Refusal::Total(n) => write!(f, "the server has {n} connections (the maximum)"),
+            Refusal::Uid(uid, n) => write!(f, "uid {uid} has {n} connections (the maximum per uid)"),
+        }
+    }
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Fds { .. } => "refused:fds",
+            Refusal::Total(_) => "refused:total",
+            Refusal::Uid(..) => "refused:uid",
+        }
+    }
+}
+
+/// A live connection's place; given back when the connection ends.
+struct Ticket {
+    gate: Arc<Gate>,
+    uid: Option<u32>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut st = self.gate.st.lock();
+        st.live -= 1;
+        if let Some(uid) = self.uid {
+            if let Some(n) = st.per_uid.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    st.per_uid.remove(&uid);
+                }
+            }
+        }
+    }
+}
+
+impl Gate {
+    fn admit(self: &Arc<Gate>, uid: Option<u32>) -> Result<Ticket, Refusal> {
+        let mut st = self.st.lock();
+        if st
+            .counted
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            if let Ok(n) = crate::resources::open_fds() {
+                st.fds = n;
+                st.live_then = st.live;
+                st.counted = Some(Instant::now());
+            }
+        }
+        // The accepted socket is open already (counted, or one of `live`'s
+        // successors).
+        let open = (st.fds + st.live + 1).saturating_sub(st.live_then);
+        let reserve = self.fd_reserve.load(Ordering::Relaxed);
+        if open + reserve > self.fd_limit {
+            return Err(Refusal::Fds {
+                open,
+                limit: self.fd_limit,
+                reserve,
+            });
+        }
+        if st.live >= self.max_conns {
+            return Err(Refusal::Total(st.live));
+        }
+        if let Some(uid) = uid {
+            let n = st.per_uid.get(&uid).copied().unwrap_or(0);
+            if n >= self.max_per_uid {
+                return Err(Refusal::Uid(uid, n));
+            }
+            st.per_uid.insert(uid, n + 1);
+        }
+        st.live += 1;
+        Ok(Ticket {
+            gate: self.clone(),
+            uid,
+        })
+    }
 }
 
 /// The Unix socket's access policy and its refusal log's rate limit.
@@ -123,12 +291,45 @@ impl NbdServer {
             }
             None => None,
         };
+        let fd_limit = match crate::resources::nofile_limit() {
+            Ok((soft, _)) => usize::try_from(soft).unwrap_or(usize::MAX),
+            Err(_) => 1024,
+        };
+        let reserve = cfg.fd_reserve.load(Ordering::Relaxed);
+        let open = crate::resources::open_fds().unwrap_or(0);
+        let fd_room = fd_limit.saturating_sub(reserve + open);
+        info!(
+            max_connections = cfg.max_connections,
+            max_connections_per_uid = cfg.max_connections_per_uid,
+            fd_limit,
+            fd_reserve = reserve,
+            fd_room,
+            memory_budget_mib = cfg.limits.memory_budget >> 20,
+            handshake_timeout_s = cfg.limits.handshake_timeout.as_secs_f32(),
+            payload_timeout_s = cfg.limits.payload_timeout.as_secs_f32(),
+            "NBD limits"
+        );
+        if fd_room < cfg.max_connections {
+            warn!(
+                "the descriptor limit ({fd_limit}, {reserve} reserved, {open} open) allows only {fd_room} NBD connections, fewer than max_connections {}",
+                cfg.max_connections
+            );
+        }
         Ok(NbdServer {
             exports,
             unix,
             tcp,
             limits: cfg.limits,
             unix_access: None,
+            gate: Arc::new(Gate {
+                max_conns: cfg.max_connections.max(1),
+                max_per_uid: cfg.max_connections_per_uid.max(1),
+                fd_limit,
+                fd_reserve: cfg.fd_reserve.clone(),
+                st: Mutex::new(GateState::default()),
+            }),
+            budget: Arc::new(Budget::new(cfg.limits.memory_budget)),
+            notices: Arc::new(RateLog::default()),
         })
     }
 
@@ -177,21 +378,55 @@ impl NbdServer {
             mut tcp,
             limits,
             unix_access,
+            gate,
+            budget,
+            notices,
         } = self;
+        let ctx = Ctx {
+            exports,
+            limits,
+            budget,
+            notices,
+            shutdown: shutdown.clone(),
+        };
         let mut conns = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown_requested(&mut shutdown) => break,
                 r = accept_unix(&unix) => match r {
-                    Ok(s) => spawn_unix(&mut conns, s, &exports, limits, &shutdown, &unix_access),
-                    Err(e) => accept_failed(e).await,
+                    Ok(s) => {
+                        if let Some(a) = &unix_access {
+                            if !unix_admitted(&s, a) {
+                                continue;
+                            }
+                        }
+                        let cred = s.peer_cred().ok();
+                        let peer = unix_peer(cred.as_ref());
+                        match gate.admit(cred.map(|c| c.uid())) {
+                            Ok(t) => spawn_unix(&mut conns, s, peer, &ctx, t),
+                            Err(why) => refuse(&ctx.notices, &peer, why),
+                        }
+                    }
+                    Err(e) => accept_failed(e, &ctx.notices).await,
                 },
                 r = accept_tcp(&tcp) => match r {
-                    Ok((s, peer)) => spawn_tcp(&mut conns, s, peer, &exports, limits, &shutdown),
-                    Err(e) => accept_failed(e).await,
+                    Ok((s, peer)) => match gate.admit(None) {
+                        Ok(t) => spawn_tcp(&mut conns, s, peer, &ctx, t),
+                        Err(why) => refuse(&ctx.notices, &Peer::tcp(peer), why),
+                    },
+                    Err(e) => accept_failed(e, &ctx.notices).await,
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                _ = tick.tick() => {
+                    // After a burst, hand the freed heap back to the system.
+                    if ctx.budget.burst_over(TRIM_AFTER) {
+                        crate::resources::trim_heap();
+                        debug!(rss_kib = crate::resources::rss_kib(), "heap trimmed after a burst");
+                    }
+                }
             }
         }
         let open = conns.len();
@@ -202,6 +437,63 @@ impl NbdServer {
         while conns.join_next().await.is_some() {}
         info!("NBD server stopped");
         Ok(())
+    }
+}
+
+/// A burst that took at least this much of the memory budget is followed
+/// by `malloc_trim` once it is over.
+const TRIM_AFTER: usize = 16 * 1024 * 1024;
+
+/// What every connection gets from its server.
+struct Ctx {
+    exports: Arc<dyn ExportSet>,
+    limits: Limits,
+    budget: Arc<Budget>,
+    notices: Arc<RateLog>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A client as logs name it: `key` groups its lines (uid or address),
+/// `label` is what a line says.
+struct Peer {
+    key: String,
+    label: String,
+}
+
+impl Peer {
+    fn tcp(a: SocketAddr) -> Peer {
+        Peer {
+            key: a.ip().to_string(),
+            label: a.to_string(),
+        }
+    }
+}
+
+fn unix_peer(cred: Option<&tokio::net::unix::UCred>) -> Peer {
+    match cred {
+        Some(c) => Peer {
+            key: format!("uid={}", c.uid()),
+            label: match c.pid() {
+                Some(pid) => format!("unix:uid={},pid={pid}", c.uid()),
+                None => format!("unix:uid={}", c.uid()),
+            },
+        },
+        None => Peer {
+            key: "unix".into(),
+            label: "unix".into(),
+        },
+    }
+}
+
+/// Logs a refusal, at most once per peer and reason per interval; the
+/// socket closes when the caller drops it.
+fn refuse(notices: &RateLog, peer: &Peer, why: Refusal) {
+    if let Some(suppressed) = notices.allow(why.kind(), &peer.key) {
+        warn!(
+            peer = %peer.label,
+            suppressed,
+            "refusing NBD client: {why}"
+        );
     }
 }
 
@@ -220,49 +512,39 @@ async fn accept_tcp(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAdd
 }
 
 /// Back off briefly (e.g. out of file descriptors) instead of spinning.
-async fn accept_failed(e: io::Error) {
-    warn!(error = %e, "accept failed");
+async fn accept_failed(e: io::Error, notices: &RateLog) {
+    if let Some(suppressed) = notices.allow("accept", "-") {
+        warn!(error = %e, suppressed, "accept failed");
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn env(
-    exports: &Arc<dyn ExportSet>,
-    limits: Limits,
-    shutdown: &watch::Receiver<bool>,
-    peer: &str,
-) -> ConnEnv {
+fn env(ctx: &Ctx, peer: Peer) -> ConnEnv {
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("nbd", conn = id, peer, export = tracing::field::Empty);
+    let span = info_span!(
+        "nbd",
+        conn = id,
+        peer = %peer.label,
+        export = tracing::field::Empty
+    );
     ConnEnv {
-        exports: exports.clone(),
-        limits,
-        shutdown: shutdown.clone(),
+        exports: ctx.exports.clone(),
+        limits: ctx.limits,
+        shutdown: ctx.shutdown.clone(),
         span,
+        budget: ctx.budget.clone(),
+        notices: ctx.notices.clone(),
+        peer_key: peer.key,
     }
 }
 
-fn spawn_unix(
-    conns: &mut JoinSet<()>,
-    s: UnixStream,
-    exports: &Arc<dyn ExportSet>,
-    limits: Limits,
-    shutdown: &watch::Receiver<bool>,
-    access: &Option<Arc<UnixAccess>>,
-) {
-    if let Some(a) = access {
-        if !unix_admitted(&s, a) {
-            return;
-        }
-    }
-    let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
-        Some(pid) => format!("unix:pid={pid}"),
-        None => "unix".to_string(),
-    };
-    let env = env(exports, limits, shutdown, &peer);
+fn spawn_unix(conns: &mut JoinSet<()>, s: UnixStream, peer: Peer, ctx: &Ctx, ticket: Ticket) {
+    let env = env(ctx, peer);
     let span = env.span.clone();
     let (r, w) = s.into_split();
     conns.spawn(
         async move {
+            let _ticket = ticket;
             debug!("accepted");
             conn::serve(r, w, env).await
         }
@@ -289,15 +571,8 @@ fn unix_admitted(s: &UnixStream, a: &UnixAccess) -> bool {
     false
 }
 
-fn spawn_tcp(
-    conns: &mut JoinSet<()>,
-    s: TcpStream,
-    peer: SocketAddr,
-    exports: &Arc<dyn ExportSet>,
-    limits: Limits,
-    shutdown: &watch::Receiver<bool>,
-) {
-    let env = env(exports, limits, shutdown, &peer.to_string());
+fn spawn_tcp(conns: &mut JoinSet<()>, s: TcpStream, peer: SocketAddr, ctx: &Ctx, ticket: Ticket) {
+    let env = env(ctx, Peer::tcp(peer));
     let span = env.span.clone();
     if let Err(e) = s.set_nodelay(true) {
         debug!(parent: &span, error = %e, "TCP_NODELAY failed");
@@ -305,6 +580,7 @@ fn spawn_tcp(
     let (r, w) = s.into_split();
     conns.spawn(
         async move {
+            let _ticket = ticket;
             debug!("accepted");
             conn::serve(r, w, env).await
         }

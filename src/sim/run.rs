@@ -192,6 +192,7 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
         control: Default::default(),
         metrics_listen: None,
         metrics_required: false,
+        nbd_limits: daemon::NbdLimitOptions::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -53,18 +53,33 @@ pub struct Daemon {
     pub nbd_socket: PathBuf,
     pub control_socket: PathBuf,
     pub log: PathBuf,
+    /// Extra `umpath daemon` arguments and a descriptor limit (soft and
+    /// hard) for the daemon process, kept for `restart`.
+    pub launch: Launch,
+}
+
+/// How the daemon is started beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub args: Vec<String>,
+    pub nofile: Option<u64>,
 }
 
 impl Daemon {
     /// Starts the daemon on `config_text` (written to DIR/multipath.conf)
     /// and waits until its control socket answers.
     pub fn start_in(dir: tempfile::TempDir, config_text: &str) -> Daemon {
+        Self::start_with(dir, config_text, Launch::default())
+    }
+
+    /// [`Daemon::start_in`] with extra daemon arguments and limits.
+    pub fn start_with(dir: tempfile::TempDir, config_text: &str, launch: Launch) -> Daemon {
         let config = dir.path().join("multipath.conf");
         std::fs::write(&config, config_text).expect("write config");
         let nbd_socket = dir.path().join("nbd.sock");
         let control_socket = dir.path().join("control.sock");
         let log = dir.path().join("daemon.log");
-        let child = Self::spawn(&config, &nbd_socket, &control_socket, &log);
+        let child = Self::spawn(&config, &nbd_socket, &control_socket, &log, &launch);
         let mut d = Daemon {
             child,
             dir,
@@ -72,30 +87,54 @@ impl Daemon {
             nbd_socket,
             control_socket,
             log,
+            launch,
         };
         d.wait_ready();
         d
     }
 
-    fn spawn(config: &Path, nbd_socket: &Path, control_socket: &Path, log: &Path) -> Child {
+    fn spawn(
+        config: &Path,
+        nbd_socket: &Path,
+        control_socket: &Path,
+        log: &Path,
+        launch: &Launch,
+    ) -> Child {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        Command::new(BIN)
-            .arg("--control-socket")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--control-socket")
             .arg(control_socket)
             .arg("daemon")
             .arg("--config")
             .arg(config)
             .arg("--nbd-socket")
             .arg(nbd_socket)
+            .args(&launch.args)
             .env("UMPATH_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("start umpath daemon")
+            .stderr(logf);
+        if let Some(n) = launch.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; the closure touches
+            // nothing but its copied argument.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn().expect("start umpath daemon")
     }
 
     /// Starts the daemon again on the same files (after it died or was
@@ -108,6 +147,7 @@ impl Daemon {
             &self.nbd_socket,
             &self.control_socket,
             &self.log,
+            &self.launch,
         );
         self.wait_ready();
     }
