@@ -66,6 +66,7 @@ impl TestServer {
             unix: Some(sock.clone()),
             tcp: Some("127.0.0.1:0".into()),
             limits,
+            security: Default::default(),
         };
         let set: Arc<dyn ExportSet> = list.clone();
         let server = rt.block_on(NbdServer::bind(&cfg, set)).unwrap();

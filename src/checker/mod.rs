@@ -493,6 +493,7 @@ mod tests {
             unix: Some(sock.clone()),
             tcp: None,
             limits: Default::default(),
+            security: Default::default(),
         };
         let server = rt.block_on(NbdServer::bind(&cfg, set)).unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);

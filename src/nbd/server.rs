@@ -33,6 +33,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use super::conn::Limits;
 use super::conn::{self, shutdown_requested, ConnEnv};
+use super::tls::{Security, TlsMode};
 use crate::export::ExportSet;
 
 /// Where to listen.
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     /// [`NbdServer::local_addr`].
     pub tcp: Option<String>,
     pub limits: Limits,
+    /// TLS and per-export allow-lists. Binding a TCP address other than
+    /// loopback fails unless TLS is required ([`Security::tcp_mode`]).
+    pub security: Security,
 }
 
 /// A bound, not yet serving, NBD server.
@@ -54,6 +58,8 @@ pub struct NbdServer {
     unix: Option<(UnixListener, SocketFile)>,
     tcp: Option<TcpListener>,
     limits: Limits,
+    security: Arc<Security>,
+    tcp_mode: TlsMode,
 }
 
 /// Removes our socket file when dropped, unless someone replaced it.
@@ -84,10 +90,16 @@ impl NbdServer {
                 "no NBD listener configured",
             ));
         }
+        let mut tcp_mode = TlsMode::Off;
         let tcp = match &cfg.tcp {
             Some(addr) => {
                 let l = TcpListener::bind(addr.as_str()).await?;
-                info!(addr = %l.local_addr()?, "NBD listening on TCP");
+                let bound = l.local_addr()?;
+                tcp_mode = cfg
+                    .security
+                    .tcp_mode(bound)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                info!(addr = %bound, tls = %tcp_mode, "NBD listening on TCP");
                 Some(l)
             }
             None => None,
@@ -113,6 +125,8 @@ impl NbdServer {
             unix,
             tcp,
             limits: cfg.limits,
+            security: Arc::new(cfg.security.clone()),
+            tcp_mode,
         })
     }
 
@@ -144,6 +158,8 @@ impl NbdServer {
             mut unix,
             mut tcp,
             limits,
+            security,
+            tcp_mode,
         } = self;
         let mut conns = JoinSet::new();
         loop {
@@ -151,11 +167,14 @@ impl NbdServer {
                 biased;
                 _ = shutdown_requested(&mut shutdown) => break,
                 r = accept_unix(&unix) => match r {
-                    Ok(s) => spawn_unix(&mut conns, s, &exports, limits, &shutdown),
+                    Ok(s) => spawn_unix(&mut conns, s, &exports, limits, &shutdown, &security),
                     Err(e) => accept_failed(e).await,
                 },
                 r = accept_tcp(&tcp) => match r {
-                    Ok((s, peer)) => spawn_tcp(&mut conns, s, peer, &exports, limits, &shutdown),
+                    Ok((s, peer)) => {
+                        let tcp = (peer, tcp_mode);
+                        spawn_tcp(&mut conns, s, tcp, &exports, limits, &shutdown, &security)
+                    }
                     Err(e) => accept_failed(e).await,
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -197,6 +216,8 @@ fn env(
     limits: Limits,
     shutdown: &watch::Receiver<bool>,
     peer: &str,
+    security: &Arc<Security>,
+    tcp: Option<(SocketAddr, TlsMode)>,
 ) -> ConnEnv {
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("nbd", conn = id, peer, export = tracing::field::Empty);
@@ -205,6 +226,9 @@ fn env(
         limits,
         shutdown: shutdown.clone(),
         span,
+        security: security.clone(),
+        tls_mode: tcp.map_or(TlsMode::Off, |(_, m)| m),
+        peer_addr: tcp.map(|(a, _)| a.ip().to_canonical()),
     }
 }
 
@@ -214,18 +238,18 @@ fn spawn_unix(
     exports: &Arc<dyn ExportSet>,
     limits: Limits,
     shutdown: &watch::Receiver<bool>,
+    security: &Arc<Security>,
 ) {
     let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
         Some(pid) => format!("unix:pid={pid}"),
         None => "unix".to_string(),
     };
-    let env = env(exports, limits, shutdown, &peer);
+    let env = env(exports, limits, shutdown, &peer, security, None);
     let span = env.span.clone();
-    let (r, w) = s.into_split();
     conns.spawn(
         async move {
             debug!("accepted");
-            conn::serve(r, w, env).await
+            conn::serve(s, env).await
         }
         .instrument(span),
     );
@@ -234,21 +258,28 @@ fn spawn_unix(
 fn spawn_tcp(
     conns: &mut JoinSet<()>,
     s: TcpStream,
-    peer: SocketAddr,
+    tcp: (SocketAddr, TlsMode),
     exports: &Arc<dyn ExportSet>,
     limits: Limits,
     shutdown: &watch::Receiver<bool>,
+    security: &Arc<Security>,
 ) {
-    let env = env(exports, limits, shutdown, &peer.to_string());
+    let env = env(
+        exports,
+        limits,
+        shutdown,
+        &tcp.0.to_string(),
+        security,
+        Some(tcp),
+    );
     let span = env.span.clone();
     if let Err(e) = s.set_nodelay(true) {
         debug!(parent: &span, error = %e, "TCP_NODELAY failed");
     }
-    let (r, w) = s.into_split();
     conns.spawn(
         async move {
             debug!("accepted");
-            conn::serve(r, w, env).await
+            conn::serve(s, env).await
         }
         .instrument(span),
     );
