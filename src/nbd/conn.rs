@@ -338,6 +338,7 @@ where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
     let tls_active = ctx.tls.is_some();
+    let mut told_tls_reqd = false;
     let mut structured = false;
     let mut out = Vec::with_capacity(512);
     let mut payload = Vec::new();
@@ -354,7 +355,13 @@ where
             if opt == OPT_EXPORT_NAME {
                 return Err(NegoError::TlsRequired);
             }
-            debug!(option = opt, "TLS required; option refused");
+            if !told_tls_reqd {
+                warn!(
+                    option = opt,
+                    "plain-text option refused: TLS is required on this connection"
+                );
+                told_tls_reqd = true;
+            }
             encode_rep_error(
                 &mut out,
                 opt,
