@@ -26,7 +26,7 @@ done
 #   the downloaded kernel), binutils (strip). scripts/vm-setup.sh downloads
 #   the kernel and busybox-static into target/vm-cache without installing them.
 PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps
-  cpio gzip kmod binutils)
+  cpio gzip kmod binutils openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do
