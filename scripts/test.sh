@@ -29,7 +29,7 @@ NEEDS=(
   qemu-io:qemu-utils qemu-img:qemu-utils multipath:multipath-tools
   mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:util-linux
   fusermount3:fuse3 ip:iproute2 pgrep:procps setpriv:util-linux python3:python3
-  cpio:cpio gzip:gzip depmod:kmod strip:binutils promtool:prometheus
+  cpio:cpio gzip:gzip depmod:kmod strip:binutils promtool:prometheus openssl:openssl
 )
 # Packages checked by name (no single command to look for).
 PKGS=()

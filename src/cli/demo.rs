@@ -114,6 +114,7 @@ fn serve(dir: &Path, args: DemoArgs) -> Result<()> {
     let control_socket = dir.join("control.sock");
     let opts = daemon::Options {
         config,
+        nbd_tls: Default::default(),
         nbd_socket: Some(nbd_socket.clone()),
         nbd_listen: args.nbd_listen,
         control_socket: control_socket.clone(),

@@ -65,6 +65,8 @@ pub enum PathWord {
     Path,
 }
 
+// Parsed once per run: the size of the `daemon` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the engine in the foreground (logs to stderr).
@@ -75,6 +77,30 @@ pub enum Cmd {
         /// Also serve NBD on TCP HOST:PORT (a bare PORT binds 127.0.0.1).
         #[arg(long)]
         nbd_listen: Option<String>,
+        /// TLS on the TCP listener: off | optional | require. Default:
+        /// require on any address but loopback (where plain TCP is
+        /// refused), optional on loopback with a certificate, else off.
+        #[arg(long, value_name = "MODE")]
+        nbd_tls: Option<crate::nbd::TlsMode>,
+        /// Server certificate chain for NBD TLS (PEM, read at start).
+        #[arg(long, value_name = "FILE", requires = "nbd_tls_key")]
+        nbd_tls_cert: Option<PathBuf>,
+        /// Server private key for NBD TLS (PEM, read at start).
+        #[arg(long, value_name = "FILE", requires = "nbd_tls_cert")]
+        nbd_tls_key: Option<PathBuf>,
+        /// CA certificates (PEM): TLS clients must present a certificate
+        /// that chains to one of them.
+        #[arg(long, value_name = "FILE", requires = "nbd_tls_cert")]
+        nbd_tls_ca: Option<PathBuf>,
+        /// Seconds a client has to finish the TLS handshake after STARTTLS.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        nbd_tls_timeout: f64,
+        /// Who may open an export over TCP: EXPORT=RULE[,RULE...], a rule
+        /// being cn:NAME (client certificate CN or SAN DNS/URI) and/or
+        /// addr:CIDR joined by + (all must hold). Repeatable; an export
+        /// without rules is open to every TCP client that got in.
+        #[arg(long, value_name = "EXPORT=RULES")]
+        nbd_allow: Vec<String>,
         /// Also use every SCSI disk found in sysfs (not blacklisted, with
         /// a WWID) as a path, like multipathd.
         #[arg(long)]
@@ -334,6 +360,12 @@ pub fn main() -> ExitCode {
         Cmd::Daemon {
             nbd_socket,
             nbd_listen,
+            nbd_tls,
+            nbd_tls_cert,
+            nbd_tls_key,
+            nbd_tls_ca,
+            nbd_tls_timeout,
+            nbd_allow,
             scsi,
             sysfs,
             dev_dir,
@@ -345,10 +377,25 @@ pub fn main() -> ExitCode {
             limits,
         } => {
             init_logging();
+            let tls_timeout = match std::time::Duration::try_from_secs_f64(nbd_tls_timeout) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    eprintln!("umpath: --nbd-tls-timeout must be a positive number of seconds");
+                    return ExitCode::FAILURE;
+                }
+            };
             let opts = daemon::Options {
                 config: cli.config,
                 nbd_socket: Some(nbd_socket),
                 nbd_listen,
+                nbd_tls: crate::nbd::TlsOptions {
+                    mode: nbd_tls,
+                    cert: nbd_tls_cert,
+                    key: nbd_tls_key,
+                    ca: nbd_tls_ca,
+                    handshake_timeout: Some(tls_timeout),
+                    allow: nbd_allow,
+                },
                 control_socket: cli.control_socket,
                 scsi: scsi.then(|| crate::discovery::DiscoverOptions {
                     sgio_fallback: sysfs == std::path::Path::new("/sys"),

@@ -50,6 +50,7 @@ use crate::discovery::DiscoverOptions;
 use crate::engine::{Clock, MapEngine, MapSnapshot};
 use crate::export::{Export, ExportSet};
 use crate::nbd::server::{fd_reserve_for, Limits, NbdServer, ServerConfig};
+use crate::nbd::tls::{Security, TlsError, TlsOptions};
 use crate::transport::fault::FaultSpec;
 use runtime::MapRuntime;
 use supervisor::{Msg, Published, Supervisor};
@@ -74,6 +75,8 @@ pub struct Options {
     pub config: PathBuf,
     pub nbd_socket: Option<PathBuf>,
     pub nbd_listen: Option<String>,
+    /// TLS for NBD on TCP and per-export allow-lists (files read at start).
+    pub nbd_tls: TlsOptions,
     pub control_socket: PathBuf,
     /// Discover SCSI disks (sysfs) and use each as a path, in addition to
     /// the declared ones; `None`: declared paths only.
@@ -157,6 +160,8 @@ pub enum DaemonError {
     },
     #[error("cannot serve NBD on {0}")]
     NbdListen(std::io::Error),
+    #[error("NBD TLS: {0}")]
+    NbdTls(#[from] TlsError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
@@ -228,6 +233,16 @@ pub struct Servers {
 impl Daemon {
     /// Loads the configuration, brings up the maps and starts serving.
     pub async fn start(opts: Options) -> Result<(Arc<Daemon>, Servers), DaemonError> {
+        // TLS settings first: a bad file or plain TCP on a non-loopback
+        // address stops the start before any map is set up.
+        let security = Security::load(&opts.nbd_tls)?;
+        if let Some(Ok(addr)) = opts
+            .nbd_listen
+            .as_deref()
+            .map(|l| tcp_listen_addr(l).parse::<std::net::SocketAddr>())
+        {
+            security.tcp_mode(addr)?;
+        }
         let path = opts.config.clone();
         let cfg = tokio::task::spawn_blocking(move || config::load(&path))
             .await
@@ -275,6 +290,7 @@ impl Daemon {
         let server_cfg = ServerConfig {
             unix: Some(nbd_socket.clone()),
             tcp: opts.nbd_listen.as_deref().map(tcp_listen_addr),
+            security,
             ..opts.nbd_limits.server_config(
                 &daemon.published.load().config,
                 paths(&daemon.published.load()),

@@ -24,6 +24,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -31,16 +32,20 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    BufWriter, ReadHalf, WriteHalf,
 };
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::{watch, Notify};
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, error, info, warn, Instrument, Span};
 
 use super::budget::{Budget, Held};
 use super::proto::{self, *};
 use super::ratelog::RateLog;
+use super::tls::{HandshakeError, Identity, Peer, Security, TlsMode};
 use super::unaligned::Unaligned;
 use crate::export::{Completion, Export, ExportSet, IoError, Op, ReplySender, Request};
 
@@ -103,6 +108,12 @@ pub(crate) struct ConnEnv {
     pub notices: Arc<RateLog>,
     /// Who the peer is, for those lines (`uid=U` or an IP address).
     pub peer_key: String,
+    /// TLS and allow-list settings.
+    pub security: Arc<Security>,
+    /// What this connection must do about TLS (`Off` on the Unix socket).
+    pub tls_mode: TlsMode,
+    /// The TCP peer's address; `None` on the Unix socket.
+    pub peer_addr: Option<IpAddr>,
 }
 
 /// Resolves once shutdown is requested (the value turns true, or the
@@ -142,22 +153,55 @@ fn shutdown_now(rx: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// A client's byte stream, split into owned halves for transmission.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Stream for UnixStream {
+    type Read = unix::OwnedReadHalf;
+    type Write = unix::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Stream for TcpStream {
+    type Read = tcp::OwnedReadHalf;
+    type Write = tcp::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl<S: Stream> Stream for TlsStream<S> {
+    type Read = ReadHalf<TlsStream<S>>;
+    type Write = WriteHalf<TlsStream<S>>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// What the handshake ended with, on the stream it ended on.
+enum Negotiated<S: Stream> {
+    Plain(BufReader<S>, Session),
+    Tls(Box<BufReader<TlsStream<S>>>, Session),
+}
+
 /// Serve one client until it disconnects, misbehaves or the server shuts
 /// down.
-pub(crate) async fn serve<R, W>(r: R, mut w: W, mut env: ConnEnv)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let mut reader = BufReader::with_capacity(READ_BUF, r);
+pub(crate) async fn serve<S: Stream>(stream: S, env: ConnEnv) {
+    let mut shutdown = env.shutdown.clone();
     let deadline = env.limits.handshake_timeout;
     let result = tokio::select! {
         biased;
-        _ = shutdown_requested(&mut env.shutdown) => {
+        _ = shutdown_requested(&mut shutdown) => {
             debug!("server shutting down during handshake");
             return;
         }
-        r = tokio::time::timeout(deadline, negotiate(&mut reader, &mut w, &*env.exports)) => match r {
+        r = tokio::time::timeout(deadline, handshake(stream, &env)) => match r {
             Ok(r) => r,
             Err(_) => {
                 if let Some(suppressed) = env.notices.allow("handshake", &env.peer_key) {
@@ -172,29 +216,32 @@ where
             }
         },
     };
-    let session = match result {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            debug!("client ended the handshake");
-            return;
-        }
+    match result {
+        Ok(Some(Negotiated::Plain(rd, s))) => enter(rd, s, env, false).await,
+        Ok(Some(Negotiated::Tls(rd, s))) => enter(*rd, s, env, true).await,
+        Ok(None) => debug!("client ended the handshake"),
         Err(NegoError::Io(e)) if is_disconnect(&e) => {
             debug!(error = %e, "client went away during the handshake");
-            return;
         }
-        Err(e) => {
-            warn!(error = %e, "handshake failed; closing");
-            return;
-        }
-    };
+        Err(e) => warn!(error = %e, "handshake failed; closing"),
+    }
+}
+
+/// Start transmission on what the handshake left: bytes the client sent
+/// early stay in front of the rest.
+async fn enter<S: Stream>(rd: BufReader<S>, session: Session, env: ConnEnv, tls: bool) {
     env.span.record("export", session.export.name());
     info!(
         size = session.params.size,
         flags = format_args!("{:#x}", session.params.flags),
         structured = session.structured,
         block_size_agreed = session.params.block_size_agreed,
+        tls,
         "transmission started"
     );
+    let early = rd.buffer().to_vec();
+    let (r, w) = rd.into_inner().into_halves();
+    let reader = BufReader::with_capacity(READ_BUF, io::Cursor::new(early).chain(r));
     transmission(reader, w, session, env).await;
 }
 
@@ -212,6 +259,10 @@ fn is_disconnect(e: &io::Error) -> bool {
 // Handshake
 // ---------------------------------------------------------------------------
 
+/// Read buffer while negotiating (options are small; a big one is read
+/// past the buffer).
+const HANDSHAKE_BUF: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 enum NegoError {
     #[error(transparent)]
@@ -220,6 +271,12 @@ enum NegoError {
     Proto(#[from] ProtoError),
     #[error("NBD_OPT_EXPORT_NAME for unknown export {0:?}")]
     UnknownExport(String),
+    #[error("NBD_OPT_EXPORT_NAME before STARTTLS; TLS is required on this connection")]
+    TlsRequired,
+    #[error("{0} byte(s) sent after NBD_OPT_STARTTLS before the TLS handshake")]
+    DataAfterStartTls(usize),
+    #[error(transparent)]
+    Tls(#[from] HandshakeError),
 }
 
 /// What the handshake settled on.
@@ -229,93 +286,226 @@ struct Session {
     structured: bool,
 }
 
-/// Run the option haggling. `Ok(None)` means the client aborted.
-async fn negotiate<R, W>(
-    r: &mut R,
-    w: &mut W,
-    exports: &dyn ExportSet,
-) -> Result<Option<Session>, NegoError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    w.write_all(&encode_greeting(SERVER_HANDSHAKE_FLAGS))
+/// How one round of option haggling ended.
+enum NegoEnd {
+    /// NBD_OPT_ABORT.
+    Abort,
+    /// NBD_OPT_STARTTLS was acknowledged: the TLS handshake comes next.
+    StartTls,
+    Enter(Session),
+}
+
+/// The greeting, the options, STARTTLS with its handshake and the options
+/// again on TLS. `Ok(None)` means the client aborted.
+async fn handshake<S: Stream>(
+    stream: S,
+    env: &ConnEnv,
+) -> Result<Option<Negotiated<S>>, NegoError> {
+    let mut rd = BufReader::with_capacity(HANDSHAKE_BUF, stream);
+    rd.write_all(&encode_greeting(SERVER_HANDSHAKE_FLAGS))
         .await?;
-    w.flush().await?;
+    rd.flush().await?;
     let mut fb = [0u8; 4];
-    r.read_exact(&mut fb).await?;
+    rd.read_exact(&mut fb).await?;
     let client = decode_client_flags(&fb, SERVER_HANDSHAKE_FLAGS)?;
     debug!(
         fixed_newstyle = client.fixed_newstyle,
         no_zeroes = client.no_zeroes,
         "client flags"
     );
+    let mut ctx = Nego {
+        exports: &*env.exports,
+        security: &env.security,
+        mode: env.tls_mode,
+        addr: env.peer_addr,
+        client,
+        tls: None,
+    };
+    match negotiate(&mut rd, &ctx).await? {
+        NegoEnd::Abort => Ok(None),
+        NegoEnd::Enter(s) => Ok(Some(Negotiated::Plain(rd, s))),
+        NegoEnd::StartTls => {
+            // Anything the client sent before our ACK would be plaintext
+            // smuggled into the TLS session.
+            if !rd.buffer().is_empty() {
+                return Err(NegoError::DataAfterStartTls(rd.buffer().len()));
+            }
+            let Some(tls) = env.security.tls.as_ref() else {
+                return Err(NegoError::Io(io::Error::other("TLS is not configured")));
+            };
+            let (t, id) = tls.accept(rd.into_inner()).await?;
+            info!(
+                version = id.version,
+                client_cert = %id.names.join(","),
+                "TLS established"
+            );
+            ctx.tls = Some(id);
+            let mut rd = BufReader::with_capacity(HANDSHAKE_BUF, t);
+            match negotiate(&mut rd, &ctx).await? {
+                NegoEnd::Abort => Ok(None),
+                NegoEnd::Enter(s) => Ok(Some(Negotiated::Tls(Box::new(rd), s))),
+                // negotiate refuses a second STARTTLS.
+                NegoEnd::StartTls => Err(NegoError::Io(io::Error::other("second STARTTLS"))),
+            }
+        }
+    }
+}
 
+/// What option haggling needs to know about the connection.
+struct Nego<'a> {
+    exports: &'a dyn ExportSet,
+    security: &'a Security,
+    mode: TlsMode,
+    /// The TCP peer (`None` on the Unix socket).
+    addr: Option<IpAddr>,
+    client: ClientFlags,
+    /// Set once TLS is up.
+    tls: Option<Identity>,
+}
+
+impl Nego<'_> {
+    fn peer(&self) -> Peer<'_> {
+        Peer {
+            addr: self.addr,
+            names: self.tls.as_ref().map_or(&[], |t| t.names.as_slice()),
+        }
+    }
+
+    /// The export if it exists and this client may see it.
+    fn export(&self, name: &str) -> Option<Arc<dyn Export>> {
+        let e = self.exports.get(name)?;
+        if self.security.allow.allows(e.name(), self.peer()) {
+            Some(e)
+        } else {
+            warn!(
+                export = e.name(),
+                client_cert = %self.peer().names.join(","),
+                "export refused: the client is not on its allow-list (answered as unknown)"
+            );
+            None
+        }
+    }
+}
+
+/// Run one round of option haggling (all of it, or up to STARTTLS; after
+/// STARTTLS everything negotiated before is forgotten, as proto.md asks).
+async fn negotiate<S>(s: &mut S, ctx: &Nego<'_>) -> Result<NegoEnd, NegoError>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let tls_active = ctx.tls.is_some();
+    let mut told_tls_reqd = false;
     let mut structured = false;
     let mut out = Vec::with_capacity(512);
     let mut payload = Vec::new();
     loop {
         let mut hb = [0u8; OPTION_HEADER_LEN];
-        r.read_exact(&mut hb).await?;
+        s.read_exact(&mut hb).await?;
         let h = OptionHeader::decode(&hb, MAX_OPTION_LEN)?;
         payload.resize(h.len as usize, 0);
-        r.read_exact(&mut payload).await?;
+        s.read_exact(&mut payload).await?;
         out.clear();
         let opt = h.option;
         let mut enter: Option<Session> = None;
+        if ctx.mode == TlsMode::Require && !tls_active && opt != OPT_STARTTLS && opt != OPT_ABORT {
+            if opt == OPT_EXPORT_NAME {
+                return Err(NegoError::TlsRequired);
+            }
+            if !told_tls_reqd {
+                warn!(
+                    option = opt,
+                    "plain-text option refused: TLS is required on this connection"
+                );
+                told_tls_reqd = true;
+            }
+            encode_rep_error(
+                &mut out,
+                opt,
+                REP_ERR_TLS_REQD,
+                "TLS is required: send NBD_OPT_STARTTLS",
+            );
+            s.write_all(&out).await?;
+            s.flush().await?;
+            continue;
+        }
         match parse_option(opt, &payload) {
             Ok(ClientOption::ExportName(name)) => {
-                let export = exports
-                    .get(name)
+                let export = ctx
+                    .export(name)
                     .ok_or_else(|| NegoError::UnknownExport(name.to_string()))?;
-                let s = session(export, structured, false);
-                encode_export_name_reply(&mut out, s.params.size, s.params.flags, client.no_zeroes);
-                enter = Some(s);
+                let sess = session(export, structured, false);
+                encode_export_name_reply(
+                    &mut out,
+                    sess.params.size,
+                    sess.params.flags,
+                    ctx.client.no_zeroes,
+                );
+                enter = Some(sess);
             }
             Err(e) if opt == OPT_EXPORT_NAME => return Err(e.into()),
             Ok(ClientOption::Abort) => {
                 encode_rep_ack(&mut out, opt);
                 // The client may already have closed; that is fine.
-                let _ = w.write_all(&out).await;
-                let _ = w.flush().await;
-                return Ok(None);
+                let _ = s.write_all(&out).await;
+                let _ = s.flush().await;
+                return Ok(NegoEnd::Abort);
+            }
+            Ok(ClientOption::StartTls) => {
+                if tls_active {
+                    encode_rep_error(&mut out, opt, REP_ERR_INVALID, "TLS is already active");
+                } else if ctx.mode == TlsMode::Off {
+                    let (rep, msg) = if !ctx.security.has_tls() {
+                        (REP_ERR_UNSUP, "TLS is not configured")
+                    } else if ctx.addr.is_none() {
+                        (REP_ERR_POLICY, "TLS is offered on TCP connections only")
+                    } else {
+                        (REP_ERR_POLICY, "TLS is off on this listener")
+                    };
+                    encode_rep_error(&mut out, opt, rep, msg);
+                } else {
+                    encode_rep_ack(&mut out, opt);
+                    s.write_all(&out).await?;
+                    s.flush().await?;
+                    return Ok(NegoEnd::StartTls);
+                }
             }
             Ok(ClientOption::List) => {
-                for e in exports.list() {
-                    encode_rep_server(&mut out, e.name(), &e.description());
+                let peer = ctx.peer();
+                for e in ctx.exports.list() {
+                    if ctx.security.allow.allows(e.name(), peer) {
+                        encode_rep_server(&mut out, e.name(), &e.description());
+                    }
                 }
                 encode_rep_ack(&mut out, opt);
             }
-            Ok(ClientOption::Info(req)) | Ok(ClientOption::Go(req)) => {
-                match exports.get(req.name) {
-                    None => {
-                        let msg = format!("unknown export {:?}", req.name);
-                        encode_rep_error(&mut out, opt, REP_ERR_UNKNOWN, &msg);
+            Ok(ClientOption::Info(req)) | Ok(ClientOption::Go(req)) => match ctx.export(req.name) {
+                None => {
+                    let msg = format!("unknown export {:?}", req.name);
+                    encode_rep_error(&mut out, opt, REP_ERR_UNKNOWN, &msg);
+                }
+                Some(export) => {
+                    // Only a GO that asked for block sizes binds the client.
+                    let agreed = opt == OPT_GO && req.requests.block_size;
+                    let sess = session(export, structured, agreed);
+                    encode_info_export(&mut out, opt, sess.params.size, sess.params.flags);
+                    if req.requests.name {
+                        encode_info_name(&mut out, opt, sess.export.name());
                     }
-                    Some(export) => {
-                        // Only a GO that asked for block sizes binds the client.
-                        let agreed = opt == OPT_GO && req.requests.block_size;
-                        let s = session(export, structured, agreed);
-                        encode_info_export(&mut out, opt, s.params.size, s.params.flags);
-                        if req.requests.name {
-                            encode_info_name(&mut out, opt, s.export.name());
+                    if req.requests.description {
+                        let d = sess.export.description();
+                        if !d.is_empty() {
+                            encode_info_description(&mut out, opt, &d);
                         }
-                        if req.requests.description {
-                            let d = s.export.description();
-                            if !d.is_empty() {
-                                encode_info_description(&mut out, opt, &d);
-                            }
-                        }
-                        if req.requests.block_size {
-                            encode_info_block_size(&mut out, opt, s.params.block_sizes);
-                        }
-                        encode_rep_ack(&mut out, opt);
-                        if opt == OPT_GO {
-                            enter = Some(s);
-                        }
+                    }
+                    if req.requests.block_size {
+                        encode_info_block_size(&mut out, opt, sess.params.block_sizes);
+                    }
+                    encode_rep_ack(&mut out, opt);
+                    if opt == OPT_GO {
+                        enter = Some(sess);
                     }
                 }
-            }
+            },
             Ok(ClientOption::StructuredReply) => {
                 structured = true;
                 encode_rep_ack(&mut out, opt);
@@ -329,10 +519,10 @@ where
                 encode_rep_error(&mut out, opt, REP_ERR_INVALID, &e.to_string());
             }
         }
-        w.write_all(&out).await?;
-        w.flush().await?;
-        if enter.is_some() {
-            return Ok(enter);
+        s.write_all(&out).await?;
+        s.flush().await?;
+        if let Some(sess) = enter {
+            return Ok(NegoEnd::Enter(sess));
         }
     }
 }

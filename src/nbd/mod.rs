@@ -2,14 +2,15 @@
 //!
 //! Every multipath map is an NBD export ([`crate::export::Export`]); the
 //! server speaks the fixed newstyle handshake (GO/INFO, EXPORT_NAME, LIST,
-//! ABORT, STRUCTURED_REPLY) and answers READ, WRITE, FLUSH, TRIM,
+//! ABORT, STRUCTURED_REPLY, STARTTLS with [`tls`]) and answers READ, WRITE, FLUSH, TRIM,
 //! WRITE_ZEROES and DISC, with simple or structured replies, out of order.
 //! [`memexport`] is a small in-memory export for tests and benchmarks.
 //!
 //! Module dependencies run one way: `server` (listeners, accept loop)
 //! uses `conn` (one connection: handshake, reader, writer, its
-//! [`Limits`]), which uses `proto` and `unaligned`; `proto`, `uri` and
-//! `memexport` use nothing else in `nbd`.
+//! [`Limits`]), which uses `proto`, `tls` (TLS and per-export allow-lists) and
+//! `unaligned`; `proto`, `tls`, `uri` and `memexport` use nothing else in
+//! `nbd`.
 
 mod budget;
 mod conn;
@@ -17,8 +18,10 @@ pub mod memexport;
 pub mod proto;
 mod ratelog;
 pub mod server;
+pub mod tls;
 mod unaligned;
 pub mod uri;
 
 pub use conn::Limits;
 pub use server::{NbdServer, ServerConfig};
+pub use tls::{Security, TlsMode, TlsOptions};

@@ -435,8 +435,10 @@ pub enum ClientOption<'a> {
     Info(InfoRequest<'a>),
     Go(InfoRequest<'a>),
     StructuredReply,
-    /// Known or unknown but not implemented here: STARTTLS, metadata
-    /// contexts, extended headers, anything else. Answer `ERR_UNSUP`.
+    /// `NBD_OPT_STARTTLS`: upgrade to TLS after an `NBD_REP_ACK`.
+    StartTls,
+    /// Known or unknown but not implemented here: metadata contexts,
+    /// extended headers, anything else. Answer `ERR_UNSUP`.
     Unsupported(u32),
 }
 
@@ -461,6 +463,12 @@ pub fn parse_option(option: u32, payload: &[u8]) -> Result<ClientOption<'_>, Pro
                 ));
             }
             Ok(ClientOption::StructuredReply)
+        }
+        OPT_STARTTLS => {
+            if !payload.is_empty() {
+                return Err(ProtoError::InvalidOption("NBD_OPT_STARTTLS takes no data"));
+            }
+            Ok(ClientOption::StartTls)
         }
         OPT_INFO => Ok(ClientOption::Info(parse_info_request(payload)?)),
         OPT_GO => Ok(ClientOption::Go(parse_info_request(payload)?)),
@@ -1453,8 +1461,9 @@ mod tests {
             Ok(ClientOption::StructuredReply)
         );
         assert!(parse_option(OPT_STRUCTURED_REPLY, b"x").is_err());
+        assert_eq!(parse_option(OPT_STARTTLS, b""), Ok(ClientOption::StartTls));
+        assert!(parse_option(OPT_STARTTLS, b"x").is_err());
         for o in [
-            OPT_STARTTLS,
             OPT_PEEK_EXPORT,
             OPT_LIST_META_CONTEXT,
             OPT_SET_META_CONTEXT,

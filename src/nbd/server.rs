@@ -48,6 +48,7 @@ use super::budget::Budget;
 pub use super::conn::Limits;
 use super::conn::{self, shutdown_requested, ConnEnv};
 use super::ratelog::RateLog;
+use super::tls::{Security, TlsMode};
 use crate::export::ExportSet;
 
 /// Default cap on connections, all peers together.
@@ -78,6 +79,9 @@ pub struct ServerConfig {
     /// Descriptors new clients must leave free (the owner may update it,
     /// e.g. when paths are added).
     pub fd_reserve: Arc<AtomicUsize>,
+    /// TLS and per-export allow-lists. Binding a TCP address other than
+    /// loopback fails unless TLS is required ([`Security::tcp_mode`]).
+    pub security: Security,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             fd_reserve: Arc::new(AtomicUsize::new(fd_reserve_for(0))),
+            security: Security::default(),
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct NbdServer {
     gate: Arc<Gate>,
     budget: Arc<Budget>,
     notices: Arc<RateLog>,
+    security: Arc<Security>,
+    tcp_mode: TlsMode,
 }
 
 /// Who may connect now: connection counts and the descriptor budget.
@@ -260,12 +267,18 @@ impl NbdServer {
                 "no NBD listener configured",
             ));
         }
+        let mut tcp_mode = TlsMode::Off;
         let tcp = match &cfg.tcp {
             Some(addr) => {
                 let l = TcpListener::bind(addr.as_str())
                     .await
                     .map_err(|e| io::Error::new(e.kind(), format!("tcp {addr}: {e}")))?;
-                info!(addr = %l.local_addr()?, "NBD listening on TCP");
+                let bound = l.local_addr()?;
+                tcp_mode = cfg
+                    .security
+                    .tcp_mode(bound)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                info!(addr = %bound, tls = %tcp_mode, "NBD listening on TCP");
                 Some(l)
             }
             None => None,
@@ -330,6 +343,8 @@ impl NbdServer {
             }),
             budget: Arc::new(Budget::new(cfg.limits.memory_budget)),
             notices: Arc::new(RateLog::default()),
+            security: Arc::new(cfg.security.clone()),
+            tcp_mode,
         })
     }
 
@@ -381,6 +396,8 @@ impl NbdServer {
             gate,
             budget,
             notices,
+            security,
+            tcp_mode,
         } = self;
         let ctx = Ctx {
             exports,
@@ -388,6 +405,8 @@ impl NbdServer {
             budget,
             notices,
             shutdown: shutdown.clone(),
+            security,
+            tcp_mode,
         };
         let mut conns = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -451,6 +470,9 @@ struct Ctx {
     budget: Arc<Budget>,
     notices: Arc<RateLog>,
     shutdown: watch::Receiver<bool>,
+    security: Arc<Security>,
+    /// What TCP clients must do about TLS.
+    tcp_mode: TlsMode,
 }
 
 /// A client as logs name it: `key` groups its lines (uid or address),
@@ -519,7 +541,7 @@ async fn accept_failed(e: io::Error, notices: &RateLog) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn env(ctx: &Ctx, peer: Peer) -> ConnEnv {
+fn env(ctx: &Ctx, peer: Peer, tcp: Option<SocketAddr>) -> ConnEnv {
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let span = info_span!(
         "nbd",
@@ -535,18 +557,24 @@ fn env(ctx: &Ctx, peer: Peer) -> ConnEnv {
         budget: ctx.budget.clone(),
         notices: ctx.notices.clone(),
         peer_key: peer.key,
+        security: ctx.security.clone(),
+        tls_mode: if tcp.is_some() {
+            ctx.tcp_mode
+        } else {
+            TlsMode::Off
+        },
+        peer_addr: tcp.map(|a| a.ip().to_canonical()),
     }
 }
 
 fn spawn_unix(conns: &mut JoinSet<()>, s: UnixStream, peer: Peer, ctx: &Ctx, ticket: Ticket) {
-    let env = env(ctx, peer);
+    let env = env(ctx, peer, None);
     let span = env.span.clone();
-    let (r, w) = s.into_split();
     conns.spawn(
         async move {
             let _ticket = ticket;
             debug!("accepted");
-            conn::serve(r, w, env).await
+            conn::serve(s, env).await
         }
         .instrument(span),
     );
@@ -572,17 +600,16 @@ fn unix_admitted(s: &UnixStream, a: &UnixAccess) -> bool {
 }
 
 fn spawn_tcp(conns: &mut JoinSet<()>, s: TcpStream, peer: SocketAddr, ctx: &Ctx, ticket: Ticket) {
-    let env = env(ctx, Peer::tcp(peer));
+    let env = env(ctx, Peer::tcp(peer), Some(peer));
     let span = env.span.clone();
     if let Err(e) = s.set_nodelay(true) {
         debug!(parent: &span, error = %e, "TCP_NODELAY failed");
     }
-    let (r, w) = s.into_split();
     conns.spawn(
         async move {
             let _ticket = ticket;
             debug!("accepted");
-            conn::serve(r, w, env).await
+            conn::serve(s, env).await
         }
         .instrument(span),
     );

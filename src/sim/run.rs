@@ -184,6 +184,7 @@ pub fn run(s: &Scenario, out: &Path) -> Result<Report> {
     let nbd_socket = work.join("nbd.sock");
     let opts = daemon::Options {
         config: conf,
+        nbd_tls: Default::default(),
         nbd_socket: Some(nbd_socket.clone()),
         nbd_listen: None,
         control_socket: work.join("control.sock"),
