@@ -670,6 +670,10 @@ pub static KEYWORDS: &[Keyword] = &[
     // daemon stops (no: it fails at once, as dm-multipath's queueing is
     // turned off when multipathd stops).
     kw("queue_without_daemon", DEF, Kind::YesNo, Some("no"), Sup),
+    // umpath: use every SCSI disk found in sysfs as a path (as multipathd
+    // does), in addition to the declared ones; `umpath daemon --scsi`
+    // turns it on too.
+    kw("umpath_scsi_discovery", DEF, Kind::YesNo, Some("no"), Sup),
     kw("allow_usb_devices", DEF, Kind::YesNo, Some("no"), No(UDEV)),
     kw("mode", DM, Kind::Str, None, No(UDEV)),
     kw("uid", DM, Kind::Str, None, No(UDEV)),

@@ -116,6 +116,57 @@ impl NbdServer {
         })
     }
 
+    /// Serve on listeners bound by someone else (systemd socket
+    /// activation). The Unix socket file is theirs: it is left in place
+    /// at shutdown. At least one listener must be given.
+    pub fn from_listeners(
+        unix: Option<std::os::unix::net::UnixListener>,
+        tcp: Option<std::net::TcpListener>,
+        limits: Limits,
+        exports: Arc<dyn ExportSet>,
+    ) -> io::Result<NbdServer> {
+        if unix.is_none() && tcp.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no NBD listener given",
+            ));
+        }
+        let tcp = match tcp {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let l = TcpListener::from_std(l)?;
+                info!(addr = %l.local_addr()?, "NBD on a TCP socket from systemd");
+                Some(l)
+            }
+            None => None,
+        };
+        let unix = match unix {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let path = l
+                    .local_addr()?
+                    .as_pathname()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                info!(path = %path.display(), "NBD on a Unix socket from systemd");
+                // No (dev, ino) matches (u64::MAX, u64::MAX): the file is
+                // never removed.
+                let file = SocketFile {
+                    path,
+                    id: (u64::MAX, u64::MAX),
+                };
+                Some((UnixListener::from_std(l)?, file))
+            }
+            None => None,
+        };
+        Ok(NbdServer {
+            exports,
+            unix,
+            tcp,
+            limits,
+        })
+    }
+
     /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
