@@ -4,6 +4,7 @@
 //! `umpath check-config`.
 
 pub mod demo;
+pub mod generate;
 pub mod probe;
 
 use std::path::PathBuf;
@@ -145,6 +146,9 @@ pub enum Cmd {
     /// Run the engine on an embedded default: a sparse 1 GiB image reached
     /// by two file paths with the QuantaStor stanza, served over NBD.
     Demo(demo::DemoArgs),
+    /// Write the man pages or print shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Sets up logging: no timestamps or colour under journald (which adds
@@ -199,6 +203,7 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Generate(args) => generate::run(&args),
         Cmd::Simulate {
             scenario,
             out,
