@@ -25,7 +25,7 @@ done
 #   matched to qemu-utils), cpio and gzip (the initramfs), kmod (depmod on
 #   the downloaded kernel), binutils (strip). scripts/vm-setup.sh downloads
 #   the kernel and busybox-static into target/vm-cache without installing them.
-PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps
+PKGS=(nbdkit libnbd-bin nbdfuse fio qemu-utils multipath-tools e2fsprogs util-linux fuse3 iproute2 procps systemd man-db
   cpio gzip kmod binutils)
 
 missing=()

@@ -1,0 +1,295 @@
+//! systemd integration: socket activation through `systemd-socket-activate`
+//! (sockets named `nbd` and `control`, a wrong kind refused), the watchdog
+//! through a fake NOTIFY_SOCKET, the units checked by `systemd-analyze
+//! verify` and `systemd-analyze security`, the man page the units name.
+//! Peers: systemd (systemd-socket-activate, systemd-analyze), libnbd-bin
+//! (nbdinfo), man-db (man).
+
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn need_pkg(bin: &str, pkg: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{bin} is not installed: run ./scripts/test.sh, or apt-get install {pkg}"
+    );
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config_in(dir: &Path) -> PathBuf {
+    let img = dir.join("lun0.img");
+    make_image(&img, 16 << 20);
+    let cfg = dir.join("multipath.conf");
+    std::fs::write(
+        &cfg,
+        seed_config("    polling_interval 1", &[file_path("p0", &img)]),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Waits until `path` accepts connections (the activator listens before it
+/// starts the daemon, so this is at once).
+fn wait_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "{} never listened", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn socket_activation_serves_nbd_and_control_on_the_passed_sockets() {
+    need_pkg("systemd-socket-activate", "systemd");
+    need_pkg("nbdinfo", "libnbd-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_in(dir.path());
+    let nbd = dir.path().join("act-nbd.sock");
+    let ctl = dir.path().join("act-ctl.sock");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&nbd)
+        .arg("-l")
+        .arg(&ctl)
+        .arg("--fdname=nbd:control")
+        .arg(BIN)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        // Not used: the passed sockets win.
+        .arg("--nbd-socket")
+        .arg(dir.path().join("bound-nbd.sock"))
+        .arg("--control-socket")
+        .arg(dir.path().join("bound-ctl.sock"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_socket(&nbd);
+    // The first connection starts the daemon; nbdinfo waits for it.
+    let out = Command::new("nbdinfo")
+        .arg(format!("nbd+unix:///lun0?socket={}", nbd.display()))
+        .output()
+        .unwrap();
+    let logtext = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "nbdinfo: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logtext()
+    );
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(info.contains("export-size: 16777216"), "{info}");
+    let show = run(Command::new(BIN)
+        .arg("--control-socket")
+        .arg(&ctl)
+        .args(["show", "maps"]));
+    assert!(show.status.success(), "{}", logtext());
+    assert!(String::from_utf8_lossy(&show.stdout).contains("lun0"));
+    assert!(!dir.path().join("bound-nbd.sock").exists(), "{}", logtext());
+    assert!(!dir.path().join("bound-ctl.sock").exists(), "{}", logtext());
+    let bye = run(Command::new(BIN)
+        .arg("--control-socket")
+        .arg(&ctl)
+        .arg("shutdown"));
+    assert!(bye.status.success());
+    assert!(child.wait().unwrap().success(), "{}", logtext());
+    // The socket files are the activator's: left in place.
+    assert!(nbd.exists() && ctl.exists());
+    assert!(logtext().contains("NBD on a Unix socket from systemd"));
+}
+
+#[test]
+fn socket_activation_refuses_a_datagram_socket() {
+    need_pkg("systemd-socket-activate", "systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_in(dir.path());
+    let nbd = dir.path().join("dgram.sock");
+    let child = Command::new("systemd-socket-activate")
+        .arg("--datagram")
+        .arg("-l")
+        .arg(&nbd)
+        .arg("--fdname=nbd")
+        .arg(BIN)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--nbd-socket")
+        .arg(dir.path().join("bound-nbd.sock"))
+        .arg("--control-socket")
+        .arg(dir.path().join("bound-ctl.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A datagram starts the daemon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = UnixDatagram::unbound().unwrap();
+    while s.send_to(b"x", &nbd).is_err() {
+        assert!(Instant::now() < deadline, "the activator never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("descriptor 3 (named \"nbd\")") && err.contains("stream socket"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bound-nbd.sock").exists());
+}
+
+#[test]
+fn watchdog_is_fed_while_the_supervisor_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_in(dir.path());
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--control-socket")
+        .arg(dir.path().join("c.sock"))
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--nbd-socket")
+        .arg(dir.path().join("nbd.sock"))
+        .env("NOTIFY_SOCKET", &notify)
+        // 400 ms: WATCHDOG=1 every 200 ms.
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut ready = false;
+    let mut pats = Vec::new();
+    let t0 = Instant::now();
+    while pats.len() < 6 && t0.elapsed() < Duration::from_secs(15) {
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        ready |= msg.contains("READY=1");
+        if msg.lines().any(|l| l == "WATCHDOG=1") {
+            pats.push(Instant::now());
+        }
+    }
+    assert!(ready, "READY=1 first");
+    assert_eq!(pats.len(), 6, "WATCHDOG=1 keeps coming");
+    // Every half interval, give or take scheduling.
+    let span = pats[5] - pats[0];
+    assert!(
+        span >= Duration::from_millis(700) && span <= Duration::from_millis(2500),
+        "5 intervals took {span:?}"
+    );
+    // A reconfigure keeps it fed.
+    let r = run(Command::new(BIN)
+        .arg("--control-socket")
+        .arg(dir.path().join("c.sock"))
+        .arg("reconfigure"));
+    assert!(r.status.success());
+    let mut after = 0;
+    while after < 2 {
+        let n = sock.recv(&mut buf).expect("WATCHDOG=1 after a reconfigure");
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1") {
+            after += 1;
+        }
+    }
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn scsi_discovery_can_be_switched_on_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("multipath.conf");
+    std::fs::write(&cfg, "defaults {\n    umpath_scsi_discovery yes\n}\n").unwrap();
+    let out = run(Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).is_empty(),
+        "no warning for umpath's own keyword: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon discovers (this machine's /sys; it may have no disks).
+    let d = Daemon::start_in(dir, "defaults {\n    umpath_scsi_discovery yes\n}\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("SCSI discovery") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The units as installed: `umpath` on the search path, the man page the
+/// units name on MANPATH. `systemd-analyze verify` runs `man` for
+/// Documentation= and checks the executables.
+#[test]
+fn units_verify_and_are_hardened() {
+    need_pkg("systemd-analyze", "systemd");
+    need_pkg("man", "man-db");
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man/man8");
+    let out = run(Command::new(BIN)
+        .args(["generate", "man"])
+        .arg(&man));
+    assert!(out.status.success());
+    let units = dir.path().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let names = ["umpathd.service", "umpathd.socket", "umpathd-control.socket"];
+    for n in names {
+        let text = std::fs::read_to_string(repo().join("systemd").join(n)).unwrap();
+        let text = text
+            .replace("ExecStart=umpath ", &format!("ExecStart={BIN} "))
+            .replace("ExecReload=umpath ", &format!("ExecReload={BIN} "));
+        std::fs::write(units.join(n), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(names.map(|n| units.join(n)))
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(repo().join("systemd/umpathd.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    eprintln!("systemd-analyze security: {score}");
+    assert!(score <= 4.0, "{line}");
+}
