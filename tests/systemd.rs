@@ -48,7 +48,11 @@ fn config_in(dir: &Path) -> PathBuf {
 fn wait_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "{} never listened", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -161,7 +165,8 @@ fn watchdog_is_fed_while_the_supervisor_answers() {
     let cfg = config_in(dir.path());
     let notify = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut child = Command::new(BIN)
         .arg("--control-socket")
         .arg(dir.path().join("c.sock"))
@@ -205,7 +210,10 @@ fn watchdog_is_fed_while_the_supervisor_answers() {
     let mut after = 0;
     while after < 2 {
         let n = sock.recv(&mut buf).expect("WATCHDOG=1 after a reconfigure");
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1") {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "WATCHDOG=1")
+        {
             after += 1;
         }
     }
@@ -251,13 +259,15 @@ fn units_verify_and_are_hardened() {
     need_pkg("man", "man-db");
     let dir = tempfile::tempdir().unwrap();
     let man = dir.path().join("man/man8");
-    let out = run(Command::new(BIN)
-        .args(["generate", "man"])
-        .arg(&man));
+    let out = run(Command::new(BIN).args(["generate", "man"]).arg(&man));
     assert!(out.status.success());
     let units = dir.path().join("units");
     std::fs::create_dir_all(&units).unwrap();
-    let names = ["umpathd.service", "umpathd.socket", "umpathd-control.socket"];
+    let names = [
+        "umpathd.service",
+        "umpathd.socket",
+        "umpathd-control.socket",
+    ];
     for n in names {
         let text = std::fs::read_to_string(repo().join("systemd").join(n)).unwrap();
         let text = text
@@ -292,4 +302,40 @@ fn units_verify_and_are_hardened() {
         .unwrap_or_else(|| panic!("{line}"));
     eprintln!("systemd-analyze security: {score}");
     assert!(score <= 4.0, "{line}");
+}
+
+#[test]
+fn a_missing_etc_multipath_conf_means_built_in_defaults() {
+    if Path::new("/etc/multipath.conf").exists() {
+        eprintln!("/etc/multipath.conf exists on this machine: nothing to test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .arg("--control-socket")
+        .arg(dir.path().join("c.sock"))
+        .arg("daemon")
+        .arg("--nbd-socket")
+        .arg(dir.path().join("nbd.sock"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("umpath ready") {
+            assert!(
+                text.contains("/etc/multipath.conf does not exist: using built-in defaults"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{text}");
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

@@ -62,7 +62,8 @@ pub fn run(args: &GenerateArgs) -> ExitCode {
 }
 
 /// The top page's description.
-const DESCRIPTION: &str = "umpath daemon does the job of dm-multipath and multipathd in userspace: \
+const DESCRIPTION: &str =
+    "umpath daemon does the job of dm-multipath and multipathd in userspace: \
 it groups the paths to a LUN by WWID, applies the vendor rules of multipath.conf(5), \
 checks paths, fails over and back, and exports each multipath map over NBD. \
 The other subcommands talk to a running daemon over its control socket \
@@ -181,7 +182,10 @@ mod tests {
         assert!(names.contains(&"umpath-daemon.8".to_string()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("generate")), "{names:?}");
         let top = std::fs::read_to_string(dir.path().join("umpath.8")).unwrap();
-        assert!(top.starts_with(".ie") || top.contains(".TH umpath 8"), "{top}");
+        assert!(
+            top.starts_with(".ie") || top.contains(".TH umpath 8"),
+            "{top}"
+        );
         assert!(top.contains("umpath_scsi_discovery"));
         let daemon = std::fs::read_to_string(dir.path().join("umpath-daemon.8")).unwrap();
         assert!(daemon.contains("nbd\\-socket"), "{daemon}");
@@ -193,7 +197,10 @@ mod tests {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "umpath", &mut out);
             let s = String::from_utf8(out).unwrap();
-            assert!(s.contains("reconfigure") && s.contains("nbd-socket"), "{shell}");
+            assert!(
+                s.contains("reconfigure") && s.contains("nbd-socket"),
+                "{shell}"
+            );
         }
     }
 }

@@ -52,7 +52,11 @@ pub enum ActivationError {
     #[error("socket activation: {0}")]
     Env(String),
     #[error("socket activation: descriptor {fd} (named {name:?}): {why}")]
-    Socket { fd: RawFd, name: String, why: String },
+    Socket {
+        fd: RawFd,
+        name: String,
+        why: String,
+    },
 }
 
 /// Parses the activation environment: the descriptors passed to process
@@ -203,7 +207,9 @@ fn check(fd: RawFd, w: Want) -> Result<(), String> {
     let listening = getsockopt(&b, sockopt::AcceptConn)
         .map_err(|e| format!("cannot tell whether it listens: {e}"))?;
     if !listening {
-        return Err("not a listening socket (Accept=no and a ListenStream= socket are needed)".into());
+        return Err(
+            "not a listening socket (Accept=no and a ListenStream= socket are needed)".into(),
+        );
     }
     let addr: nix::sys::socket::SockaddrStorage =
         getsockname(fd).map_err(|e| format!("cannot read its address: {e}"))?;

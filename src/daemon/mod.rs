@@ -166,6 +166,10 @@ pub struct Servers {
 impl Daemon {
     /// Loads the configuration, brings up the maps and starts serving.
     pub async fn start(opts: Options) -> Result<(Arc<Daemon>, Servers), DaemonError> {
+        // Sockets handed over by systemd (umpathd.socket) are used as they
+        // are, the others are bound below; a wrong one fails before any
+        // map starts.
+        let mut activated = activation::from_env()?;
         let path = opts.config.clone();
         let cfg = tokio::task::spawn_blocking(move || load_config(&path))
             .await
@@ -199,9 +203,6 @@ impl Daemon {
         });
 
         let mut tasks = Vec::new();
-        // Sockets handed over by systemd (umpathd.socket) are used as they
-        // are; the others are bound here.
-        let mut activated = activation::from_env()?;
         let nbd_socket = opts
             .nbd_socket
             .clone()

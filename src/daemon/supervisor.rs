@@ -137,9 +137,10 @@ pub struct Supervisor {
 /// sysfs when the configuration says `umpath_scsi_discovery yes`; `None`:
 /// declared paths only.
 pub fn scsi_options(opts: &Options, cfg: &Config) -> Option<discovery::DiscoverOptions> {
-    opts.scsi
-        .clone()
-        .or_else(|| cfg.scsi_discovery().then(discovery::DiscoverOptions::default))
+    opts.scsi.clone().or_else(|| {
+        cfg.scsi_discovery()
+            .then(discovery::DiscoverOptions::default)
+    })
 }
 
 /// io_timeout from the config (`None`: no limit).
