@@ -339,3 +339,110 @@ fn a_missing_etc_multipath_conf_means_built_in_defaults() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// Every file Cargo.toml's `[package.metadata.deb]` puts in the package
+/// is in the repository, or is made by scripts/build-deb.sh (the release
+/// binary, target/assets/...). Cheap; the real build is the next test.
+#[test]
+fn deb_assets_exist_or_are_generated() {
+    let manifest: toml::Table = std::fs::read_to_string(repo().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap();
+    let script = std::fs::read_to_string(repo().join("scripts/build-deb.sh")).unwrap();
+    let mut dests = Vec::new();
+    for a in assets {
+        let a = a.as_array().unwrap();
+        let src = a[0].as_str().unwrap();
+        dests.push(a[1].as_str().unwrap().to_string());
+        if src == "target/release/umpath" {
+            assert!(script.contains("cargo build --release"));
+        } else if let Some(rest) = src.strip_prefix("target/assets/") {
+            let (dir, file) = rest.split_once('/').unwrap();
+            assert!(script.contains(&format!("\"$assets/{dir}")), "{src}");
+            if file != "*.8" {
+                assert!(script.contains(file), "{src} is not made by build-deb.sh");
+            }
+        } else {
+            assert!(repo().join(src).is_file(), "{src} missing");
+        }
+    }
+    for want in [
+        "usr/bin/",
+        "lib/systemd/system/",
+        "usr/share/man/man8/",
+        "usr/share/bash-completion/completions/umpath",
+        "usr/share/zsh/vendor-completions/",
+    ] {
+        assert!(dests.iter().any(|d| d == want), "nothing goes to {want}");
+    }
+    // No multipath.conf: it would clash with the admin's and multipath-tools'.
+    assert!(!dests.iter().any(|d| d.starts_with("etc/")), "{dests:?}");
+}
+
+/// Builds the package with scripts/build-deb.sh and checks what is in it.
+/// A release build takes minutes on a small machine: only with
+/// UMPATH_DEB_TEST=1 (the script installs cargo-deb if missing).
+#[test]
+fn deb_package_carries_binary_units_man_pages_and_completions() {
+    if std::env::var_os("UMPATH_DEB_TEST").is_none_or(|v| v != "1") {
+        eprintln!("skipped: set UMPATH_DEB_TEST=1 to build the .deb (release build)");
+        return;
+    }
+    need_pkg("dpkg-deb", "dpkg");
+    let out = Command::new(repo().join("scripts/build-deb.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "build-deb.sh failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let deb = PathBuf::from(
+        stdout
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap()
+            .trim(),
+    );
+    assert!(
+        deb.is_file() && deb.extension().is_some_and(|e| e == "deb"),
+        "{stdout}"
+    );
+    let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("Package: umpath"), "{info}");
+    assert!(info.contains("Section: admin"), "{info}");
+    assert!(
+        info.contains("Depends:") && info.contains("libc6"),
+        "{info}"
+    );
+    assert!(!info.contains("postinst"), "no maintainer scripts: {info}");
+    let contents = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    let contents = String::from_utf8_lossy(&contents.stdout);
+    for f in [
+        "./usr/bin/umpath",
+        "./lib/systemd/system/umpathd.service",
+        "./lib/systemd/system/umpathd.socket",
+        "./lib/systemd/system/umpathd-control.socket",
+        "./usr/share/man/man8/umpath.8",
+        "./usr/share/man/man8/umpath-daemon.8",
+        "./usr/share/bash-completion/completions/umpath",
+        "./usr/share/zsh/vendor-completions/_umpath",
+        "./usr/share/fish/vendor_completions.d/umpath.fish",
+        "./usr/share/doc/umpath/README.md",
+    ] {
+        assert!(contents.contains(f), "{f} not in the package:\n{contents}");
+    }
+    assert!(!contents.contains("./etc/"), "{contents}");
+    // The packaged binary runs.
+    let root = tempfile::tempdir().unwrap();
+    let x = run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(root.path()));
+    assert!(x.status.success());
+    let v = run(Command::new(root.path().join("usr/bin/umpath")).arg("--version"));
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("umpath "));
+}

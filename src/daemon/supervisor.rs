@@ -131,6 +131,8 @@ pub struct Supervisor {
     published: Arc<ArcSwap<Published>>,
     exports: Arc<Exports>,
     tx: mpsc::UnboundedSender<Msg>,
+    /// [`BUSY_GRACE`]; shorter in tests.
+    busy_grace: Duration,
 }
 
 /// Where to discover SCSI disks: `--scsi`'s options, else the real
@@ -177,6 +179,7 @@ impl Supervisor {
             published,
             exports,
             tx,
+            busy_grace: BUSY_GRACE,
         }
     }
 
@@ -206,7 +209,8 @@ impl Supervisor {
             // while it prepares (nothing is committed yet then). Pings are
             // answered meanwhile, for BUSY_GRACE; other messages wait.
             let mut stop = self.env.shutdown.clone();
-            let busy_until = tokio::time::Instant::now() + BUSY_GRACE;
+            let grace = self.busy_grace;
+            let busy_until = tokio::time::Instant::now() + grace;
             let handling = self.handle(msg);
             tokio::pin!(handling);
             let mut answering = true;
@@ -218,7 +222,7 @@ impl Supervisor {
                     () = tokio::time::sleep_until(busy_until), if answering => {
                         warn!(
                             "a message has been in hand for {} s; no longer answering watchdog pings",
-                            BUSY_GRACE.as_secs()
+                            grace.as_secs()
                         );
                         answering = false;
                     }
@@ -655,5 +659,80 @@ async fn wait_for_size(
             return;
         }
         tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ping(tx: &mpsc::UnboundedSender<Msg>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        tx.send(Msg::Ping(reply)).unwrap();
+        tokio::time::timeout(Duration::from_millis(500), answer)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Pings are answered when idle and while a message is in hand, until
+    /// the grace runs out: then the watchdog starves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pings_are_answered_until_a_message_is_stuck_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        // A path whose first check takes 3 s: the reconfigure waits
+        // JOIN_WAIT (2 s) for it, longer than the grace.
+        let img = dir.path().join("lun.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let conf = dir.path().join("multipath.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "paths {{\n path {{\n name p0\n transport file\n file {}\n fault \"delay 3000 check\"\n \
+                 vendor \"OSNEXUS\"\n product \"QUANTASTOR\"\n wwid \"36000c29abcdef001\"\n }}\n}}\n",
+                img.display()
+            ),
+        )
+        .unwrap();
+        let cfg = Arc::new(Config::default());
+        let (stop, shutdown) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let opts = Options {
+            config: conf.clone(),
+            nbd_socket: None,
+            nbd_listen: None,
+            control_socket: dir.path().join("c.sock"),
+            scsi: None,
+        };
+        let mut sup = Supervisor::new(
+            opts,
+            cfg.clone(),
+            crate::engine::Clock::new(),
+            shutdown,
+            Arc::new(ArcSwap::from_pointee(Published::empty(cfg))),
+            Arc::new(Exports::default()),
+            tx.clone(),
+        );
+        sup.busy_grace = Duration::from_millis(300);
+        let task = tokio::spawn(sup.run(rx));
+        assert!(ping(&tx).await, "idle: answered");
+        let t0 = tokio::time::Instant::now();
+        let (reply, mut answer) = oneshot::channel();
+        tx.send(Msg::Reconfigure(reply)).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(ping(&tx).await, "busy within the grace: answered");
+        tokio::time::sleep_until(t0 + Duration::from_millis(500)).await;
+        assert!(!ping(&tx).await, "in hand past the grace: not answered");
+        assert!(
+            answer.try_recv().is_err(),
+            "the reconfigure is still at work"
+        );
+        let r = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        assert!(matches!(r, Ok(Ok(Ok(_)))), "{r:?}");
+        assert!(ping(&tx).await, "answered again");
+        stop.send(true).unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
 }
