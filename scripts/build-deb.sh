@@ -25,4 +25,6 @@ target/release/umpath generate completions zsh >"$assets/completions/_umpath"
 target/release/umpath generate completions fish >"$assets/completions/umpath.fish"
 
 echo "==> cargo deb" >&2
-cargo deb --no-build --locked
+# The release profile keeps line tables (debug = 1) for backtraces in
+# development; the package's binary is stripped.
+cargo deb --no-build --locked --strip
