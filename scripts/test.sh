@@ -30,6 +30,7 @@ NEEDS=(
   mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:util-linux
   fusermount3:fuse3 ip:iproute2 pgrep:procps setpriv:util-linux python3:python3
   cpio:cpio gzip:gzip depmod:kmod strip:binutils promtool:prometheus openssl:openssl
+  systemd-analyze:systemd man:man-db
 )
 # Packages checked by name (no single command to look for).
 PKGS=()

@@ -4,6 +4,7 @@
 //! `umpath check-config`.
 
 pub mod demo;
+pub mod generate;
 pub mod probe;
 pub mod top;
 
@@ -233,6 +234,9 @@ pub enum Cmd {
     /// Run the engine on an embedded default: a sparse 1 GiB image reached
     /// by two file paths with the QuantaStor stanza, served over NBD.
     Demo(demo::DemoArgs),
+    /// Write the man pages or print shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// NBD server limits; each overrides its `defaults` keyword
@@ -424,6 +428,7 @@ pub fn main() -> ExitCode {
         }
         Cmd::Demo(args) => demo::run(args),
         Cmd::Top(args) => top::run(&cli.control_socket, &args),
+        Cmd::Generate(args) => generate::run(&args),
         Cmd::Simulate {
             scenario,
             out,

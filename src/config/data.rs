@@ -179,6 +179,18 @@ impl Config {
         }
     }
 
+    /// `umpath_scsi_discovery` (default no): SCSI disks found in sysfs
+    /// are paths, as with `umpath daemon --scsi`.
+    pub fn scsi_discovery(&self) -> bool {
+        matches!(
+            self.defaults.get("umpath_scsi_discovery"),
+            Some(Assignment {
+                value: Typed::Bool(true),
+                ..
+            })
+        )
+    }
+
     /// Longest interval between checks of a healthy path (default
     /// 4 * polling_interval).
     pub fn max_polling_interval(&self) -> u32 {

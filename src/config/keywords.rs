@@ -686,6 +686,10 @@ pub static KEYWORDS: &[Keyword] = &[
     // umpath: the group whose members may open NBD sessions on the Unix
     // socket besides root (default: umpath_admin_group); `--nbd-group` wins.
     kw("umpath_nbd_group", DEF, Kind::NonEmpty, None, Sup),
+    // umpath: use every SCSI disk found in sysfs as a path (as multipathd
+    // does), in addition to the declared ones; `umpath daemon --scsi`
+    // turns it on too.
+    kw("umpath_scsi_discovery", DEF, Kind::YesNo, Some("no"), Sup),
     kw("allow_usb_devices", DEF, Kind::YesNo, Some("no"), No(UDEV)),
     kw("mode", DM, Kind::Str, None, No(UDEV)),
     kw("uid", DM, Kind::Str, None, No(UDEV)),

@@ -23,6 +23,7 @@
 //! yes`), let in-flight IO finish within [`DRAIN_BOUND`], flush every
 //! path, exit.
 
+pub mod activation;
 pub mod assemble;
 pub mod bindings;
 pub mod hotplug;
@@ -32,6 +33,7 @@ pub mod reconcile;
 pub mod runtime;
 pub mod show;
 pub mod supervisor;
+pub mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,7 +72,7 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
 pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
 
 /// How the daemon is started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub config: PathBuf,
     pub nbd_socket: Option<PathBuf>,
@@ -166,6 +168,22 @@ pub enum DaemonError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Access(String),
+    #[error("{0}")]
+    Activation(#[from] activation::ActivationError),
+}
+
+/// Loads the configuration. A missing /etc/multipath.conf (the default
+/// path) means built-in defaults, as multipathd does; any other missing
+/// file is an error.
+pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigError> {
+    if path == std::path::Path::new(DEFAULT_CONFIG) && !path.exists() {
+        info!(
+            "{DEFAULT_CONFIG} does not exist: using built-in defaults (and /etc/multipath/conf.d, if any); \
+             create it to declare paths or to set `umpath_scsi_discovery yes`"
+        );
+        return config::load_or_empty(path);
+    }
+    config::load(path)
 }
 
 /// The running daemon: a handle to the supervisor and the published
@@ -243,8 +261,12 @@ impl Daemon {
         {
             security.tcp_mode(addr)?;
         }
+        // Sockets handed over by systemd (umpathd.socket) are used as they
+        // are, the others are bound below; a wrong one fails before any
+        // map starts.
+        let mut activated = activation::from_env()?;
         let path = opts.config.clone();
-        let cfg = tokio::task::spawn_blocking(move || config::load(&path))
+        let cfg = tokio::task::spawn_blocking(move || load_config(&path))
             .await
             .map_err(|e| DaemonError::Runtime(std::io::Error::other(e)))??;
         for w in cfg.warnings() {
@@ -298,25 +320,60 @@ impl Daemon {
         };
         // The error names the address that failed.
         let fd_reserve = server_cfg.fd_reserve.clone();
-        let server = NbdServer::bind(&server_cfg, export_set)
-            .await
-            .and_then(|mut s| s.restrict_unix(policy.clone()).map(|()| s))
-            .map_err(DaemonError::NbdListen)?;
+        let server = if activated.nbd.is_some() || activated.nbd_tcp.is_some() {
+            activated_nbd(&mut activated, &server_cfg, export_set)?
+        } else {
+            NbdServer::bind(&server_cfg, export_set)
+                .await
+                .map_err(DaemonError::NbdListen)?
+        };
+        let server = {
+            let mut server = server;
+            server
+                .restrict_unix(policy.clone())
+                .map_err(DaemonError::NbdListen)?;
+            server
+        };
         let nbd_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.serve(nbd_shutdown).await {
                 error!("NBD server: {e}");
             }
         }));
-        let listener =
-            control::server::bind(&opts.control_socket).map_err(|source| DaemonError::Listen {
-                what: "control socket",
-                addr: opts.control_socket.display().to_string(),
-                source,
-            })?;
+        let (listener, control_path) = match activated.control.take() {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                let shown = addr
+                    .as_ref()
+                    .and_then(|a| a.as_pathname())
+                    .map_or_else(|| "?".to_string(), |p| p.display().to_string());
+                info!(path = %shown, "control socket from systemd");
+                let l = tokio::net::UnixListener::from_std(l).map_err(|source| {
+                    DaemonError::Listen {
+                        what: "control socket (socket-activated)",
+                        addr: shown,
+                        source,
+                    }
+                })?;
+                // The socket file is systemd's: nothing to remove at exit
+                // (the server removes the path it is given; none is).
+                (l, PathBuf::new())
+            }
+            None => {
+                let l = control::server::bind(&opts.control_socket).map_err(|source| {
+                    DaemonError::Listen {
+                        what: "control socket",
+                        addr: opts.control_socket.display().to_string(),
+                        source,
+                    }
+                })?;
+                info!("control socket {}", opts.control_socket.display());
+                (l, opts.control_socket.clone())
+            }
+        };
         tasks.push(tokio::spawn(control::server::serve(
             listener,
-            opts.control_socket.clone(),
+            control_path,
             daemon.clone(),
             control::server::ServeOptions {
                 policy,
@@ -324,7 +381,6 @@ impl Daemon {
             },
             shutdown_rx.clone(),
         )));
-        info!("control socket {}", opts.control_socket.display());
         if let Some(t) = daemon.start_metrics(shutdown_rx.clone()).await? {
             tasks.push(t);
         }
@@ -350,10 +406,13 @@ impl Daemon {
         }));
 
         tasks.push(spawn_signal_handler(daemon.clone()));
-        if opts.scsi.is_some() {
+        if supervisor::scsi_options(&opts, &daemon.config()).is_some() {
             tasks.push(spawn_hotplug(daemon.clone()));
         }
         let supervisor = tokio::spawn(sup.run(rx));
+        if let Some(every) = watchdog::from_env() {
+            tasks.push(watchdog::spawn(daemon.clone(), every, shutdown_rx.clone()));
+        }
         let n = daemon.published.load().maps.len();
         let _ = sd_notify::notify(
             false,
@@ -591,6 +650,35 @@ fn access_policy(
         name(&policy.nbd)
     );
     Ok(policy)
+}
+
+/// The NBD server on socket-activated listeners: `nbd` (Unix) and/or
+/// `nbd-tcp`; `--nbd-listen` is bound here when no `nbd-tcp` was passed.
+fn activated_nbd(
+    activated: &mut activation::Activated,
+    cfg: &ServerConfig,
+    exports: Arc<dyn ExportSet>,
+) -> Result<NbdServer, DaemonError> {
+    let tcp = match (activated.nbd_tcp.take(), &cfg.tcp) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => {
+            let l = std::net::TcpListener::bind(addr.as_str())
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| DaemonError::Listen {
+                    what: "NBD",
+                    addr: format!("tcp:{addr}"),
+                    source,
+                })?;
+            Some(l)
+        }
+        (None, None) => None,
+    };
+    let unix = activated.nbd.take();
+    NbdServer::from_listeners(unix, tcp, cfg, exports).map_err(|source| DaemonError::Listen {
+        what: "NBD (socket-activated)",
+        addr: "the sockets systemd passed".into(),
+        source,
+    })
 }
 
 /// `--nbd-listen` value to a socket address: a bare port (or `:port`)

@@ -22,7 +22,7 @@ use super::lifecycle::{self, First, Polling, Prepared, TaskGuard, JOIN_WAIT};
 use super::reconcile::{self, MapChange, Running, Summary};
 use super::runtime::{self, Env, MapRuntime};
 use super::{bindings, Exports, Options};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::discovery::{self, ScsiDevice};
 use crate::engine::MapEngine;
 use crate::export::Export;
@@ -42,7 +42,18 @@ pub enum Msg {
         prepared: Vec<Prepared>,
         size: u64,
     },
+    /// Are you there? Answered at once, also while a slow message is
+    /// being handled (for at most [`BUSY_GRACE`]); the systemd watchdog is
+    /// fed only on an answer.
+    Ping(oneshot::Sender<()>),
 }
+
+/// How long the supervisor keeps answering pings while it handles one
+/// message. Handling is bounded (path preparation waits at most
+/// `JOIN_WAIT`), so a message still in hand after this long means the
+/// loop is stuck (a callout or a discovery that never returns): the
+/// watchdog starves and systemd restarts the daemon.
+pub const BUSY_GRACE: Duration = Duration::from_secs(300);
 
 /// A path as the published snapshot shows it.
 #[derive(Clone)]
@@ -120,6 +131,18 @@ pub struct Supervisor {
     published: Arc<ArcSwap<Published>>,
     exports: Arc<Exports>,
     tx: mpsc::UnboundedSender<Msg>,
+    /// [`BUSY_GRACE`]; shorter in tests.
+    busy_grace: Duration,
+}
+
+/// Where to discover SCSI disks: `--scsi`'s options, else the real
+/// sysfs when the configuration says `umpath_scsi_discovery yes`; `None`:
+/// declared paths only.
+pub fn scsi_options(opts: &Options, cfg: &Config) -> Option<discovery::DiscoverOptions> {
+    opts.scsi.clone().or_else(|| {
+        cfg.scsi_discovery()
+            .then(discovery::DiscoverOptions::default)
+    })
 }
 
 /// io_timeout from the config (`None`: no limit).
@@ -156,6 +179,7 @@ impl Supervisor {
             published,
             exports,
             tx,
+            busy_grace: BUSY_GRACE,
         }
     }
 
@@ -163,22 +187,51 @@ impl Supervisor {
     /// stop sequence.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) -> Vec<MapRuntime> {
         let mut shutdown = self.env.shutdown.clone();
-        loop {
+        // Messages that arrived while another one was handled.
+        let mut backlog = std::collections::VecDeque::new();
+        'messages: loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
-            let msg = tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                m = rx.recv() => match m { Some(m) => m, None => break },
+            let msg = match backlog.pop_front() {
+                Some(m) => m,
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                },
             };
+            if let Msg::Ping(reply) = msg {
+                let _ = reply.send(());
+                continue;
+            }
             // A reconfigure or a hotplug is abandoned if the daemon stops
-            // while it prepares (nothing is committed yet then).
+            // while it prepares (nothing is committed yet then). Pings are
+            // answered meanwhile, for BUSY_GRACE; other messages wait.
             let mut stop = self.env.shutdown.clone();
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                () = self.handle(msg) => {}
+            let grace = self.busy_grace;
+            let busy_until = tokio::time::Instant::now() + grace;
+            let handling = self.handle(msg);
+            tokio::pin!(handling);
+            let mut answering = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break 'messages,
+                    () = &mut handling => break,
+                    () = tokio::time::sleep_until(busy_until), if answering => {
+                        warn!(
+                            "a message has been in hand for {} s; no longer answering watchdog pings",
+                            grace.as_secs()
+                        );
+                        answering = false;
+                    }
+                    m = rx.recv(), if answering => match m {
+                        Some(Msg::Ping(reply)) => { let _ = reply.send(()); }
+                        Some(m) => backlog.push_back(m),
+                        None => answering = false,
+                    },
+                }
             }
         }
         self.pending.clear();
@@ -192,6 +245,9 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
             Msg::Uevent(ev) => self.hotplug(ev).await,
+            Msg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             Msg::MapReady {
                 wwid,
                 gen,
@@ -219,7 +275,7 @@ impl Supervisor {
     /// at start-up too). A bad file changes nothing.
     pub async fn reconfigure(&mut self) -> Result<String, String> {
         let path = self.opts.config.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+        let loaded = tokio::task::spawn_blocking(move || super::load_config(&path))
             .await
             .map_err(|e| format!("cannot load the configuration: {e}"))?;
         let cfg = match loaded {
@@ -360,7 +416,7 @@ impl Supervisor {
 
     /// Discovery, callouts and grouping (blocking work, on its own thread).
     async fn plan(&self, cfg: Arc<Config>) -> Vec<MapPlan> {
-        let scsi = self.opts.scsi.clone();
+        let scsi = scsi_options(&self.opts, &cfg);
         let r = tokio::task::spawn_blocking(move || {
             let mut devs: Vec<ScsiDevice> = match &scsi {
                 Some(opts) => {
@@ -407,7 +463,7 @@ impl Supervisor {
     }
 
     async fn hotplug_add(&mut self, name: &str) {
-        let Some(opts) = self.opts.scsi.clone() else {
+        let Some(opts) = scsi_options(&self.opts, &self.config) else {
             return;
         };
         let cfg = self.config.clone();
@@ -603,5 +659,81 @@ async fn wait_for_size(
             return;
         }
         tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ping(tx: &mpsc::UnboundedSender<Msg>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        tx.send(Msg::Ping(reply)).unwrap();
+        tokio::time::timeout(Duration::from_millis(500), answer)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Pings are answered when idle and while a message is in hand, until
+    /// the grace runs out: then the watchdog starves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pings_are_answered_until_a_message_is_stuck_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        // A path whose first check takes 3 s: the reconfigure waits
+        // JOIN_WAIT (2 s) for it, longer than the grace.
+        let img = dir.path().join("lun.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let conf = dir.path().join("multipath.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "paths {{\n path {{\n name p0\n transport file\n file {}\n fault \"delay 3000 check\"\n \
+                 vendor \"OSNEXUS\"\n product \"QUANTASTOR\"\n wwid \"36000c29abcdef001\"\n }}\n}}\n",
+                img.display()
+            ),
+        )
+        .unwrap();
+        let cfg = Arc::new(Config::default());
+        let (stop, shutdown) = watch::channel(false);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let opts = Options {
+            config: conf.clone(),
+            nbd_socket: None,
+            nbd_listen: None,
+            control_socket: dir.path().join("c.sock"),
+            scsi: None,
+            ..Options::default()
+        };
+        let mut sup = Supervisor::new(
+            opts,
+            cfg.clone(),
+            crate::engine::Clock::new(),
+            shutdown,
+            Arc::new(ArcSwap::from_pointee(Published::empty(cfg))),
+            Arc::new(Exports::default()),
+            tx.clone(),
+        );
+        sup.busy_grace = Duration::from_millis(300);
+        let task = tokio::spawn(sup.run(rx));
+        assert!(ping(&tx).await, "idle: answered");
+        let t0 = tokio::time::Instant::now();
+        let (reply, mut answer) = oneshot::channel();
+        tx.send(Msg::Reconfigure(reply)).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(ping(&tx).await, "busy within the grace: answered");
+        tokio::time::sleep_until(t0 + Duration::from_millis(500)).await;
+        assert!(!ping(&tx).await, "in hand past the grace: not answered");
+        assert!(
+            answer.try_recv().is_err(),
+            "the reconfigure is still at work"
+        );
+        let r = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        assert!(matches!(r, Ok(Ok(Ok(_)))), "{r:?}");
+        assert!(ping(&tx).await, "answered again");
+        stop.send(true).unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
 }

@@ -304,6 +304,18 @@ impl NbdServer {
             }
             None => None,
         };
+        Self::assemble(cfg, exports, unix, tcp, tcp_mode)
+    }
+
+    /// The server around its listeners: admission gate, memory budget,
+    /// TLS settings.
+    fn assemble(
+        cfg: &ServerConfig,
+        exports: Arc<dyn ExportSet>,
+        unix: Option<(UnixListener, SocketFile)>,
+        tcp: Option<TcpListener>,
+        tcp_mode: TlsMode,
+    ) -> io::Result<NbdServer> {
         let fd_limit = match crate::resources::nofile_limit() {
             Ok((soft, _)) => usize::try_from(soft).unwrap_or(usize::MAX),
             Err(_) => 1024,
@@ -362,6 +374,58 @@ impl NbdServer {
             log: parking_lot::Mutex::new(crate::access::Throttle::new(Duration::from_secs(10), 5)),
         }));
         Ok(())
+    }
+
+    /// Serve on listeners bound by someone else (systemd socket
+    /// activation). The Unix socket file is theirs: it is left in place
+    /// at shutdown. At least one listener must be given.
+    pub fn from_listeners(
+        unix: Option<std::os::unix::net::UnixListener>,
+        tcp: Option<std::net::TcpListener>,
+        cfg: &ServerConfig,
+        exports: Arc<dyn ExportSet>,
+    ) -> io::Result<NbdServer> {
+        if unix.is_none() && tcp.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no NBD listener given",
+            ));
+        }
+        let mut tcp_mode = TlsMode::Off;
+        let tcp = match tcp {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let l = TcpListener::from_std(l)?;
+                let bound = l.local_addr()?;
+                tcp_mode = cfg
+                    .security
+                    .tcp_mode(bound)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                info!(addr = %bound, tls = %tcp_mode, "NBD on a TCP socket from systemd");
+                Some(l)
+            }
+            None => None,
+        };
+        let unix = match unix {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let path = l
+                    .local_addr()?
+                    .as_pathname()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                info!(path = %path.display(), "NBD on a Unix socket from systemd");
+                // No (dev, ino) matches (u64::MAX, u64::MAX): the file is
+                // never removed.
+                let file = SocketFile {
+                    path,
+                    id: (u64::MAX, u64::MAX),
+                };
+                Some((UnixListener::from_std(l)?, file))
+            }
+            None => None,
+        };
+        Self::assemble(cfg, exports, unix, tcp, tcp_mode)
     }
 
     /// The bound TCP address (useful with port 0).
