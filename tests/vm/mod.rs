@@ -187,6 +187,10 @@ impl Vm {
         fs::create_dir_all(&dir).expect("create the VM run dir");
         let conf = dir.join("multipath.conf");
         fs::write(&conf, &opts.multipath_conf).expect("write multipath.conf");
+        // NBD over TCP off loopback needs TLS: the guest serves with a
+        // server certificate made here, the host's clients trust its CA.
+        let tls = dir.join("tls");
+        make_tls(&tls);
         let initrd = dir.join("initrd.gz");
         let out = Command::new(repo().join("tests/vm/mkinitramfs.sh"))
             .arg("--env")
@@ -197,6 +201,16 @@ impl Vm {
             .arg(&initrd)
             .arg("--file")
             .arg(format!("/etc/vm/multipath.conf={}", conf.display()))
+            .arg("--file")
+            .arg(format!(
+                "/etc/vm/tls/server-cert.pem={}",
+                tls.join("server-cert.pem").display()
+            ))
+            .arg("--file")
+            .arg(format!(
+                "/etc/vm/tls/server-key.pem={}",
+                tls.join("server-key.pem").display()
+            ))
             .stdin(Stdio::null())
             .output()
             .expect("run tests/vm/mkinitramfs.sh");
@@ -513,7 +527,11 @@ impl Vm {
 
     /// An NBD URI for `export` on the host side of the port forward.
     pub fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.nbd_port)
+        format!(
+            "nbds://127.0.0.1:{}/{export}?tls-certificates={}",
+            self.nbd_port,
+            self.dir.join("tls").display()
+        )
     }
 
     /// Runs a QMP command; panics on an error reply.
@@ -820,4 +838,36 @@ mod b64 {
         }
         assert_eq!(encode(b"pong\n"), "cG9uZwo=");
     }
+}
+
+/// A CA (ca-cert.pem, as libnbd's `tls-certificates` directory expects)
+/// and a server certificate for 127.0.0.1 signed by it, in `dir`.
+fn make_tls(dir: &Path) {
+    assert!(
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("openssl").is_file())),
+        "openssl is not installed (it makes the VM's NBD TLS certificates): apt-get install openssl"
+    );
+    fs::create_dir_all(dir).expect("create the TLS dir");
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout ca-key.pem -out ca-cert.pem -days 2 -subj /CN=umpath-vm-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > server.ext
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout server-key.pem -out server.csr -subj /CN=umpath-vm
+openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -set_serial 1 \
+  -days 2 -out server-cert.pem -extfile server.ext
+"#;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "making the VM's TLS certificates failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
