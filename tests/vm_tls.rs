@@ -17,7 +17,7 @@
 //!
 //! nbd-client does TLS in a userspace proxy (a forked process between a
 //! socketpair handed to the kernel and the TCP socket; TLS 1.2 only). That
-//! proxy is slow for large requests (about 0.3 MB/s here under TCG, against
+//! proxy is slow for large requests (about 0.2 MB/s here under TCG, against
 //! about 9 MB/s for the same client on the Unix socket): the data check
 //! reads a few MiB, not the whole device, and the test prints the rates.
 
