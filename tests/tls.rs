@@ -6,8 +6,8 @@
 //! STARTTLS), each while a verifying fio job runs on the Unix socket.
 //!
 //! Certificates are made here with `openssl`. The kernel client
-//! (nbd-client's -certfile/-keyfile/-cacertfile) needs the nbd module;
-//! it belongs to the VM tests.
+//! (nbd-client's -certfile/-keyfile/-cacertfile) needs the nbd module: it
+//! is tested in the VM (tests/vm_tls.rs).
 
 // A test crate: a failed unwrap, expect or panic is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

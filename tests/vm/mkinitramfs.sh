@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the VM tests' initramfs (cpio newc, gzip): static busybox, the
-# umpath binary with the shared libraries ldd names, the kernel modules the
+# umpath binary with the shared libraries ldd names, nbd-client (when
+# VM_ENV names one) with its libraries, the kernel modules the
 # guest needs (with their dependencies, in load order), tests/vm/init as
 # /init, and any extra files.
 #
@@ -16,7 +17,7 @@ die() { echo "mkinitramfs: $*" >&2; exit 1; }
 
 here="$(cd "$(dirname "$0")" && pwd)"
 env_file="" umpath="" out="" init="$here/init"
-modules="virtio_pci virtio_scsi scsi_mod sd_mod sg virtio_net"
+modules="virtio_pci virtio_scsi scsi_mod sd_mod sg virtio_net nbd"
 files=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,6 +59,24 @@ ldd "$umpath" | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}' | while re
   mkdir -p "$stage$(dirname "$lib")"
   cp -L "$lib" "$stage$lib"
 done
+
+# nbd-client (tests/vm_tls.rs) and its libraries: those from vm-setup.sh's
+# NBD_CLIENT_ROOT (libnl) go where the package puts them, the rest (GnuTLS,
+# libc) are the host's
+if [ -n "${NBD_CLIENT:-}" ]; then
+  [ -x "$NBD_CLIENT" ] || die "$NBD_CLIENT missing (run scripts/vm-setup.sh)"
+  cp "$NBD_CLIENT" "$stage/sbin/nbd-client"
+  nbd_libs="$(find "$NBD_CLIENT_ROOT" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
+  nbd_ldd="$(LD_LIBRARY_PATH="$nbd_libs" ldd "$NBD_CLIENT")"
+  if echo "$nbd_ldd" | grep -q 'not found'; then
+    die "nbd-client: libraries not found on this host: $(echo "$nbd_ldd" | grep 'not found' | tr '\n' ' ')"
+  fi
+  echo "$nbd_ldd" | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}' | while read -r lib; do
+    dest="${lib#"$NBD_CLIENT_ROOT"}"
+    mkdir -p "$stage$(dirname "$dest")"
+    cp -L "$lib" "$stage$dest"
+  done
+fi
 
 # modules: resolve names (- and _ alike) to paths, dependencies first
 declare -A dep_of=() path_of=() builtin=() added=()
