@@ -86,6 +86,15 @@ fn show_json_shapes_and_topology() {
         &[file_path("p0", &img), file_path("p1", &img)],
     );
     let d = Daemon::start_in(dir, &cfg);
+    // `show status` is a table unless --json.
+    let status = d.ctl_ok(&["show", "status"]);
+    assert!(
+        status.contains("maps          1") && status.contains("uptime"),
+        "{status}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["show", "status", "--json"])).unwrap();
+    assert_eq!(status["paths"], 2);
     let paths = d.paths_json();
     assert_eq!(paths.len(), 2);
     for p in &paths {
@@ -458,4 +467,20 @@ fn a_closed_pipe_ends_a_command_quietly_and_sizes_take_suffixes() {
         String::from_utf8_lossy(&bad.stderr).contains("is not a size"),
         "{bad:?}"
     );
+}
+
+#[test]
+fn every_positional_argument_has_help() {
+    for (cmd, want) in [
+        (&["fail", "--help"][..], "The path's name"),
+        (&["fault", "--help"][..], "error | delay MS"),
+        (&["switch", "--help"][..], "numbered from 1"),
+        (&["explain", "--help"][..], "The device's vendor"),
+        (&["simulate", "--help"][..], "The scenario file"),
+        (&["demo", "--help"][..], "64M"),
+    ] {
+        let out = Command::new(BIN).args(cmd).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(want), "{cmd:?}: {text}");
+    }
 }

@@ -176,7 +176,7 @@ fn round_robin_every_rr_min_io(vm: &Vm) {
     common::run_ok(Command::new("timeout").arg("120").arg("fio").args([
         "--name=rr",
         "--ioengine=nbd",
-        &format!("--uri={}", vm.uri(WWID)),
+        &format!("--uri={}", vm.fio_uri(WWID)),
         "--rw=read",
         "--bs=4k",
         "--iodepth=1",
@@ -483,7 +483,7 @@ fn write_sync_verify(vm: &Vm) {
                     "--iodepth=8",
                     mode,
                 ])
-                .arg(format!("--uri={}", vm.uri(WWID)))
+                .arg(format!("--uri={}", vm.fio_uri(WWID)))
                 .args(fio_region_args(offset)),
         );
         if sync {
@@ -514,7 +514,7 @@ fn vm_file_paths_on_two_hbas_fail_over_and_back() {
 
     // Reads only: see write_sync_verify for why file paths on block
     // devices cannot take writes during failover.
-    let fio = FioLoop::start(vm.uri(WWID), Load::ReadVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::ReadVerify);
     offline_under_io(&vm, &fio, "sdb", "sda");
     hot_unplug_and_replug(&vm, &fio, Paths::File, "sdb", "sda");
     let runs = fio.finish(&vm);
@@ -557,7 +557,7 @@ fn vm_discovered_tur_sees_offline_and_io_fails_over() {
         assert!(cfg.contains("tur"), "{p}: {cfg}");
     }
     checker_sees_offline(&vm, "sdb");
-    let fio = FioLoop::start(vm.uri(WWID), Load::WriteVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify);
     offline_under_io(&vm, &fio, "sdb", "sda");
     fio.finish(&vm);
 }
@@ -568,7 +568,7 @@ fn vm_discovered_tur_sees_offline_and_io_fails_over() {
 fn vm_discovered_hot_unplug_and_replug() {
     let vm = boot("discovered-hotplug", Paths::Discovered);
     one_map_two_paths_one_group(&vm);
-    let fio = FioLoop::start(vm.uri(WWID), Load::WriteVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify);
     hot_unplug_and_replug(&vm, &fio, Paths::Discovered, "sdb", "sda");
     fio.finish(&vm);
 }
@@ -582,7 +582,7 @@ fn vm_discovered_hot_unplug_and_replug() {
 fn vm_file_paths_write_verify_without_sync() {
     let vm = boot("file-paths-write", Paths::File);
     one_map_two_paths_one_group(&vm);
-    let fio = FioLoop::start(vm.uri(WWID), Load::WriteVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify);
     std::thread::sleep(Duration::from_secs(10));
     fio.check(&vm, "10 s of write+verify");
     fio.finish(&vm);

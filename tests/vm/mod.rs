@@ -534,6 +534,18 @@ impl Vm {
         )
     }
 
+    /// The export's URI for fio's nbd engine. fio's libnbd handle refuses
+    /// URI parameters that name local files (`tls-certificates`), so fio
+    /// connects over TLS without verifying the server; [`Vm::uri`] (used
+    /// by nbdinfo in every test's first step) verifies it against the
+    /// test CA.
+    pub fn fio_uri(&self, export: &str) -> String {
+        format!(
+            "nbds://127.0.0.1:{}/{export}?tls-verify=false",
+            self.nbd_port
+        )
+    }
+
     /// Runs a QMP command; panics on an error reply.
     pub fn qmp(&self, cmd: &str, args: Value) -> Value {
         let mut q = self.qmp.lock().unwrap_or_else(|e| e.into_inner());
