@@ -49,6 +49,18 @@ pub enum Command {
     },
     Reconfigure,
     Shutdown,
+    /// `shutdown --detach`: detach every kernel NBD device, then stop.
+    ShutdownDetach,
+    /// `attach MAP [/dev/nbdN]`: a kernel NBD device for the map.
+    Attach {
+        map: String,
+        device: Option<u32>,
+    },
+    /// `detach MAP [--force]`: flush and disconnect the map's device.
+    Detach {
+        map: String,
+        force: bool,
+    },
 }
 
 impl Command {
@@ -109,13 +121,34 @@ impl Command {
             }
             ["reconfigure"] => Command::Reconfigure,
             ["shutdown"] => Command::Shutdown,
+            ["shutdown", "--detach"] => Command::ShutdownDetach,
+            ["attach", map] | ["attach", "map", map] => Command::Attach {
+                map: map.to_string(),
+                device: None,
+            },
+            ["attach", map, dev] | ["attach", "map", map, dev] => Command::Attach {
+                map: map.to_string(),
+                device: Some(
+                    crate::kernel::parse_device(dev)
+                        .ok_or_else(|| format!("not an NBD device: {dev:?} (e.g. /dev/nbd0)"))?,
+                ),
+            },
+            ["detach", map] | ["detach", "map", map] => Command::Detach {
+                map: map.to_string(),
+                force: false,
+            },
+            ["detach", map, "--force"] | ["detach", "map", map, "--force"] => Command::Detach {
+                map: map.to_string(),
+                force: true,
+            },
             [] => return Err("empty command".to_string()),
             _ => {
                 return Err(format!(
                     "unknown command {:?}; try: show paths|maps|topology|config|status [--json], \
                      show path NAME config, fail path NAME, reinstate path NAME, \
                      fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
-                     switch map NAME group N, reconfigure, shutdown",
+                     switch map NAME group N, attach MAP [/dev/nbdN], detach MAP [--force], \
+                     reconfigure, shutdown [--detach]",
                     line.trim()
                 ))
             }
@@ -135,7 +168,10 @@ impl Command {
             | Command::FaultPath { .. }
             | Command::SwitchGroup { .. }
             | Command::Reconfigure
-            | Command::Shutdown => false,
+            | Command::Shutdown
+            | Command::ShutdownDetach
+            | Command::Attach { .. }
+            | Command::Detach { .. } => false,
         }
     }
 
@@ -160,6 +196,14 @@ impl Command {
             Command::SwitchGroup { map, group } => format!("switch map {map} group {group}"),
             Command::Reconfigure => "reconfigure".to_string(),
             Command::Shutdown => "shutdown".to_string(),
+            Command::ShutdownDetach => "shutdown --detach".to_string(),
+            Command::Attach { map, device } => match device {
+                Some(i) => format!("attach {map} /dev/nbd{i}"),
+                None => format!("attach {map}"),
+            },
+            Command::Detach { map, force } => {
+                format!("detach {map}{}", if *force { " --force" } else { "" })
+            }
         }
     }
 }

@@ -26,6 +26,7 @@
 pub mod assemble;
 pub mod bindings;
 pub mod hotplug;
+pub mod kernel;
 pub mod lifecycle;
 pub mod reconcile;
 pub mod runtime;
@@ -182,6 +183,9 @@ impl Daemon {
         );
         let summary = sup.apply(cfg).await;
         info!("{}", summary.to_string().trim_end());
+        // Devices a previous daemon attached get fresh connections before
+        // READY; then the ones the configuration asks for are attached.
+        sup.restore_kernel_devices().await;
         let daemon = Arc::new(Daemon {
             opts: opts.clone(),
             clock,
@@ -371,6 +375,23 @@ impl Daemon {
         r
     }
 
+    /// Sends the supervisor a message with a reply channel and answers
+    /// with its reply.
+    async fn ask(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Msg,
+    ) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(msg(reply)).is_err() {
+            return Response::error("the daemon is stopping");
+        }
+        match answer.await {
+            Ok(Ok(t)) => Response::text(t),
+            Ok(Err(e)) => Response::error(e),
+            Err(_) => Response::error("the daemon is stopping"),
+        }
+    }
+
     /// The published snapshot.
     pub fn published(&self) -> Arc<Published> {
         self.published.load_full()
@@ -554,7 +575,7 @@ impl control::server::Handler for Daemon {
                     (ShowWhat::Paths, true) => Response::json(show::paths_json(&snaps)),
                     (ShowWhat::Paths, false) => Response::text(show::paths_text(&snaps)),
                     (ShowWhat::Maps, true) | (ShowWhat::Topology, true) => {
-                        let mut v = show::maps_json(&snaps);
+                        let mut v = show::maps_json(&snaps, &self.published.load().nbd_devices);
                         if let serde_json::Value::Array(list) = &mut v {
                             list.extend(self.published.load().pending.iter().map(|p| {
                                 json!({
@@ -569,7 +590,7 @@ impl control::server::Handler for Daemon {
                         Response::json(v)
                     }
                     (ShowWhat::Maps, false) => {
-                        let mut t = show::maps_text(&snaps);
+                        let mut t = show::maps_text(&snaps, &self.published.load().nbd_devices);
                         for p in &self.published.load().pending {
                             t.push_str(&format!(
                                 "{} waiting: no path can tell the LUN's size yet (paths {})\n",
@@ -694,6 +715,29 @@ impl control::server::Handler for Daemon {
             Command::Shutdown => {
                 self.shutdown();
                 Response::text("ok: shutting down\n")
+            }
+            Command::ShutdownDetach => {
+                let (reply, answer) = oneshot::channel();
+                let errors = if self.tx.send(Msg::DetachAll(reply)).is_ok() {
+                    answer.await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.shutdown();
+                if errors.is_empty() {
+                    Response::text("ok: devices detached; shutting down\n")
+                } else {
+                    Response::error(format!(
+                        "shutting down; not detached: {}",
+                        errors.join("; ")
+                    ))
+                }
+            }
+            Command::Attach { map, device } => {
+                self.ask(|reply| Msg::Attach { map, device, reply }).await
+            }
+            Command::Detach { map, force } => {
+                self.ask(|reply| Msg::Detach { map, force, reply }).await
             }
         }
     }

@@ -142,6 +142,34 @@ where
     transmission(reader, w, session, env).await;
 }
 
+/// Serve one session that is already in transmission: the kernel's NBD
+/// client attached through netlink does no handshake, it was told the
+/// size and flags of `export` with `NBD_CMD_CONNECT`. Simple replies, no
+/// agreed block sizes (the server copes with misalignment), the same
+/// reader, writer and bounds as [`serve`].
+pub async fn serve_negotiated(
+    stream: tokio::net::UnixStream,
+    export: Arc<dyn Export>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    struct NoExports;
+    impl ExportSet for NoExports {
+        fn list(&self) -> Vec<Arc<dyn Export>> {
+            Vec::new()
+        }
+    }
+    let (r, w) = stream.into_split();
+    let s = session(export, false, false);
+    let env = ConnEnv {
+        exports: Arc::new(NoExports),
+        limits,
+        shutdown,
+        span: Span::current(),
+    };
+    transmission(BufReader::with_capacity(READ_BUF, r), w, s, env).await;
+}
+
 fn is_disconnect(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -18,5 +18,5 @@ pub mod server;
 mod unaligned;
 pub mod uri;
 
-pub use conn::Limits;
+pub use conn::{serve_negotiated, Limits};
 pub use server::{NbdServer, ServerConfig};

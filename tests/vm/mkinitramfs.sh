@@ -16,7 +16,7 @@ die() { echo "mkinitramfs: $*" >&2; exit 1; }
 
 here="$(cd "$(dirname "$0")" && pwd)"
 env_file="" umpath="" out="" init="$here/init"
-modules="virtio_pci virtio_scsi scsi_mod sd_mod sg virtio_net"
+modules="virtio_pci virtio_scsi scsi_mod sd_mod sg virtio_net nbd"
 files=()
 while [ $# -gt 0 ]; do
   case "$1" in
