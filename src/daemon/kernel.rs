@@ -118,6 +118,11 @@ fn serve(
     Ok(())
 }
 
+/// The backend identifier of a map's device (/sys/block/nbdN/backend).
+fn backend_id(map: &str) -> String {
+    format!("umpath:{map}")
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -207,7 +212,7 @@ impl Devices {
             timeout: (settings.timeout > 0).then_some(settings.timeout),
             dead_conn_timeout: Some(settings.dead_conn_timeout),
             fds: theirs.iter().map(|s| s.as_raw_fd()).collect(),
-            backend: Some(format!("umpath:{name}")),
+            backend: Some(backend_id(name)),
         };
         let index = blocking(move || {
             let r = Nbd::open().and_then(|mut nbd| nbd.connect(&c)).map_err(err);
@@ -338,10 +343,11 @@ impl Devices {
             loop {
                 let (ours, theirs) = socketpairs(1).map_err(|e| format!("socketpair: {e}"))?;
                 let dead = settings.dead_conn_timeout;
+                let backend = backend_id(&r.map);
                 let res = blocking(move || {
                     let fds: Vec<i32> = theirs.iter().map(|s| s.as_raw_fd()).collect();
                     let r = Nbd::open()
-                        .and_then(|mut n| n.reconfigure(index, &fds, Some(dead)))
+                        .and_then(|mut n| n.reconfigure(index, &fds, Some(dead), Some(&backend)))
                         .map_err(err);
                     drop(theirs);
                     r

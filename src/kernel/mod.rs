@@ -109,17 +109,25 @@ impl Nbd {
     }
 
     /// `NBD_CMD_RECONFIGURE`: the sockets replace dead connections.
-    /// `ENOSPC` (no dead connection to replace) comes back as
-    /// `Kernel`, with the errno text.
+    /// `backend` must be the identifier the device was connected with (it
+    /// is left out when the kernel does not know the attribute). `ENOSPC`
+    /// (no dead connection to replace) comes back as `Kernel`.
     pub fn reconfigure(
         &mut self,
         index: u32,
         fds: &[i32],
         dead_conn_timeout: Option<u64>,
+        backend: Option<&str>,
     ) -> Result<(), KernelNbdError> {
         let seq = self.sock.next_seq();
-        let msg = netlink::reconfigure(self.family, seq, index, fds, dead_conn_timeout);
-        match self.sock.request(seq, &msg) {
+        let msg = netlink::reconfigure(self.family, seq, index, fds, dead_conn_timeout, backend);
+        let mut r = self.sock.request(seq, &msg);
+        if matches!(r, Err(GenlError::Errno(libc::EINVAL))) && backend.is_some() {
+            let seq = self.sock.next_seq();
+            let msg = netlink::reconfigure(self.family, seq, index, fds, dead_conn_timeout, None);
+            r = self.sock.request(seq, &msg);
+        }
+        match r {
             Ok(_) => Ok(()),
             Err(GenlError::Errno(libc::EINVAL)) => Err(KernelNbdError::NotConfigured(index)),
             Err(e) => Err(kernel("reconfigure", e)),

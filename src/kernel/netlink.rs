@@ -224,11 +224,17 @@ pub fn reconfigure(
     index: u32,
     fds: &[i32],
     dead_conn_timeout: Option<u64>,
+    backend: Option<&str>,
 ) -> Vec<u8> {
     let mut b = MsgBuilder::new(family, seq, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
     b.u32(NBD_ATTR_INDEX, index);
     if let Some(t) = dead_conn_timeout {
         b.u64(NBD_ATTR_DEAD_CONN_TIMEOUT, t);
+    }
+    // A device connected with a backend identifier is only reconfigured
+    // by a request naming the same one (Linux 5.19+).
+    if let Some(id) = backend {
+        b.str(NBD_ATTR_BACKEND_IDENTIFIER, id);
     }
     sockets(&mut b, fds);
     b.finish()
@@ -569,13 +575,21 @@ mod tests {
 
     #[test]
     fn reconfigure_disconnect_status_layout() {
-        let m = reconfigure(0x22, 2, 0, &[7], Some(60));
+        let m = reconfigure(0x22, 2, 0, &[7], Some(60), Some("umpath:lun0"));
         assert_eq!(m[16], NBD_CMD_RECONFIGURE);
         let types: Vec<u16> = attrs(&m[20..]).map(|a| a.unwrap().0).collect();
         assert_eq!(
             types,
-            vec![NBD_ATTR_INDEX, NBD_ATTR_DEAD_CONN_TIMEOUT, NBD_ATTR_SOCKETS]
+            vec![
+                NBD_ATTR_INDEX,
+                NBD_ATTR_DEAD_CONN_TIMEOUT,
+                NBD_ATTR_BACKEND_IDENTIFIER,
+                NBD_ATTR_SOCKETS
+            ]
         );
+        let m = reconfigure(0x22, 2, 0, &[7], None, None);
+        let types: Vec<u16> = attrs(&m[20..]).map(|a| a.unwrap().0).collect();
+        assert_eq!(types, vec![NBD_ATTR_INDEX, NBD_ATTR_SOCKETS]);
         let m = disconnect(0x22, 3, 4);
         assert_eq!(m.len(), 28);
         assert_eq!(m[16], NBD_CMD_DISCONNECT);

@@ -1,0 +1,260 @@
+//! umpath attaches the kernel's NBD client itself (issue 11, items 1–3),
+//! in the busybox VM of `tests/vm_scsi.rs` (Debian's cloud kernel, nbd.ko
+//! loaded by the guest's /init): one LUN over two virtio-scsi paths,
+//! discovered by `umpath daemon --scsi`, named `lun0` by a multipaths
+//! alias.
+//!
+//! One boot, in order: `umpath attach lun0` → /dev/nbd0 with the LUN's
+//! size and the /dev/umpath/lun0 link; a pattern written with dd and read
+//! back by md5; a reader loop running while umpath is stopped with SIGTERM
+//! and started again (the device waits within its dead-connection timeout,
+//! the new daemon reconnects it before READY): no error, data intact; a
+//! path taken offline under dd: no error; `umpath detach lun0` → the
+//! device is gone.
+
+// A test crate: a failed unwrap, expect or panic is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod vm;
+
+use std::time::{Duration, Instant};
+
+use vm::{Vm, VmOptions, WWID};
+
+const IMAGE_SIZE: u64 = 256 << 20;
+
+fn conf() -> String {
+    format!(
+        "defaults {{\n    polling_interval 1\n    umpath_nbd_dead_conn_timeout 60\n}}\n\
+         devices {{\n{}}}\n\
+         multipaths {{\n    multipath {{\n        wwid {WWID}\n        alias lun0\n    }}\n}}\n",
+        umpath::config::QUANTASTOR_DEVICE
+    )
+}
+
+fn step(what: &str) {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t0 = T0.get_or_init(Instant::now);
+    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
+fn map_device(vm: &Vm) -> serde_json::Value {
+    let maps = vm.umpath_json("show maps");
+    maps.as_array()
+        .and_then(|a| a.iter().find(|m| m["name"] == "lun0").cloned())
+        .unwrap_or_else(|| panic!("no map lun0: {maps}"))["nbd_device"]
+        .clone()
+}
+
+/// The md5 of the first 16 MiB of /dev/nbd0 read past the page cache.
+const READ_MD5: &str =
+    "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/nbd0 bs=1M count=16 2>/dev/null | md5sum | cut -d' ' -f1";
+
+/// A reader loop in the guest (in the background, past the command's
+/// end): reads the pattern again and again, logs `ok`, `BAD` (wrong data)
+/// or `ERR` (a read error) per round to /tmp/reader.log until /tmp/stop.
+fn start_reader(vm: &Vm, sum: &str) {
+    vm.sh_ok(&format!(
+        "cat > /tmp/reader.sh <<'EOF'\n\
+         while [ ! -f /tmp/stop ]; do\n\
+           echo 1 > /proc/sys/vm/drop_caches\n\
+           if ! dd if=/dev/nbd0 of=/tmp/rd bs=1M count=16 2>/tmp/rd.err; then echo ERR >> /tmp/reader.log; cat /tmp/rd.err >> /tmp/reader.log; continue; fi\n\
+           if [ \"$(md5sum < /tmp/rd | cut -d' ' -f1)\" = {sum} ]; then echo ok >> /tmp/reader.log; else echo BAD >> /tmp/reader.log; fi\n\
+         done\n\
+         echo done >> /tmp/reader.log\n\
+         EOF\n\
+         rm -f /tmp/stop /tmp/reader.log; : > /tmp/reader.log\n\
+         setsid sh /tmp/reader.sh < /dev/null > /dev/null 2>&1 &"
+    ));
+}
+
+fn reader_rounds(vm: &Vm) -> (usize, Vec<String>) {
+    let log = vm.sh_ok("cat /tmp/reader.log");
+    let ok = log.lines().filter(|l| *l == "ok").count();
+    let bad = log
+        .lines()
+        .filter(|l| *l != "ok" && *l != "done")
+        .map(str::to_string)
+        .collect();
+    (ok, bad)
+}
+
+fn stop_reader(vm: &Vm) -> (usize, Vec<String>) {
+    vm.sh_ok("touch /tmp/stop; n=0; while ! grep -q done /tmp/reader.log && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done");
+    reader_rounds(vm)
+}
+
+#[test]
+fn vm_kernel_nbd_attach_restart_failover_detach() {
+    let t0 = Instant::now();
+    step("boot");
+    let vm = Vm::boot(VmOptions {
+        name: "kernel-nbd".to_string(),
+        multipath_conf: conf(),
+        image_size: IMAGE_SIZE,
+        prepare_image: |_| {},
+        append: "vm.scsi".to_string(),
+    });
+    for p in ["sda", "sdb"] {
+        vm.wait_path(p, "ready and active", Duration::from_secs(30), |p| {
+            p["dm_state"] == "active" && p["state"] == "ready"
+        });
+    }
+    assert_eq!(map_device(&vm), serde_json::Value::Null, "no device yet");
+
+    step("attach");
+    let out = vm.sh_ok("umpath attach lun0 2>&1");
+    assert!(out.contains("/dev/nbd0"), "{out}");
+    let size: u64 = vm.sh_ok("cat /sys/block/nbd0/size").trim().parse().unwrap();
+    assert_eq!(size * 512, IMAGE_SIZE, "the device has the LUN's size");
+    assert_eq!(vm.sh_ok("readlink /dev/umpath/lun0").trim(), "../nbd0");
+    assert_eq!(
+        vm.sh_ok(&format!("readlink /dev/disk/by-id/umpath-mpath-{WWID}"))
+            .trim(),
+        "../../nbd0"
+    );
+    assert_eq!(map_device(&vm), "/dev/nbd0");
+    let text = vm.sh_ok("umpath show maps");
+    assert!(text.contains("/dev/nbd0"), "{text}");
+    // A second attach of the same map, and a device in use, are refused.
+    let again = vm.sh("umpath attach lun0 2>&1");
+    assert_ne!(again.rc, 0, "{}", again.out);
+    assert!(again.out.contains("already attached"), "{}", again.out);
+    let state = vm.sh_ok("cat /run/umpath/nbd-devices.json");
+    assert!(
+        state.contains("\"lun0\"") && state.contains(WWID),
+        "{state}"
+    );
+    let backend = vm.sh("cat /sys/block/nbd0/backend 2>/dev/null").out;
+    eprintln!("backend: {}", backend.trim());
+    let conns = vm.sh_ok("ls /sys/block/nbd0/ 2>&1; cat /sys/block/nbd0/pid");
+    eprintln!("sysfs: {}", conns.replace('\n', " "));
+
+    step("write a pattern through /dev/umpath/lun0, read it back");
+    let sum = vm
+        .sh_ok(
+            "dd if=/dev/urandom of=/tmp/pat bs=1M count=16 2>/dev/null && md5sum < /tmp/pat | cut -d' ' -f1",
+        )
+        .trim()
+        .to_string();
+    vm.sh_ok("dd if=/tmp/pat of=/dev/umpath/lun0 bs=1M conv=fsync 2>&1");
+    assert_eq!(vm.sh_ok(READ_MD5).trim(), sum, "read back through nbd0");
+    // And on the LUN itself, through one of its SCSI paths.
+    assert_eq!(
+        vm.sh_ok("echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sda bs=1M count=16 2>/dev/null | md5sum | cut -d' ' -f1")
+            .trim(),
+        sum,
+        "the data reached the LUN"
+    );
+
+    step("restart umpath under a reader loop");
+    start_reader(&vm, &sum);
+    vm.wait_for("reader rounds", Duration::from_secs(30), || {
+        reader_rounds(&vm).0 >= 2
+    });
+    let t_stop = Instant::now();
+    vm.sh_ok(
+        "pid=$(cat /run/umpath.pid); kill -TERM $pid; n=0; while kill -0 $pid 2>/dev/null && [ $n -lt 200 ]; do sleep 0.1; n=$((n+1)); done; kill -0 $pid 2>/dev/null && exit 1; exit 0",
+    );
+    let stopped = t_stop.elapsed();
+    // The device stays while the daemon is away.
+    assert_eq!(
+        vm.sh_ok("cat /sys/block/nbd0/size").trim(),
+        (IMAGE_SIZE / 512).to_string(),
+        "the device is kept across SIGTERM"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = reader_rounds(&vm).0;
+    vm.sh_ok("/bin/umpath-start");
+    vm.wait_for("umpath back with nbd0", Duration::from_secs(30), || {
+        vm.sh("umpath show maps --json 2>/dev/null")
+            .out
+            .contains("/dev/nbd0")
+    });
+    let away = t_stop.elapsed();
+    vm.wait_for(
+        "reader rounds after the restart",
+        Duration::from_secs(60),
+        || reader_rounds(&vm).0 >= before + 3,
+    );
+    let (ok, bad) = stop_reader(&vm);
+    assert!(bad.is_empty(), "reader saw errors: {bad:?}");
+    let log = vm.sh_ok("cat /run/umpath.log");
+    assert!(
+        log.contains("reconnected the kernel NBD device"),
+        "{}",
+        vm.sh_ok("tail -n 30 /run/umpath.log")
+    );
+    eprintln!(
+        "restart: SIGTERM took {stopped:.1?}, daemon away {away:.1?}, {ok} reader rounds, no error"
+    );
+    assert_eq!(vm.sh_ok(READ_MD5).trim(), sum, "data intact after restart");
+
+    step("a path goes offline under dd");
+    vm.sh_ok(
+        "cat > /tmp/writer.sh <<'EOF'\n\
+         while [ ! -f /tmp/wstop ]; do\n\
+           if dd if=/tmp/pat of=/dev/nbd0 bs=1M seek=32 conv=fsync 2>/tmp/wr.err; then echo ok >> /tmp/writer.log; else echo ERR >> /tmp/writer.log; cat /tmp/wr.err >> /tmp/writer.log; fi\n\
+         done\n\
+         echo done >> /tmp/writer.log\n\
+         EOF\n\
+         rm -f /tmp/wstop; : > /tmp/writer.log\n\
+         setsid sh /tmp/writer.sh < /dev/null > /dev/null 2>&1 &",
+    );
+    let wrounds = |vm: &Vm| {
+        vm.sh_ok("grep -c ok /tmp/writer.log || true")
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    vm.wait_for("writer rounds", Duration::from_secs(30), || {
+        wrounds(&vm) >= 1
+    });
+    vm.sh_ok("echo offline > /sys/block/sdb/device/state");
+    vm.wait_path(
+        "sdb",
+        "failed while offline",
+        Duration::from_secs(20),
+        |p| p["dm_state"] == "failed",
+    );
+    let n = wrounds(&vm);
+    vm.wait_for(
+        "writer rounds with sdb offline",
+        Duration::from_secs(60),
+        || wrounds(&vm) >= n + 2,
+    );
+    vm.sh_ok("echo running > /sys/block/sdb/device/state");
+    vm.wait_path("sdb", "reinstated", Duration::from_secs(20), |p| {
+        p["dm_state"] == "active" && p["state"] == "ready"
+    });
+    vm.sh_ok("touch /tmp/wstop; n=0; while ! grep -q done /tmp/writer.log && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done");
+    let wlog = vm.sh_ok("cat /tmp/writer.log");
+    assert!(!wlog.contains("ERR"), "writer saw errors: {wlog}");
+    assert_eq!(
+        vm.sh_ok("echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/nbd0 bs=1M skip=32 count=16 2>/dev/null | md5sum | cut -d' ' -f1")
+            .trim(),
+        sum,
+        "data written while a path was offline"
+    );
+
+    step("detach");
+    let out = vm.sh_ok("umpath detach lun0 2>&1");
+    assert!(out.contains("detached"), "{out}");
+    vm.wait_for("nbd0 empty", Duration::from_secs(10), || {
+        vm.sh_ok("cat /sys/block/nbd0/size").trim() == "0"
+    });
+    assert_ne!(vm.sh("test -e /dev/umpath/lun0").rc, 0, "link removed");
+    assert_ne!(
+        vm.sh("test -e /run/umpath/nbd-devices.json").rc,
+        0,
+        "record removed"
+    );
+    assert_eq!(map_device(&vm), serde_json::Value::Null);
+    let again = vm.sh("umpath detach lun0 2>&1");
+    assert_ne!(again.rc, 0, "{}", again.out);
+    eprintln!(
+        "vm kernel-nbd: boot {:.1?}, total {:.1?}",
+        vm.boot_time,
+        t0.elapsed()
+    );
+}
