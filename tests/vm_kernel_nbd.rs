@@ -192,6 +192,35 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
     );
     assert_eq!(vm.sh_ok(READ_MD5).trim(), sum, "data intact after restart");
 
+    step("SIGKILL umpath under the reader loop, start it again");
+    start_reader(&vm, &sum);
+    vm.wait_for("reader rounds", Duration::from_secs(30), || {
+        reader_rounds(&vm).0 >= 2
+    });
+    let t_kill = Instant::now();
+    vm.sh_ok("kill -KILL $(cat /run/umpath.pid)");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = reader_rounds(&vm).0;
+    vm.sh_ok("/bin/umpath-start");
+    vm.wait_for("umpath back with nbd0", Duration::from_secs(30), || {
+        vm.sh("umpath show maps --json 2>/dev/null")
+            .out
+            .contains("/dev/nbd0")
+    });
+    // A request the killed daemon had read but not answered is retried by
+    // the kernel on the new connection when its timer fires (30 s).
+    vm.wait_for(
+        "reader rounds after the crash",
+        Duration::from_secs(75),
+        || reader_rounds(&vm).0 >= before + 2,
+    );
+    let (ok, bad) = stop_reader(&vm);
+    assert!(bad.is_empty(), "reader saw errors after SIGKILL: {bad:?}");
+    eprintln!(
+        "crash: reader going again {:.1?} after SIGKILL, {ok} rounds, no error",
+        t_kill.elapsed()
+    );
+
     step("a path goes offline under dd");
     vm.sh_ok(
         "cat > /tmp/writer.sh <<'EOF'\n\
