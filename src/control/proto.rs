@@ -292,6 +292,55 @@ mod tests {
     }
 
     #[test]
+    fn kernel_device_commands_round_trip_and_need_rights() {
+        for (line, cmd) in [
+            (
+                "attach lun0",
+                Command::Attach {
+                    map: "lun0".into(),
+                    device: None,
+                },
+            ),
+            (
+                "attach lun0 /dev/nbd3",
+                Command::Attach {
+                    map: "lun0".into(),
+                    device: Some(3),
+                },
+            ),
+            (
+                "detach lun0",
+                Command::Detach {
+                    map: "lun0".into(),
+                    force: false,
+                },
+            ),
+            (
+                "detach lun0 --force",
+                Command::Detach {
+                    map: "lun0".into(),
+                    force: true,
+                },
+            ),
+            ("shutdown --detach", Command::ShutdownDetach),
+        ] {
+            assert_eq!(Command::parse(line), Ok(cmd.clone()), "{line}");
+            assert_eq!(Command::parse(&cmd.to_line()), Ok(cmd.clone()));
+            assert!(!cmd.is_read_only(), "{line}");
+        }
+        assert_eq!(
+            Command::parse("attach map lun0 nbd1"),
+            Ok(Command::Attach {
+                map: "lun0".into(),
+                device: Some(1)
+            })
+        );
+        assert!(Command::parse("attach lun0 /dev/sda")
+            .unwrap_err()
+            .contains("not an NBD device"));
+    }
+
+    #[test]
     fn rejects_junk_with_a_hint() {
         assert!(Command::parse("").is_err());
         assert!(Command::parse("fail path").unwrap_err().contains("try:"));
