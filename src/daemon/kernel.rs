@@ -46,16 +46,36 @@ impl KernelSettings {
     }
 }
 
+/// Told `(map, generation)` when a connection of an attached device ends
+/// while the device is neither detached nor the daemon stopping (the
+/// kernel dropped it, or the session failed): the supervisor then hands
+/// the device a fresh one.
+pub type OnLost = Arc<dyn Fn(String, u64) + Send + Sync>;
+
 /// One attached device.
 pub struct Attached {
     pub record: state::Record,
     /// Dropped (or set) to stop its connections.
     _stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+    gen: u64,
+    /// Connections replaced recently (a connection that keeps failing is
+    /// not replaced forever).
+    replaced: Vec<std::time::Instant>,
+}
+
+/// Who to tell when a connection is lost.
+#[derive(Clone)]
+struct Lost {
+    notify: OnLost,
+    gen: u64,
 }
 
 /// The devices this daemon serves, by map name.
 pub struct Devices {
     pub attached: BTreeMap<String, Attached>,
+    on_lost: OnLost,
+    next_gen: u64,
     /// Records of devices whose map is not running (yet): kept in the
     /// state file for the next start.
     pub orphans: Vec<state::Record>,
@@ -79,6 +99,31 @@ fn socketpairs(n: usize) -> std::io::Result<(Vec<StdUnixStream>, Vec<StdUnixStre
     Ok((ours, theirs))
 }
 
+/// Hands device `r.index` one fresh connection (`NBD_CMD_RECONFIGURE`
+/// replaces one dead one) and serves it.
+async fn replace_one(
+    r: &state::Record,
+    export: &Arc<dyn Export>,
+    settings: KernelSettings,
+    stopped: &watch::Receiver<bool>,
+    lost: &Lost,
+) -> Result<(), String> {
+    let index = r.index;
+    let (ours, theirs) = socketpairs(1).map_err(|e| format!("socketpair: {e}"))?;
+    let dead = settings.dead_conn_timeout;
+    let backend = backend_id(&r.map);
+    blocking(move || {
+        let fds: Vec<i32> = theirs.iter().map(|s| s.as_raw_fd()).collect();
+        let res = Nbd::open()
+            .and_then(|mut n| n.reconfigure(index, &fds, Some(dead), Some(&backend)))
+            .map_err(err);
+        drop(theirs);
+        res
+    })
+    .await?;
+    serve(&r.map, Some(index), export, ours, stopped, lost).map_err(|e| e.to_string())
+}
+
 /// How long a connection may take to answer what the kernel had already
 /// sent when it was told to stop.
 const STOP_DRAIN: Duration = Duration::from_secs(5);
@@ -97,6 +142,7 @@ fn serve(
     export: &Arc<dyn Export>,
     ours: Vec<StdUnixStream>,
     stopped: &watch::Receiver<bool>,
+    lost: &Lost,
 ) -> std::io::Result<()> {
     for (i, s) in ours.into_iter().enumerate() {
         let handle = s.try_clone()?;
@@ -111,8 +157,20 @@ fn serve(
             tokio::time::sleep(STOP_DRAIN).await;
             drop(force);
         });
+        let (export, stopped, lost, map) = (
+            export.clone(),
+            stopped.clone(),
+            lost.clone(),
+            map.to_string(),
+        );
         tokio::spawn(
-            serve_negotiated(stream, export.clone(), Limits::default(), forced).instrument(span),
+            async move {
+                serve_negotiated(stream, export, Limits::default(), forced).await;
+                if !*stopped.borrow() && stopped.has_changed().is_ok() {
+                    (lost.notify)(map, lost.gen);
+                }
+            }
+            .instrument(span),
         );
     }
     Ok(())
@@ -157,9 +215,11 @@ fn flush_device(index: u32, force: bool) -> Result<(), String> {
 }
 
 impl Devices {
-    pub fn new(control_socket: &Path) -> Devices {
+    pub fn new(control_socket: &Path, on_lost: OnLost) -> Devices {
         Devices {
             attached: BTreeMap::new(),
+            on_lost,
+            next_gen: 1,
             orphans: Vec::new(),
             state_path: state::path_for(control_socket),
         }
@@ -202,7 +262,8 @@ impl Devices {
         let (ours, theirs) = socketpairs(n).map_err(|e| format!("socketpair: {e}"))?;
         // Serve first: the kernel may read (partition scan) at once.
         let (stop, stopped) = watch::channel(false);
-        serve(name, index, &export, ours, &stopped).map_err(|e| e.to_string())?;
+        let lost = self.lost();
+        serve(name, index, &export, ours, &stopped, &lost).map_err(|e| e.to_string())?;
         let c = Connect {
             index,
             size_bytes: size,
@@ -235,6 +296,9 @@ impl Devices {
                     connections: n,
                 },
                 _stop: stop,
+                stopped,
+                gen: lost.gen,
+                replaced: Vec::new(),
             },
         );
         self.save();
@@ -298,8 +362,9 @@ impl Devices {
                     continue;
                 }
             }
-            match self.reconnect(&r, export.clone(), settings).await {
-                Ok(stop) => {
+            let lost = self.lost();
+            match self.reconnect(&r, export.clone(), settings, &lost).await {
+                Ok((stop, stopped)) => {
                     info!(map = %r.map, device = %format!("/dev/nbd{}", r.index), connections = r.connections, "reconnected the kernel NBD device");
                     if let Err(e) = links::create(Path::new(DEV), &r.map, &r.wwid, r.index) {
                         warn!(map = %r.map, "cannot make the links: {e}");
@@ -309,6 +374,9 @@ impl Devices {
                         Attached {
                             record: r,
                             _stop: stop,
+                            stopped,
+                            gen: lost.gen,
+                            replaced: Vec::new(),
                         },
                     );
                 }
@@ -325,7 +393,8 @@ impl Devices {
         r: &state::Record,
         export: Arc<dyn Export>,
         settings: KernelSettings,
-    ) -> Result<watch::Sender<bool>, String> {
+        lost: &Lost,
+    ) -> Result<(watch::Sender<bool>, watch::Receiver<bool>), String> {
         let index = r.index;
         let st = blocking(move || {
             Nbd::open()
@@ -341,24 +410,8 @@ impl Devices {
         for conn in 0..r.connections.max(1) {
             let mut attempt = 0;
             loop {
-                let (ours, theirs) = socketpairs(1).map_err(|e| format!("socketpair: {e}"))?;
-                let dead = settings.dead_conn_timeout;
-                let backend = backend_id(&r.map);
-                let res = blocking(move || {
-                    let fds: Vec<i32> = theirs.iter().map(|s| s.as_raw_fd()).collect();
-                    let r = Nbd::open()
-                        .and_then(|mut n| n.reconfigure(index, &fds, Some(dead), Some(&backend)))
-                        .map_err(err);
-                    drop(theirs);
-                    r
-                })
-                .await;
-                match res {
-                    Ok(()) => {
-                        serve(&r.map, Some(index), &export, ours, &stopped)
-                            .map_err(|e| e.to_string())?;
-                        break;
-                    }
+                match replace_one(r, &export, settings, &stopped, lost).await {
+                    Ok(()) => break,
                     // The kernel has not noticed yet that an old
                     // connection is gone (or all are live already).
                     Err(e) if attempt < 25 => {
@@ -368,13 +421,95 @@ impl Devices {
                     }
                     Err(e) if conn > 0 => {
                         warn!(map = %r.map, "/dev/nbd{index}: only {conn} of {} connections replaced: {e}", r.connections);
-                        return Ok(stop);
+                        return Ok((stop, stopped));
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(stop)
+        Ok((stop, stopped))
+    }
+
+    fn lost(&mut self) -> Lost {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        Lost {
+            notify: self.on_lost.clone(),
+            gen,
+        }
+    }
+
+    /// A connection of map `map`'s device (generation `gen`) ended while
+    /// nobody stopped it. If the kernel still has the device, it gets a
+    /// fresh connection; if the kernel disconnected it, it is forgotten;
+    /// if the map no longer runs (`export` is `None`), its record is kept
+    /// for a later start and its connections stop.
+    pub async fn conn_lost(
+        &mut self,
+        map: &str,
+        gen: u64,
+        export: Option<Arc<dyn Export>>,
+        settings: KernelSettings,
+    ) {
+        let Some(a) = self.attached.get(map) else {
+            return;
+        };
+        if a.gen != gen {
+            return;
+        }
+        let r = a.record.clone();
+        let stopped = a.stopped.clone();
+        let Some(export) = export else {
+            warn!(map = %map, "the map of /dev/nbd{} stopped; the device waits for it (recorded)", r.index);
+            self.attached.remove(map);
+            self.orphans.push(r);
+            self.save();
+            return;
+        };
+        let index = r.index;
+        let st = blocking(move || {
+            Nbd::open()
+                .and_then(|mut n| n.status(Some(index)))
+                .map_err(err)
+        })
+        .await;
+        if let Ok(st) = &st {
+            if !st.iter().any(|d| d.index == index && d.connected) {
+                info!(map = %map, "/dev/nbd{index} was disconnected in the kernel; forgetting it");
+                self.attached.remove(map);
+                links::remove(Path::new(DEV), map, &r.wwid, index);
+                self.save();
+                return;
+            }
+        }
+        let now = std::time::Instant::now();
+        if let Some(a) = self.attached.get_mut(map) {
+            a.replaced
+                .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+            if a.replaced.len() >= 10 {
+                warn!(map = %map, "/dev/nbd{index}: connections keep failing (10 in a minute); not replacing this one");
+                return;
+            }
+            a.replaced.push(now);
+        }
+        let lost = Lost {
+            notify: self.on_lost.clone(),
+            gen,
+        };
+        let mut last = String::new();
+        for _ in 0..10 {
+            match replace_one(&r, &export, settings, &stopped, &lost).await {
+                Ok(()) => {
+                    info!(map = %map, "/dev/nbd{index}: replaced a lost connection");
+                    return;
+                }
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        warn!(map = %map, "/dev/nbd{index}: cannot replace a lost connection: {last}");
     }
 
     /// Detaches every device (`shutdown --detach`); errors are logged.

@@ -57,6 +57,8 @@ pub enum Msg {
     },
     /// `shutdown --detach`: detach every device (then the daemon stops).
     DetachAll(oneshot::Sender<Vec<String>>),
+    /// A connection of a kernel NBD device ended unasked.
+    KernelConnLost { map: String, gen: u64 },
 }
 
 /// A path as the published snapshot shows it.
@@ -165,7 +167,13 @@ impl Supervisor {
             shutdown,
             io_timeout: io_timeout(&config),
         };
-        let kernel = Devices::new(&opts.control_socket);
+        let lost_tx = tx.clone();
+        let kernel = Devices::new(
+            &opts.control_socket,
+            Arc::new(move |map, gen| {
+                let _ = lost_tx.send(Msg::KernelConnLost { map, gen });
+            }),
+        );
         Supervisor {
             kernel,
             opts,
@@ -247,6 +255,16 @@ impl Supervisor {
                 let r = self.kernel.detach(&map, force).await;
                 self.publish();
                 let _ = reply.send(r.map(|i| format!("ok: /dev/nbd{i} of map {map} detached\n")));
+            }
+            Msg::KernelConnLost { map, gen } => {
+                let export = self
+                    .maps
+                    .iter()
+                    .find(|m| m.plan.name == map)
+                    .map(|m| Arc::new(m.engine.clone()) as Arc<dyn Export>);
+                let settings = KernelSettings::from_config(&self.config);
+                self.kernel.conn_lost(&map, gen, export, settings).await;
+                self.publish();
             }
             Msg::DetachAll(reply) => {
                 let errors = self.kernel.detach_all(false).await;
