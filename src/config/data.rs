@@ -188,7 +188,7 @@ impl Config {
         self.defaults_uint("umpath_nbd_dead_conn_timeout", 60)
     }
 
-    /// `umpath_nbd_timeout` in seconds (default 0: none).
+    /// `umpath_nbd_timeout` in seconds (default 0: the kernel's default).
     pub fn nbd_timeout(&self) -> u32 {
         self.defaults_uint("umpath_nbd_timeout", 0)
     }

@@ -682,9 +682,10 @@ pub static KEYWORDS: &[Keyword] = &[
     // umpath: seconds the kernel holds IO for a device whose connections
     // are all gone (the daemon restarting) before it fails it.
     kw("umpath_nbd_dead_conn_timeout", DEF, Kind::UInt { min: 1, max: DAY }, Some("60"), Sup),
-    // umpath: the kernel's per-request timeout (0: none; a slow request
-    // never kills a connection). With a timeout, a request not answered in
-    // time kills its connection and is retried on another one.
+    // umpath: the kernel's per-request timeout (0: the kernel's default,
+    // 30 s). A request not answered in time is requeued on another
+    // connection and its connection dropped (umpath replaces it); with 0
+    // and one connection the kernel only warns.
     kw("umpath_nbd_timeout", DEF, Kind::UInt { min: 0, max: DAY }, Some("0"), Sup),
     kw("allow_usb_devices", DEF, Kind::YesNo, Some("no"), No(UDEV)),
     kw("mode", DM, Kind::Str, None, No(UDEV)),
