@@ -283,6 +283,11 @@ impl Daemon {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let t0 = std::time::Instant::now();
         let queue_without_daemon = self.published.load().config.queue_without_daemon();
+        // IO held for a map with a kernel NBD device is never failed: an
+        // error would reach the device's users, while a request left
+        // unanswered is retried by the kernel on the next daemon's
+        // connection (the device waits for it).
+        let kernel_maps = self.published.load().nbd_devices.clone();
         let maps = match tokio::time::timeout(Duration::from_secs(2), servers.supervisor).await {
             Ok(Ok(m)) => m,
             _ => {
@@ -291,6 +296,11 @@ impl Daemon {
             }
         };
         let engines: Vec<MapEngine> = maps.iter().map(|m| m.engine.clone()).collect();
+        let failable: Vec<MapEngine> = maps
+            .iter()
+            .filter(|m| !kernel_maps.contains_key(&m.plan.name))
+            .map(|m| m.engine.clone())
+            .collect();
         // Release IO stuck on an injected hang so it can drain.
         for m in &maps {
             for d in m.devs() {
@@ -298,7 +308,7 @@ impl Daemon {
             }
         }
         if !queue_without_daemon {
-            fail_held(&engines);
+            fail_held(&failable);
         }
         info!(
             "stopping: draining in-flight IO (at most {} s)",
@@ -318,7 +328,7 @@ impl Daemon {
         }
         // Whatever is still held fails now (queue_without_daemon yes, or
         // queued meanwhile): nothing can answer it after we exit.
-        fail_held(&engines);
+        fail_held(&failable);
         for t in servers.tasks {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let _ = tokio::time::timeout(left.max(Duration::from_millis(200)), t).await;
