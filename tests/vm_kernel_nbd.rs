@@ -306,6 +306,22 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
     assert_eq!(map_device(&vm), serde_json::Value::Null);
     let again = vm.sh("umpath detach lun0 2>&1");
     assert_ne!(again.rc, 0, "{}", again.out);
+
+    step("umpath_nbd_device auto + reconfigure attaches; shutdown --detach");
+    vm.sh_ok(
+        "sed -i 's/^defaults {/defaults {\n    umpath_nbd_device auto/' /etc/multipath.conf && umpath reconfigure",
+    );
+    vm.wait_for(
+        "nbd0 attached by the config",
+        Duration::from_secs(15),
+        || vm.sh_ok("cat /sys/block/nbd0/size").trim() == (IMAGE_SIZE / 512).to_string(),
+    );
+    assert_eq!(map_device(&vm), "/dev/nbd0");
+    let out = vm.sh_ok("umpath shutdown --detach 2>&1");
+    assert!(out.contains("detached"), "{out}");
+    vm.sh_ok("pid=$(cat /run/umpath.pid); n=0; while kill -0 $pid 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done");
+    assert_eq!(vm.sh_ok("cat /sys/block/nbd0/size").trim(), "0");
+    assert_ne!(vm.sh("test -e /dev/umpath/lun0").rc, 0, "link removed");
     eprintln!(
         "vm kernel-nbd: boot {:.1?}, total {:.1?}",
         vm.boot_time,
