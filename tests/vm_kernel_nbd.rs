@@ -134,12 +134,16 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
     eprintln!("sysfs: {}", conns.replace('\n', " "));
 
     step("write a pattern through /dev/umpath/lun0, read it back");
-    let sum = vm
-        .sh_ok(
-            "dd if=/dev/urandom of=/tmp/pat bs=1M count=16 2>/dev/null && md5sum < /tmp/pat | cut -d' ' -f1",
-        )
-        .trim()
-        .to_string();
+    // 1 MiB of random bytes (urandom is slow under TCG), 16 copies each
+    // shifted by a different prefix: no two MiB of the pattern are alike.
+    let pat = vm.sh_timeout(
+        "dd if=/dev/urandom of=/tmp/r bs=64k count=16 2>/dev/null && \
+         for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17; do echo \"block $i\"; cat /tmp/r; done | head -c 16777216 > /tmp/pat && \
+         md5sum < /tmp/pat | cut -d' ' -f1",
+        Duration::from_secs(120),
+    );
+    assert_eq!(pat.rc, 0, "{}", pat.out);
+    let sum = pat.out.trim().to_string();
     vm.sh_ok("dd if=/tmp/pat of=/dev/umpath/lun0 bs=1M conv=fsync 2>&1");
     assert_eq!(vm.sh_ok(READ_MD5).trim(), sum, "read back through nbd0");
     // And on the LUN itself, through one of its SCSI paths.
@@ -309,7 +313,8 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
 
     step("umpath_nbd_device auto + reconfigure attaches; shutdown --detach");
     vm.sh_ok(
-        "sed -i 's/^defaults {/defaults {\n    umpath_nbd_device auto/' /etc/multipath.conf && umpath reconfigure",
+        "awk '{ print } /^defaults/ { print \"    umpath_nbd_device auto\" }' /etc/multipath.conf > /tmp/mp.conf && \
+         cp /tmp/mp.conf /etc/multipath.conf && umpath reconfigure",
     );
     vm.wait_for(
         "nbd0 attached by the config",
