@@ -69,20 +69,38 @@ fn start_reader(vm: &Vm, sum: &str) {
     ));
 }
 
-fn reader_rounds(vm: &Vm) -> (usize, Vec<String>) {
-    let log = vm.sh_ok("cat /tmp/reader.log");
-    let ok = log.lines().filter(|l| *l == "ok").count();
-    let bad = log
-        .lines()
-        .filter(|l| *l != "ok" && *l != "done")
-        .map(str::to_string)
-        .collect();
-    (ok, bad)
+/// Shell function for guest scripts: `wait_rounds N SECS` waits until the
+/// reader logged N good rounds (fails after SECS).
+const WAIT_ROUNDS: &str = "wait_rounds() { n=0; until [ $(grep -c ^ok /tmp/reader.log) -ge $1 ]; do sleep 0.5; n=$((n+1)); [ $n -lt $(($2 * 2)) ] || return 1; done; }";
+
+/// Guest script tail: stop the reader, print its log.
+const STOP_READER: &str = "touch /tmp/stop; n=0; until grep -q done /tmp/reader.log; do sleep 0.2; n=$((n+1)); [ $n -lt 300 ] || exit 16; done; echo rounds=$(grep -c ^ok /tmp/reader.log); cat /tmp/reader.log";
+
+/// Runs a guest script that must succeed within `secs`; its output.
+fn guest_script(vm: &Vm, script: &str, secs: u64) -> String {
+    let o = vm.sh_timeout(script, Duration::from_secs(secs));
+    assert_eq!(
+        o.rc,
+        0,
+        "guest script failed (rc {}):\n{}\n--- reader ---\n{}\n--- umpath.log ---\n{}",
+        o.rc,
+        o.out,
+        vm.sh("cat /tmp/reader.log").out,
+        vm.sh("tail -n 30 /run/umpath.log").out
+    );
+    o.out
 }
 
-fn stop_reader(vm: &Vm) -> (usize, Vec<String>) {
-    vm.sh_ok("touch /tmp/stop; n=0; while ! grep -q done /tmp/reader.log && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done");
-    reader_rounds(vm)
+/// The reader's log (in `out`) has only good rounds.
+fn check_reader(vm: &Vm, out: &str, what: &str) {
+    let bad: Vec<&str> = out
+        .lines()
+        .filter(|l| *l == "BAD" || *l == "ERR" || l.contains("rror"))
+        .collect();
+    assert!(bad.is_empty(), "{what}: the reader saw errors: {out}");
+    let facts: Vec<&str> = out.lines().filter(|l| l.contains('=')).collect();
+    eprintln!("{what}: {}, no error", facts.join(", "));
+    let _ = vm;
 }
 
 #[test]
@@ -154,86 +172,72 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
         "the data reached the LUN"
     );
 
-    step("restart umpath under a reader loop");
+    // The restart and crash steps run as one guest script each: few
+    // commands on the serial channel while the guest is busy (see
+    // tests/vm/README.md, "Known flake").
+    step("restart umpath (SIGTERM) under a reader loop");
     start_reader(&vm, &sum);
-    vm.wait_for("reader rounds", Duration::from_secs(30), || {
-        reader_rounds(&vm).0 >= 2
-    });
-    let t_stop = Instant::now();
-    vm.sh_ok(
-        "pid=$(cat /run/umpath.pid); kill -TERM $pid; n=0; while kill -0 $pid 2>/dev/null && [ $n -lt 200 ]; do sleep 0.1; n=$((n+1)); done; kill -0 $pid 2>/dev/null && exit 1; exit 0",
+    let out = guest_script(
+        &vm,
+        &format!(
+            "{WAIT_ROUNDS}\n\
+             wait_rounds 2 30 || exit 11\n\
+             t0=$(date +%s)\n\
+             pid=$(cat /run/umpath.pid); kill -TERM $pid\n\
+             n=0; while kill -0 $pid 2>/dev/null; do sleep 0.1; n=$((n+1)); [ $n -lt 200 ] || exit 12; done\n\
+             echo stopped_after=$(( $(date +%s) - t0 ))\n\
+             [ \"$(cat /sys/block/nbd0/size)\" = {sectors} ] || exit 13\n\
+             sleep 2\n\
+             before=$(grep -c ^ok /tmp/reader.log)\n\
+             /bin/umpath-start\n\
+             n=0; until umpath show maps --json 2>/dev/null | grep -q /dev/nbd0; do sleep 0.5; n=$((n+1)); [ $n -lt 60 ] || exit 14; done\n\
+             echo away=$(( $(date +%s) - t0 ))\n\
+             wait_rounds $((before + 3)) 60 || exit 15\n\
+             {STOP_READER}",
+            sectors = IMAGE_SIZE / 512
+        ),
+        150,
     );
-    let stopped = t_stop.elapsed();
-    // The device stays while the daemon is away.
-    assert_eq!(
-        vm.sh_ok("cat /sys/block/nbd0/size").trim(),
-        (IMAGE_SIZE / 512).to_string(),
-        "the device is kept across SIGTERM"
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let before = reader_rounds(&vm).0;
-    vm.sh_ok("/bin/umpath-start");
-    vm.wait_for("umpath back with nbd0", Duration::from_secs(30), || {
-        vm.sh("umpath show maps --json 2>/dev/null")
-            .out
-            .contains("/dev/nbd0")
-    });
-    let away = t_stop.elapsed();
-    vm.wait_for(
-        "reader rounds after the restart",
-        Duration::from_secs(60),
-        || reader_rounds(&vm).0 >= before + 3,
-    );
-    let (ok, bad) = stop_reader(&vm);
-    assert!(bad.is_empty(), "reader saw errors: {bad:?}");
-    let log = vm.sh_ok("cat /run/umpath.log");
+    check_reader(&vm, &out, "SIGTERM");
     assert!(
-        log.contains("reconnected the kernel NBD device"),
+        vm.sh_ok("cat /run/umpath.log")
+            .contains("reconnected the kernel NBD device"),
         "{}",
         vm.sh_ok("tail -n 30 /run/umpath.log")
-    );
-    eprintln!(
-        "restart: SIGTERM took {stopped:.1?}, daemon away {away:.1?}, {ok} reader rounds, no error"
     );
     assert_eq!(vm.sh_ok(READ_MD5).trim(), sum, "data intact after restart");
 
     step("SIGKILL umpath under the reader loop, start it again");
     start_reader(&vm, &sum);
-    vm.wait_for("reader rounds", Duration::from_secs(30), || {
-        reader_rounds(&vm).0 >= 2
-    });
-    let t_kill = Instant::now();
-    vm.sh_ok("kill -KILL $(cat /run/umpath.pid)");
-    std::thread::sleep(Duration::from_secs(1));
-    let before = reader_rounds(&vm).0;
-    vm.sh_ok("/bin/umpath-start");
-    vm.wait_for("umpath back with nbd0", Duration::from_secs(30), || {
-        vm.sh("umpath show maps --json 2>/dev/null")
-            .out
-            .contains("/dev/nbd0")
-    });
     // A request the killed daemon had read but not answered is retried by
     // the kernel on the new connection when its timer fires (30 s).
-    // Poll every 2 s, not every 200 ms: fewer commands on the serial
-    // channel (see tests/vm/README.md, "Known flake").
-    let deadline = Instant::now() + Duration::from_secs(75);
-    while reader_rounds(&vm).0 < before + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no reader round within 75 s of the restart: {}",
-            vm.sh_ok("tail -n 30 /run/umpath.log")
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let (ok, bad) = stop_reader(&vm);
-    assert!(bad.is_empty(), "reader saw errors after SIGKILL: {bad:?}");
-    eprintln!(
-        "crash: reader going again {:.1?} after SIGKILL, {ok} rounds, no error",
-        t_kill.elapsed()
+    let out = guest_script(
+        &vm,
+        &format!(
+            "{WAIT_ROUNDS}\n\
+             wait_rounds 2 30 || exit 11\n\
+             t0=$(date +%s)\n\
+             kill -KILL $(cat /run/umpath.pid)\n\
+             sleep 1\n\
+             before=$(grep -c ^ok /tmp/reader.log)\n\
+             /bin/umpath-start\n\
+             n=0; until umpath show maps --json 2>/dev/null | grep -q /dev/nbd0; do sleep 0.5; n=$((n+1)); [ $n -lt 60 ] || exit 14; done\n\
+             wait_rounds $((before + 2)) 80 || exit 15\n\
+             echo resumed_after=$(( $(date +%s) - t0 ))\n\
+             {STOP_READER}"
+        ),
+        170,
+    );
+    check_reader(&vm, &out, "SIGKILL");
+    assert_eq!(
+        vm.sh_ok(READ_MD5).trim(),
+        sum,
+        "data intact after the crash"
     );
 
     step("a path goes offline under dd");
-    vm.sh_ok(
+    let out = guest_script(
+        &vm,
         "cat > /tmp/writer.sh <<'EOF'\n\
          while [ ! -f /tmp/wstop ]; do\n\
            if dd if=/tmp/pat of=/dev/nbd0 bs=1M seek=32 oflag=direct conv=fsync 2>/tmp/wr.err; then echo ok >> /tmp/writer.log; else echo ERR >> /tmp/writer.log; cat /tmp/wr.err >> /tmp/writer.log; fi\n\
@@ -241,40 +245,27 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
          echo done >> /tmp/writer.log\n\
          EOF\n\
          rm -f /tmp/wstop; : > /tmp/writer.log\n\
-         setsid sh /tmp/writer.sh < /dev/null > /dev/null 2>&1 &",
+         setsid sh /tmp/writer.sh < /dev/null > /dev/null 2>&1 &\n\
+         rounds() { grep -c ^ok /tmp/writer.log; }\n\
+         n=0; until [ $(rounds) -ge 1 ]; do sleep 0.5; n=$((n+1)); [ $n -lt 60 ] || exit 11; done\n\
+         echo offline > /sys/block/sdb/device/state\n\
+         n=0; until umpath show paths | grep sdb | grep -q failed; do sleep 0.5; n=$((n+1)); [ $n -lt 40 ] || exit 12; done\n\
+         r=$(rounds); n=0; until [ $(rounds) -ge $((r + 2)) ]; do sleep 0.5; n=$((n+1)); [ $n -lt 120 ] || exit 13; done\n\
+         echo running > /sys/block/sdb/device/state\n\
+         touch /tmp/wstop; n=0; until grep -q done /tmp/writer.log; do sleep 0.2; n=$((n+1)); [ $n -lt 300 ] || exit 14; done\n\
+         echo writes=$(rounds)\n\
+         cat /tmp/writer.log",
+        150,
     );
-    let wrounds = |vm: &Vm| {
-        vm.sh_ok("grep -c ok /tmp/writer.log || true")
-            .trim()
-            .parse::<usize>()
-            .unwrap_or(0)
-    };
-    vm.wait_for("writer rounds", Duration::from_secs(30), || {
-        wrounds(&vm) >= 1
-    });
-    vm.sh_ok("echo offline > /sys/block/sdb/device/state");
-    vm.wait_path(
-        "sdb",
-        "failed while offline",
-        Duration::from_secs(20),
-        |p| p["dm_state"] == "failed",
-    );
-    let n = wrounds(&vm);
-    vm.wait_for(
-        "writer rounds with sdb offline",
-        Duration::from_secs(60),
-        || wrounds(&vm) >= n + 2,
-    );
-    vm.sh_ok("echo running > /sys/block/sdb/device/state");
+    assert!(!out.contains("ERR"), "writer saw errors: {out}");
     vm.wait_path("sdb", "reinstated", Duration::from_secs(20), |p| {
         p["dm_state"] == "active" && p["state"] == "ready"
     });
-    vm.sh_ok("touch /tmp/wstop; n=0; while ! grep -q done /tmp/writer.log && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done");
-    let wlog = vm.sh_ok("cat /tmp/writer.log");
-    assert!(!wlog.contains("ERR"), "writer saw errors: {wlog}");
     assert_eq!(
-        vm.sh_ok("dd if=/dev/nbd0 bs=1M skip=32 count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1")
-            .trim(),
+        vm.sh_ok(
+            "dd if=/dev/nbd0 bs=1M skip=32 count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1"
+        )
+        .trim(),
         sum,
         "data written while a path was offline"
     );
