@@ -124,6 +124,9 @@ async fn replace_one(
     serve(&r.map, Some(index), export, ours, stopped, lost).map_err(|e| e.to_string())
 }
 
+/// How long a detach waits for the device's flush.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
 /// How long a connection may take to answer what the kernel had already
 /// sent when it was told to stop.
 const STOP_DRAIN: Duration = Duration::from_secs(5);
@@ -312,8 +315,27 @@ impl Devices {
         };
         let index = a.record.index;
         let wwid = a.record.wwid.clone();
+        // The flush waits for the map; a map with no usable path may hold
+        // it for long. The supervisor does not wait more than FLUSH_WAIT:
+        // without --force the detach fails; with it the device is
+        // disconnected anyway (the kernel then fails what it still holds,
+        // which also ends the flush).
+        let flush = tokio::task::spawn_blocking(move || flush_device(index, force));
+        match tokio::time::timeout(FLUSH_WAIT, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(e)) => return Err(format!("flush task failed: {e}")),
+            Err(_) if force => {
+                warn!(map = %name, "/dev/nbd{index}: the flush did not finish within {} s; disconnecting anyway (--force)", FLUSH_WAIT.as_secs());
+            }
+            Err(_) => {
+                return Err(format!(
+                    "/dev/nbd{index}: the flush did not finish within {} s (does the map have a usable path?); detach --force disconnects anyway",
+                    FLUSH_WAIT.as_secs()
+                ))
+            }
+        }
         blocking(move || {
-            flush_device(index, force)?;
             Nbd::open()
                 .and_then(|mut nbd| nbd.disconnect(index))
                 .map_err(err)
@@ -346,44 +368,77 @@ impl Devices {
             return;
         }
         for r in records {
-            let Some((wwid, export)) = maps.get(&r.map) else {
-                warn!(map = %r.map, "/dev/nbd{} was attached to a map that is not running; kept for later", r.index);
-                self.orphans.push(r);
-                continue;
-            };
-            if *wwid != r.wwid || export.size() != r.size {
-                warn!(map = %r.map, "/dev/nbd{} was attached to WWID {} of {} bytes, the map now is {wwid} of {} bytes: not reconnected", r.index, r.wwid, r.size, export.size());
-                continue;
-            }
-            match kernel::sysfs_size(Path::new(SYS), r.index) {
-                Some(s) if s == r.size => {}
-                other => {
-                    info!(map = %r.map, "/dev/nbd{} is gone or changed (size {other:?}); forgetting it", r.index);
-                    continue;
-                }
-            }
-            let lost = self.lost();
-            match self.reconnect(&r, export.clone(), settings, &lost).await {
-                Ok((stop, stopped)) => {
-                    info!(map = %r.map, device = %format!("/dev/nbd{}", r.index), connections = r.connections, "reconnected the kernel NBD device");
-                    if let Err(e) = links::create(Path::new(DEV), &r.map, &r.wwid, r.index) {
-                        warn!(map = %r.map, "cannot make the links: {e}");
-                    }
-                    self.attached.insert(
-                        r.map.clone(),
-                        Attached {
-                            record: r,
-                            _stop: stop,
-                            stopped,
-                            gen: lost.gen,
-                            replaced: Vec::new(),
-                        },
-                    );
-                }
-                Err(e) => warn!(map = %r.map, "cannot reconnect /dev/nbd{}: {e}", r.index),
-            }
+            self.restore_one(r, maps, settings).await;
         }
         self.save();
+    }
+
+    /// Restores the recorded devices of maps that run now (a map that was
+    /// waiting for a path at start-up).
+    pub async fn restore_orphans(
+        &mut self,
+        maps: &BTreeMap<String, (String, Arc<dyn Export>)>,
+        settings: KernelSettings,
+    ) {
+        if !self.orphans.iter().any(|r| maps.contains_key(&r.map)) {
+            return;
+        }
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|r| maps.contains_key(&r.map));
+        self.orphans = later;
+        for r in now {
+            self.restore_one(r, maps, settings).await;
+        }
+        self.save();
+    }
+
+    async fn restore_one(
+        &mut self,
+        r: state::Record,
+        maps: &BTreeMap<String, (String, Arc<dyn Export>)>,
+        settings: KernelSettings,
+    ) {
+        let Some((wwid, export)) = maps.get(&r.map) else {
+            warn!(map = %r.map, "/dev/nbd{} was attached to a map that is not running; kept for later", r.index);
+            self.orphans.push(r);
+            return;
+        };
+        if self.attached.contains_key(&r.map) {
+            warn!(map = %r.map, "/dev/nbd{}: the map has another device now; not reconnected", r.index);
+            return;
+        }
+        if *wwid != r.wwid || export.size() != r.size {
+            warn!(map = %r.map, "/dev/nbd{} was attached to WWID {} of {} bytes, the map now is {wwid} of {} bytes: not reconnected", r.index, r.wwid, r.size, export.size());
+            return;
+        }
+        match kernel::sysfs_size(Path::new(SYS), r.index) {
+            Some(s) if s == r.size => {}
+            other => {
+                info!(map = %r.map, "/dev/nbd{} is gone or changed (size {other:?}); forgetting it", r.index);
+                return;
+            }
+        }
+        let lost = self.lost();
+        match self.reconnect(&r, export.clone(), settings, &lost).await {
+            Ok((stop, stopped)) => {
+                info!(map = %r.map, device = %format!("/dev/nbd{}", r.index), connections = r.connections, "reconnected the kernel NBD device");
+                if let Err(e) = links::create(Path::new(DEV), &r.map, &r.wwid, r.index) {
+                    warn!(map = %r.map, "cannot make the links: {e}");
+                }
+                self.attached.insert(
+                    r.map.clone(),
+                    Attached {
+                        record: r,
+                        _stop: stop,
+                        stopped,
+                        gen: lost.gen,
+                        replaced: Vec::new(),
+                    },
+                );
+            }
+            Err(e) => warn!(map = %r.map, "cannot reconnect /dev/nbd{}: {e}", r.index),
+        }
     }
 
     /// `NBD_CMD_RECONFIGURE` with fresh sockets, retried for a few seconds

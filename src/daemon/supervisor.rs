@@ -219,6 +219,9 @@ impl Supervisor {
             Msg::Reconfigure(reply) => {
                 let r = self.reconfigure().await;
                 if r.is_ok() {
+                    let maps = self.running_exports();
+                    let settings = KernelSettings::from_config(&self.config);
+                    self.kernel.restore_orphans(&maps, settings).await;
                     self.attach_configured().await;
                     self.publish();
                 }
@@ -243,6 +246,10 @@ impl Supervisor {
                 runtime::warn_separate_caches(&p.plan);
                 self.maps
                     .push(MapRuntime::start(p.plan, prepared, size, &self.env));
+                // Its device from before a restart first, then the config.
+                let maps = self.running_exports();
+                let settings = KernelSettings::from_config(&self.config);
+                self.kernel.restore_orphans(&maps, settings).await;
                 self.attach_configured().await;
                 self.publish();
             }
@@ -272,6 +279,22 @@ impl Supervisor {
                 let _ = reply.send(errors);
             }
         }
+    }
+
+    /// Running maps by name: (WWID, export).
+    fn running_exports(&self) -> std::collections::BTreeMap<String, (String, Arc<dyn Export>)> {
+        self.maps
+            .iter()
+            .map(|m| {
+                (
+                    m.plan.name.clone(),
+                    (
+                        m.plan.wwid.clone(),
+                        Arc::new(m.engine.clone()) as Arc<dyn Export>,
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// Attaches a running map to a kernel NBD device.
@@ -314,19 +337,7 @@ impl Supervisor {
     /// Hands the devices a previous daemon attached fresh connections
     /// (before READY), then attaches what the configuration asks for.
     pub async fn restore_kernel_devices(&mut self) {
-        let maps = self
-            .maps
-            .iter()
-            .map(|m| {
-                (
-                    m.plan.name.clone(),
-                    (
-                        m.plan.wwid.clone(),
-                        Arc::new(m.engine.clone()) as Arc<dyn Export>,
-                    ),
-                )
-            })
-            .collect();
+        let maps = self.running_exports();
         let settings = KernelSettings::from_config(&self.config);
         self.kernel.restore(&maps, settings).await;
         self.attach_configured().await;
