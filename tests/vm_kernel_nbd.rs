@@ -26,7 +26,7 @@ const IMAGE_SIZE: u64 = 256 << 20;
 
 fn conf() -> String {
     format!(
-        "defaults {{\n    polling_interval 1\n    umpath_nbd_dead_conn_timeout 60\n}}\n\
+        "defaults {{\n    polling_interval 1\n    umpath_nbd_dead_conn_timeout 60\n    umpath_nbd_connections 2\n}}\n\
          devices {{\n{}}}\n\
          multipaths {{\n    multipath {{\n        wwid {WWID}\n        alias lun0\n    }}\n}}\n",
         umpath::config::QUANTASTOR_DEVICE
@@ -176,6 +176,35 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
     // The restart and crash steps run as one guest script each: few
     // commands on the serial channel while the guest is busy (see
     // tests/vm/README.md, "Known flake").
+    step("large requests, discard");
+    // Requests up to 4 MiB (the kernel's own limit is 32 MiB).
+    let out = vm.sh_ok(
+        "cat /sys/block/nbd0/queue/max_hw_sectors_kb && echo 4096 > /sys/block/nbd0/queue/max_sectors_kb && \
+         dd if=/tmp/pat of=/dev/nbd0 bs=4M seek=16 oflag=direct conv=fsync 2>&1 && \
+         dd if=/dev/nbd0 bs=4M skip=16 count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1",
+    );
+    assert_eq!(out.lines().last().unwrap_or("").trim(), sum, "{out}");
+    // Discard, if the map's paths can (the kernel is told SEND_TRIM only
+    // then, and the queue advertises it).
+    let discard: u64 = vm
+        .sh_ok("cat /sys/block/nbd0/queue/discard_max_bytes")
+        .trim()
+        .parse()
+        .unwrap();
+    let d = vm.sh("blkdiscard -o 67108864 -l 16777216 /dev/nbd0 2>&1");
+    eprintln!(
+        "discard_max_bytes {discard}; blkdiscard rc {} {}",
+        d.rc,
+        d.out.trim()
+    );
+    if discard > 0 {
+        assert_eq!(d.rc, 0, "blkdiscard: {}", d.out);
+    }
+    assert!(
+        vm.sh_ok("grep -c 'connections=2' /run/umpath.log").trim() != "0",
+        "two connections"
+    );
+
     step("restart umpath (SIGTERM) under a reader loop");
     start_reader(&vm, &sum);
     let out = guest_script(
