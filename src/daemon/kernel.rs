@@ -152,14 +152,10 @@ fn serve(
         let stream = tokio::net::UnixStream::from_std(s)?;
         let span =
             info_span!("knbd", map = %map, dev = ?index, conn = i, export = tracing::field::Empty);
-        let (force, forced) = watch::channel(false);
+        // The session's own shutdown signal is never sent: stopping is
+        // the half-close below, and the drain bound drops the session.
+        let (never, forced) = watch::channel(false);
         let mut stop = stopped.clone();
-        tokio::spawn(async move {
-            let _ = stop.wait_for(|v| *v).await;
-            let _ = handle.shutdown(std::net::Shutdown::Read);
-            tokio::time::sleep(STOP_DRAIN).await;
-            drop(force);
-        });
         let (export, stopped, lost, map) = (
             export.clone(),
             stopped.clone(),
@@ -168,7 +164,21 @@ fn serve(
         );
         tokio::spawn(
             async move {
-                serve_negotiated(stream, export, Limits::default(), forced).await;
+                let _never = never;
+                let session = serve_negotiated(stream, export, Limits::default(), forced);
+                tokio::pin!(session);
+                tokio::select! {
+                    () = &mut session => {}
+                    () = async { let _ = stop.wait_for(|v| *v).await; } => {
+                        let _ = handle.shutdown(std::net::Shutdown::Read);
+                        let _ = tokio::time::timeout(STOP_DRAIN, &mut session).await;
+                    }
+                }
+                // Whatever ended the session, the kernel sees the socket
+                // close now (the duplicate kept for the half-close would
+                // otherwise keep it open).
+                let _ = handle.shutdown(std::net::Shutdown::Both);
+                drop(handle);
                 if !*stopped.borrow() && stopped.has_changed().is_ok() {
                     (lost.notify)(map, lost.gen);
                 }
