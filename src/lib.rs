@@ -29,6 +29,7 @@ pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod kernel;
 pub mod model;
 pub mod nbd;
 pub mod policy;

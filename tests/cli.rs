@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -483,4 +484,34 @@ fn every_positional_argument_has_help() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(want), "{cmd:?}: {text}");
     }
+}
+
+/// Without the nbd module, `attach` says so; `detach` of a map with no
+/// device and `attach` of an unknown map are clear errors too. (Skipped
+/// where the nbd module is loaded: this test must not attach a device on
+/// the host; the VM test `vm_kernel_nbd` does that.)
+#[test]
+fn attach_without_the_nbd_module_is_a_clear_error() {
+    if Path::new("/sys/module/nbd").exists() {
+        eprintln!("skipped: the nbd module is loaded on this host");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 16 << 20);
+    let cfg = seed_config("    polling_interval 1", &[file_path("p0", &img)]);
+    let d = Daemon::start_in(dir, &cfg);
+    let out = d.ctl(&["attach", "lun0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the nbd kernel module is not loaded (modprobe nbd)"),
+        "{err}"
+    );
+    let out = d.ctl(&["attach", "nosuch"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no map named"));
+    let out = d.ctl(&["detach", "lun0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no kernel NBD device"));
+    let maps = d.ctl_ok(&["show", "maps"]);
+    assert!(maps.contains("device"), "{maps}");
 }

@@ -197,8 +197,29 @@ pub enum Cmd {
     },
     /// Re-read the configuration (a bad file is rejected; the running one stays).
     Reconfigure,
-    /// Stop the daemon gracefully.
-    Shutdown,
+    /// Stop the daemon gracefully (kernel NBD devices stay and wait for
+    /// the next daemon, unless --detach).
+    Shutdown {
+        /// Flush and detach every kernel NBD device first.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Give a map a kernel block device (/dev/nbdN, the first free one
+    /// unless named) through the kernel's NBD netlink interface.
+    Attach {
+        /// The map's name (alias or WWID, as `show maps` lists it).
+        map: String,
+        /// The device, e.g. /dev/nbd0.
+        device: Option<String>,
+    },
+    /// Flush and disconnect a map's kernel NBD device.
+    Detach {
+        /// The map's name.
+        map: String,
+        /// Detach even when the device is mounted or held open.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate a configuration (and its conf.d) without starting anything.
     CheckConfig,
     /// Print every effective property for a device with where it came from
@@ -493,7 +514,17 @@ pub fn main() -> ExitCode {
             send(&cli.control_socket, &Ctl::SwitchGroup { map, group })
         }
         Cmd::Reconfigure => send(&cli.control_socket, &Ctl::Reconfigure),
-        Cmd::Shutdown => send(&cli.control_socket, &Ctl::Shutdown),
+        Cmd::Shutdown { detach: false } => send(&cli.control_socket, &Ctl::Shutdown),
+        Cmd::Shutdown { detach: true } => send(&cli.control_socket, &Ctl::ShutdownDetach),
+        Cmd::Attach { map, device } => {
+            let device = match device.as_deref().map(crate::kernel::parse_device) {
+                None => None,
+                Some(Some(i)) => Some(i),
+                Some(None) => return usage("the device is /dev/nbdN (or nbdN, or N)"),
+            };
+            send(&cli.control_socket, &Ctl::Attach { map, device })
+        }
+        Cmd::Detach { map, force } => send(&cli.control_socket, &Ctl::Detach { map, force }),
     }
 }
 

@@ -169,6 +169,43 @@ impl Config {
         self.defaults_str("umpath_nbd_group")
     }
 
+    /// The kernel NBD device a map asks for: its multipaths entry's
+    /// `nbd_device`, else `umpath_nbd_device` in defaults (default no).
+    pub fn nbd_device(&self, wwid: &str) -> NbdDevice {
+        let entry = self
+            .multipaths
+            .iter()
+            .rev()
+            .find(|m| m.wwid == wwid)
+            .and_then(|m| m.attrs.get("nbd_device"));
+        match entry.or_else(|| self.defaults.get("umpath_nbd_device")) {
+            Some(Assignment {
+                value: Typed::UInt(n),
+                ..
+            }) => NbdDevice::Index(*n),
+            Some(Assignment {
+                value: Typed::Word(w),
+                ..
+            }) if w == "auto" => NbdDevice::Auto,
+            _ => NbdDevice::No,
+        }
+    }
+
+    /// `umpath_nbd_connections` (0, the default: one per CPU).
+    pub fn nbd_connections(&self) -> u32 {
+        self.defaults_uint("umpath_nbd_connections", 0)
+    }
+
+    /// `umpath_nbd_dead_conn_timeout` in seconds (default 60).
+    pub fn nbd_dead_conn_timeout(&self) -> u32 {
+        self.defaults_uint("umpath_nbd_dead_conn_timeout", 60)
+    }
+
+    /// `umpath_nbd_timeout` in seconds (default 0: the kernel's default).
+    pub fn nbd_timeout(&self) -> u32 {
+        self.defaults_uint("umpath_nbd_timeout", 0)
+    }
+
     fn defaults_str(&self, key: &str) -> Option<&str> {
         match self.defaults.get(key) {
             Some(Assignment {
@@ -258,4 +295,14 @@ impl Config {
     pub fn blacklist_exceptions(&self) -> &Blacklist {
         &self.blacklist_exceptions
     }
+}
+
+/// Whether and where a map gets a kernel NBD device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NbdDevice {
+    No,
+    /// The first free /dev/nbdN.
+    Auto,
+    /// /dev/nbdN.
+    Index(u32),
 }

@@ -690,6 +690,19 @@ pub static KEYWORDS: &[Keyword] = &[
     // does), in addition to the declared ones; `umpath daemon --scsi`
     // turns it on too.
     kw("umpath_scsi_discovery", DEF, Kind::YesNo, Some("no"), Sup),
+    // umpath: attach every map to a kernel NBD device (`auto`: the first
+    // free /dev/nbdN; `no`); a multipaths entry's `nbd_device` wins.
+    kw("umpath_nbd_device", DEF, Kind::OneOf(&["auto", "no"]), Some("no"), Sup),
+    // umpath: connections per kernel NBD device (0: one per CPU).
+    kw("umpath_nbd_connections", DEF, Kind::UInt { min: 0, max: 64 }, Some("0"), Sup),
+    // umpath: seconds the kernel holds IO for a device whose connections
+    // are all gone (the daemon restarting) before it fails it.
+    kw("umpath_nbd_dead_conn_timeout", DEF, Kind::UInt { min: 1, max: DAY }, Some("60"), Sup),
+    // umpath: the kernel's per-request timeout (0: the kernel's default,
+    // 30 s). A request not answered in time is requeued on another
+    // connection and its connection dropped (umpath replaces it); with 0
+    // and one connection the kernel only warns.
+    kw("umpath_nbd_timeout", DEF, Kind::UInt { min: 0, max: DAY }, Some("0"), Sup),
     kw("allow_usb_devices", DEF, Kind::YesNo, Some("no"), No(UDEV)),
     kw("mode", DM, Kind::Str, None, No(UDEV)),
     kw("uid", DM, Kind::Str, None, No(UDEV)),
@@ -725,6 +738,9 @@ pub static KEYWORDS: &[Keyword] = &[
     // --- multipaths/multipath ---
     kw("wwid", &[M], Kind::NonEmpty, None, Sup),
     kw("alias", &[M], Kind::NonEmpty, None, Sup),
+    // umpath: this map's kernel NBD device: `auto`, an index N
+    // (/dev/nbdN) or `no`.
+    kw("nbd_device", &[M], Kind::UIntOr { min: 0, max: 65535, words: &["auto", "no"] }, None, Sup),
     // --- blacklist, blacklist_exceptions ---
     multi("devnode", BLS, Kind::BlacklistRegex),
     multi("wwid", BLS, Kind::BlacklistRegex),

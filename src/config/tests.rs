@@ -1660,3 +1660,23 @@ mod render_proptests {
         }
     }
 }
+
+#[test]
+fn kernel_nbd_device_keywords() {
+    use crate::config::NbdDevice;
+    let c = ok("defaults {\n umpath_nbd_device auto\n umpath_nbd_connections 2\n umpath_nbd_dead_conn_timeout 90\n}\n\
+                multipaths {\n multipath {\n  wwid 3600a\n  nbd_device 3\n }\n multipath {\n  wwid 3600b\n  nbd_device no\n }\n}\n");
+    assert_eq!(c.nbd_device("3600a"), NbdDevice::Index(3));
+    assert_eq!(c.nbd_device("3600b"), NbdDevice::No);
+    assert_eq!(c.nbd_device("3600c"), NbdDevice::Auto, "defaults");
+    assert_eq!(c.nbd_connections(), 2);
+    assert_eq!(c.nbd_dead_conn_timeout(), 90);
+    assert_eq!(c.nbd_timeout(), 0);
+    let bare = ok("defaults {\n polling_interval 5\n}\n");
+    assert_eq!(bare.nbd_device("3600a"), NbdDevice::No);
+    assert_eq!(bare.nbd_connections(), 0);
+    assert_eq!(bare.nbd_dead_conn_timeout(), 60);
+    let e = err("multipaths {\n multipath {\n  wwid 3600a\n  nbd_device sometimes\n }\n}\n");
+    assert!(e.to_string().contains("nbd_device"), "{e}");
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+}

@@ -51,6 +51,18 @@ pub enum Command {
     },
     Reconfigure,
     Shutdown,
+    /// `shutdown --detach`: detach every kernel NBD device, then stop.
+    ShutdownDetach,
+    /// `attach MAP [/dev/nbdN]`: a kernel NBD device for the map.
+    Attach {
+        map: String,
+        device: Option<u32>,
+    },
+    /// `detach MAP [--force]`: flush and disconnect the map's device.
+    Detach {
+        map: String,
+        force: bool,
+    },
 }
 
 impl Command {
@@ -115,13 +127,34 @@ impl Command {
             }
             ["reconfigure"] => Command::Reconfigure,
             ["shutdown"] => Command::Shutdown,
+            ["shutdown", "--detach"] => Command::ShutdownDetach,
+            ["attach", map] | ["attach", "map", map] => Command::Attach {
+                map: map.to_string(),
+                device: None,
+            },
+            ["attach", map, dev] | ["attach", "map", map, dev] => Command::Attach {
+                map: map.to_string(),
+                device: Some(
+                    crate::kernel::parse_device(dev)
+                        .ok_or_else(|| format!("not an NBD device: {dev:?} (e.g. /dev/nbd0)"))?,
+                ),
+            },
+            ["detach", map] | ["detach", "map", map] => Command::Detach {
+                map: map.to_string(),
+                force: false,
+            },
+            ["detach", map, "--force"] | ["detach", "map", map, "--force"] => Command::Detach {
+                map: map.to_string(),
+                force: true,
+            },
             [] => return Err("empty command".to_string()),
             _ => {
                 return Err(format!(
                     "unknown command {:?}; try: show paths|maps|topology|config|status|stats [--json], \
                      show path NAME config, fail path NAME, reinstate path NAME, \
                      fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
-                     switch map NAME group N, reconfigure, shutdown",
+                     switch map NAME group N, attach MAP [/dev/nbdN], detach MAP [--force], \
+                     reconfigure, shutdown [--detach]",
                     line.trim()
                 ))
             }
@@ -141,7 +174,10 @@ impl Command {
             | Command::FaultPath { .. }
             | Command::SwitchGroup { .. }
             | Command::Reconfigure
-            | Command::Shutdown => false,
+            | Command::Shutdown
+            | Command::ShutdownDetach
+            | Command::Attach { .. }
+            | Command::Detach { .. } => false,
         }
     }
 
@@ -167,6 +203,14 @@ impl Command {
             Command::SwitchGroup { map, group } => format!("switch map {map} group {group}"),
             Command::Reconfigure => "reconfigure".to_string(),
             Command::Shutdown => "shutdown".to_string(),
+            Command::ShutdownDetach => "shutdown --detach".to_string(),
+            Command::Attach { map, device } => match device {
+                Some(i) => format!("attach {map} /dev/nbd{i}"),
+                None => format!("attach {map}"),
+            },
+            Command::Detach { map, force } => {
+                format!("detach {map}{}", if *force { " --force" } else { "" })
+            }
         }
     }
 }
@@ -252,6 +296,55 @@ mod tests {
                 group: 2
             })
         );
+    }
+
+    #[test]
+    fn kernel_device_commands_round_trip_and_need_rights() {
+        for (line, cmd) in [
+            (
+                "attach lun0",
+                Command::Attach {
+                    map: "lun0".into(),
+                    device: None,
+                },
+            ),
+            (
+                "attach lun0 /dev/nbd3",
+                Command::Attach {
+                    map: "lun0".into(),
+                    device: Some(3),
+                },
+            ),
+            (
+                "detach lun0",
+                Command::Detach {
+                    map: "lun0".into(),
+                    force: false,
+                },
+            ),
+            (
+                "detach lun0 --force",
+                Command::Detach {
+                    map: "lun0".into(),
+                    force: true,
+                },
+            ),
+            ("shutdown --detach", Command::ShutdownDetach),
+        ] {
+            assert_eq!(Command::parse(line), Ok(cmd.clone()), "{line}");
+            assert_eq!(Command::parse(&cmd.to_line()), Ok(cmd.clone()));
+            assert!(!cmd.is_read_only(), "{line}");
+        }
+        assert_eq!(
+            Command::parse("attach map lun0 nbd1"),
+            Ok(Command::Attach {
+                map: "lun0".into(),
+                device: Some(1)
+            })
+        );
+        assert!(Command::parse("attach lun0 /dev/sda")
+            .unwrap_err()
+            .contains("not an NBD device"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod activation;
 pub mod assemble;
 pub mod bindings;
 pub mod hotplug;
+pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
 pub mod reconcile;
@@ -290,6 +291,9 @@ impl Daemon {
         );
         let summary = sup.apply(cfg).await;
         info!("{}", summary.to_string().trim_end());
+        // Devices a previous daemon attached get fresh connections before
+        // READY; then the ones the configuration asks for are attached.
+        sup.restore_kernel_devices().await;
         let daemon = Arc::new(Daemon {
             opts: opts.clone(),
             clock,
@@ -439,6 +443,11 @@ impl Daemon {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let t0 = std::time::Instant::now();
         let queue_without_daemon = self.published.load().config.queue_without_daemon();
+        // IO held for a map with a kernel NBD device is never failed: an
+        // error would reach the device's users, while a request left
+        // unanswered is retried by the kernel on the next daemon's
+        // connection (the device waits for it).
+        let kernel_maps = self.published.load().nbd_devices.clone();
         let maps = match tokio::time::timeout(Duration::from_secs(2), servers.supervisor).await {
             Ok(Ok(m)) => m,
             _ => {
@@ -447,6 +456,11 @@ impl Daemon {
             }
         };
         let engines: Vec<MapEngine> = maps.iter().map(|m| m.engine.clone()).collect();
+        let failable: Vec<MapEngine> = maps
+            .iter()
+            .filter(|m| !kernel_maps.contains_key(&m.plan.name))
+            .map(|m| m.engine.clone())
+            .collect();
         // Release IO stuck on an injected hang so it can drain.
         for m in &maps {
             for d in m.devs() {
@@ -454,7 +468,7 @@ impl Daemon {
             }
         }
         if !queue_without_daemon {
-            fail_held(&engines);
+            fail_held(&failable);
         }
         info!(
             "stopping: draining in-flight IO (at most {} s)",
@@ -474,7 +488,7 @@ impl Daemon {
         }
         // Whatever is still held fails now (queue_without_daemon yes, or
         // queued meanwhile): nothing can answer it after we exit.
-        fail_held(&engines);
+        fail_held(&failable);
         for t in servers.tasks {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let _ = tokio::time::timeout(left.max(Duration::from_millis(200)), t).await;
@@ -576,6 +590,23 @@ impl Daemon {
                     Ok(None)
                 }
             }
+        }
+    }
+
+    /// Sends the supervisor a message with a reply channel and answers
+    /// with its reply.
+    async fn ask(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Msg,
+    ) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(msg(reply)).is_err() {
+            return Response::error("the daemon is stopping");
+        }
+        match answer.await {
+            Ok(Ok(t)) => Response::text(t),
+            Ok(Err(e)) => Response::error(e),
+            Err(_) => Response::error("the daemon is stopping"),
         }
     }
 
@@ -791,7 +822,7 @@ impl control::server::Handler for Daemon {
                     (ShowWhat::Paths, true) => Response::json(show::paths_json(&snaps)),
                     (ShowWhat::Paths, false) => Response::text(show::paths_text(&snaps)),
                     (ShowWhat::Maps, true) | (ShowWhat::Topology, true) => {
-                        let mut v = show::maps_json(&snaps);
+                        let mut v = show::maps_json(&snaps, &self.published.load().nbd_devices);
                         if let serde_json::Value::Array(list) = &mut v {
                             list.extend(self.published.load().pending.iter().map(|p| {
                                 json!({
@@ -806,7 +837,7 @@ impl control::server::Handler for Daemon {
                         Response::json(v)
                     }
                     (ShowWhat::Maps, false) => {
-                        let mut t = show::maps_text(&snaps);
+                        let mut t = show::maps_text(&snaps, &self.published.load().nbd_devices);
                         for p in &self.published.load().pending {
                             t.push_str(&format!(
                                 "{} waiting: no path can tell the LUN's size yet (paths {})\n",
@@ -935,6 +966,29 @@ impl control::server::Handler for Daemon {
             Command::Shutdown => {
                 self.shutdown();
                 Response::text("ok: shutting down\n")
+            }
+            Command::ShutdownDetach => {
+                let (reply, answer) = oneshot::channel();
+                let errors = if self.tx.send(Msg::DetachAll(reply)).is_ok() {
+                    answer.await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.shutdown();
+                if errors.is_empty() {
+                    Response::text("ok: devices detached; shutting down\n")
+                } else {
+                    Response::error(format!(
+                        "shutting down; not detached: {}",
+                        errors.join("; ")
+                    ))
+                }
+            }
+            Command::Attach { map, device } => {
+                self.ask(|reply| Msg::Attach { map, device, reply }).await
+            }
+            Command::Detach { map, force } => {
+                self.ask(|reply| Msg::Detach { map, force, reply }).await
             }
         }
     }

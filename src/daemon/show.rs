@@ -2,6 +2,7 @@
 //! multipathd's shapes, and JSON).
 
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 use crate::engine::MapSnapshot;
 use crate::model::{DmState, PathId};
@@ -87,7 +88,7 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
     Value::Array(out)
 }
 
-pub fn maps_json(maps: &[MapSnapshot]) -> Value {
+pub fn maps_json(maps: &[MapSnapshot], devices: &BTreeMap<String, u32>) -> Value {
     Value::Array(
         maps.iter()
             .map(|s| {
@@ -108,6 +109,7 @@ pub fn maps_json(maps: &[MapSnapshot]) -> Value {
                 json!({
                     "name": s.info.name,
                     "wwid": s.info.wwid,
+                    "nbd_device": devices.get(&s.info.name).map(|i| format!("/dev/nbd{i}")),
                     "vendor": s.info.vendor,
                     "product": s.info.product,
                     "size": s.info.size,
@@ -327,11 +329,13 @@ pub fn paths_text(maps: &[MapSnapshot]) -> String {
     table(rows)
 }
 
-pub fn maps_text(maps: &[MapSnapshot]) -> String {
-    let mut rows = vec![["name", "wwid", "size", "paths", "usable", "queueing"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()];
+pub fn maps_text(maps: &[MapSnapshot], devices: &BTreeMap<String, u32>) -> String {
+    let mut rows = vec![[
+        "name", "wwid", "size", "paths", "usable", "queueing", "device",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
     for s in maps {
         rows.push(vec![
             s.info.name.clone(),
@@ -340,6 +344,9 @@ pub fn maps_text(maps: &[MapSnapshot]) -> String {
             s.map.paths().len().to_string(),
             s.map.usable_paths().to_string(),
             queueing_word(s.map.no_path_state()).to_string(),
+            devices
+                .get(&s.info.name)
+                .map_or("-".to_string(), |i| format!("/dev/nbd{i}")),
         ]);
     }
     table(rows)

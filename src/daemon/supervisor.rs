@@ -18,11 +18,12 @@ use tracing::{error, info, warn};
 
 use super::assemble::{self, MapPlan};
 use super::hotplug::Uevent;
+use super::kernel::{Devices, KernelSettings};
 use super::lifecycle::{self, First, Polling, Prepared, TaskGuard, JOIN_WAIT};
 use super::reconcile::{self, MapChange, Running, Summary};
 use super::runtime::{self, Env, MapRuntime};
 use super::{bindings, Exports, Options};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::discovery::{self, ScsiDevice};
 use crate::engine::MapEngine;
 use crate::export::Export;
@@ -46,6 +47,22 @@ pub enum Msg {
     /// being handled (for at most [`BUSY_GRACE`]); the systemd watchdog is
     /// fed only on an answer.
     Ping(oneshot::Sender<()>),
+    /// `attach MAP [/dev/nbdN]`: give the map a kernel NBD device.
+    Attach {
+        map: String,
+        device: Option<u32>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `detach MAP [--force]`: flush and disconnect its device.
+    Detach {
+        map: String,
+        force: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `shutdown --detach`: detach every device (then the daemon stops).
+    DetachAll(oneshot::Sender<Vec<String>>),
+    /// A connection of a kernel NBD device ended unasked.
+    KernelConnLost { map: String, gen: u64 },
 }
 
 /// How long the supervisor keeps answering pings while it handles one
@@ -83,6 +100,8 @@ pub struct Published {
     pub config: Arc<Config>,
     pub maps: Vec<PublishedMap>,
     pub pending: Vec<PendingView>,
+    /// Kernel NBD devices: map name → /dev/nbdN index.
+    pub nbd_devices: std::collections::BTreeMap<String, u32>,
 }
 
 impl Published {
@@ -91,6 +110,7 @@ impl Published {
             config,
             maps: Vec::new(),
             pending: Vec::new(),
+            nbd_devices: Default::default(),
         }
     }
 
@@ -131,6 +151,7 @@ pub struct Supervisor {
     published: Arc<ArcSwap<Published>>,
     exports: Arc<Exports>,
     tx: mpsc::UnboundedSender<Msg>,
+    kernel: Devices,
     /// [`BUSY_GRACE`]; shorter in tests.
     busy_grace: Duration,
 }
@@ -169,7 +190,15 @@ impl Supervisor {
             shutdown,
             io_timeout: io_timeout(&config),
         };
+        let lost_tx = tx.clone();
+        let kernel = Devices::new(
+            &opts.control_socket,
+            Arc::new(move |map, gen| {
+                let _ = lost_tx.send(Msg::KernelConnLost { map, gen });
+            }),
+        );
         Supervisor {
+            kernel,
             opts,
             env,
             config,
@@ -242,6 +271,13 @@ impl Supervisor {
         match msg {
             Msg::Reconfigure(reply) => {
                 let r = self.reconfigure().await;
+                if r.is_ok() {
+                    let maps = self.running_exports();
+                    let settings = KernelSettings::from_config(&self.config);
+                    self.kernel.restore_orphans(&maps, settings).await;
+                    self.attach_configured().await;
+                    self.publish();
+                }
                 let _ = reply.send(r);
             }
             Msg::Uevent(ev) => self.hotplug(ev).await,
@@ -266,9 +302,102 @@ impl Supervisor {
                 runtime::warn_separate_caches(&p.plan);
                 self.maps
                     .push(MapRuntime::start(p.plan, prepared, size, &self.env));
+                // Its device from before a restart first, then the config.
+                let maps = self.running_exports();
+                let settings = KernelSettings::from_config(&self.config);
+                self.kernel.restore_orphans(&maps, settings).await;
+                self.attach_configured().await;
                 self.publish();
             }
+            Msg::Attach { map, device, reply } => {
+                let r = self.attach(&map, device).await;
+                self.publish();
+                let _ = reply.send(r.map(|i| format!("ok: map {map} is /dev/nbd{i}\n")));
+            }
+            Msg::Detach { map, force, reply } => {
+                let r = self.kernel.detach(&map, force).await;
+                self.publish();
+                let _ = reply.send(r.map(|i| format!("ok: /dev/nbd{i} of map {map} detached\n")));
+            }
+            Msg::KernelConnLost { map, gen } => {
+                let export = self
+                    .maps
+                    .iter()
+                    .find(|m| m.plan.name == map)
+                    .map(|m| Arc::new(m.engine.clone()) as Arc<dyn Export>);
+                let settings = KernelSettings::from_config(&self.config);
+                self.kernel.conn_lost(&map, gen, export, settings).await;
+                self.publish();
+            }
+            Msg::DetachAll(reply) => {
+                let errors = self.kernel.detach_all(false).await;
+                self.publish();
+                let _ = reply.send(errors);
+            }
         }
+    }
+
+    /// Running maps by name: (WWID, export).
+    fn running_exports(&self) -> std::collections::BTreeMap<String, (String, Arc<dyn Export>)> {
+        self.maps
+            .iter()
+            .map(|m| {
+                (
+                    m.plan.name.clone(),
+                    (
+                        m.plan.wwid.clone(),
+                        Arc::new(m.engine.clone()) as Arc<dyn Export>,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Attaches a running map to a kernel NBD device.
+    async fn attach(&mut self, map: &str, device: Option<u32>) -> Result<u32, String> {
+        let Some(rt) = self.maps.iter().find(|m| m.plan.name == map) else {
+            return Err(if self.pending.iter().any(|p| p.plan.name == map) {
+                format!("map {map} is waiting for a path that can tell its size; attach it once it runs")
+            } else {
+                format!("no map named {map:?}")
+            });
+        };
+        let export: Arc<dyn Export> = Arc::new(rt.engine.clone());
+        let wwid = rt.plan.wwid.clone();
+        let settings = KernelSettings::from_config(&self.config);
+        self.kernel
+            .attach(map, &wwid, export, device, settings)
+            .await
+    }
+
+    /// Attaches the running maps whose configuration asks for a device
+    /// (`nbd_device`, `umpath_nbd_device`) and that have none.
+    pub async fn attach_configured(&mut self) {
+        let wanted: Vec<(String, Option<u32>)> = self
+            .maps
+            .iter()
+            .filter(|m| !self.kernel.attached.contains_key(&m.plan.name))
+            .filter_map(|m| match self.config.nbd_device(&m.plan.wwid) {
+                config::NbdDevice::No => None,
+                config::NbdDevice::Auto => Some((m.plan.name.clone(), None)),
+                config::NbdDevice::Index(i) => Some((m.plan.name.clone(), Some(i))),
+            })
+            .collect();
+        for (map, device) in wanted {
+            if let Err(e) = self.attach(&map, device).await {
+                error!(map = %map, "cannot attach the kernel NBD device the configuration asks for: {e}");
+            }
+        }
+    }
+
+    /// Hands the devices a previous daemon attached fresh connections
+    /// (before READY), then attaches what the configuration asks for.
+    pub async fn restore_kernel_devices(&mut self) {
+        let maps = self.running_exports();
+        let settings = KernelSettings::from_config(&self.config);
+        self.kernel.restore(&maps, settings).await;
+        self.attach_configured().await;
+        self.publish();
     }
 
     /// Loads the configuration and brings the maps in line with it (used
@@ -576,6 +705,7 @@ impl Supervisor {
             config: self.config.clone(),
             maps,
             pending,
+            nbd_devices: self.kernel.indexes(),
         }));
         self.exports.set(exports);
     }

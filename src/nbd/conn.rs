@@ -245,6 +245,42 @@ async fn enter<S: Stream>(rd: BufReader<S>, session: Session, env: ConnEnv, tls:
     transmission(reader, w, session, env).await;
 }
 
+/// Serve one session that is already in transmission: the kernel's NBD
+/// client attached through netlink does no handshake, it was told the
+/// size and flags of `export` with `NBD_CMD_CONNECT`. Simple replies, no
+/// agreed block sizes (the server copes with misalignment), the same
+/// reader, writer and bounds as [`serve`].
+pub async fn serve_negotiated(
+    stream: tokio::net::UnixStream,
+    export: Arc<dyn Export>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    struct NoExports;
+    impl ExportSet for NoExports {
+        fn list(&self) -> Vec<Arc<dyn Export>> {
+            Vec::new()
+        }
+    }
+    let (r, w) = stream.into_split();
+    let s = session(export, false, false);
+    // The kernel is one trusted client per device: a budget of its own
+    // (its requests are bounded by its queue limits), no TLS.
+    let env = ConnEnv {
+        exports: Arc::new(NoExports),
+        limits,
+        shutdown,
+        span: Span::current(),
+        budget: Arc::new(Budget::new(limits.memory_budget)),
+        notices: Arc::new(RateLog::default()),
+        peer_key: "kernel".to_string(),
+        security: Arc::new(Security::default()),
+        tls_mode: TlsMode::Off,
+        peer_addr: None,
+    };
+    transmission(BufReader::with_capacity(READ_BUF, r), w, s, env).await;
+}
+
 fn is_disconnect(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -22,6 +22,6 @@ pub mod tls;
 mod unaligned;
 pub mod uri;
 
-pub use conn::Limits;
+pub use conn::{serve_negotiated, Limits};
 pub use server::{NbdServer, ServerConfig};
 pub use tls::{Security, TlsMode, TlsOptions};
