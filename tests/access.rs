@@ -59,57 +59,16 @@ fn require_root() {
 fn start(config_text: &str, dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
     // Let nobody reach the sockets' directory.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = dir.path().join("multipath.conf");
-    std::fs::write(&config, config_text).unwrap();
-    let run = dir.path().join("run/umpath");
-    let nbd_socket = run.join("nbd.sock");
-    let control_socket = run.join("control.sock");
-    let log = dir.path().join("daemon.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--control-socket")
-        .arg(&control_socket)
-        .arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .arg("--nbd-socket")
-        .arg(&nbd_socket)
-        .args(extra)
-        .env("UMPATH_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(logf);
-    // SAFETY: umask(2) only, between fork and exec; async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("start umpath daemon");
-    let mut d = Daemon {
-        child,
+    Daemon::start_with(
         dir,
-        config,
-        nbd_socket,
-        control_socket,
-        log,
-        launch: Launch::default(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = d.child.try_wait() {
-            panic!("daemon exited early ({status}):\n{}", d.log_text());
-        }
-        if d.nbd_socket.exists() && d.ctl(&["show", "status"]).status.success() {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon not ready:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        config_text,
+        Launch {
+            args: extra.iter().map(|a| a.to_string()).collect(),
+            umask: Some(0),
+            socket_dir: Some("run/umpath"),
+            ..Launch::default()
+        },
+    )
 }
 
 fn two_paths(defaults: &str) -> (tempfile::TempDir, String) {

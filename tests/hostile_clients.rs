@@ -31,7 +31,7 @@ fn daemon_with(args: &[&str]) -> Daemon {
         ),
         Launch {
             args: args.iter().map(|s| s.to_string()).collect(),
-            nofile: None,
+            ..Launch::default()
         },
     )
 }

@@ -35,6 +35,7 @@ fn daemon(args: &[&str], nofile: Option<u64>) -> Daemon {
         Launch {
             args: args.iter().map(|s| s.to_string()).collect(),
             nofile,
+            ..Launch::default()
         },
     )
 }

@@ -206,58 +206,20 @@ const IMG_SIZE: u64 = 64 << 20;
 fn start(dir: tempfile::TempDir, extra: &[String]) -> (Daemon, u16) {
     let img = dir.path().join("lun0.img");
     make_image(&img, IMG_SIZE);
-    let config = dir.path().join("multipath.conf");
-    std::fs::write(
-        &config,
-        seed_config(
-            "    polling_interval 1",
-            &[file_path("p0", &img), file_path("p1", &img)],
-        ),
-    )
-    .unwrap();
-    let nbd_socket = dir.path().join("nbd.sock");
-    let control_socket = dir.path().join("control.sock");
-    let log = dir.path().join("daemon.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .arg("--control-socket")
-        .arg(&control_socket)
-        .arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .arg("--nbd-socket")
-        .arg(&nbd_socket)
-        .args(["--nbd-listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("UMPATH_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .expect("start umpath daemon");
-    let mut d = Daemon {
-        child,
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
+    let mut args = vec!["--nbd-listen".to_string(), "127.0.0.1:0".to_string()];
+    args.extend(extra.iter().cloned());
+    let d = Daemon::start_with(
         dir,
-        config,
-        nbd_socket,
-        control_socket,
-        log,
-        launch: Launch::default(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(st)) = d.child.try_wait() {
-            panic!("daemon exited early ({st}):\n{}", d.log_text());
-        }
-        if d.nbd_socket.exists() && d.ctl(&["show", "status"]).status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon not ready:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        &cfg,
+        Launch {
+            args,
+            ..Launch::default()
+        },
+    );
     let log = d.log_text();
     let port = log
         .lines()

@@ -63,6 +63,11 @@ pub struct Daemon {
 pub struct Launch {
     pub args: Vec<String>,
     pub nofile: Option<u64>,
+    /// The daemon's umask (e.g. 0, to show sockets get their modes anyway).
+    pub umask: Option<u32>,
+    /// Where the sockets go, relative to DIR (default DIR itself); the
+    /// daemon creates the directory.
+    pub socket_dir: Option<&'static str>,
 }
 
 impl Daemon {
@@ -76,8 +81,9 @@ impl Daemon {
     pub fn start_with(dir: tempfile::TempDir, config_text: &str, launch: Launch) -> Daemon {
         let config = dir.path().join("multipath.conf");
         std::fs::write(&config, config_text).expect("write config");
-        let nbd_socket = dir.path().join("nbd.sock");
-        let control_socket = dir.path().join("control.sock");
+        let sockets = dir.path().join(launch.socket_dir.unwrap_or(""));
+        let nbd_socket = sockets.join("nbd.sock");
+        let control_socket = sockets.join("control.sock");
         let log = dir.path().join("daemon.log");
         let child = Self::spawn(&config, &nbd_socket, &control_socket, &log, &launch);
         let mut d = Daemon {
@@ -117,18 +123,24 @@ impl Daemon {
             .env("UMPATH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(logf);
-        if let Some(n) = launch.nofile {
+        let (nofile, umask) = (launch.nofile, launch.umask);
+        if nofile.is_some() || umask.is_some() {
             use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; the closure touches
-            // nothing but its copied argument.
+            // SAFETY: setrlimit and umask are async-signal-safe; the
+            // closure touches nothing but its copied arguments.
             unsafe {
                 cmd.pre_exec(move || {
-                    let r = libc::rlimit {
-                        rlim_cur: n as libc::rlim_t,
-                        rlim_max: n as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    if let Some(n) = nofile {
+                        let r = libc::rlimit {
+                            rlim_cur: n as libc::rlim_t,
+                            rlim_max: n as libc::rlim_t,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if let Some(m) = umask {
+                        libc::umask(m as libc::mode_t);
                     }
                     Ok(())
                 });
