@@ -124,46 +124,9 @@ fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-fn fio_verify(d: &Daemon, size: &str, rate: &str) -> Child {
-    need("fio");
-    Command::new("fio")
-        .args([
-            "--name=access",
-            "--ioengine=nbd",
-            &format!("--uri={}", d.uri("lun0")),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=8",
-            &format!("--size={size}"),
-            &format!("--rate_iops={rate}"),
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--do_verify=1",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fio")
-}
-
-fn fio_ok(child: Child, d: &Daemon) {
-    let out = child.wait_with_output().expect("fio");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fio failed ({}): {}\n{stdout}\n--- daemon log ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        d.log_text()
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..]).expect("fio json");
-    assert_eq!(v["jobs"][0]["error"], 0, "fio errors: {stdout}");
-    let w = v["jobs"][0]["write"]["total_ios"].as_u64().unwrap_or(0);
-    let r = v["jobs"][0]["read"]["total_ios"].as_u64().unwrap_or(0);
-    println!("fio: {w} writes, {r} verified reads, 0 errors");
+/// The verifying fio job beside an attack (tests/common).
+fn fio_lun0(d: &Daemon, size: &str, rate: &str) -> Child {
+    fio_verify(&d.uri("lun0"), size, rate, 8, &[])
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -173,12 +136,6 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|r| r.count())
         .unwrap_or(0)
 }
 
@@ -200,7 +157,7 @@ fn nobody_may_show_but_not_change_and_gets_no_nbd_session() {
     require_root();
     let (dir, cfg) = two_paths("    polling_interval 1");
     let mut d = start(&cfg, dir, &[]);
-    let fio = fio_verify(&d, "16M", "1500");
+    let fio = fio_lun0(&d, "16M", "1500");
 
     // Modes whatever the umask (000).
     let run = d.control_socket.parent().unwrap();
@@ -330,7 +287,7 @@ fn members_of_the_admin_group_may_change_things_and_open_sessions() {
     // The keyword (no flag); the NBD group defaults to the admin group.
     let (dir, cfg) = two_paths("    polling_interval 1\n    umpath_admin_group users");
     let d = start(&cfg, dir, &[]);
-    let fio = fio_verify(&d, "8M", "1500");
+    let fio = fio_lun0(&d, "8M", "1500");
     assert_eq!(mode(&d.nbd_socket), 0o660, "NBD socket with an NBD group");
     assert_eq!(std::fs::metadata(&d.nbd_socket).unwrap().gid(), USERS_GID);
 
@@ -457,10 +414,10 @@ fn a_hundred_control_clients_that_never_read_are_bounded() {
         reply > 256 * 1024,
         "the reply must not fit a socket buffer for this test ({reply} bytes)"
     );
-    let fio = fio_verify(&d, "16M", "1000");
+    let fio = fio_lun0(&d, "16M", "1000");
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = status_kib(pid, "VmRSS:");
-    let fds0 = fds(pid);
+    let fds0 = open_fds(pid);
 
     // 100 clients from 5 users (20 each): at most 16 per uid and 64 in
     // all are admitted, the rest closed at once.
@@ -474,7 +431,7 @@ fn a_hundred_control_clients_that_never_read_are_bounded() {
         assert_eq!(l.trim(), "ready");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let fds_attack = fds(pid);
+    let fds_attack = open_fds(pid);
     // A well-behaved client still gets its answer at once.
     let mut worst = Duration::ZERO;
     for line in [
@@ -514,7 +471,7 @@ fn a_hundred_control_clients_that_never_read_are_bounded() {
     // After the deadline the admitted ones are dropped.
     let deadline = t0 + Duration::from_secs(6);
     loop {
-        let n = fds(pid);
+        let n = open_fds(pid);
         if n <= fds0 + 4 {
             println!("dropped after {:?}: {n} fds", t0.elapsed());
             break;
@@ -559,7 +516,7 @@ fn a_hundred_control_clients_that_never_read_are_bounded() {
         let _ = a.wait();
     }
     let rss1 = status_kib(pid, "VmRSS:");
-    println!("after: {rss1} KiB RSS, {} fds", fds(pid));
+    println!("after: {rss1} KiB RSS, {} fds", open_fds(pid));
     fio_ok(fio, &d);
     assert!(d.ctl(&["show", "status"]).status.success());
 }

@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,32 +35,6 @@ fn daemon_with(args: &[&str]) -> Daemon {
     )
 }
 
-/// Connects and negotiates export `lun0` (fixed newstyle, GO, simple
-/// replies). Returns the stream ready for transmission.
-fn handshake(socket: &Path) -> UnixStream {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut g = [0u8; proto::GREETING_LEN];
-    s.read_exact(&mut g).unwrap();
-    proto::decode_greeting(&g).unwrap();
-    let mut out = (proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES)
-        .to_be_bytes()
-        .to_vec();
-    proto::encode_info_request(&mut out, proto::OPT_GO, "lun0", &[]);
-    s.write_all(&out).unwrap();
-    loop {
-        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
-        s.read_exact(&mut h).unwrap();
-        let h = proto::OptionReplyHeader::decode(&h).unwrap();
-        let mut p = vec![0u8; h.len as usize];
-        s.read_exact(&mut p).unwrap();
-        assert!(!h.is_error(), "GO refused");
-        if h.reply == proto::REP_ACK {
-            return s;
-        }
-    }
-}
-
 fn read_request(cookie: u64, offset: u64, len: u32) -> [u8; proto::REQUEST_HEADER_LEN] {
     proto::RequestHeader {
         flags: 0,
@@ -71,16 +44,6 @@ fn read_request(cookie: u64, offset: u64, len: u32) -> [u8; proto::REQUEST_HEADE
         len,
     }
     .encode()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn qemu_io_works(d: &Daemon) {
@@ -100,7 +63,7 @@ fn five_hundred_concurrent_connections() {
     need("qemu-io");
     // One uid opens them all: lift the per-uid cap (default 128).
     let d = daemon_with(&["--nbd-max-connections-per-uid", "1000"]);
-    let mut conns: Vec<UnixStream> = (0..500).map(|_| handshake(&d.nbd_socket)).collect();
+    let mut conns: Vec<UnixStream> = (0..500).map(|_| nbd_handshake(&d.nbd_socket)).collect();
     qemu_io_works(&d);
     // Every connection reads, and gets its answer.
     for (i, s) in conns.iter_mut().enumerate() {
@@ -128,7 +91,7 @@ fn five_hundred_concurrent_connections() {
 fn a_client_that_never_reads_its_replies_hurts_only_itself() {
     need("qemu-io");
     let d = daemon();
-    let mut hog = handshake(&d.nbd_socket);
+    let mut hog = nbd_handshake(&d.nbd_socket);
     hog.set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     // Thousands of 1 MiB reads, no reply ever read: the server must stop
@@ -152,7 +115,7 @@ fn a_client_that_never_reads_its_replies_hurts_only_itself() {
         qemu_io_works(&d);
     }
     // Garbage on a third connection closes only that one.
-    let mut junk = handshake(&d.nbd_socket);
+    let mut junk = nbd_handshake(&d.nbd_socket);
     junk.write_all(&[0xde; 28]).unwrap();
     let mut b = [0u8; 1];
     assert!(

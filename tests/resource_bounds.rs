@@ -14,7 +14,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,32 +38,6 @@ fn daemon(args: &[&str], nofile: Option<u64>) -> Daemon {
             ..Launch::default()
         },
     )
-}
-
-/// Connects and negotiates export `lun0` (fixed newstyle, GO, simple
-/// replies). Returns the stream ready for transmission.
-fn handshake(socket: &Path) -> UnixStream {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut g = [0u8; proto::GREETING_LEN];
-    s.read_exact(&mut g).unwrap();
-    proto::decode_greeting(&g).unwrap();
-    let mut out = (proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES)
-        .to_be_bytes()
-        .to_vec();
-    proto::encode_info_request(&mut out, proto::OPT_GO, "lun0", &[]);
-    s.write_all(&out).unwrap();
-    loop {
-        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
-        s.read_exact(&mut h).unwrap();
-        let h = proto::OptionReplyHeader::decode(&h).unwrap();
-        let mut p = vec![0u8; h.len as usize];
-        s.read_exact(&mut p).unwrap();
-        assert!(!h.is_error(), "GO refused");
-        if h.reply == proto::REP_ACK {
-            return s;
-        }
-    }
 }
 
 /// True once the server closes `s` (EOF or reset) within `within`.
@@ -93,62 +67,9 @@ fn request(command: proto::Command, cookie: u64, offset: u64, len: u32) -> [u8; 
     .encode()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// fio, nbd engine, 4k random writes at a bounded rate, then a crc32c
-/// verify of every block.
-fn fio_verify(d: &Daemon, size: &str, rate: &str) -> Child {
-    need("fio");
-    Command::new("fio")
-        .args([
-            "--name=bounds",
-            "--ioengine=nbd",
-            &format!("--uri={}", d.uri("lun0")),
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=16",
-            &format!("--size={size}"),
-            &format!("--rate_iops={rate}"),
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--do_verify=1",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fio")
-}
-
-/// Waits for fio and asserts it finished without an error.
-fn fio_clean(child: Child, d: &Daemon) {
-    let out = child.wait_with_output().expect("fio");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "fio failed ({}): {stderr}\n{stdout}\n--- daemon log ---\n{}",
-        out.status,
-        d.log_text()
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..]).expect("fio json");
-    assert_eq!(v["jobs"][0]["error"], 0, "fio errors: {stderr}");
+/// The verifying fio job beside an attack (tests/common).
+fn fio_lun0(d: &Daemon, size: &str, rate: &str) -> Child {
+    fio_verify(&d.uri("lun0"), size, rate, 16, &[])
 }
 
 /// Waits until fio's IO reaches the paths (fio probes the export on a
@@ -197,7 +118,7 @@ fn idle_sockets_up_to_the_descriptor_limit() {
     );
     let pid = d.child.id();
     let idle_fds = open_fds(pid);
-    let fio = fio_verify(&d, "24M", "1500");
+    let fio = fio_lun0(&d, "24M", "1500");
     wait_fio_io(&d);
     let start = Instant::now();
     let mut idle = Vec::new();
@@ -236,7 +157,7 @@ fn idle_sockets_up_to_the_descriptor_limit() {
         .count();
     assert_eq!(eof, idle.len(), "every idle connection was closed");
     paths_healthy(&d);
-    fio_clean(fio, &d);
+    fio_ok(fio, &d);
     qemu_io_works(&d);
     eprintln!(
         "idle sockets: descriptors idle {idle_fds}, peak {max_fds} (limit 256), after {after_fds}"
@@ -267,8 +188,8 @@ fn connection_caps_refuse_with_a_log_line() {
         ],
         None,
     );
-    let a = handshake(&d.nbd_socket);
-    let b = handshake(&d.nbd_socket);
+    let a = nbd_handshake(&d.nbd_socket);
+    let b = nbd_handshake(&d.nbd_socket);
     let mut c = UnixStream::connect(&d.nbd_socket).unwrap();
     assert!(
         closed_within(&mut c, Duration::from_secs(5)),
@@ -294,7 +215,7 @@ fn connection_caps_refuse_with_a_log_line() {
     // Room again once a client leaves.
     drop((a, t1));
     std::thread::sleep(Duration::from_millis(200));
-    let _c = handshake(&d.nbd_socket);
+    let _c = nbd_handshake(&d.nbd_socket);
     drop(b);
 }
 
@@ -305,11 +226,11 @@ fn write_headers_without_payload() {
     let d = daemon(&["--nbd-payload-timeout", "3"], None);
     let pid = d.child.id();
     let idle = rss_kib(pid);
-    let fio = fio_verify(&d, "16M", "1500");
+    let fio = fio_lun0(&d, "16M", "1500");
     wait_fio_io(&d);
     let mut stallers: Vec<UnixStream> = (0..32)
         .map(|i| {
-            let mut s = handshake(&d.nbd_socket);
+            let mut s = nbd_handshake(&d.nbd_socket);
             s.write_all(&request(proto::Command::Write, i, 0, 32 << 20))
                 .unwrap();
             s
@@ -338,7 +259,7 @@ fn write_headers_without_payload() {
         log.contains("client sent 0 of 33554432 payload bytes, then nothing for 3 s; closing"),
         "no stall line:\n{log}"
     );
-    fio_clean(fio, &d);
+    fio_ok(fio, &d);
     paths_healthy(&d);
     eprintln!(
         "32 MiB headers: RSS idle {} MiB, peak {} MiB, stallers closed after {closed_after:?}",
@@ -361,7 +282,7 @@ struct Hog {
 
 impl Hog {
     fn new(socket: &Path, n: u64) -> Hog {
-        let s = handshake(socket);
+        let s = nbd_handshake(socket);
         s.set_nonblocking(true).unwrap();
         let mut out = Vec::new();
         for i in 0..2000u64 {
@@ -398,7 +319,7 @@ fn clients_that_never_read_replies_and_memory_after() {
     );
     let pid = d.child.id();
     let idle = rss_kib(pid);
-    let fio = fio_verify(&d, "24M", "1500");
+    let fio = fio_lun0(&d, "24M", "1500");
     wait_fio_io(&d);
     let mut hogs: Vec<Hog> = (0..64).map(|n| Hog::new(&d.nbd_socket, n)).collect();
     let start = Instant::now();
@@ -411,7 +332,7 @@ fn clients_that_never_read_replies_and_memory_after() {
         std::thread::sleep(Duration::from_millis(50));
     }
     paths_healthy(&d);
-    fio_clean(fio, &d);
+    fio_ok(fio, &d);
     let log = d.log_text();
     assert!(
         log.contains("the client read no reply for"),

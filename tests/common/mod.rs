@@ -411,3 +411,49 @@ pub fn fio_ok(child: Child, d: &Daemon) {
         panic!("{e}\n--- daemon log ---\n{}", d.log_text());
     }
 }
+
+/// Resident memory of a process, KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of a process (0 if they cannot be listed).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Connects to an NBD Unix socket and negotiates export `lun0` (fixed
+/// newstyle, GO, simple replies); the stream is ready for transmission.
+pub fn nbd_handshake(socket: &Path) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    use umpath::nbd::proto;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut g = [0u8; proto::GREETING_LEN];
+    s.read_exact(&mut g).unwrap();
+    proto::decode_greeting(&g).unwrap();
+    let mut out = (proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
+    proto::encode_info_request(&mut out, proto::OPT_GO, "lun0", &[]);
+    s.write_all(&out).unwrap();
+    loop {
+        let mut h = [0u8; proto::OPTION_REPLY_HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        let h = proto::OptionReplyHeader::decode(&h).unwrap();
+        let mut p = vec![0u8; h.len as usize];
+        s.read_exact(&mut p).unwrap();
+        assert!(!h.is_error(), "GO refused");
+        if h.reply == proto::REP_ACK {
+            return s;
+        }
+    }
+}
