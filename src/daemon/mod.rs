@@ -324,20 +324,16 @@ impl Daemon {
         };
         // The error names the address that failed.
         let fd_reserve = server_cfg.fd_reserve.clone();
-        let server = if activated.nbd.is_some() || activated.nbd_tcp.is_some() {
+        let mut server = if activated.nbd.is_some() || activated.nbd_tcp.is_some() {
             activated_nbd(&mut activated, &server_cfg, export_set)?
         } else {
             NbdServer::bind(&server_cfg, export_set)
                 .await
                 .map_err(DaemonError::NbdListen)?
         };
-        let server = {
-            let mut server = server;
-            server
-                .restrict_unix(policy.clone())
-                .map_err(DaemonError::NbdListen)?;
-            server
-        };
+        server
+            .restrict_unix(policy.clone())
+            .map_err(DaemonError::NbdListen)?;
         let nbd_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.serve(nbd_shutdown).await {

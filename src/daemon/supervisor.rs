@@ -41,7 +41,6 @@ pub enum Msg {
         wwid: String,
         gen: u64,
         prepared: Vec<Prepared>,
-        size: u64,
     },
     /// Are you there? Answered at once, also while a slow message is
     /// being handled (for at most [`BUSY_GRACE`]); the systemd watchdog is
@@ -288,7 +287,6 @@ impl Supervisor {
                 wwid,
                 gen,
                 prepared,
-                size,
             } => {
                 let Some(i) = self
                     .pending
@@ -298,8 +296,11 @@ impl Supervisor {
                     return; // superseded by a reconfigure
                 };
                 let p = self.pending.remove(i);
+                let Some(size) = lun_size(&p.plan, &prepared) else {
+                    return;
+                };
+                // (Separate page caches were warned about when it began to wait.)
                 info!(map = %p.plan.name, size, "a path told the LUN's size: exporting the map");
-                runtime::warn_separate_caches(&p.plan);
                 self.maps
                     .push(MapRuntime::start(p.plan, prepared, size, &self.env));
                 // Its device from before a restart first, then the config.
@@ -778,13 +779,11 @@ async fn wait_for_size(
                 }
             }
         }
-        let sizes: Vec<u64> = prepared.iter().filter_map(Prepared::size).collect();
-        if let Some(size) = sizes.into_iter().min() {
+        if prepared.iter().any(|p| p.size().is_some()) {
             let _ = tx.send(Msg::MapReady {
                 wwid,
                 gen,
                 prepared,
-                size,
             });
             return;
         }

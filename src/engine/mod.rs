@@ -185,6 +185,36 @@ impl State {
             text: text.to_string(),
         });
     }
+
+    /// The intersection of the capabilities of the paths that are not
+    /// removed: the usable ones, or all of them if none is usable.
+    fn path_caps(&self) -> TransportCaps {
+        let st = self;
+        let live = || {
+            st.map
+                .paths()
+                .iter()
+                .zip(&st.paths)
+                .filter(|(p, _)| !p.removed)
+        };
+        let any_usable = live().any(|(p, _)| p.usable());
+        live()
+            .filter(|(p, _)| p.usable() || !any_usable)
+            .map(|(_, rt)| rt.dev.caps())
+            .reduce(TransportCaps::intersect)
+            .unwrap_or(TransportCaps::BASIC)
+    }
+
+    /// A trim or a fast zero the paths can no longer do: a connection
+    /// keeps the capabilities it negotiated, so such a request is "not
+    /// supported", never a path failure.
+    fn refuses(&self, op: Op) -> bool {
+        match op {
+            Op::Trim => !self.path_caps().trim,
+            Op::WriteZeroes { fast: true, .. } => !self.path_caps().fast_zero,
+            _ => false,
+        }
+    }
 }
 
 struct PathsLoad<'a>(&'a [Arc<PathRt>]);
@@ -623,41 +653,18 @@ impl Inner {
     /// The intersection of the capabilities of the map's paths that are
     /// not removed: the usable ones, or all of them if none is usable.
     fn path_caps(&self) -> TransportCaps {
-        let st = self.state.lock();
-        let live = || {
-            st.map
-                .paths()
-                .iter()
-                .zip(&st.paths)
-                .filter(|(p, _)| !p.removed)
-        };
-        let any_usable = live().any(|(p, _)| p.usable());
-        live()
-            .filter(|(p, _)| p.usable() || !any_usable)
-            .map(|(_, rt)| rt.dev.caps())
-            .reduce(TransportCaps::intersect)
-            .unwrap_or(TransportCaps::BASIC)
+        self.state.lock().path_caps()
     }
 
     /// Routes a request to a path, holds it, or fails it.
     fn dispatch(&self, mut req: Request, attempts: u32) {
-        // A connection keeps the capabilities it negotiated; a trim or a
-        // fast zero the map's paths can no longer do is "not supported",
-        // never a path failure.
-        let refused = match req.op {
-            Op::Trim => !self.path_caps().trim,
-            Op::WriteZeroes { fast: true, .. } => !self.path_caps().fast_zero,
-            _ => false,
-        };
-        if refused {
-            req.complete(Err(IoError::NotSup));
-            return;
-        }
         let target = {
             let mut st = self.state.lock();
             let st = &mut *st;
             if st.closed {
                 Err(IoError::Shutdown)
+            } else if st.refuses(req.op) {
+                Err(IoError::NotSup)
             } else {
                 match st.map.route(&PathsLoad(&st.paths)) {
                     Route::Path(id) => st
