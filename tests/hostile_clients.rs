@@ -19,20 +19,10 @@ fn daemon() -> Daemon {
 }
 
 fn daemon_with(args: &[&str]) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("lun0.img");
-    make_image(&img, 64 << 20);
-    Daemon::start_with(
-        dir,
-        &seed_config(
-            "    polling_interval 1",
-            &[file_path("p0", &img), file_path("p1", &img)],
-        ),
-        Launch {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            ..Launch::default()
-        },
-    )
+    two_path_daemon(Launch {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Launch::default()
+    })
 }
 
 fn read_request(cookie: u64, offset: u64, len: u32) -> [u8; proto::REQUEST_HEADER_LEN] {

@@ -23,21 +23,11 @@ use umpath::nbd::proto;
 const MIB: u64 = 1024;
 
 fn daemon(args: &[&str], nofile: Option<u64>) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("lun0.img");
-    make_image(&img, 64 << 20);
-    Daemon::start_with(
-        dir,
-        &seed_config(
-            "    polling_interval 1",
-            &[file_path("p0", &img), file_path("p1", &img)],
-        ),
-        Launch {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            nofile,
-            ..Launch::default()
-        },
-    )
+    two_path_daemon(Launch {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        nofile,
+        ..Launch::default()
+    })
 }
 
 /// True once the server closes `s` (EOF or reset) within `within`.

@@ -457,3 +457,16 @@ pub fn nbd_handshake(socket: &Path) -> std::os::unix::net::UnixStream {
         }
     }
 }
+
+/// A daemon with one 64 MiB LUN reached by two file paths, p0 and p1
+/// (the QuantaStor stanza, polling_interval 1), started with `launch`.
+pub fn two_path_daemon(launch: Launch) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 64 << 20);
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
+    Daemon::start_with(dir, &cfg, launch)
+}
