@@ -191,9 +191,9 @@ impl Config {
         }
     }
 
-    /// `umpath_nbd_connections` (0, the default: one per CPU).
+    /// `umpath_nbd_connections` (default 1; 0: one per CPU).
     pub fn nbd_connections(&self) -> u32 {
-        self.defaults_uint("umpath_nbd_connections", 0)
+        self.defaults_uint("umpath_nbd_connections", 1)
     }
 
     /// `umpath_nbd_dead_conn_timeout` in seconds (default 60).

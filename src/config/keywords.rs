@@ -693,8 +693,13 @@ pub static KEYWORDS: &[Keyword] = &[
     // umpath: attach every map to a kernel NBD device (`auto`: the first
     // free /dev/nbdN; `no`); a multipaths entry's `nbd_device` wins.
     kw("umpath_nbd_device", DEF, Kind::OneOf(&["auto", "no"]), Some("no"), Sup),
-    // umpath: connections per kernel NBD device (0: one per CPU).
-    kw("umpath_nbd_connections", DEF, Kind::UInt { min: 0, max: 64 }, Some("0"), Sup),
+    // umpath: connections per kernel NBD device (0: one per CPU). 1 by
+    // default: the kernel serves each connection's replies with a work
+    // item of one workqueue, and when a worker is slow to start that item
+    // lands on the workqueue's rescuer thread, where it never ends; the
+    // next connection's replies then wait for the kernel's request
+    // timeout (30 s). Seen at boot in the Debian guest (tests/vm_debian.rs).
+    kw("umpath_nbd_connections", DEF, Kind::UInt { min: 0, max: 64 }, Some("1"), Sup),
     // umpath: seconds the kernel holds IO for a device whose connections
     // are all gone (the daemon restarting) before it fails it.
     kw("umpath_nbd_dead_conn_timeout", DEF, Kind::UInt { min: 1, max: DAY }, Some("60"), Sup),

@@ -1674,7 +1674,7 @@ fn kernel_nbd_device_keywords() {
     assert_eq!(c.nbd_timeout(), 0);
     let bare = ok("defaults {\n polling_interval 5\n}\n");
     assert_eq!(bare.nbd_device("3600a"), NbdDevice::No);
-    assert_eq!(bare.nbd_connections(), 0);
+    assert_eq!(bare.nbd_connections(), 1);
     assert_eq!(bare.nbd_dead_conn_timeout(), 60);
     let e = err("multipaths {\n multipath {\n  wwid 3600a\n  nbd_device sometimes\n }\n}\n");
     assert!(e.to_string().contains("nbd_device"), "{e}");

@@ -189,9 +189,11 @@ fn serve(
     Ok(())
 }
 
-/// The backend identifier of a map's device (/sys/block/nbdN/backend).
+/// The backend identifier of a map's device (/sys/block/nbdN/backend):
+/// `umpath/MAP`, the device's name under /dev, so that udev/60-umpath.rules
+/// can make the link with `SYMLINK+="%s{backend}"`.
 fn backend_id(map: &str) -> String {
-    format!("umpath:{map}")
+    format!("umpath/{map}")
 }
 
 async fn blocking<T: Send + 'static>(

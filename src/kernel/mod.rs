@@ -30,7 +30,7 @@ pub enum KernelNbdError {
         "no free /dev/nbdN device (load the nbd module with a larger nbds_max, or name a device)"
     )]
     NoFreeDevice,
-    #[error("attaching kernel NBD devices needs CAP_SYS_ADMIN (run the daemon as root)")]
+    #[error("attaching kernel NBD devices needs CAP_SYS_ADMIN, which the daemon does not have (run it as root; under systemd, CapabilityBoundingSet= must keep CAP_SYS_ADMIN)")]
     Permission,
     #[error("/dev/nbd{0} is not configured")]
     NotConfigured(u32),

@@ -556,7 +556,7 @@ mod tests {
             timeout: None,
             dead_conn_timeout: None,
             fds: vec![4],
-            backend: Some("umpath:lun0".into()),
+            backend: Some("umpath/lun0".into()),
         };
         let m = connect(0x22, 1, &c);
         let types: Vec<u16> = attrs(&m[20..]).map(|a| a.unwrap().0).collect();
@@ -575,7 +575,7 @@ mod tests {
 
     #[test]
     fn reconfigure_disconnect_status_layout() {
-        let m = reconfigure(0x22, 2, 0, &[7], Some(60), Some("umpath:lun0"));
+        let m = reconfigure(0x22, 2, 0, &[7], Some(60), Some("umpath/lun0"));
         assert_eq!(m[16], NBD_CMD_RECONFIGURE);
         let types: Vec<u16> = attrs(&m[20..]).map(|a| a.unwrap().0).collect();
         assert_eq!(

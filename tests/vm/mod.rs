@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod debian;
+
 /// The LUN's identity as QEMU presents it on both HBAs.
 pub const VENDOR: &str = "OSNEXUS";
 pub const PRODUCT: &str = "QUANTASTOR";
