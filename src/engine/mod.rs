@@ -820,7 +820,7 @@ impl Inner {
                 }
             }
             ErrorClass::Lun | ErrorClass::Unsupported => {
-                debug!(map = %self.info.name, path = %path.name, "error from the LUN, returned to the client: {e}");
+                warn!(map = %self.info.name, path = %path.name, op = ?req.op, offset = req.offset, "error from the LUN, returned to the client: {e}");
                 req.complete(Err(e.client_error()));
             }
         }

@@ -99,6 +99,19 @@ struct Opened {
     failed: AtomicBool,
     /// What the disk can do, found at open.
     caps: TransportCaps,
+    /// The disk's size in bytes at open.
+    size_at_open: u64,
+}
+
+impl Opened {
+    /// The disk's size now (a removed disk reads 0).
+    fn current_size(&self) -> io::Result<u64> {
+        if self.blkdev {
+            blk_size(&self.file)
+        } else {
+            self.file.metadata().map(|m| m.len())
+        }
+    }
 }
 
 /// Static facts about the disk, from discovery.
@@ -218,6 +231,25 @@ impl ScsiTransport {
         TransportError::new(op, offset, len, self.name.clone(), class, e)
     }
 
+    /// A short transfer, or `ENOSPC` (what the block layer answers a write
+    /// at or past a block device's end), for a request inside the disk as
+    /// it was at open, while the disk is now smaller: the disk shrank or is
+    /// going away (a hot-unplugged disk's capacity drops to 0 before its
+    /// node goes). That is the path's failure, not the LUN's: another path
+    /// still reaches the whole LUN. `ENOSPC` inside the disk's present size
+    /// stays a LUN error (a thin pool out of space).
+    fn shrank_under(&self, o: &Opened, offset: u64, len: u64, err: &TransportError) -> bool {
+        let short = matches!(
+            err.source.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::WriteZero
+        );
+        if !short && err.errno() != Some(libc::ENOSPC) {
+            return false;
+        }
+        let end = offset.saturating_add(len);
+        end <= o.size_at_open && o.current_size().map_or(true, |now| end > now)
+    }
+
     fn handle(&self, op: IoOp, offset: u64, len: u64) -> Result<Arc<Opened>, TransportError> {
         if let Some(o) = self.io.load_full() {
             return Ok(o);
@@ -248,7 +280,10 @@ impl ScsiTransport {
         len: u64,
         e: io::Error,
     ) -> TransportError {
-        let err = self.error(op, offset, len, e);
+        let mut err = self.error(op, offset, len, e);
+        if err.class == ErrorClass::Lun && self.shrank_under(o, offset, len, &err) {
+            err.class = ErrorClass::Path;
+        }
         if err.class == ErrorClass::Path {
             o.failed.store(true, Ordering::Relaxed);
         }
@@ -279,6 +314,7 @@ impl ScsiTransport {
                 let bs = blk_sector_size(&file)?;
                 self.block_size.store(bs, Ordering::Relaxed);
             }
+            let size_at_open = if blkdev { blk_size(&file)? } else { meta.len() };
             let caps = if blkdev {
                 file::blockdev_caps(meta.rdev(), true)
             } else {
@@ -291,6 +327,7 @@ impl ScsiTransport {
                 }
             };
             Ok(Opened {
+                size_at_open,
                 blkdev,
                 read_only,
                 rdev: meta.rdev(),

@@ -118,6 +118,23 @@ fn writes_any_buffer_and_range() {
 }
 
 #[test]
+fn a_disk_that_shrinks_under_a_request_fails_the_path() {
+    // A hot-unplugged disk's capacity drops to 0 while IO still reaches
+    // its node: a read comes back short, a write with ENOSPC. Not the
+    // LUN's end: another path reaches all of it.
+    let (_d, p, t) = disk(8192, 512);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut b = vec![0u8; 4096];
+    let e = t.read_at(&mut b, 0).unwrap_err();
+    assert_eq!(e.class, ErrorClass::Path, "{e}");
+}
+
+#[test]
 fn past_the_end_is_a_lun_error() {
     let (_d, _p, t) = disk(8192, 512);
     let mut b = vec![0u8; 4096];
