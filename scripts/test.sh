@@ -30,7 +30,7 @@ NEEDS=(
   mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:util-linux
   fusermount3:fuse3 ip:iproute2 pgrep:procps setpriv:util-linux python3:python3
   cpio:cpio gzip:gzip depmod:kmod strip:binutils promtool:prometheus openssl:openssl
-  systemd-analyze:systemd man:man-db
+  systemd-analyze:systemd man:man-db debootstrap:debootstrap
 )
 # Packages checked by name (no single command to look for).
 PKGS=()
@@ -102,6 +102,8 @@ cargo build --quiet --all-targets
 
 echo "==> VM test assets (kernel, busybox; cached)"
 ./scripts/vm-setup.sh >/dev/null
+echo "==> Debian test guest (debootstrap once, about 90 s; cached in ~/.cache/umpath/vm-debian)"
+./scripts/vm-debian.sh >/dev/null
 
 status=0
 # Fuzz smoke: every cargo-fuzz target for a few seconds (no ASAN, the build

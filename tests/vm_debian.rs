@@ -443,21 +443,21 @@ fn stall_figures(job: &Value) -> Value {
     })
 }
 
-/// Runs the three stall measurements (no fault, sda offline, sda
-/// hot-unplugged) against `dev`; `both_active` says when the two paths
-/// are back.
-fn stall_runs(g: &Guest, dev: &str, both_active: &dyn Fn() -> bool) -> Value {
+/// Runs the three stall measurements (no fault, path `disk` offline,
+/// `disk` hot-unplugged) against `dev`; `both_active` says when the two
+/// paths are back.
+fn stall_runs(g: &Guest, dev: &str, disk: &str, both_active: &dyn Fn() -> bool) -> Value {
     let baseline = fio_stall(g, dev, 12, || {});
     let offline = fio_stall(g, dev, 16, || {
-        g.sh_ok("echo offline > /sys/block/sda/device/state");
+        g.sh_ok(&format!("echo offline > /sys/block/{disk}/device/state"));
     });
-    g.sh_ok("echo running > /sys/block/sda/device/state");
+    g.sh_ok(&format!("echo running > /sys/block/{disk}/device/state"));
     g.wait_for(
         "both paths back after offline",
         Duration::from_secs(90),
         both_active,
     );
-    let (id, hba, drive) = g.qdev_of("sda");
+    let (id, hba, drive) = g.qdev_of(disk);
     let unplug = fio_stall(g, dev, 16, || {
         g.qmp("device_del", serde_json::json!({ "id": id }));
     });
@@ -501,15 +501,15 @@ fn dm_multipath_side_by_side() {
 
     step("umpath");
     g.sh_ok(&enable);
-    let map = g.umpath_json("show maps");
-    let map = map
-        .as_array()
-        .and_then(|a| a.first().cloned())
-        .unwrap_or_else(|| panic!("no map: {map}"));
+    let first_map = || {
+        let maps = g.umpath_json("show maps");
+        maps.as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or_else(|| panic!("no map: {maps}"))
+    };
+    let map = first_map();
     let um_name = map["name"].as_str().unwrap_or("").to_string();
-    let um_groups = group_paths(&map);
     let um_selector = map["path_selector"].as_str().unwrap_or("").to_string();
-    step(&format!("umpath: {um_name} {um_selector} {um_groups:?}"));
     let dev = format!("/dev/umpath/{um_name}");
     g.wait_for("umpath's kernel device", Duration::from_secs(30), || {
         g.sh(&format!("test -b {dev}")).rc == 0
@@ -520,7 +520,11 @@ fn dm_multipath_side_by_side() {
             .map(|ps| ps.len() == 2 && ps.iter().all(active))
             .unwrap_or(false)
     };
-    let um_stall = stall_runs(&g, &dev, &um_active);
+    let um_stall = stall_runs(&g, &dev, "sda", &um_active);
+    // The groups as they are now (the unplugged disk came back under a
+    // new name), which is what multipathd will find.
+    let um_groups = group_paths(&first_map());
+    step(&format!("umpath: {um_name} {um_selector} {um_groups:?}"));
     step(&format!("umpath stall: {um_stall}"));
     g.sh_ok(&format!(
         "umpath detach {um_name} && systemctl stop umpathd.service umpathd.socket umpathd-control.socket"
@@ -552,7 +556,7 @@ fn dm_multipath_side_by_side() {
         "the same path selector ({um_selector}):\n{ll}"
     );
     let dm_dev = format!("/dev/mapper/{dm_name}");
-    let dm_stall = stall_runs(&g, &dm_dev, &dm_active);
+    let dm_stall = stall_runs(&g, &dm_dev, &um_groups[0][0], &dm_active);
     step(&format!("dm-multipath stall: {dm_stall}"));
 
     let figures = serde_json::json!({ "umpath": um_stall, "dm-multipath": dm_stall });
