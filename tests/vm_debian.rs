@@ -8,6 +8,8 @@
 //! Needs root (debootstrap builds the guest once; cached under
 //! ~/.cache/umpath/vm-debian) and qemu-system-x86_64; see tests/vm/README.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod vm;
 
 use std::time::{Duration, Instant};
@@ -197,7 +199,7 @@ fn service_ext4_failures_restart_fstab() {
     );
     g.sh_ok("modprobe nbd");
 
-    step(&format!("{enable}"));
+    step(&enable);
     g.sh_ok(&enable);
     // Type=notify: `systemctl start` returned after READY=1, so the map is
     // assembled now.
