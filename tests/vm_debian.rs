@@ -226,6 +226,26 @@ fn service_ext4_failures_restart_fstab() {
         "systemd does not see /dev/umpath/lun0 (udev rule not installed?)"
     );
 
+    step("a device index someone else holds is a clear error");
+    // nbd-client on umpath's own NBD socket takes /dev/nbd1.
+    g.sh_ok("nbd-client -unix /run/umpath/nbd.sock -N lun0 /dev/nbd1");
+    g.sh_ok("umpath detach lun0");
+    let taken = g.sh("umpath attach lun0 /dev/nbd1");
+    assert!(
+        taken.rc != 0 && taken.out.contains("/dev/nbd1") && taken.out.contains("in use"),
+        "attaching to a taken index: rc {} {}",
+        taken.rc,
+        taken.out
+    );
+    g.sh_ok("nbd-client -d /dev/nbd1");
+    let again = g.sh_ok("umpath attach lun0");
+    assert!(again.contains(&dev), "auto takes {dev} again: {again}");
+    g.wait_for(
+        "udev's /dev/umpath/lun0 again",
+        Duration::from_secs(30),
+        || unit_prop(&g, "dev-umpath-lun0.device", "ActiveState") == "active",
+    );
+
     step("mkfs.ext4, mount, fio verify loop");
     g.sh_ok_timeout(
         "mkfs.ext4 -q /dev/umpath/lun0 && mkdir -p /mnt/lun0 && mount /dev/umpath/lun0 /mnt/lun0",
@@ -493,7 +513,7 @@ fn dm_multipath_side_by_side() {
     let enable = install(&g);
     let conf = format!(
         "defaults {{\n    polling_interval 2\n    user_friendly_names no\n    find_multipaths no\n    \
-         umpath_scsi_discovery yes\n    umpath_nbd_device auto\n}}\n\
+         umpath_scsi_discovery yes\n    umpath_nbd_device auto\n    umpath_nbd_dead_conn_timeout 8\n}}\n\
          blacklist {{\n    devnode \"^vd[a-z]\"\n}}\n\
          devices {{\n{}}}\n",
         umpath::config::QUANTASTOR_DEVICE
@@ -528,6 +548,39 @@ fn dm_multipath_side_by_side() {
     let um_groups = group_paths(&first_map());
     step(&format!("umpath: {um_name} {um_selector} {um_groups:?}"));
     step(&format!("umpath stall: {um_stall}"));
+
+    step("umpath away longer than the dead-connection timeout");
+    // Written and acknowledged before the daemon goes: never lost.
+    let md5 = g.sh_ok(&format!(
+        "dd if=/dev/urandom of=/root/pattern bs=1M count=4 status=none && \
+         dd if=/root/pattern of={dev} bs=1M oflag=direct conv=fsync status=none && md5sum < /root/pattern"
+    ));
+    g.sh_ok("systemctl stop umpathd.service");
+    std::thread::sleep(Duration::from_secs(12));
+    // Past umpath_nbd_dead_conn_timeout (8 s) the kernel fails IO.
+    let late = g.sh_timeout(
+        &format!("dd if={dev} of=/dev/null bs=4k count=1 iflag=direct"),
+        Duration::from_secs(60),
+    );
+    assert_ne!(
+        late.rc, 0,
+        "IO past the dead-connection timeout fails: {}",
+        late.out
+    );
+    g.sh_ok("systemctl start umpathd.service");
+    g.wait_for("the device served again", Duration::from_secs(60), || {
+        g.sh(&format!(
+            "dd if={dev} of=/dev/null bs=4k count=1 iflag=direct"
+        ))
+        .rc == 0
+    });
+    assert_eq!(
+        g.sh_ok(&format!(
+            "dd if={dev} bs=1M count=4 iflag=direct status=none | md5sum"
+        )),
+        md5,
+        "what was written before the daemon went is all there"
+    );
     g.sh_ok(&format!(
         "umpath detach {um_name} && systemctl stop umpathd.service umpathd.socket umpathd-control.socket"
     ));

@@ -17,7 +17,7 @@ die() { echo "mkinitramfs: $*" >&2; exit 1; }
 
 here="$(cd "$(dirname "$0")" && pwd)"
 env_file="" umpath="" out="" init="$here/init"
-modules="virtio_pci virtio_scsi scsi_mod sd_mod sg virtio_net nbd"
+modules="virtio_pci virtio_scsi scsi_mod sd_mod sg virtio_net virtio_console nbd"
 files=()
 while [ $# -gt 0 ]; do
   case "$1" in

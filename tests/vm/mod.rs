@@ -2,7 +2,7 @@
 //! in QEMU with two virtio-scsi HBAs presenting one raw image as two SCSI
 //! disks, runs `umpath daemon` inside, and gives the test
 //!
-//! * [`Vm::sh`]: run a shell script in the guest (over a second serial port
+//! * [`Vm::sh`]: run a shell script in the guest (over a virtio-serial port
 //!   bound to a host unix socket; see `tests/vm/init` for the protocol),
 //! * [`Vm::qmp`]: QMP commands (`device_del`, `device_add`, ...),
 //! * [`Vm::uri`]: the guest's NBD export, forwarded to 127.0.0.1 on the host.
@@ -283,7 +283,8 @@ impl Vm {
             initrd.display().to_string(),
             "-append".into(),
             format!("console=ttyS0 panic=-1 {}", opts.append),
-            // ttyS0: the console, to a file; ttyS1: the command channel.
+            // ttyS0: the console, to a file; the command channel is a
+            // virtio-serial port (no tty line discipline in the way).
             "-serial".into(),
             format!("file:{}", console_log.display()),
             "-chardev".into(),
@@ -291,8 +292,10 @@ impl Vm {
                 "socket,id=cmd,path={},server=on,wait=off",
                 cmd_sock.display()
             ),
-            "-serial".into(),
-            "chardev:cmd".into(),
+            "-device".into(),
+            "virtio-serial-pci,id=vser0,addr=0x7".into(),
+            "-device".into(),
+            "virtserialport,bus=vser0.0,chardev=cmd,name=umpath.cmd".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp_sock.display()),
             "-device".into(),
@@ -599,7 +602,7 @@ impl Drop for Vm {
 /// How long the host waits for guest output before nudging the channel.
 const NUDGE: Duration = Duration::from_secs(2);
 
-/// The host end of the guest's command channel (ttyS1).
+/// The host end of the guest's command channel (virtio-serial port umpath.cmd).
 #[derive(Default)]
 struct Chan {
     stream: Option<UnixStream>,
