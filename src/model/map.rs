@@ -1098,4 +1098,250 @@ mod tests {
         assert_eq!(m.groups().len(), 2);
         assert!(m.current_group().is_some());
     }
+
+    fn members(m: &Map) -> Vec<Vec<usize>> {
+        m.groups()
+            .iter()
+            .map(|g| g.members.iter().map(|id| id.index()).collect())
+            .collect()
+    }
+
+    /// The bug of issue 12: with `failover` grouping and equal priorities
+    /// the first path, back, takes IO back (ties go to the earlier group),
+    /// per failback mode.
+    #[test]
+    fn failover_policy_fails_back_to_the_first_path_per_failback_mode() {
+        for (fb, back) in [
+            (Failback::Immediate, Some(0)),
+            (Failback::Followover, Some(0)),
+            (Failback::DeferredSecs(5), Some(1)),
+            (Failback::Manual, Some(1)),
+        ] {
+            let (mut m, _) = Map::new(
+                "m".into(),
+                "w".into(),
+                paths(2),
+                policy(GroupingPolicy::Failover, fb, NoPathRetry::Fail),
+                T0,
+            );
+            assert_eq!(m.current_group(), Some(0));
+            m.check_result(pid(0), CheckState::Down, "gone", Time(1000));
+            assert_eq!(m.current_group(), Some(1), "{fb:?}");
+            let ev = m.check_result(pid(0), CheckState::Up, "", Time(2000));
+            assert_eq!(m.current_group(), back, "{fb:?}: {ev:?}");
+            if back == Some(0) {
+                assert!(ev.contains(&MapEvent::GroupSwitched {
+                    from: Some(1),
+                    to: Some(0),
+                    reason: SwitchReason::Failback
+                }));
+            }
+            // Deferred: five seconds later.
+            m.tick(Time(6999));
+            let ev = m.tick(Time(7000));
+            let want = if fb == Failback::DeferredSecs(5) {
+                Some(0)
+            } else {
+                back
+            };
+            assert_eq!(m.current_group(), want, "{fb:?}: {ev:?}");
+        }
+    }
+
+    #[test]
+    fn followover_ignores_a_path_whose_checker_never_saw_it_down() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Followover,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        // An IO error, not a check: the checker still says ready.
+        m.fail_path(pid(0), "EIO", T0);
+        assert_eq!(m.current_group(), Some(1));
+        m.check_result(pid(0), CheckState::Up, "", Time(1000));
+        assert_eq!(m.paths()[0].dm, DmState::Active);
+        assert_eq!(m.current_group(), Some(1));
+    }
+
+    #[test]
+    fn immediate_failback_undoes_an_admin_switch_at_the_next_check() {
+        let mut ps = paths(2);
+        ps[0].prio = Prio(50);
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.switch_group(1);
+        assert_eq!(m.current_group(), Some(1));
+        m.check_result(pid(1), CheckState::Up, "", Time(1000));
+        assert_eq!(m.current_group(), Some(0));
+    }
+
+    fn alua_paths() -> Vec<Path> {
+        let mut ps = paths(4);
+        for (i, p) in ps.iter_mut().enumerate() {
+            p.prio = Prio(if i < 2 { 50 } else { 10 });
+            p.info.tpg = Some(if i < 2 { 1 } else { 2 });
+        }
+        ps
+    }
+
+    #[test]
+    fn group_by_prio_regroups_when_priorities_change_under_immediate() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            alua_paths(),
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(m.groups()[0].prio, Prio(50));
+        // The array moves the optimized state to the other port group.
+        let ev = m.set_path_prio(pid(0), Prio(10), T0);
+        assert_eq!(
+            ev[0],
+            MapEvent::PrioChanged {
+                path: pid(0),
+                from: Prio(50),
+                to: Prio(10)
+            }
+        );
+        assert!(ev.contains(&MapEvent::Regrouped { groups: 2 }));
+        assert_eq!(members(&m), vec![vec![1], vec![0, 2, 3]]);
+        assert_eq!(m.current_group(), Some(0));
+        m.set_path_prio(pid(1), Prio(10), T0);
+        m.set_path_prio(pid(2), Prio(50), T0);
+        m.set_path_prio(pid(3), Prio(50), T0);
+        assert_eq!(members(&m), vec![vec![2, 3], vec![0, 1]]);
+        assert_eq!(m.current_group(), Some(0));
+        let mut seen = route_n(&mut m, 4);
+        seen.sort_by_key(|r| format!("{r:?}"));
+        seen.dedup();
+        assert_eq!(seen, vec![Route::Path(pid(2)), Route::Path(pid(3))]);
+        // Same priority again: nothing.
+        assert!(m.set_path_prio(pid(3), Prio(50), T0).is_empty());
+    }
+
+    #[test]
+    fn group_by_prio_under_manual_keeps_groups_until_switchgroup() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            alua_paths(),
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Manual,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        for (i, prio) in [10, 10, 50, 50].into_iter().enumerate() {
+            let ev = m.set_path_prio(pid(i), Prio(prio), T0);
+            assert!(!ev.iter().any(|e| matches!(
+                e,
+                MapEvent::Regrouped { .. } | MapEvent::GroupSwitched { .. }
+            )));
+        }
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(m.groups()[0].prio, Prio(10));
+        assert_eq!(m.groups()[1].prio, Prio(50));
+        assert_eq!(m.current_group(), Some(0));
+        m.switch_group(1);
+        assert_eq!(m.current_group(), Some(1));
+    }
+
+    #[test]
+    fn group_by_prio_under_deferred_switches_later_without_regrouping() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            alua_paths(),
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::DeferredSecs(3),
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        for (i, prio) in [10, 10, 50, 50].into_iter().enumerate() {
+            m.set_path_prio(pid(i), Prio(prio), T0);
+        }
+        assert_eq!(m.current_group(), Some(0));
+        assert!(m.tick(Time(2999)).is_empty());
+        let ev = m.tick(Time(3000));
+        assert_eq!(m.current_group(), Some(1), "{ev:?}");
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn group_by_tpg_and_node_name_use_the_path_facts() {
+        let mut ps = alua_paths();
+        ps[0].info.node_name = Some("iqn.a".into());
+        ps[1].info.node_name = Some("iqn.b".into());
+        ps[2].info.node_name = Some("iqn.a".into());
+        ps[3].info.node_name = Some("iqn.b".into());
+        let (m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps.clone(),
+            policy(
+                GroupingPolicy::GroupByTpg,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+        let (m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::GroupByNodeName,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 2], vec![1, 3]]);
+    }
+
+    #[test]
+    fn rr_weight_priorities_weights_round_robin_by_priority() {
+        let mut ps = paths(2);
+        ps[0].prio = Prio(3);
+        let mut pol = policy(
+            GroupingPolicy::Multibus,
+            Failback::Immediate,
+            NoPathRetry::Fail,
+        );
+        pol.rr_weight = RrWeight::Priorities;
+        let (mut m, _) = Map::new("m".into(), "w".into(), ps, pol, T0);
+        let routes = route_n(&mut m, 8);
+        let on0 = routes.iter().filter(|r| **r == Route::Path(pid(0))).count();
+        assert_eq!(on0, 6, "{routes:?}");
+        // A new priority is a new weight.
+        m.set_path_prio(pid(0), Prio(1), T0);
+        let routes = route_n(&mut m, 8);
+        let on0 = routes.iter().filter(|r| **r == Route::Path(pid(0))).count();
+        assert_eq!(on0, 4, "{routes:?}");
+    }
 }
