@@ -108,7 +108,8 @@ pub fn path_info(d: &PathDecl) -> PathInfo {
         revision: d.revision.clone(),
         wwid: d.wwid.clone(),
         serial: d.serial.clone(),
-        node_name: String::new(),
+        node_name: None,
+        tpg: None,
         transport: match (&d.file, d.extra.get("uri")) {
             (Some(f), _) => format!("{} {}", d.transport, f.display()),
             (None, Some((uri, _))) => format!("{} {uri}", d.transport),

@@ -904,6 +904,10 @@ fn describe_event(e: &MapEvent, map: &Map) -> String {
         MapEvent::QueueExhausted => "no_path_retry exhausted: failing IO".to_string(),
         MapEvent::FailingStarted => "no usable path: failing IO (no_path_retry fail)".to_string(),
         MapEvent::Resumed => "a path is usable again: resuming IO".to_string(),
+        MapEvent::PrioChanged { path, from, to } => {
+            format!("path {} priority: {from} -> {to}", pname(*path))
+        }
+        MapEvent::Regrouped { groups } => format!("paths regrouped into {groups} group(s)"),
     }
 }
 

@@ -8,8 +8,8 @@ use super::path::PathInfo;
 use std::time::Duration;
 
 use super::path::{CheckState, DmState, Path};
-use crate::policy::failback::{self, FailbackState, GroupView, Trigger};
-use crate::policy::grouping::{group_paths, GroupKey};
+use crate::policy::failback::{self, FailbackState, GroupView, NewUp, Trigger};
+use crate::policy::grouping::{group_paths, group_prio, GroupKey};
 use crate::policy::no_path_retry::{Disposition, NoPathPolicy, NoPathState, Transition};
 use crate::policy::selector::{PathView, Selector};
 use crate::policy::{Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
@@ -54,7 +54,8 @@ impl GroupStatus {
 #[derive(Debug, Clone)]
 pub struct PathGroup {
     pub members: Vec<PathId>,
-    /// Average priority of the group's usable paths (0 if none).
+    /// Average priority of the group's usable paths (0 if none), as
+    /// multipathd computes it ([`crate::policy::grouping::group_prio`]).
     pub prio: Prio,
     pub status: GroupStatus,
     selector: Selector,
@@ -100,6 +101,14 @@ pub enum MapEvent {
     FailingStarted,
     /// A path is usable again after none was: re-dispatch held IO.
     Resumed,
+    /// A path's priority changed (its prioritizer said so).
+    PrioChanged { path: PathId, from: Prio, to: Prio },
+    /// The paths were grouped anew (group_by_prio with failback immediate
+    /// after a priority change: multipathd reloads the map). Group indexes
+    /// before this event no longer name the same groups; `groups` is the
+    /// new number of groups. A [`MapEvent::GroupSwitched`] follows if the
+    /// current group's index changed.
+    Regrouped { groups: usize },
 }
 
 /// Where a request goes.
@@ -264,6 +273,11 @@ impl Map {
 
     /// An IO error on `id` (dm's fail_path). Idempotent.
     pub fn fail_path(&mut self, id: PathId, reason: &str, now: Time) -> Vec<MapEvent> {
+        self.fail_by(id, reason, false, now)
+    }
+
+    /// Fails a path; `by_check`: a checker saw it go down.
+    fn fail_by(&mut self, id: PathId, reason: &str, by_check: bool, now: Time) -> Vec<MapEvent> {
         let mut events = Vec::new();
         if let Some(p) = self.paths.get_mut(id.index()) {
             if p.dm == DmState::Active {
@@ -275,7 +289,7 @@ impl Map {
                     path: id,
                     reason: reason.to_string(),
                 });
-                self.after_change(Trigger::Failed, now, &mut events);
+                self.after_change(Trigger::Failed { by_check }, now, &mut events);
             }
         }
         events
@@ -299,7 +313,7 @@ impl Map {
         if matches!(p.check, CheckState::Down | CheckState::Timeout) {
             return Vec::new();
         }
-        self.reinstate(id, now)
+        self.reinstate(id, None, now)
     }
 
     /// A new path joins the map (hotplug); it is grouped at once.
@@ -325,7 +339,7 @@ impl Map {
         }
         self.regroup();
         self.current = None;
-        self.after_change(Trigger::Failed, now, &mut events);
+        self.after_change(Trigger::Assembled, now, &mut events);
         events
     }
 
@@ -383,24 +397,108 @@ impl Map {
         now: Time,
     ) -> Vec<MapEvent> {
         let mut events = Vec::new();
+        let from = self.paths.get(id.index()).map(|p| p.check);
         let Some(p) = self.record_check(id, state, &mut events) else {
             return events;
         };
+        // multipathd's CHECK_PATH_NEW_UP: the verdict went from not usable
+        // to usable.
+        let new_up = state.is_usable() && !from.is_some_and(CheckState::is_usable);
         match state {
             s if s.is_usable() && p.dm == DmState::Failed && !p.admin_failed => {
-                events.extend(self.reinstate(id, now));
+                events.extend(self.reinstate(id, Some(new_up), now));
             }
             CheckState::Down | CheckState::Timeout => {
                 if p.dm == DmState::Failed && !p.admin_failed {
                     // Still down: the reason shown is the latest one.
                     p.reason = Some(reason.to_string());
                 }
-                events.extend(self.fail_path(id, reason, now));
+                events.extend(self.fail_by(id, reason, true, now));
+            }
+            // A usable verdict on a path that carries IO (or stays failed
+            // by an admin): multipathd reconsiders the group after every
+            // check.
+            s if s.is_usable() => {
+                let carries_io = p.usable();
+                let new_up = (new_up && carries_io).then(|| self.new_up(id)).flatten();
+                self.reselect(
+                    Trigger::Checked { new_up },
+                    SwitchReason::Failback,
+                    now,
+                    &mut events,
+                );
             }
             // Pending or unchecked: no verdict yet, nothing changes.
             _ => {}
         }
         events
+    }
+
+    /// The path's priority changed (a prioritizer answered). With
+    /// `group_by_prio` and failback immediate the paths are grouped anew
+    /// and the best group is taken, as multipathd reloads the map then;
+    /// otherwise group priorities are updated and failback decides (the
+    /// groups keep their members, as in multipathd until a reload). An
+    /// unchanged priority changes nothing.
+    pub fn set_path_prio(&mut self, id: PathId, prio: Prio, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        let Some(p) = self.paths.get_mut(id.index()).filter(|p| !p.removed) else {
+            return events;
+        };
+        if p.prio == prio {
+            return events;
+        }
+        let from = p.prio;
+        p.prio = prio;
+        events.push(MapEvent::PrioChanged {
+            path: id,
+            from,
+            to: prio,
+        });
+        if self.policy.grouping == GroupingPolicy::GroupByPrio
+            && self.policy.failback == Failback::Immediate
+        {
+            let before = self.current;
+            self.regroup();
+            self.current = None;
+            events.push(MapEvent::Regrouped {
+                groups: self.groups.len(),
+            });
+            self.reselect(Trigger::Assembled, SwitchReason::Failback, now, &mut events);
+            // Keep `from` meaningful: it names the old index.
+            for e in &mut events {
+                if let MapEvent::GroupSwitched { from, .. } = e {
+                    *from = before;
+                }
+            }
+            if self.current == before {
+                events.retain(|e| !matches!(e, MapEvent::GroupSwitched { .. }));
+            }
+        } else {
+            self.reselect(
+                Trigger::PrioChanged,
+                SwitchReason::Failback,
+                now,
+                &mut events,
+            );
+        }
+        events
+    }
+
+    /// The followover facts about a path a check just brought up.
+    fn new_up(&self, id: PathId) -> Option<NewUp> {
+        let group = self.groups.iter().position(|g| g.members.contains(&id))?;
+        let first_in_group = self.groups[group].members.iter().all(|&m| {
+            m == id
+                || matches!(
+                    self.paths[m.index()].check,
+                    CheckState::Down | CheckState::Shaky
+                )
+        });
+        Some(NewUp {
+            group,
+            first_in_group,
+        })
     }
 
     /// Time passed: deferred failback and no_path_retry deadlines.
@@ -459,15 +557,17 @@ impl Map {
         events
     }
 
-    fn reinstate(&mut self, id: PathId, now: Time) -> Vec<MapEvent> {
+    /// Reinstates a failed path. `check`: a check reinstates it, with
+    /// whether its verdict went from not usable to usable (see
+    /// [`Map::check_result`]); `None` for an admin's reinstate.
+    fn reinstate(&mut self, id: PathId, check: Option<bool>, now: Time) -> Vec<MapEvent> {
         let mut events = Vec::new();
-        let Some(group) = self.groups.iter().position(|g| g.members.contains(&id)) else {
-            return events;
+        let trigger = match check {
+            Some(new_up) => Trigger::Checked {
+                new_up: if new_up { self.new_up(id) } else { None },
+            },
+            None => Trigger::Changed,
         };
-        let first_in_group = !self.groups[group]
-            .members
-            .iter()
-            .any(|&m| self.paths[m.index()].usable());
         let Some(p) = self.paths.get_mut(id.index()) else {
             return events;
         };
@@ -478,20 +578,14 @@ impl Map {
         p.reason = None;
         p.since = now;
         events.push(MapEvent::PathReinstated { path: id });
-        self.after_change(
-            Trigger::Reinstated {
-                group,
-                first_in_group,
-            },
-            now,
-            &mut events,
-        );
+        self.after_change(trigger, now, &mut events);
         events
     }
 
     fn after_change(&mut self, trigger: Trigger, now: Time, events: &mut Vec<MapEvent>) {
         let reason = match trigger {
-            Trigger::Failed => SwitchReason::Failover,
+            Trigger::Failed { .. } => SwitchReason::Failover,
+            Trigger::Assembled => SwitchReason::Assembled,
             _ => SwitchReason::Failback,
         };
         self.reselect(trigger, reason, now, events);
@@ -562,13 +656,13 @@ impl Map {
 
     fn update_prios(&mut self) {
         for g in &mut self.groups {
-            g.prio = Prio::average(
+            g.prio = group_prio(
                 g.members
                     .iter()
                     .map(|&id| &self.paths[id.index()])
-                    .filter(|p| p.usable())
-                    .map(|p| p.prio),
-            );
+                    .map(|p| (p.prio, p.usable())),
+            )
+            .0;
         }
     }
 
@@ -594,9 +688,10 @@ impl Map {
             .map(|(i, p)| GroupKey {
                 id: PathId::new(i),
                 prio: p.prio,
+                usable: p.usable(),
                 serial: &p.info.serial,
-                node_name: &p.info.node_name,
-                tpg: None,
+                node_name: p.info.node_name.as_deref(),
+                tpg: p.info.tpg,
             })
             .collect();
         let policy = &self.policy;
@@ -1002,5 +1097,251 @@ mod tests {
         );
         assert_eq!(m.groups().len(), 2);
         assert!(m.current_group().is_some());
+    }
+
+    fn members(m: &Map) -> Vec<Vec<usize>> {
+        m.groups()
+            .iter()
+            .map(|g| g.members.iter().map(|id| id.index()).collect())
+            .collect()
+    }
+
+    /// The bug of issue 12: with `failover` grouping and equal priorities
+    /// the first path, back, takes IO back (ties go to the earlier group),
+    /// per failback mode.
+    #[test]
+    fn failover_policy_fails_back_to_the_first_path_per_failback_mode() {
+        for (fb, back) in [
+            (Failback::Immediate, Some(0)),
+            (Failback::Followover, Some(0)),
+            (Failback::DeferredSecs(5), Some(1)),
+            (Failback::Manual, Some(1)),
+        ] {
+            let (mut m, _) = Map::new(
+                "m".into(),
+                "w".into(),
+                paths(2),
+                policy(GroupingPolicy::Failover, fb, NoPathRetry::Fail),
+                T0,
+            );
+            assert_eq!(m.current_group(), Some(0));
+            m.check_result(pid(0), CheckState::Down, "gone", Time(1000));
+            assert_eq!(m.current_group(), Some(1), "{fb:?}");
+            let ev = m.check_result(pid(0), CheckState::Up, "", Time(2000));
+            assert_eq!(m.current_group(), back, "{fb:?}: {ev:?}");
+            if back == Some(0) {
+                assert!(ev.contains(&MapEvent::GroupSwitched {
+                    from: Some(1),
+                    to: Some(0),
+                    reason: SwitchReason::Failback
+                }));
+            }
+            // Deferred: five seconds later.
+            m.tick(Time(6999));
+            let ev = m.tick(Time(7000));
+            let want = if fb == Failback::DeferredSecs(5) {
+                Some(0)
+            } else {
+                back
+            };
+            assert_eq!(m.current_group(), want, "{fb:?}: {ev:?}");
+        }
+    }
+
+    #[test]
+    fn followover_ignores_a_path_whose_checker_never_saw_it_down() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Followover,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        // An IO error, not a check: the checker still says ready.
+        m.fail_path(pid(0), "EIO", T0);
+        assert_eq!(m.current_group(), Some(1));
+        m.check_result(pid(0), CheckState::Up, "", Time(1000));
+        assert_eq!(m.paths()[0].dm, DmState::Active);
+        assert_eq!(m.current_group(), Some(1));
+    }
+
+    #[test]
+    fn immediate_failback_undoes_an_admin_switch_at_the_next_check() {
+        let mut ps = paths(2);
+        ps[0].prio = Prio(50);
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.switch_group(1);
+        assert_eq!(m.current_group(), Some(1));
+        m.check_result(pid(1), CheckState::Up, "", Time(1000));
+        assert_eq!(m.current_group(), Some(0));
+    }
+
+    fn alua_paths() -> Vec<Path> {
+        let mut ps = paths(4);
+        for (i, p) in ps.iter_mut().enumerate() {
+            p.prio = Prio(if i < 2 { 50 } else { 10 });
+            p.info.tpg = Some(if i < 2 { 1 } else { 2 });
+        }
+        ps
+    }
+
+    #[test]
+    fn group_by_prio_regroups_when_priorities_change_under_immediate() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            alua_paths(),
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(m.groups()[0].prio, Prio(50));
+        // The array moves the optimized state to the other port group.
+        let ev = m.set_path_prio(pid(0), Prio(10), T0);
+        assert_eq!(
+            ev[0],
+            MapEvent::PrioChanged {
+                path: pid(0),
+                from: Prio(50),
+                to: Prio(10)
+            }
+        );
+        assert!(ev.contains(&MapEvent::Regrouped { groups: 2 }));
+        assert_eq!(members(&m), vec![vec![1], vec![0, 2, 3]]);
+        assert_eq!(m.current_group(), Some(0));
+        m.set_path_prio(pid(1), Prio(10), T0);
+        m.set_path_prio(pid(2), Prio(50), T0);
+        m.set_path_prio(pid(3), Prio(50), T0);
+        assert_eq!(members(&m), vec![vec![2, 3], vec![0, 1]]);
+        assert_eq!(m.current_group(), Some(0));
+        let mut seen = route_n(&mut m, 4);
+        seen.sort_by_key(|r| format!("{r:?}"));
+        seen.dedup();
+        assert_eq!(seen, vec![Route::Path(pid(2)), Route::Path(pid(3))]);
+        // Same priority again: nothing.
+        assert!(m.set_path_prio(pid(3), Prio(50), T0).is_empty());
+    }
+
+    #[test]
+    fn group_by_prio_under_manual_keeps_groups_until_switchgroup() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            alua_paths(),
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Manual,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        for (i, prio) in [10, 10, 50, 50].into_iter().enumerate() {
+            let ev = m.set_path_prio(pid(i), Prio(prio), T0);
+            assert!(!ev.iter().any(|e| matches!(
+                e,
+                MapEvent::Regrouped { .. } | MapEvent::GroupSwitched { .. }
+            )));
+        }
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(m.groups()[0].prio, Prio(10));
+        assert_eq!(m.groups()[1].prio, Prio(50));
+        assert_eq!(m.current_group(), Some(0));
+        m.switch_group(1);
+        assert_eq!(m.current_group(), Some(1));
+    }
+
+    #[test]
+    fn group_by_prio_under_deferred_switches_later_without_regrouping() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            alua_paths(),
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::DeferredSecs(3),
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        for (i, prio) in [10, 10, 50, 50].into_iter().enumerate() {
+            m.set_path_prio(pid(i), Prio(prio), T0);
+        }
+        assert_eq!(m.current_group(), Some(0));
+        assert!(m.tick(Time(2999)).is_empty());
+        let ev = m.tick(Time(3000));
+        assert_eq!(m.current_group(), Some(1), "{ev:?}");
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn group_by_tpg_and_node_name_use_the_path_facts() {
+        let mut ps = alua_paths();
+        ps[0].info.node_name = Some("iqn.a".into());
+        ps[1].info.node_name = Some("iqn.b".into());
+        ps[2].info.node_name = Some("iqn.a".into());
+        ps[3].info.node_name = Some("iqn.b".into());
+        let (m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps.clone(),
+            policy(
+                GroupingPolicy::GroupByTpg,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 1], vec![2, 3]]);
+        let (m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::GroupByNodeName,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 2], vec![1, 3]]);
+    }
+
+    #[test]
+    fn rr_weight_priorities_weights_round_robin_by_priority() {
+        let mut ps = paths(2);
+        ps[0].prio = Prio(3);
+        let mut pol = policy(
+            GroupingPolicy::Multibus,
+            Failback::Immediate,
+            NoPathRetry::Fail,
+        );
+        pol.rr_weight = RrWeight::Priorities;
+        let (mut m, _) = Map::new("m".into(), "w".into(), ps, pol, T0);
+        let routes = route_n(&mut m, 8);
+        let on0 = routes.iter().filter(|r| **r == Route::Path(pid(0))).count();
+        assert_eq!(on0, 6, "{routes:?}");
+        // A new priority is a new weight.
+        m.set_path_prio(pid(0), Prio(1), T0);
+        let routes = route_n(&mut m, 8);
+        let on0 = routes.iter().filter(|r| **r == Route::Path(pid(0))).count();
+        assert_eq!(on0, 4, "{routes:?}");
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod map;
 pub mod path;
+#[cfg(test)]
+mod proptests;
 
 pub use crate::units::{PathId, Prio, Time};
 

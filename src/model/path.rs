@@ -91,8 +91,13 @@ pub struct PathInfo {
     pub revision: String,
     pub wwid: String,
     pub serial: String,
-    /// Target node name, for group_by_node_name (empty if unknown).
-    pub node_name: String,
+    /// Target node name, for group_by_node_name: the FC node name
+    /// (WWNN), the iSCSI target name or a key the configuration declares;
+    /// `None` if unknown (all such paths share one group).
+    pub node_name: Option<String>,
+    /// ALUA target port group id (from VPD page 0x83), for group_by_tpg;
+    /// `None` if unknown.
+    pub tpg: Option<u16>,
     /// How the path is reached, for display ("file /var/lib/...").
     pub transport: String,
 }

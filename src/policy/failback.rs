@@ -1,15 +1,37 @@
-//! Path group selection and failback.
+//! Path group selection and failback, as dm-multipath and multipathd
+//! (multipath-tools 0.9.4, the version Debian 12 ships) decide them.
 //!
-//! Failover always happens: when the current group has no usable path the
-//! map moves to the best group that has one. *Failback* is the other way:
-//! moving back to a better group while the current one still works.
+//! Two actors choose the group IO goes to:
 //!
-//! | failback    | moves to a better group                                  |
-//! |-------------|----------------------------------------------------------|
-//! | immediate   | as soon as it has a usable path                          |
-//! | manual      | never by itself (only on failover or an admin switch)    |
-//! | followover  | when the first path of that group comes back             |
-//! | N seconds   | N seconds after it became better, if it still is         |
+//! * **The kernel** fails over: when the current group has no usable path
+//!   left it takes the *first group in table order* that has one
+//!   ([`first_usable`]), whatever the priorities.
+//! * **multipathd** fails back: after each path check it computes the best
+//!   group ([`best_group`], `select_path_group`) and, if that is not the
+//!   current one, switches to it per `failback`:
+//!
+//! | failback    | switches to the best group                                 |
+//! |-------------|------------------------------------------------------------|
+//! | immediate   | at once                                                    |
+//! | manual      | never (the kernel's failover and admin switches only)      |
+//! | followover  | when a check brings up the first path of the best group    |
+//! | N seconds   | N seconds after the need arose (the timer restarts when a  |
+//! |             | path comes up or a check fails a path)                     |
+//!
+//! **The tie rule**: the best group is the first group in table order with
+//! a usable path, replaced by a later group only if that one has a
+//! strictly higher priority, or an equal priority and strictly more usable
+//! paths. On a full tie the *earlier* group wins, not the current one: with
+//! `path_grouping_policy failover` and equal priorities, a first path that
+//! comes back takes IO back from the second (under immediate at once,
+//! followover when its check brings it up, N seconds later under deferred).
+//! A group is chosen deterministically from the state, so equal groups do
+//! not flap.
+//!
+//! umpath evaluates multipathd's rule right after each event (a check, a
+//! failure, a priority change) instead of once per checker round; with
+//! failback immediate an admin's switch to a worse group is therefore
+//! undone by the next check, as in multipathd.
 
 use super::Failback;
 use crate::units::{Prio, Time};
@@ -23,8 +45,9 @@ pub struct GroupView {
     pub usable: usize,
 }
 
-/// The best group: the highest priority among groups with a usable path;
-/// ties go to the group with more usable paths, then the earlier group.
+/// The best group (multipathd's `select_path_group`): the first group with
+/// a usable path, replaced by a later one only with a strictly higher
+/// priority, or an equal priority and strictly more usable paths.
 pub fn best_group(groups: &[GroupView]) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, g) in groups.iter().enumerate() {
@@ -44,27 +67,50 @@ pub fn best_group(groups: &[GroupView]) -> Option<usize> {
     best
 }
 
+/// The group the kernel fails over to: the first, in table order, with a
+/// usable path.
+pub fn first_usable(groups: &[GroupView]) -> Option<usize> {
+    groups.iter().position(|g| g.usable > 0)
+}
+
+/// A check brought a path up (multipathd's `CHECK_PATH_NEW_UP`: its
+/// previous verdict was not usable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewUp {
+    /// The group of the path.
+    pub group: usize,
+    /// Every other path of the group is down or shaky by its checker
+    /// (followover's "first path of the group to come back").
+    pub first_in_group: bool,
+}
+
 /// Why the group choice is being reconsidered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// A path was reinstated; `first_in_group` is true when its group had no
-    /// usable path before.
-    Reinstated { group: usize, first_in_group: bool },
-    /// A path failed.
-    Failed,
+    /// A path check finished with the path usable; `new_up` when it
+    /// brought the path up.
+    Checked { new_up: Option<NewUp> },
+    /// A path failed. `by_check`: a checker saw it go down, which cancels a
+    /// deferred failback (it restarts at once if still needed).
+    Failed { by_check: bool },
+    /// A path's priority changed.
+    PrioChanged,
+    /// Some other change (an admin failed or reinstated a path).
+    Changed,
     /// Time passed (deferred failback).
     Tick,
-    /// The map was (re)assembled.
+    /// The map was (re)loaded: the best group is taken whatever `failback`
+    /// says, as multipathd loads a table with the best group first to use.
     Assembled,
 }
 
-/// Deferred failback bookkeeping.
+/// Deferred failback bookkeeping (multipathd's `failback_tick`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailbackState {
     #[default]
     Idle,
-    /// Fail back to `group` at `at`, if it is still better then.
-    Deferred { group: usize, at: Time },
+    /// At `at`, switch to the best group if it is not the current one.
+    Deferred { at: Time },
 }
 
 /// The decision: which group to use now, and the new failback state.
@@ -84,66 +130,61 @@ pub fn decide(
     now: Time,
 ) -> Decision {
     let best = best_group(groups);
-    let current_usable = current
-        .and_then(|c| groups.get(c))
-        .is_some_and(|g| g.usable > 0);
-
-    // Failover (or first choice): the current group cannot carry IO.
-    if !current_usable {
+    if trigger == Trigger::Assembled {
         return Decision {
             group: best,
             state: FailbackState::Idle,
         };
     }
-    let Some(cur) = current else {
-        return Decision {
-            group: best,
-            state: FailbackState::Idle,
-        };
-    };
-    let stay = Decision {
-        group: Some(cur),
-        state: FailbackState::Idle,
-    };
-    let Some(b) = best else { return stay };
-    if b == cur || groups[b].prio <= groups[cur].prio {
-        return stay;
+    // The kernel: the current group must have a usable path.
+    let usable = |g: &usize| groups.get(*g).is_some_and(|v| v.usable > 0);
+    let mut group = current.filter(usable).or_else(|| first_usable(groups));
+    let mut state = state;
+    if trigger == (Trigger::Failed { by_check: true }) {
+        state = FailbackState::Idle;
     }
-    // A strictly better group than the current, working one exists.
-    let switch = Decision {
-        group: Some(b),
-        state: FailbackState::Idle,
-    };
+    // multipathd: need_switch_pathgroup.
+    let need_switch = failback != Failback::Manual && best.is_some() && best != group;
     match failback {
-        Failback::Immediate => switch,
-        Failback::Manual => stay,
-        Failback::Followover => match trigger {
-            Trigger::Reinstated {
-                group,
-                first_in_group: true,
-            } if group == b => switch,
-            _ => stay,
-        },
-        Failback::DeferredSecs(secs) => match state {
-            FailbackState::Deferred { group, at } if group == b => {
-                if now >= at {
-                    switch
-                } else {
-                    Decision {
-                        group: Some(cur),
-                        state,
-                    }
+        Failback::Manual => {}
+        Failback::Immediate => {
+            if need_switch {
+                group = best;
+            }
+        }
+        Failback::Followover => {
+            if let Trigger::Checked {
+                new_up:
+                    Some(NewUp {
+                        group: g,
+                        first_in_group: true,
+                    }),
+            } = trigger
+            {
+                if need_switch && Some(g) == best {
+                    group = best;
                 }
             }
-            _ => Decision {
-                group: Some(cur),
-                state: FailbackState::Deferred {
-                    group: b,
+        }
+        Failback::DeferredSecs(secs) => {
+            if let FailbackState::Deferred { at } = state {
+                if now >= at {
+                    state = FailbackState::Idle;
+                    if need_switch {
+                        group = best;
+                    }
+                    return Decision { group, state };
+                }
+            }
+            let new_up = matches!(trigger, Trigger::Checked { new_up: Some(_) });
+            if need_switch && (new_up || state == FailbackState::Idle) {
+                state = FailbackState::Deferred {
                     at: now.plus_secs(u64::from(secs)),
-                },
-            },
-        },
+                };
+            }
+        }
     }
+    Decision { group, state }
 }
 
 #[cfg(test)]
@@ -158,13 +199,53 @@ mod tests {
     }
 
     const T0: Time = Time(0);
+    const CHECKED: Trigger = Trigger::Checked { new_up: None };
+
+    fn up(group: usize, first_in_group: bool) -> Trigger {
+        Trigger::Checked {
+            new_up: Some(NewUp {
+                group,
+                first_in_group,
+            }),
+        }
+    }
+
+    fn idle(fb: Failback, groups: &[GroupView], cur: usize, t: Trigger) -> Option<usize> {
+        decide(fb, groups, Some(cur), FailbackState::Idle, t, T0).group
+    }
 
     #[test]
-    fn best_group_prefers_priority_then_usable_count() {
+    fn best_group_prefers_priority_then_usable_count_then_order() {
         assert_eq!(best_group(&[g(1, 1), g(50, 1), g(50, 2)]), Some(2));
         assert_eq!(best_group(&[g(1, 0), g(0, 1)]), Some(1));
+        assert_eq!(best_group(&[g(10, 1), g(10, 1)]), Some(0));
         assert_eq!(best_group(&[g(1, 0)]), None);
         assert_eq!(best_group(&[]), None);
+    }
+
+    #[test]
+    fn the_kernel_fails_over_to_the_first_usable_group_in_order() {
+        // Manual: no failback, so the kernel's choice stands.
+        let groups = [g(0, 0), g(10, 1), g(50, 1)];
+        let d = decide(
+            Failback::Manual,
+            &groups,
+            Some(0),
+            FailbackState::Idle,
+            Trigger::Failed { by_check: false },
+            T0,
+        );
+        assert_eq!(d.group, Some(1));
+        // Immediate: multipathd then takes the best.
+        assert_eq!(
+            idle(
+                Failback::Immediate,
+                &groups,
+                0,
+                Trigger::Failed { by_check: false }
+            ),
+            Some(2)
+        );
     }
 
     #[test]
@@ -175,127 +256,75 @@ mod tests {
             Failback::Followover,
             Failback::DeferredSecs(30),
         ] {
-            let d = decide(
+            let d = idle(
                 fb,
                 &[g(50, 0), g(10, 1)],
-                Some(0),
-                FailbackState::Idle,
-                Trigger::Failed,
-                T0,
+                0,
+                Trigger::Failed { by_check: true },
             );
-            assert_eq!(d.group, Some(1), "{fb:?}");
+            assert_eq!(d, Some(1), "{fb:?}");
         }
     }
 
     #[test]
     fn no_usable_group_means_none() {
-        let d = decide(
-            Failback::Immediate,
-            &[g(50, 0)],
-            Some(0),
-            FailbackState::Idle,
-            Trigger::Failed,
-            T0,
+        assert_eq!(
+            idle(
+                Failback::Immediate,
+                &[g(50, 0)],
+                0,
+                Trigger::Failed { by_check: true }
+            ),
+            None
         );
-        assert_eq!(d.group, None);
     }
 
     #[test]
     fn immediate_fails_back_as_soon_as_the_better_group_returns() {
         let groups = [g(50, 1), g(10, 1)];
-        let d = decide(
-            Failback::Immediate,
-            &groups,
-            Some(1),
-            FailbackState::Idle,
-            Trigger::Reinstated {
-                group: 0,
-                first_in_group: true,
-            },
-            T0,
-        );
-        assert_eq!(d.group, Some(0));
+        assert_eq!(idle(Failback::Immediate, &groups, 1, up(0, true)), Some(0));
+        assert_eq!(idle(Failback::Immediate, &groups, 1, CHECKED), Some(0));
     }
 
     #[test]
-    fn manual_stays_until_told() {
+    fn manual_stays_until_told_but_a_reload_takes_the_best() {
         let groups = [g(50, 1), g(10, 1)];
-        let d = decide(
-            Failback::Manual,
-            &groups,
-            Some(1),
-            FailbackState::Idle,
-            Trigger::Reinstated {
-                group: 0,
-                first_in_group: true,
-            },
-            T0,
-        );
-        assert_eq!(d.group, Some(1));
-    }
-
-    #[test]
-    fn followover_only_on_the_first_path_of_the_group() {
-        let groups = [g(50, 2), g(10, 1)];
-        let first = Trigger::Reinstated {
-            group: 0,
-            first_in_group: true,
-        };
-        let second = Trigger::Reinstated {
-            group: 0,
-            first_in_group: false,
-        };
+        assert_eq!(idle(Failback::Manual, &groups, 1, up(0, true)), Some(1));
         assert_eq!(
-            decide(
-                Failback::Followover,
-                &groups,
-                Some(1),
-                FailbackState::Idle,
-                first,
-                T0
-            )
-            .group,
+            idle(Failback::Manual, &groups, 1, Trigger::Assembled),
             Some(0)
         );
+    }
+
+    #[test]
+    fn followover_only_on_the_first_path_of_the_best_group() {
+        let groups = [g(50, 2), g(10, 1)];
+        assert_eq!(idle(Failback::Followover, &groups, 1, up(0, true)), Some(0));
         assert_eq!(
-            decide(
-                Failback::Followover,
-                &groups,
-                Some(1),
-                FailbackState::Idle,
-                second,
-                T0
-            )
-            .group,
+            idle(Failback::Followover, &groups, 1, up(0, false)),
             Some(1)
         );
+        assert_eq!(idle(Failback::Followover, &groups, 1, CHECKED), Some(1));
+        // A path of a group that is not the best does not count.
+        let groups = [g(50, 1), g(10, 1), g(30, 1)];
+        assert_eq!(idle(Failback::Followover, &groups, 1, up(2, true)), Some(1));
     }
 
     #[test]
     fn deferred_failback_waits_its_seconds() {
+        let fb = Failback::DeferredSecs(10);
         let groups = [g(50, 1), g(10, 1)];
-        let trig = Trigger::Reinstated {
-            group: 0,
-            first_in_group: true,
-        };
-        let d = decide(
-            Failback::DeferredSecs(10),
-            &groups,
-            Some(1),
-            FailbackState::Idle,
-            trig,
-            T0,
-        );
+        let d = decide(fb, &groups, Some(1), FailbackState::Idle, up(0, true), T0);
         assert_eq!(d.group, Some(1));
-        assert_eq!(
-            d.state,
-            FailbackState::Deferred {
-                group: 0,
-                at: Time::from_secs(10)
-            }
-        );
+        let armed = FailbackState::Deferred {
+            at: Time::from_secs(10),
+        };
+        assert_eq!(d.state, armed);
+        // A check without a new path does not restart the timer.
+        let d = decide(fb, &groups, Some(1), d.state, CHECKED, Time::from_secs(5));
+        assert_eq!(d.state, armed);
         let d2 = decide(
-            Failback::DeferredSecs(10),
+            fb,
             &groups,
             Some(1),
             d.state,
@@ -304,7 +333,7 @@ mod tests {
         );
         assert_eq!(d2.group, Some(1));
         let d3 = decide(
-            Failback::DeferredSecs(10),
+            fb,
             &groups,
             Some(1),
             d2.state,
@@ -316,16 +345,56 @@ mod tests {
     }
 
     #[test]
-    fn equal_priority_groups_do_not_flap() {
-        let groups = [g(10, 1), g(10, 1)];
+    fn deferred_restarts_on_a_new_path_and_on_a_checked_failure() {
+        let fb = Failback::DeferredSecs(10);
+        let groups = [g(50, 1), g(10, 1), g(5, 1)];
+        let armed = FailbackState::Deferred {
+            at: Time::from_secs(10),
+        };
+        let d = decide(fb, &groups, Some(1), armed, up(2, true), Time::from_secs(4));
+        assert_eq!(
+            d.state,
+            FailbackState::Deferred {
+                at: Time::from_secs(14)
+            }
+        );
         let d = decide(
-            Failback::Immediate,
+            fb,
             &groups,
             Some(1),
-            FailbackState::Idle,
-            Trigger::Tick,
-            T0,
+            armed,
+            Trigger::Failed { by_check: true },
+            Time::from_secs(6),
         );
-        assert_eq!(d.group, Some(1));
+        assert_eq!(
+            d.state,
+            FailbackState::Deferred {
+                at: Time::from_secs(16)
+            }
+        );
+        // An IO error does not touch the timer.
+        let d = decide(
+            fb,
+            &groups,
+            Some(1),
+            armed,
+            Trigger::Failed { by_check: false },
+            Time::from_secs(6),
+        );
+        assert_eq!(d.state, armed);
+    }
+
+    #[test]
+    fn on_a_tie_the_earlier_group_wins_and_the_choice_is_stable() {
+        // failover policy, equal priorities: the first path is back.
+        let groups = [g(1, 1), g(1, 1)];
+        assert_eq!(idle(Failback::Immediate, &groups, 1, up(0, true)), Some(0));
+        assert_eq!(idle(Failback::Followover, &groups, 1, up(0, true)), Some(0));
+        assert_eq!(idle(Failback::Manual, &groups, 1, up(0, true)), Some(1));
+        // Once there, nothing moves it.
+        assert_eq!(idle(Failback::Immediate, &groups, 0, CHECKED), Some(0));
+        // Equal priority, more usable paths: that group wins.
+        let groups = [g(10, 1), g(10, 2)];
+        assert_eq!(idle(Failback::Immediate, &groups, 0, CHECKED), Some(1));
     }
 }

@@ -1,8 +1,27 @@
-//! path_grouping_policy: how a map's paths are split into path groups.
+//! path_grouping_policy: how a map's paths are split into path groups, the
+//! priority of a group and the order of the groups, as multipath-tools'
+//! `pgpolicies.c` and `switchgroup.c` do it.
 //!
-//! Groups come out ordered best first (highest priority first, as
-//! multipath-tools sorts them); paths keep their discovery order inside a
-//! group.
+//! * Every policy walks the paths in discovery order; a `group_by_*`
+//!   policy opens a new group at the first path whose key no earlier group
+//!   has, and puts each later path with the same key in it. Paths keep
+//!   their discovery order inside a group.
+//! * A group's priority is the **average** (integer division) of the
+//!   priorities of its usable paths, 0 if none is usable
+//!   (`path_group_prio_update`).
+//! * Groups are then ordered best first (`sort_pathgroups`): higher
+//!   priority first, on equal priority more usable paths first, and on a
+//!   full tie the earlier group first (a stable sort).
+//! * An unknown key (no node name, no target port group) is a key like any
+//!   other: all paths that do not know it share one group, as in
+//!   multipathd where they compare equal as empty strings / ids.
+//!
+//! [`detect_pgpolicy`] is multipathd's `detect_pgpolicy`: when every path
+//! of a map uses an ALUA prioritizer, the map is grouped by priority (or by
+//! target port group with `detect_pgpolicy_use_tpg`) whatever was
+//! configured.
+
+use std::cmp::Reverse;
 
 use super::GroupingPolicy;
 use crate::units::{PathId, Prio};
@@ -12,58 +31,103 @@ use crate::units::{PathId, Prio};
 pub struct GroupKey<'a> {
     pub id: PathId,
     pub prio: Prio,
+    /// May IO go down the path now? (Counts toward the group's priority
+    /// and its number of usable paths.)
+    pub usable: bool,
     pub serial: &'a str,
-    /// Target node name (FC WWNN / iSCSI target name); empty if unknown.
-    pub node_name: &'a str,
+    /// Target node name (FC WWNN, iSCSI target name or a declared key);
+    /// `None` if unknown.
+    pub node_name: Option<&'a str>,
     /// ALUA target port group; `None` if unknown.
-    pub tpg: Option<u32>,
+    pub tpg: Option<u16>,
 }
 
-/// Splits paths into groups per `policy`.
+/// A group's priority and usable paths, as multipathd's
+/// `path_group_prio_update` computes them: the average priority of the
+/// usable members (integer division), 0 if none is usable.
+pub fn group_prio(members: impl IntoIterator<Item = (Prio, bool)>) -> (Prio, usize) {
+    let usable: Vec<Prio> = members
+        .into_iter()
+        .filter_map(|(p, usable)| usable.then_some(p))
+        .collect();
+    (Prio::average(usable.iter().copied()), usable.len())
+}
+
+/// Splits paths into groups per `policy` and orders them best first.
 pub fn group_paths(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Vec<PathId>> {
-    let mut groups: Vec<Vec<PathId>> = match policy {
+    let groups: Vec<Vec<&GroupKey<'_>>> = match policy {
         GroupingPolicy::Multibus => {
             if paths.is_empty() {
                 Vec::new()
             } else {
-                vec![paths.iter().map(|p| p.id).collect()]
+                vec![paths.iter().collect()]
             }
         }
-        GroupingPolicy::Failover => paths.iter().map(|p| vec![p.id]).collect(),
-        GroupingPolicy::GroupBySerial => group_by(paths, |p| p.serial.to_string()),
-        GroupingPolicy::GroupByNodeName => group_by(paths, |p| p.node_name.to_string()),
+        GroupingPolicy::Failover => paths.iter().map(|p| vec![p]).collect(),
+        GroupingPolicy::GroupBySerial => group_by(paths, |p| p.serial),
+        GroupingPolicy::GroupByNodeName => group_by(paths, |p| p.node_name),
         GroupingPolicy::GroupByPrio => group_by(paths, |p| p.prio),
         GroupingPolicy::GroupByTpg => group_by(paths, |p| p.tpg),
     };
-    // Best group first: highest average priority; stable for ties.
-    let avg = |g: &Vec<PathId>| -> Prio {
-        Prio::average(
-            g.iter()
-                .filter_map(|id| paths.iter().find(|p| p.id == *id))
-                .map(|p| p.prio),
-        )
-    };
-    groups.sort_by_key(|g| std::cmp::Reverse(avg(g)));
-    groups
+    let mut ranked: Vec<((Prio, usize), Vec<PathId>)> = groups
+        .into_iter()
+        .map(|g| {
+            (
+                group_prio(g.iter().map(|p| (p.prio, p.usable))),
+                g.iter().map(|p| p.id).collect(),
+            )
+        })
+        .collect();
+    // sort_pathgroups: priority, then usable paths, descending; stable.
+    ranked.sort_by_key(|((prio, usable), _)| (Reverse(*prio), Reverse(*usable)));
+    ranked.into_iter().map(|(_, g)| g).collect()
 }
 
-fn group_by<K: PartialEq>(
-    paths: &[GroupKey<'_>],
-    key: impl Fn(&GroupKey<'_>) -> K,
-) -> Vec<Vec<PathId>> {
+fn group_by<'k, 'a, K: PartialEq>(
+    paths: &'k [GroupKey<'a>],
+    key: impl Fn(&'k GroupKey<'a>) -> K,
+) -> Vec<Vec<&'k GroupKey<'a>>> {
     let mut keys: Vec<K> = Vec::new();
-    let mut groups: Vec<Vec<PathId>> = Vec::new();
+    let mut groups: Vec<Vec<&GroupKey<'_>>> = Vec::new();
     for p in paths {
         let k = key(p);
         match keys.iter().position(|existing| *existing == k) {
-            Some(i) => groups[i].push(p.id),
+            Some(i) => groups[i].push(p),
             None => {
                 keys.push(k);
-                groups.push(vec![p.id]);
+                groups.push(vec![p]);
             }
         }
     }
     groups
+}
+
+/// `detect_pgpolicy` and `detect_pgpolicy_use_tpg` (multipath-tools'
+/// `select_pgpolicy`): the policy a map is grouped with.
+///
+/// `all_alua` is true when the map has paths and every one of them uses an
+/// ALUA-aware prioritizer (`alua` or `sysfs`), the fact the prioritizer
+/// layer supplies. Then, with `detect` on, the map is grouped by priority
+/// (by target port group with `use_tpg`) whatever was configured.
+/// `group_by_tpg` configured on a map whose paths are not all ALUA falls
+/// back to `failover`, multipathd's "emergency fallback".
+pub fn detect_pgpolicy(
+    configured: GroupingPolicy,
+    detect: bool,
+    use_tpg: bool,
+    all_alua: bool,
+) -> GroupingPolicy {
+    if detect && all_alua {
+        if use_tpg {
+            GroupingPolicy::GroupByTpg
+        } else {
+            GroupingPolicy::GroupByPrio
+        }
+    } else if configured == GroupingPolicy::GroupByTpg && !all_alua {
+        GroupingPolicy::Failover
+    } else {
+        configured
+    }
 }
 
 #[cfg(test)]
@@ -74,8 +138,9 @@ mod tests {
         GroupKey {
             id: PathId::new(id),
             prio: Prio(prio),
+            usable: true,
             serial,
-            node_name: "",
+            node_name: None,
             tpg: None,
         }
     }
@@ -107,6 +172,16 @@ mod tests {
     }
 
     #[test]
+    fn failover_puts_failed_paths_last() {
+        let mut paths = [key(0, 1, "a"), key(1, 1, "a"), key(2, 1, "a")];
+        paths[0].usable = false;
+        assert_eq!(
+            groups(GroupingPolicy::Failover, &paths),
+            vec![vec![1], vec![2], vec![0]]
+        );
+    }
+
+    #[test]
     fn group_by_prio_and_serial() {
         let paths = [
             key(0, 10, "x"),
@@ -118,9 +193,83 @@ mod tests {
             groups(GroupingPolicy::GroupByPrio, &paths),
             vec![vec![1, 3], vec![0, 2]]
         );
+        // Both serial groups average 30: discovery order.
         assert_eq!(
             groups(GroupingPolicy::GroupBySerial, &paths),
             vec![vec![0, 3], vec![1, 2]]
         );
+    }
+
+    #[test]
+    fn group_priority_is_the_average_of_usable_paths() {
+        assert_eq!(
+            group_prio([(Prio(50), true), (Prio(10), true)]),
+            (Prio(30), 2)
+        );
+        assert_eq!(
+            group_prio([(Prio(50), false), (Prio(10), true)]),
+            (Prio(10), 1)
+        );
+        assert_eq!(group_prio([(Prio(50), false)]), (Prio(0), 0));
+        // Integer division, as multipathd.
+        assert_eq!(
+            group_prio([(Prio(50), true), (Prio(1), true)]),
+            (Prio(25), 2)
+        );
+    }
+
+    #[test]
+    fn equal_priority_orders_by_usable_paths_then_discovery() {
+        let mut paths = [
+            key(0, 10, "a"),
+            key(1, 10, "b"),
+            key(2, 10, "b"),
+            key(3, 10, "c"),
+            key(4, 10, "c"),
+        ];
+        assert_eq!(
+            groups(GroupingPolicy::GroupBySerial, &paths),
+            vec![vec![1, 2], vec![3, 4], vec![0]]
+        );
+        paths[1].usable = false;
+        assert_eq!(
+            groups(GroupingPolicy::GroupBySerial, &paths),
+            vec![vec![3, 4], vec![0], vec![1, 2]]
+        );
+    }
+
+    #[test]
+    fn group_by_node_name_and_tpg() {
+        let mut paths = [
+            key(0, 1, "s"),
+            key(1, 1, "s"),
+            key(2, 1, "s"),
+            key(3, 1, "s"),
+        ];
+        paths[0].node_name = Some("iqn.a");
+        paths[1].node_name = Some("iqn.b");
+        paths[2].node_name = Some("iqn.a");
+        paths[0].tpg = Some(1);
+        paths[1].tpg = Some(2);
+        paths[2].tpg = Some(2);
+        assert_eq!(
+            groups(GroupingPolicy::GroupByNodeName, &paths),
+            vec![vec![0, 2], vec![1], vec![3]]
+        );
+        assert_eq!(
+            groups(GroupingPolicy::GroupByTpg, &paths),
+            vec![vec![1, 2], vec![0], vec![3]]
+        );
+    }
+
+    #[test]
+    fn detect_pgpolicy_follows_alua() {
+        use GroupingPolicy::*;
+        assert_eq!(detect_pgpolicy(Multibus, true, false, true), GroupByPrio);
+        assert_eq!(detect_pgpolicy(Multibus, true, true, true), GroupByTpg);
+        assert_eq!(detect_pgpolicy(Multibus, true, false, false), Multibus);
+        assert_eq!(detect_pgpolicy(Multibus, false, false, true), Multibus);
+        assert_eq!(detect_pgpolicy(GroupByTpg, false, false, false), Failover);
+        assert_eq!(detect_pgpolicy(GroupByTpg, false, false, true), GroupByTpg);
     }
 }
