@@ -23,7 +23,12 @@
 //!   gives up);
 //! * a prioritizer that cannot compute (missing or malformed data) is an
 //!   error the caller reports and handles (keeping the last priority),
-//!   not a silent priority.
+//!   not a silent priority;
+//! * REPORT TARGET PORT GROUPS data whose lengths do not add up is an
+//!   error (multipath-tools walks the descriptors as far as the length
+//!   says), and the extended header format is understood;
+//! * `const`, `random`, `sysfs` and `alua` refuse arguments they do not
+//!   know (multipath-tools ignores them).
 
 pub mod latency;
 pub mod weighted;
