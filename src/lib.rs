@@ -33,6 +33,7 @@ pub mod kernel;
 pub mod model;
 pub mod nbd;
 pub mod policy;
+pub mod prio;
 pub mod resources;
 pub mod scsi;
 pub mod sim;

@@ -43,6 +43,8 @@ use super::keywords::{
 };
 use super::parse::{Attr, Block, Document, Item};
 use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
+use crate::prio::{PrioConfigError, Prioritizer};
+
 use super::sections::{
     AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, ProtocolEntry,
 };
@@ -780,6 +782,49 @@ impl Builder<'_> {
         self.cfg.max_polling_interval = m;
     }
 
+    /// `prio` with the `prio_args` of its own section (they are selected
+    /// together): bad arguments are errors at the `prio_args` line (or
+    /// the `prio` line when the section has none). A device entry without
+    /// `prio_args` is not checked here: it may take them from another
+    /// matching entry. `prio_args` without `prio` in `defaults`,
+    /// `overrides` or a `multipath` entry is never used: a warning.
+    fn check_prio_args(&mut self) {
+        let mut errors = Vec::new();
+        let mut unused = Vec::new();
+        let mut check =
+            |attrs: &AttrMap, device: bool| match (attrs.get("prio"), attrs.get("prio_args")) {
+                (Some(prio), args) if !(device && args.is_none()) => {
+                    let text = args.map_or("", |a| a.text.as_str());
+                    if let Err(e @ PrioConfigError::BadArg { .. }) =
+                        Prioritizer::parse(&prio.text, text)
+                    {
+                        let span = args.map_or(&prio.span, |a| &a.span);
+                        errors.push((span.clone(), e.to_string()));
+                    }
+                }
+                (None, Some(args)) if !device => unused.push(args.span.clone()),
+                _ => {}
+            };
+        check(&self.cfg.defaults, false);
+        check(&self.cfg.overrides, false);
+        for d in self.cfg.devices.iter().filter(|d| !d.builtin) {
+            check(&d.attrs, true);
+        }
+        for m in &self.cfg.multipaths {
+            check(&m.attrs, false);
+        }
+        for (span, msg) in errors {
+            self.diags.error(&span, msg);
+        }
+        for span in unused {
+            self.diags.warning(
+                &span,
+                "prio_args without prio in the same section is not used (prio_args goes with \
+                 the prio of its section)",
+            );
+        }
+    }
+
     fn report_blacklisted_paths(&mut self) {
         let mut found = Vec::new();
         for p in &self.cfg.paths {
@@ -828,6 +873,7 @@ pub(crate) fn build(docs: &[Document], diags: &mut Diags) -> Config {
     b.cfg.paths = std::mem::take(&mut b.paths);
     b.cfg.files = docs.iter().map(|d| d.file.to_string()).collect();
     b.intervals();
+    b.check_prio_args();
     b.report_blacklisted_paths();
     b.cfg
 }

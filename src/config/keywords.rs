@@ -11,6 +11,7 @@ use std::fmt;
 use regex::{Regex, RegexBuilder};
 
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+use crate::prio::{self, PrioConfigError, Prioritizer};
 
 use super::diag::Span;
 
@@ -346,25 +347,6 @@ pub type Checked = (Typed, Option<String>);
 
 const HW_CHECKERS: [&str; 4] = ["emc_clariion", "hp_sw", "rdac", "cciss_tur"];
 
-const PRIOS: [&str; 16] = [
-    "const",
-    "sysfs",
-    "emc",
-    "alua",
-    "ontap",
-    "rdac",
-    "hp_sw",
-    "hds",
-    "random",
-    "weightedpath",
-    "weighted",
-    "path_latency",
-    "ana",
-    "datacore",
-    "iet",
-    "none",
-];
-
 fn list(words: &[&str]) -> String {
     match words {
         [] => String::new(),
@@ -457,12 +439,19 @@ impl Keyword {
                 }
             }
             Kind::Prio => {
-                let warning = (!PRIOS.contains(&text)).then(|| {
-                    format!(
-                        "unknown prioritizer '{text}' for '{name}' (known: {})",
-                        list(&PRIOS)
-                    )
-                });
+                let warning = match Prioritizer::parse(text, "") {
+                    Err(e @ PrioConfigError::NotImplemented { .. }) => Some(e.to_string()),
+                    Err(PrioConfigError::Unknown { .. }) => {
+                        let mut known: Vec<&str> = prio::IMPLEMENTED.to_vec();
+                        known.extend(prio::NOT_IMPLEMENTED);
+                        Some(format!(
+                            "unknown prioritizer '{text}' for '{name}' (known: {})",
+                            list(&known)
+                        ))
+                    }
+                    // Arguments are checked with the section's prio_args.
+                    Ok(_) | Err(PrioConfigError::BadArg { .. }) => None,
+                };
                 Ok((Typed::Str(text.to_string()), warning))
             }
             Kind::UInt { min, max } => {

@@ -18,6 +18,7 @@
 use std::fmt;
 
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
+use crate::prio::{PrioConfigError, Prioritizer};
 
 use super::data::Config;
 use super::defaults;
@@ -140,6 +141,8 @@ pub struct PathSettings {
     /// Seconds; `None`: the transport's own default.
     pub checker_timeout: Setting<Option<u32>>,
     pub prio: Setting<String>,
+    /// The `prio_args` of the section that gave `prio` (see
+    /// [`PathSettings::prioritizer`]).
     pub prio_args: Setting<String>,
     pub features: Setting<String>,
     pub user_friendly_names: Setting<bool>,
@@ -297,6 +300,68 @@ impl Config {
         (Setting::builtin(default), Rank::BUILTIN)
     }
 
+    /// `prio_args` goes with `prio`, as in multipath-tools: the one of
+    /// the section that gave `prio` (for device entries: the first
+    /// matching entry that has `prio_args`, whichever gave `prio`), else
+    /// empty. `prio_args` in a stronger section without `prio` is not
+    /// used.
+    fn prio_args(&self, app: &Applicable<'_>, prio_rank: Rank) -> Setting<String> {
+        let asg = match prio_rank.level {
+            4 => app
+                .multipaths
+                .get(prio_rank.index)
+                .and_then(|m| m.attrs.get("prio_args"))
+                .map(|a| {
+                    (
+                        a,
+                        Origin::Multipath {
+                            file: a.span.file.to_string(),
+                            line: a.span.line,
+                        },
+                    )
+                }),
+            3 => self.overrides.get("prio_args").map(|a| {
+                (
+                    a,
+                    Origin::Overrides {
+                        file: a.span.file.to_string(),
+                        line: a.span.line,
+                    },
+                )
+            }),
+            2 => app.devices.iter().find_map(|d| {
+                d.attrs.get("prio_args").map(|a| {
+                    let (file, line) = origin_line(a);
+                    let origin = Origin::Device {
+                        file,
+                        line,
+                        vendor: d.vendor.as_str().to_string(),
+                        product: d.product.as_str().to_string(),
+                        builtin: d.builtin || is_builtin_span(a),
+                    };
+                    (a, origin)
+                })
+            }),
+            1 => self.defaults.get("prio_args").map(|a| {
+                (
+                    a,
+                    Origin::Defaults {
+                        file: a.span.file.to_string(),
+                        line: a.span.line,
+                    },
+                )
+            }),
+            _ => None,
+        };
+        match asg {
+            Some((a, origin)) => Setting {
+                value: a.text.clone(),
+                origin,
+            },
+            None => Setting::builtin(defaults::PRIO_ARGS.into()),
+        }
+    }
+
     /// Every setting for a path with identity `id`.
     pub fn resolve(&self, id: &PathIdentity<'_>) -> PathSettings {
         let app = self.applicable(id);
@@ -387,8 +452,8 @@ impl Config {
             },
             None,
         );
-        let (prio, _) = self.select(&app, "prio", string, defaults::PRIO.into());
-        let (prio_args, _) = self.select(&app, "prio_args", string, defaults::PRIO_ARGS.into());
+        let (prio, prio_rank) = self.select(&app, "prio", string, defaults::PRIO.into());
+        let prio_args = self.prio_args(&app, prio_rank);
         let (user_friendly_names, _) = self.select(
             &app,
             "user_friendly_names",
@@ -630,6 +695,12 @@ fn describe_entry_hit(kind: &str, e: &BlacklistEntry) -> String {
 }
 
 impl PathSettings {
+    /// The prioritizer `prio` and `prio_args` make (the load reported
+    /// any error with file:line already).
+    pub fn prioritizer(&self) -> Result<Prioritizer, PrioConfigError> {
+        Prioritizer::parse(&self.prio.value, &self.prio_args.value)
+    }
+
     /// Every effective property as (keyword, value, origin), in the order
     /// `multipath -t` prints them.
     pub fn entries(&self) -> Vec<(&'static str, String, &Origin)> {

@@ -1256,6 +1256,13 @@ fn every_diagnostic_has_file_line_and_a_plain_message() {
         ("defaults {\n features \"2 queue_if_no_path\"\n}\n", 2, false, "announces 2 words but has 1"),
         ("defaults {\n path_checker rdac\n}\n", 2, false, "hardware specific"),
         ("defaults {\n prio nonsense\n}\n", 2, false, "unknown prioritizer 'nonsense'"),
+        ("defaults {\n prio rdac\n}\n", 2, false, "prioritizer 'rdac' is not implemented by umpath"),
+        ("defaults {\n prio weightedpath\n prio_args \"devname sd[a 5\"\n}\n", 3, true, "prio_args for 'weightedpath': invalid regular expression 'sd[a'"),
+        ("defaults {\n prio weightedpath\n}\n", 2, true, "prio_args for 'weightedpath': missing arguments"),
+        ("overrides {\n prio path_latency\n prio_args \"io_num=5 base_num=2\"\n}\n", 3, true, "io_num 5 is out of range (20 to 200)"),
+        ("multipaths {\n multipath {\n  wwid 1\n  prio alua\n  prio_args bogus\n }\n}\n", 5, true, "unknown argument 'bogus' (the only one is exclusive_pref_bit)"),
+        ("devices {\n device {\n  vendor V\n  product P\n  prio const\n  prio_args 3\n }\n}\n", 6, true, "'const' takes no arguments"),
+        ("defaults {\n prio_args exclusive_pref_bit\n}\n", 2, false, "prio_args without prio in the same section is not used"),
         ("defaults {\n reassign_maps yes\n}\n", 2, false, "keyword 'reassign_maps' has no effect in umpath"),
         ("defaults {\n polling_interval 10\n max_polling_interval 5\n}\n", 3, false, "max_polling_interval 5 is smaller than polling_interval 10"),
         // Sections and entries.
@@ -1556,9 +1563,9 @@ mod render_proptests {
                 (0u32..100).prop_map(|n| n.to_string())
             ]
             .boxed(),
-            "prio_args" | "alias_prefix" => {
-                "[a-z][a-z0-9 \"#]{0,8}".prop_map(|s| quote(&s)).boxed()
-            }
+            // prio_args must suit the section's prio (const: none).
+            "prio_args" => Just(quote("")).boxed(),
+            "alias_prefix" => "[a-z][a-z0-9 \"#]{0,8}".prop_map(|s| quote(&s)).boxed(),
             _ => Just("x".to_string()).boxed(),
         }
     }
@@ -1679,4 +1686,61 @@ fn kernel_nbd_device_keywords() {
     let e = err("multipaths {\n multipath {\n  wwid 3600a\n  nbd_device sometimes\n }\n}\n");
     assert!(e.to_string().contains("nbd_device"), "{e}");
     assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+}
+
+#[test]
+fn prio_args_go_with_the_prio_of_their_section() {
+    use crate::prio::Prioritizer;
+    let c = ok(concat!(
+        "defaults {\n",
+        " prio alua\n",
+        " prio_args exclusive_pref_bit\n",
+        "}\n",
+        "devices {\n",
+        " device {\n",
+        "  vendor V\n",
+        "  product P\n",
+        "  prio const\n",
+        " }\n",
+        " device {\n",
+        "  vendor W\n",
+        "  product .*\n",
+        "  prio_args \"devname ^sd[ab]$ 7\"\n",
+        " }\n",
+        " device {\n",
+        "  vendor W\n",
+        "  product Q\n",
+        "  prio weightedpath\n",
+        " }\n",
+        "}\n",
+    ));
+    // The device entry's prio comes without the defaults' prio_args.
+    let s = c.resolve(&id("V", "P", "", "w1"));
+    assert_eq!(s.prio.value, "const");
+    assert_eq!(s.prio_args, Setting::builtin(String::new()));
+    assert_eq!(s.prioritizer(), Ok(Prioritizer::Const));
+    // Defaults: both, with their lines.
+    let s = c.resolve(&id("X", "Y", "", "w2"));
+    assert_eq!(s.prio_args.value, "exclusive_pref_bit");
+    assert_eq!(s.prio_args.origin, defaults(3));
+    assert_eq!(
+        s.prioritizer(),
+        Ok(Prioritizer::Alua {
+            exclusive_pref: true
+        })
+    );
+    // Device entries: prio and prio_args each from the first matching
+    // entry that has them.
+    let s = c.resolve(&id("W", "Q", "", "w3"));
+    assert_eq!(s.prio.origin, dev(19, "W", "Q"));
+    assert_eq!(s.prio_args.origin, dev(14, "W", ".*"));
+    let p = s.prioritizer().unwrap();
+    assert_eq!(p.to_string(), "weightedpath devname ^sd[ab]$ 7");
+    assert!(s.to_string().contains(
+        "prio_args = devname ^sd[ab]$ 7 (setting: storage device configuration, multipath.conf:14"
+    ));
+    // A built-in vendor prioritizer umpath does not implement.
+    let s = c.resolve(&id("NETAPP", "LUN", "", "w4"));
+    assert_eq!(s.prio.value, "ontap");
+    assert!(s.prioritizer().is_err());
 }

@@ -103,6 +103,56 @@ impl StdInquiry {
     pub fn type_name(&self) -> &'static str {
         device_type_name(self.device_type)
     }
+
+    /// How the LUN supports asymmetric access (the TPGS field).
+    pub fn alua_support(&self) -> Tpgs {
+        Tpgs::from_bits(self.tpgs)
+    }
+}
+
+/// Target port group support (the TPGS field of standard INQUIRY data,
+/// byte 5 bits 5..4): whether and how the LUN does ALUA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tpgs {
+    /// 00b: no asymmetric access.
+    None,
+    /// 01b: implicit only (the device changes states itself).
+    Implicit,
+    /// 10b: explicit only (SET TARGET PORT GROUPS).
+    Explicit,
+    /// 11b: both.
+    Both,
+}
+
+impl Tpgs {
+    /// The field in the low 2 bits of `v`.
+    pub fn from_bits(v: u8) -> Tpgs {
+        match v & 0x03 {
+            0 => Tpgs::None,
+            1 => Tpgs::Implicit,
+            2 => Tpgs::Explicit,
+            _ => Tpgs::Both,
+        }
+    }
+
+    /// The field from standard INQUIRY data, which needs only its first 6
+    /// bytes (what a short INQUIRY or the sysfs `inquiry` attribute gives).
+    pub fn from_inquiry(b: &[u8]) -> Result<Tpgs, ScsiError> {
+        match b.get(5) {
+            Some(b5) => Ok(Tpgs::from_bits(b5 >> 4)),
+            None => Err(ScsiError::short("standard INQUIRY data", b.len(), 6)),
+        }
+    }
+
+    /// The LUN reports target port groups (any value but `None`).
+    pub fn supported(self) -> bool {
+        self != Tpgs::None
+    }
+
+    /// Explicit transitions are supported (`Explicit` or `Both`).
+    pub fn explicit(self) -> bool {
+        matches!(self, Tpgs::Explicit | Tpgs::Both)
+    }
 }
 
 /// The name of a peripheral device type.
@@ -172,6 +222,7 @@ pub(crate) mod tests {
         assert!(!q.connected());
         assert!(q.removable);
         assert_eq!(q.tpgs, 3);
+        assert_eq!(q.alua_support(), Tpgs::Both);
     }
 
     #[test]
@@ -204,5 +255,21 @@ pub(crate) mod tests {
         let q = StdInquiry::from_strings("AB", "C", "");
         assert_eq!(&q.raw_vendor, b"AB      ");
         assert_eq!(q.revision, "");
+    }
+
+    #[test]
+    fn tpgs_from_short_inquiry() {
+        assert_eq!(
+            Tpgs::from_inquiry(&[0, 0, 6, 2, 31, 0x10]),
+            Ok(Tpgs::Implicit)
+        );
+        assert_eq!(
+            Tpgs::from_inquiry(&[0, 0, 6, 2, 31, 0x20]),
+            Ok(Tpgs::Explicit)
+        );
+        assert_eq!(Tpgs::from_inquiry(&[0, 0, 6, 2, 31, 0x0f]), Ok(Tpgs::None));
+        assert!(Tpgs::from_inquiry(&[0, 0, 6]).is_err());
+        assert!(Tpgs::Both.explicit() && Tpgs::Both.supported());
+        assert!(!Tpgs::Implicit.explicit() && !Tpgs::None.supported());
     }
 }

@@ -1,4 +1,5 @@
-//! SCSI data formats, pure: standard INQUIRY, VPD pages, sense data, the
+//! SCSI data formats, pure: standard INQUIRY, VPD pages, sense data,
+//! REPORT TARGET PORT GROUPS (ALUA states), the
 //! WWID the way `scsi_id --whitelisted --replace-whitespace` computes it,
 //! and the TEST UNIT READY verdict of multipath-tools' `tur` checker.
 //!
@@ -8,12 +9,14 @@
 //! `crate::transport::scsi` (SG_IO) and `crate::discovery` (sysfs).
 
 pub mod inquiry;
+pub mod rtpg;
 pub mod sense;
 pub mod tur;
 pub mod vpd;
 pub mod wwid;
 
-pub use inquiry::StdInquiry;
+pub use inquiry::{StdInquiry, Tpgs};
+pub use rtpg::{AccessState, TargetPortGroups};
 pub use sense::{Sense, SenseKey};
 pub use tur::{TurOutcome, TurVerdict};
 pub use vpd::{Association, CodeSet, Designator, DesignatorType};
@@ -163,6 +166,10 @@ mod fuzz {
             let _ = vpd::supported_pages(&b);
             let _ = vpd::unit_serial(&b);
             let _ = vpd::designators(&b);
+            let _ = vpd::target_port_group(&b);
+            let _ = vpd::relative_target_port(&b);
+            let _ = Tpgs::from_inquiry(&b);
+            let _ = rtpg::parse(&b);
             let _ = Sense::parse(&b);
             let inq = StdInquiry::from_strings("OSNEXUS", "QUANTASTOR", "0001");
             let _ = wwid::scsi_id(&inq, Some(&b), Some(&b));
@@ -184,6 +191,45 @@ mod fuzz {
                 prop_assert!(!w.id.is_empty());
                 prop_assert!(w.id.len() < wwid::MAX_SERIAL_LEN);
                 prop_assert!(!w.id.bytes().any(|c| c.is_ascii_whitespace() || c == 0x0b));
+            }
+        }
+
+        #[test]
+        fn rtpg_never_panics_and_agrees_with_its_lengths(
+            descs in proptest::collection::vec(
+                (any::<u8>(), any::<u16>(), proptest::collection::vec(any::<u16>(), 0..6)),
+                0..6,
+            ),
+            ext in any::<bool>(),
+            delta in -12i64..12,
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut body = if ext { vec![0x10, 7, 0, 0] } else { Vec::new() };
+            for (b0, id, ports) in &descs {
+                // Length-only data: bits 6..4 of the first byte must not
+                // read as the extended format type.
+                let b0 = if !ext && body.is_empty() { b0 & 0x8f } else { *b0 };
+                let d = rtpg::tests::desc(b0, *id, ports);
+                body.extend(d);
+            }
+            let honest = body.len();
+            let claimed = u32::try_from((honest as i64 + delta).max(0)).unwrap();
+            let mut b = claimed.to_be_bytes().to_vec();
+            b.extend_from_slice(&body);
+            b.extend_from_slice(&tail);
+            let r = rtpg::parse(&b);
+            if delta == 0 {
+                let t = r.unwrap();
+                prop_assert_eq!(t.groups.len(), descs.len());
+                for (g, (b0, id, ports)) in t.groups.iter().zip(&descs) {
+                    prop_assert_eq!(g.id, *id);
+                    prop_assert_eq!(&g.ports, ports);
+                    prop_assert_eq!(g.preferred, b0 & 0x80 != 0);
+                }
+            } else if let Ok(t) = r {
+                // Only a length that ends on a descriptor boundary (or
+                // reaches into the tail) decodes.
+                prop_assert!(t.groups.len() <= descs.len() + 16);
             }
         }
     }

@@ -280,6 +280,36 @@ pub fn designators(b: &[u8]) -> Result<Vec<Designator>, ScsiError> {
     Ok(out)
 }
 
+/// Page 0x83: the number in the first designator of type `kind` (target
+/// port group or relative target port: 4 bytes, the number in the last
+/// two), `None` when the page has none.
+fn port_designator(b: &[u8], kind: DesignatorType) -> Result<Option<u16>, ScsiError> {
+    let Some(d) = designators(b)?.into_iter().find(|d| d.kind == kind) else {
+        return Ok(None);
+    };
+    match d.port_number() {
+        Some(n) => Ok(Some(n)),
+        None => Err(ScsiError::malformed(
+            "VPD page 0x83",
+            format!("{kind} designator of {} bytes, need 4", d.id.len()),
+        )),
+    }
+}
+
+/// Page 0x83 read through a path: the target port group of the port it
+/// came through (what the ALUA prioritizer looks up in REPORT TARGET PORT
+/// GROUPS data). The first such designator counts, as in multipath-tools.
+pub fn target_port_group(b: &[u8]) -> Result<Option<u16>, ScsiError> {
+    port_designator(b, DesignatorType::TargetPortGroup)
+}
+
+/// Page 0x83 read through a path: the relative target port identifier of
+/// the port it came through (found in a group's port list when a device
+/// sends no target port group designator).
+pub fn relative_target_port(b: &[u8]) -> Result<Option<u16>, ScsiError> {
+    port_designator(b, DesignatorType::RelativeTargetPort)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -377,5 +407,26 @@ pub(crate) mod tests {
         assert_eq!(unit_serial_raw(&pg80(b"QS0001  ")).unwrap(), b"QS0001  ");
         assert_eq!(unit_serial(&pg80(b"AB\0CD")).unwrap(), "AB");
         assert_eq!(unit_serial(&pg80(b"")).unwrap(), "");
+    }
+
+    #[test]
+    fn own_port_group_and_relative_port() {
+        let b = page(
+            PAGE_DEVICE_ID,
+            &[
+                0x61, 0x94, 0x00, 0x04, 0x00, 0x00, 0x00, 0x03, // relative port 3
+                0x61, 0x95, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, // group 2
+                0x61, 0x95, 0x00, 0x04, 0x00, 0x00, 0x00, 0x07, // a second group: ignored
+            ],
+        );
+        assert_eq!(target_port_group(&b), Ok(Some(2)));
+        assert_eq!(relative_target_port(&b), Ok(Some(3)));
+        assert_eq!(target_port_group(&qemu_pg83()), Ok(None));
+        assert_eq!(relative_target_port(&qemu_pg83()), Ok(None));
+        // A target port group designator of 2 bytes.
+        let short = page(PAGE_DEVICE_ID, &[0x01, 0x15, 0x00, 0x02, 0x00, 0x02]);
+        let e = target_port_group(&short).unwrap_err().to_string();
+        assert!(e.contains("target port group designator of 2 bytes"), "{e}");
+        assert!(target_port_group(&pg80(b"x")).is_err());
     }
 }
