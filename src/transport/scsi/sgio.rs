@@ -397,5 +397,11 @@ mod tests {
         );
         assert_eq!(e.errno(), Some(libc::ENOTTY));
         assert!(sg_io(&f, &[], Data::None, Duration::from_secs(1)).is_err());
+        let e = report_target_port_groups(&f, "f", Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("f: REPORT TARGET PORT GROUPS: SG_IO failed"),
+            "{e}"
+        );
     }
 }
