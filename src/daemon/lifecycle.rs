@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::assemble::PathPlan;
 use crate::checker::{CheckResult, PathChecker};
@@ -32,9 +32,11 @@ use crate::config::PathSettings;
 use crate::engine::MapEngine;
 use crate::model::{CheckState, PathId};
 use crate::nbd::uri::NbdUri;
+use crate::prio::{PathFacts, Prioritizer};
 use crate::transport::fault::FaultSpec;
 use crate::transport::nbd::NbdTransport;
 use crate::transport::{PathDev, Transport};
+use crate::units::Prio;
 
 /// Default check timeout when neither the config nor the device says.
 pub const DEFAULT_CHECKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,6 +220,10 @@ pub struct CheckerCtx {
     pub settings: Arc<ArcSwap<PathSettings>>,
     pub polling: Arc<ArcSwap<Polling>>,
     pub shutdown: watch::Receiver<bool>,
+    /// What the path's prioritizer may read that does not change while
+    /// the path lives (device name, H:C:T:L, serial); the rest is
+    /// gathered at each check ([`gather_facts`]).
+    pub facts: PathFacts,
 }
 
 /// Aborts a task when dropped: a path's checker ends with the path.
@@ -243,12 +249,14 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
     let CheckerCtx {
         engine,
         id,
-        name: _,
+        name,
         checker,
         settings,
         polling,
         mut shutdown,
+        facts,
     } = ctx;
+    let mut prio = PrioTracker::default();
     let mut last = CheckState::Unchecked;
     if let Some(task) = first {
         let f = tokio::select! {
@@ -258,6 +266,17 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
         if let Ok(f) = f {
             engine.check_result(id, f.result.state, &f.result.message);
             last = f.result.state;
+            let timeout = checker_timeout(&settings.load(), checker.dev());
+            prio.update(
+                &engine,
+                id,
+                &name,
+                &checker,
+                &settings.load(),
+                &facts,
+                timeout,
+            )
+            .await;
         }
     }
     let mut interval = Duration::ZERO;
@@ -289,6 +308,16 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
         };
         engine.check_duration(id, started.elapsed());
         engine.check_result(id, state, &message);
+        prio.update(
+            &engine,
+            id,
+            &name,
+            &checker,
+            &settings.load(),
+            &facts,
+            timeout,
+        )
+        .await;
         // Healthy and unchanged: check less often, up to the max.
         interval = if state == CheckState::Up && last == CheckState::Up {
             interval.saturating_mul(2).min(p.max)
@@ -296,5 +325,135 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
             p.min
         };
         last = state;
+    }
+}
+
+/// A path's priority, computed after each check by its prioritizer (the
+/// `prio`/`prio_args` settings as they are now). Remembers what it last
+/// reported so that a prioritizer that cannot compute, or a transport
+/// that cannot give what it needs, is logged once per change, not at
+/// every check; the path then keeps its last priority (1 if it never had
+/// one computed).
+#[derive(Debug, Default)]
+struct PrioTracker {
+    /// Why the priority was last not computed ("" when it was).
+    last_problem: String,
+}
+
+impl PrioTracker {
+    #[allow(clippy::too_many_arguments)]
+    async fn update(
+        &mut self,
+        engine: &MapEngine,
+        id: PathId,
+        name: &str,
+        checker: &PathChecker,
+        settings: &PathSettings,
+        facts: &PathFacts,
+        timeout: Duration,
+    ) {
+        let prioritizer = match settings.prioritizer() {
+            Ok(p) => p,
+            Err(e) => return self.problem(name, format!("{e}; priority kept")),
+        };
+        if prioritizer == Prioritizer::Const {
+            self.last_problem.clear();
+            engine.set_path_prio(id, Prio::DEFAULT);
+            return;
+        }
+        let needs = prioritizer.needs();
+        let dev = checker.dev().clone();
+        let is_scsi = matches!(dev.transport, Transport::Scsi(_));
+        if needs.scsi() && !is_scsi {
+            engine.set_path_prio(id, Prio::DEFAULT);
+            return self.problem(
+                name,
+                format!(
+                    "prioritizer '{}' needs a SCSI device, and this path is {}; priority stays 1",
+                    prioritizer.name(),
+                    dev.describe()
+                ),
+            );
+        }
+        if needs.latency_reads.is_some() {
+            return self.problem(
+                name,
+                "prioritizer 'path_latency' is not measured yet; priority kept".to_string(),
+            );
+        }
+        let base = facts.clone();
+        let gather = tokio::task::spawn_blocking(move || gather_facts(&dev, base, needs, timeout));
+        let score = match tokio::time::timeout(timeout, gather).await {
+            Ok(Ok(Ok(f))) => prioritizer.score(&f).map_err(|e| e.to_string()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(format!("gathering the facts failed: {e}")),
+            Err(_) => Err(format!(
+                "gathering the facts took longer than {} ms",
+                timeout.as_millis()
+            )),
+        };
+        match score {
+            Ok(p) => {
+                if !self.last_problem.is_empty() {
+                    info!(path = %name, prio = %p, "priority computed again");
+                    self.last_problem.clear();
+                }
+                engine.set_path_prio(id, p);
+            }
+            Err(e) => self.problem(name, format!("{e}; priority kept")),
+        }
+    }
+
+    /// Logs `why` unless it is what was logged last.
+    fn problem(&mut self, name: &str, why: String) {
+        if self.last_problem != why {
+            warn!(path = %name, "priority not computed: {why}");
+            self.last_problem = why;
+        }
+    }
+}
+
+/// The facts `needs` names that are read at each check (blocking: SCSI
+/// commands and sysfs reads), added to `facts`. A fact that cannot be
+/// read stays `None`, and the prioritizer says it is missing; an `alua`
+/// command that fails is the error returned.
+fn gather_facts(
+    dev: &PathDev,
+    mut facts: PathFacts,
+    needs: crate::prio::Needs,
+    timeout: Duration,
+) -> Result<PathFacts, String> {
+    if let Transport::Scsi(s) = &dev.transport {
+        if needs.sysfs {
+            facts.sysfs = s.sysfs_alua();
+        }
+        if needs.alua {
+            facts.alua = Some(s.alua_facts(timeout)?);
+        }
+    }
+    if needs.random {
+        use std::hash::{BuildHasher, Hasher};
+        let h = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        facts.random = Some((h >> 32) as u32);
+    }
+    Ok(facts)
+}
+
+/// The facts of a path that do not change while it lives. A path that is
+/// not a kernel disk (`file`, `nbd`, `memory`) is known by its declared
+/// name, which `weightedpath devname` matches.
+pub fn static_facts(plan: &PathPlan) -> PathFacts {
+    PathFacts {
+        devname: Some(
+            plan.scsi
+                .as_ref()
+                .map_or_else(|| plan.decl.name.clone(), |s| s.name.clone()),
+        ),
+        hbtl: plan.scsi.as_ref().map(|s| s.hctl.clone()),
+        serial: Some(plan.info.serial.clone()).filter(|s| !s.is_empty()),
+        wwn: None,
+        ..PathFacts::default()
     }
 }

@@ -127,6 +127,7 @@ impl MapRuntime {
                 settings: settings.clone(),
                 polling: env.polling.clone(),
                 shutdown: env.shutdown.clone(),
+                facts: lifecycle::static_facts(&plan),
             },
             running,
         );

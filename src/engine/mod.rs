@@ -42,7 +42,7 @@ use crate::export::{BlockSizes, Export, ExportCaps, IoError, Op, Request};
 use crate::model::{CheckState, LoadView, Map, MapEvent, MapPolicy, Path, Route, SwitchReason};
 use crate::policy::no_path_retry::Disposition;
 use crate::transport::{ErrorClass, IoOp, PathDev, TransportCaps, TransportError};
-use crate::units::{duration_ms, PathId, Time};
+use crate::units::{duration_ms, PathId, Prio, Time};
 
 /// IO worker threads per path, at most.
 pub const WORKERS_PER_PATH: usize = 4;
@@ -436,6 +436,15 @@ impl MapEngine {
                 st.map.check_result(path, state, reason, now)
             }
         });
+    }
+
+    /// A path's prioritizer computed `prio` (on the checker's schedule):
+    /// the model takes it ([`Map::set_path_prio`]: regroups under
+    /// group_by_prio, may fail back), and the events are logged like a
+    /// check's. An unchanged priority changes nothing.
+    pub fn set_path_prio(&self, path: PathId, prio: Prio) {
+        let now = self.now();
+        self.inner.apply(|m| m.set_path_prio(path, prio, now));
     }
 
     /// How long a check of the path took (for its check latency histogram).

@@ -476,6 +476,32 @@ fn failback_immediate_returns_to_the_better_group() {
 }
 
 #[test]
+fn set_path_prio_changes_the_priority_regroups_and_fails_over_to_the_better_group() {
+    let mut r = Setup {
+        grouping: GroupingPolicy::GroupByPrio,
+        prios: vec![1, 1],
+        ..Setup::multibus(2)
+    }
+    .start();
+    let snap = r.engine.snapshot();
+    assert_eq!(snap.map.groups().len(), 1, "equal priorities: one group");
+    r.engine.set_path_prio(pid(1), Prio(50));
+    assert_eq!(r.path(1).prio, Prio(50));
+    let snap = r.engine.snapshot();
+    let groups = snap.map.groups();
+    assert_eq!(groups.len(), 2, "two priorities: two groups");
+    assert_eq!(groups[0].members, vec![pid(1)]);
+    assert_eq!(groups[0].prio, Prio(50));
+    assert_eq!(snap.map.current_group(), Some(0));
+    assert_eq!(r.serving_paths(2), vec![1, 1], "IO goes to the better path");
+    // The same priority again changes nothing.
+    r.engine.set_path_prio(pid(1), Prio(50));
+    assert_eq!(r.engine.snapshot().map.groups().len(), 2);
+    r.engine.set_path_prio(pid(1), Prio(1));
+    assert_eq!(r.engine.snapshot().map.groups().len(), 1, "equal again");
+}
+
+#[test]
 fn failback_manual_stays_on_the_working_group() {
     let mut r = Setup {
         grouping: GroupingPolicy::Failover,

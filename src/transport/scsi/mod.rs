@@ -38,6 +38,7 @@ use arc_swap::ArcSwapOption;
 
 use super::file::{self, blk_sector_size, blk_size, errno_error, read_full, write_full};
 use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
+use crate::prio::{AluaFacts, SysfsAlua};
 use crate::scsi::tur::{self, TurResult};
 
 /// Largest piece of one request moved through the bounce buffer at once.
@@ -598,6 +599,51 @@ impl ScsiTransport {
             bytes,
             direct: true,
             note: None,
+        })
+    }
+
+    /// The kernel name of the disk ("sdb"): the device node's file name.
+    pub fn devname(&self) -> Option<String> {
+        self.target
+            .devnode
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// What the `alua` prioritizer reads, asked of the device over SG_IO
+    /// on a descriptor of its own: INQUIRY VPD page 0x83 (the path's
+    /// target port group and relative target port) and REPORT TARGET PORT
+    /// GROUPS. Each command is bounded by `timeout`.
+    pub fn alua_facts(&self, timeout: Duration) -> Result<AluaFacts, String> {
+        let file = sgio::open_for_commands(&self.target.devnode)
+            .map_err(|e| format!("cannot open {}: {e}", self.name))?;
+        let vpd =
+            sgio::inquiry(&file, &self.name, Some(0x83), timeout).map_err(|e| e.to_string())?;
+        let tpg = crate::scsi::vpd::target_port_group(&vpd).map_err(|e| e.to_string())?;
+        let rel_port = crate::scsi::vpd::relative_target_port(&vpd).map_err(|e| e.to_string())?;
+        let rtpg = sgio::report_target_port_groups(&file, &self.name, timeout)
+            .map_err(|e| e.to_string())?;
+        Ok(AluaFacts {
+            rtpg,
+            tpg,
+            rel_port,
+        })
+    }
+
+    /// The kernel's `access_state` and `preferred_path` of the disk
+    /// (`/sys/block/DEV/device/`); `None` when `access_state` cannot be
+    /// read (no ALUA device handler attached).
+    pub fn sysfs_alua(&self) -> Option<SysfsAlua> {
+        let dir = PathBuf::from("/sys/block")
+            .join(self.devname()?)
+            .join("device");
+        let access_state = std::fs::read_to_string(dir.join("access_state")).ok()?;
+        let preferred = std::fs::read_to_string(dir.join("preferred_path"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Some(SysfsAlua {
+            access_state: access_state.trim().to_string(),
+            preferred,
         })
     }
 

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::scsi::host;
+use crate::scsi::rtpg;
 use crate::scsi::sense::Sense;
 use crate::scsi::tur::{TurOutcome, SG_INFO_CHECK};
 
@@ -316,6 +317,55 @@ pub fn inquiry(
     })
 }
 
+/// The largest REPORT TARGET PORT GROUPS answer asked for (multipath-tools
+/// caps it alike).
+pub const RTPG_MAX: usize = 0xffff;
+
+/// REPORT TARGET PORT GROUPS (MAINTENANCE IN, service action 0x0A):
+/// the parameter data transferred. A short answer whose length field
+/// announces more ([`rtpg::required_len`]) is asked again with that many
+/// bytes (at most [`RTPG_MAX`]).
+pub fn report_target_port_groups(
+    file: &File,
+    device: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, SgError> {
+    let command = "REPORT TARGET PORT GROUPS".to_string();
+    let mut alloc: usize = 128;
+    for _ in 0..2 {
+        let mut buf = vec![0u8; alloc];
+        // alloc <= RTPG_MAX fits in 32 bits.
+        let cdb = rtpg::cdb(alloc as u32, true);
+        let r = sg_io(file, &cdb, Data::FromDevice(&mut buf), timeout).map_err(|source| {
+            SgError::Ioctl {
+                device: device.to_string(),
+                command: command.clone(),
+                source,
+            }
+        })?;
+        if !r.ok() {
+            return Err(SgError::Failed {
+                device: device.to_string(),
+                command,
+                result: r,
+            });
+        }
+        let got = alloc.saturating_sub(usize::try_from(r.resid.max(0)).unwrap_or(0));
+        buf.truncate(got);
+        match rtpg::required_len(&buf) {
+            Some(want) if want > alloc && alloc < RTPG_MAX => {
+                alloc = want.min(RTPG_MAX);
+            }
+            _ => return Ok(buf),
+        }
+    }
+    Err(SgError::BadData {
+        device: device.to_string(),
+        command,
+        why: "the answer keeps growing".to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +397,11 @@ mod tests {
         );
         assert_eq!(e.errno(), Some(libc::ENOTTY));
         assert!(sg_io(&f, &[], Data::None, Duration::from_secs(1)).is_err());
+        let e = report_target_port_groups(&f, "f", Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("f: REPORT TARGET PORT GROUPS: SG_IO failed"),
+            "{e}"
+        );
     }
 }
