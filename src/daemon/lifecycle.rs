@@ -270,6 +270,7 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
             prio.update(
                 &engine,
                 id,
+                f.result.state,
                 &name,
                 &checker,
                 &settings.load(),
@@ -311,6 +312,7 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
         prio.update(
             &engine,
             id,
+            state,
             &name,
             &checker,
             &settings.load(),
@@ -338,6 +340,10 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
 struct PrioTracker {
     /// Why the priority was last not computed ("" when it was).
     last_problem: String,
+    /// A fact-gathering that outlived its timeout (a device stuck in
+    /// SG_IO): no other starts until it ends, so a hung path holds at
+    /// most one blocking thread for its priority.
+    stuck: Option<tokio::task::JoinHandle<Result<PathFacts, String>>>,
 }
 
 impl PrioTracker {
@@ -346,12 +352,28 @@ impl PrioTracker {
         &mut self,
         engine: &MapEngine,
         id: PathId,
+        state: CheckState,
         name: &str,
         checker: &PathChecker,
         settings: &PathSettings,
         facts: &PathFacts,
         timeout: Duration,
     ) {
+        // As multipathd: only a path that is up (or a ghost) is asked;
+        // a down path keeps its last priority.
+        if !matches!(state, CheckState::Up | CheckState::Ghost) {
+            return;
+        }
+        if let Some(h) = &self.stuck {
+            if !h.is_finished() {
+                return self.problem(
+                    name,
+                    "the last priority query is still stuck in the device; priority kept"
+                        .to_string(),
+                );
+            }
+            self.stuck = None;
+        }
         let prioritizer = match settings.prioritizer() {
             Ok(p) => p,
             Err(e) => return self.problem(name, format!("{e}; priority kept")),
@@ -382,15 +404,19 @@ impl PrioTracker {
             );
         }
         let base = facts.clone();
-        let gather = tokio::task::spawn_blocking(move || gather_facts(&dev, base, needs, timeout));
-        let score = match tokio::time::timeout(timeout, gather).await {
+        let mut gather =
+            tokio::task::spawn_blocking(move || gather_facts(&dev, base, needs, timeout));
+        let score = match tokio::time::timeout(timeout, &mut gather).await {
             Ok(Ok(Ok(f))) => prioritizer.score(&f).map_err(|e| e.to_string()),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(e)) => Err(format!("gathering the facts failed: {e}")),
-            Err(_) => Err(format!(
-                "gathering the facts took longer than {} ms",
-                timeout.as_millis()
-            )),
+            Err(_) => {
+                self.stuck = Some(gather);
+                Err(format!(
+                    "gathering the facts took longer than {} ms",
+                    timeout.as_millis()
+                ))
+            }
         };
         match score {
             Ok(p) => {
