@@ -20,6 +20,7 @@
 //! engine: a request goes in, a completion comes back.
 
 pub mod access;
+pub mod bounded_regex;
 pub mod checker;
 pub mod cli;
 pub mod config;

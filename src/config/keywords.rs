@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
 use crate::prio::{self, PrioConfigError, Prioritizer};
@@ -233,10 +233,6 @@ impl Matcher {
     }
 }
 
-/// Compiled-size cap for one expression, so a hostile configuration
-/// cannot make regex compilation take unbounded memory.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 impl Pattern {
     /// A plain pattern (devices section).
     pub fn new(text: &str) -> Result<Self, String> {
@@ -288,23 +284,8 @@ impl fmt::Display for Pattern {
 }
 
 fn compile_regex(expr: &str) -> Result<Regex, String> {
-    RegexBuilder::new(expr)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| {
-            // The regex crate's messages span several lines; keep one.
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid expression")
-                .trim()
-                .trim_start_matches("error: ")
-                .to_string();
-            format!("invalid regular expression \"{expr}\": {last}")
-        })
+    crate::bounded_regex::compile(expr)
+        .map_err(|e| format!("invalid regular expression \"{expr}\": {e}"))
 }
 
 /// A checked value.

@@ -344,6 +344,9 @@ struct PrioTracker {
     /// SG_IO): no other starts until it ends, so a hung path holds at
     /// most one blocking thread for its priority.
     stuck: Option<tokio::task::JoinHandle<Result<PathFacts, String>>>,
+    /// The prioritizer parsed from `(prio, prio_args)`, kept while the
+    /// settings say the same (parsing compiles weightedpath's regexes).
+    parsed: Option<((String, String), Prioritizer)>,
 }
 
 impl PrioTracker {
@@ -374,9 +377,19 @@ impl PrioTracker {
             }
             self.stuck = None;
         }
-        let prioritizer = match settings.prioritizer() {
-            Ok(p) => p,
-            Err(e) => return self.problem(name, format!("{e}; priority kept")),
+        let key = (
+            settings.prio.value.clone(),
+            settings.prio_args.value.clone(),
+        );
+        let prioritizer = match &self.parsed {
+            Some((k, p)) if *k == key => p.clone(),
+            _ => match settings.prioritizer() {
+                Ok(p) => {
+                    self.parsed = Some((key, p.clone()));
+                    p
+                }
+                Err(e) => return self.problem(name, format!("{e}; priority kept")),
+            },
         };
         if prioritizer == Prioritizer::Const {
             self.last_problem.clear();

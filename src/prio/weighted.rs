@@ -14,14 +14,10 @@
 
 use std::fmt;
 
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 
 use super::PrioConfigError;
 use crate::units::Prio;
-
-/// Compiled size limit of one regex (a pathological pattern is refused,
-/// not compiled forever).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 const NAME: &str = "weightedpath";
 
@@ -102,26 +98,9 @@ impl WeightedPath {
                     format!("regex '{re}' has no weight after it"),
                 ));
             };
-            let regex = RegexBuilder::new(re)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .dfa_size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| {
-                    let msg = e.to_string();
-                    let last = msg
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("invalid expression")
-                        .trim()
-                        .trim_start_matches("error: ")
-                        .to_string();
-                    PrioConfigError::bad(
-                        NAME,
-                        re,
-                        format!("invalid regular expression '{re}': {last}"),
-                    )
-                })?;
+            let regex = crate::bounded_regex::compile(re).map_err(|e| {
+                PrioConfigError::bad(NAME, re, format!("invalid regular expression '{re}': {e}"))
+            })?;
             let weight: i32 = weight.parse().map_err(|_| {
                 PrioConfigError::bad(
                     NAME,

@@ -32,10 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{
-    b64, connect_retry, env_secs, kvm_usable, need_qemu, repo, target_dir, Output, Qmp, PRODUCT,
-    SERIAL, VENDOR, WWN,
-};
+use super::{b64, connect_retry, env_secs, kvm_usable, need_qemu, repo, target_dir, Output, Qmp};
 
 /// What `scripts/vm-debian.sh` built.
 pub struct DebianAssets {
@@ -242,21 +239,11 @@ impl Guest {
 
     /// The console of the current boot.
     pub fn console(&self) -> String {
-        fs::read(&self.console_log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        super::read_console(&self.console_log)
     }
 
     pub fn console_tail(&self, n: usize) -> String {
-        let text = self.console();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(n);
-        format!(
-            "--- serial console ({}), last {} lines ---\n{}\n--- end of console ---",
-            self.console_log.display(),
-            lines.len() - from,
-            lines[from..].join("\n")
-        )
+        super::console_tail(&self.console_log, n)
     }
 
     /// Runs `script` with `sh` in the guest (stdout and stderr together,
@@ -343,14 +330,7 @@ impl Guest {
 
     /// The QEMU ids (device, HBA, drive) behind guest disk `sdX`.
     pub fn qdev_of(&self, disk: &str) -> (String, String, String) {
-        let path = self.sh_ok(&format!("readlink -f /sys/block/{disk}"));
-        if path.contains("0000:00:04.0") {
-            ("disk0".into(), "hba0".into(), "drive0".into())
-        } else if path.contains("0000:00:05.0") {
-            ("disk1".into(), "hba1".into(), "drive1".into())
-        } else {
-            panic!("{disk} is on neither HBA: {path}")
-        }
+        super::qdev_of_sysfs(disk, &self.sh_ok(&format!("readlink -f /sys/block/{disk}")))
     }
 }
 
@@ -466,12 +446,10 @@ fn start_qemu(dir: &Path, assets: &DebianAssets, boot: u32) -> (Child, PathBuf) 
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // The LUN's HBAs first, at the PCI slots qdev_of knows (the virtio
+    // disks below take the next free ones).
+    args.extend(super::lun_args(&d("lun.img")));
     args.extend([
-        // The HBAs first, at the addresses Guest::qdev_of knows.
-        "-device".into(),
-        "virtio-scsi-pci,id=hba0,addr=0x4".into(),
-        "-device".into(),
-        "virtio-scsi-pci,id=hba1,addr=0x5".into(),
         "-kernel".into(),
         assets.kernel.display().to_string(),
         "-initrd".into(),
@@ -503,41 +481,13 @@ fn start_qemu(dir: &Path, assets: &DebianAssets, boot: u32) -> (Child, PathBuf) 
         "-device".into(),
         "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0".into(),
     ]);
-    let lun = d("lun.img");
-    for (i, hba) in ["hba0", "hba1"].iter().enumerate() {
-        args.push("-blockdev".into());
-        args.push(format!(
-            "driver=file,node-name=file{i},filename={lun},locking=off"
-        ));
-        args.push("-blockdev".into());
-        args.push(format!("driver=raw,node-name=drive{i},file=file{i}"));
-        args.push("-device".into());
-        args.push(format!(
-            "scsi-hd,id=disk{i},bus={hba}.0,channel=0,scsi-id=0,lun=0,drive=drive{i},share-rw=on,vendor={VENDOR},product={PRODUCT},serial={SERIAL},wwn={WWN:#x}"
-        ));
-    }
     fs::write(
         dir.join(format!("qemu-{boot}.cmdline")),
         format!("qemu-system-x86_64 '{}'\n", args.join("' '")),
     )
     .expect("write the qemu command line");
     let log = fs::File::create(dir.join(format!("qemu-{boot}.log"))).expect("qemu log");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    // SAFETY: prctl(2) is async-signal-safe; QEMU dies with the test
-    // thread that started it even if the test process is SIGKILLed.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup the qemu log"))
-        .stderr(log)
-        .spawn()
+    let child = super::spawn_qemu(&args, &log)
         .unwrap_or_else(|e| panic!("cannot start qemu-system-x86_64: {e}"));
     (child, console_log)
 }

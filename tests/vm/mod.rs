@@ -298,28 +298,12 @@ impl Vm {
             "virtserialport,bus=vser0.0,chardev=cmd,name=umpath.cmd".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp_sock.display()),
-            "-device".into(),
-            "virtio-scsi-pci,id=hba0,addr=0x4".into(),
-            "-device".into(),
-            "virtio-scsi-pci,id=hba1,addr=0x5".into(),
             "-netdev".into(),
             format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_NBD_PORT}"),
             "-device".into(),
             "virtio-net-pci,netdev=net0,romfile=,addr=0x6".into(),
         ];
-        // One image, two block nodes (one per path), no image locking.
-        for (i, hba) in ["hba0", "hba1"].iter().enumerate() {
-            args.push("-blockdev".into());
-            args.push(format!(
-                "driver=file,node-name=file{i},filename={img},locking=off"
-            ));
-            args.push("-blockdev".into());
-            args.push(format!("driver=raw,node-name=drive{i},file=file{i}"));
-            args.push("-device".into());
-            args.push(format!(
-                "scsi-hd,id=disk{i},bus={hba}.0,channel=0,scsi-id=0,lun=0,drive=drive{i},share-rw=on,vendor={VENDOR},product={PRODUCT},serial={SERIAL},wwn={WWN:#x}"
-            ));
-        }
+        args.extend(lun_args(&img));
         fs::write(
             dir.join("qemu.cmdline"),
             format!("qemu-system-x86_64 '{}'\n", args.join("' '")),
@@ -327,23 +311,8 @@ impl Vm {
         .expect("write qemu.cmdline");
         let log = fs::File::create(&qemu_log).expect("qemu.log");
         let t0 = Instant::now();
-        let mut cmd = Command::new("qemu-system-x86_64");
-        // SAFETY: prctl(2) is async-signal-safe; QEMU dies with the test
-        // thread that started it even if the test process is SIGKILLed.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup qemu.log"))
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+        let child =
+            spawn_qemu(&args, &log).map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
         let mut vm = Vm {
             child,
             dir: dir.to_path_buf(),
@@ -414,22 +383,12 @@ impl Vm {
 
     /// The serial console so far.
     pub fn console(&self) -> String {
-        fs::read(&self.console_log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_console(&self.console_log)
     }
 
     /// The last `n` lines of the console, headed by the log's path.
     pub fn console_tail(&self, n: usize) -> String {
-        let text = self.console();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(n);
-        format!(
-            "--- serial console ({}), last {} lines ---\n{}\n--- end of console ---",
-            self.console_log.display(),
-            lines.len() - from,
-            lines[from..].join("\n")
-        )
+        console_tail(&self.console_log, n)
     }
 
     /// Runs `script` in the guest (sh, stdin /dev/null, 30 s limit).
@@ -568,14 +527,7 @@ impl Vm {
     /// The QEMU device id (disk0/disk1) behind guest disk `sdX`: the HBAs
     /// sit at fixed PCI slots (hba0 at 00:04.0, hba1 at 00:05.0).
     pub fn qdev_of(&self, disk: &str) -> (String, String, String) {
-        let path = self.sh_ok(&format!("readlink -f /sys/block/{disk}"));
-        if path.contains("0000:00:04.0") {
-            ("disk0".into(), "hba0".into(), "drive0".into())
-        } else if path.contains("0000:00:05.0") {
-            ("disk1".into(), "hba1".into(), "drive1".into())
-        } else {
-            panic!("{disk} is on neither HBA: {path}")
-        }
+        qdev_of_sysfs(disk, &self.sh_ok(&format!("readlink -f /sys/block/{disk}")))
     }
 
     /// Stops QEMU (also done on drop).
@@ -887,4 +839,78 @@ openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -set_serial 1
         "making the VM's TLS certificates failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A console log so far.
+fn read_console(log: &Path) -> String {
+    fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of a console log, headed by its path.
+fn console_tail(log: &Path, n: usize) -> String {
+    let text = read_console(log);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    format!(
+        "--- serial console ({}), last {} lines ---\n{}\n--- end of console ---",
+        log.display(),
+        lines.len() - from,
+        lines[from..].join("\n")
+    )
+}
+
+/// The QEMU ids (device, HBA, drive) of guest disk `disk`, from its sysfs
+/// path (`readlink -f /sys/block/DISK`): the HBAs sit at PCI slots 4 and 5.
+fn qdev_of_sysfs(disk: &str, path: &str) -> (String, String, String) {
+    if path.contains("0000:00:04.0") {
+        ("disk0".into(), "hba0".into(), "drive0".into())
+    } else if path.contains("0000:00:05.0") {
+        ("disk1".into(), "hba1".into(), "drive1".into())
+    } else {
+        panic!("{disk} is on neither HBA: {path}")
+    }
+}
+
+/// The LUN: two virtio-scsi HBAs at PCI slots 4 and 5, each with a
+/// scsi-hd of the same raw image `lun` (one block node per path, no image
+/// locking) and the same QuantaStor identity.
+fn lun_args(lun: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    for (i, hba) in ["hba0", "hba1"].iter().enumerate() {
+        args.push("-device".into());
+        args.push(format!("virtio-scsi-pci,id={hba},addr={:#x}", 4 + i));
+        args.push("-blockdev".into());
+        args.push(format!(
+            "driver=file,node-name=file{i},filename={lun},locking=off"
+        ));
+        args.push("-blockdev".into());
+        args.push(format!("driver=raw,node-name=drive{i},file=file{i}"));
+        args.push("-device".into());
+        args.push(format!(
+            "scsi-hd,id=disk{i},bus={hba}.0,channel=0,scsi-id=0,lun=0,drive=drive{i},share-rw=on,vendor={VENDOR},product={PRODUCT},serial={SERIAL},wwn={WWN:#x}"
+        ));
+    }
+    args
+}
+
+/// Starts QEMU with `args`, its output to `log`; QEMU dies with the test
+/// thread that started it.
+fn spawn_qemu(args: &[String], log: &fs::File) -> std::io::Result<Child> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // SAFETY: prctl(2) is async-signal-safe; QEMU dies with the test
+    // thread that started it even if the test process is SIGKILLed.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .spawn()
 }
