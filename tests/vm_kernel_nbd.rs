@@ -113,6 +113,7 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
         image_size: IMAGE_SIZE,
         prepare_image: |_| {},
         append: "vm.scsi".to_string(),
+        extra_modules: "",
     });
     for p in ["sda", "sdb"] {
         vm.wait_path(p, "ready and active", Duration::from_secs(30), |p| {

@@ -23,13 +23,11 @@
 mod common;
 mod vm;
 
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vm::fio::{fio_region_args, prefill, FioLoop, Load, REGION};
 use vm::{Vm, VmOptions, WWID};
 
 const IMAGE_SIZE: u64 = 256 << 20;
@@ -80,6 +78,7 @@ fn boot(name: &str, paths: Paths) -> Vm {
         } else {
             String::new()
         },
+        extra_modules: "",
     })
 }
 
@@ -210,151 +209,6 @@ fn checker_sees_offline(vm: &Vm, disk: &str) {
         Duration::from_secs(15),
         usable,
     );
-}
-
-/// What the fio loop does, run after run.
-#[derive(Clone, Copy, Debug)]
-enum Load {
-    /// Write 8 MiB regions at random (crc32c in every block) and read
-    /// them back; each run takes the next region.
-    WriteVerify,
-    /// Read back the [`READ_REGIONS`] the host wrote into the image before
-    /// boot ([`prefill`]), one per run, checking every block.
-    ReadVerify,
-}
-
-const REGION: u64 = 8 << 20;
-/// Pre-filled regions for [`Load::ReadVerify`]: 8 × 8 MiB from 64 MiB.
-const READ_REGIONS: std::ops::Range<u64> = 8..16;
-
-/// fio arguments for one region (the same job writes and verifies it).
-fn fio_region_args(offset: u64) -> Vec<String> {
-    [
-        "--rw=randwrite",
-        "--bs=4k",
-        "--randseed=4242",
-        &format!("--offset={offset}"),
-        &format!("--size={REGION}"),
-        "--verify=crc32c",
-        "--verify_fatal=1",
-        "--verify_state_save=0",
-        "--output-format=json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Writes the [`READ_REGIONS`] straight into the raw image on the host.
-fn prefill(image: &std::path::Path) {
-    for r in READ_REGIONS {
-        common::run_ok(
-            Command::new("fio")
-                .args(["--name=prefill", "--ioengine=psync", "--do_verify=0"])
-                .arg(format!("--filename={}", image.display()))
-                .args(fio_region_args(r * REGION)),
-        );
-    }
-}
-
-/// fio runs over NBD, one after another, until stopped.
-struct FioLoop {
-    stop: Arc<AtomicBool>,
-    handle: std::sync::Mutex<Option<JoinHandle<Result<usize, String>>>>,
-}
-
-impl FioLoop {
-    fn start(uri: String, load: Load) -> FioLoop {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut runs = 0usize;
-            while !flag.load(Ordering::Relaxed) || runs == 0 {
-                let (offset, mode) = match load {
-                    Load::WriteVerify => (
-                        (runs as u64 % (IMAGE_SIZE / REGION)) * REGION,
-                        "--do_verify=1",
-                    ),
-                    Load::ReadVerify => {
-                        let n = READ_REGIONS.end - READ_REGIONS.start;
-                        (
-                            (READ_REGIONS.start + runs as u64 % n) * REGION,
-                            "--verify_only=1",
-                        )
-                    }
-                };
-                let out = Command::new("timeout")
-                    .args([
-                        "120",
-                        "fio",
-                        "--name=vm-verify",
-                        "--ioengine=nbd",
-                        "--iodepth=8",
-                        mode,
-                    ])
-                    .arg(format!("--uri={uri}"))
-                    .args(fio_region_args(offset))
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run fio: {e}"))?;
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let ok = out.status.success()
-                    && serde_json::from_str::<Value>(&stdout[stdout.find('{').unwrap_or(0)..])
-                        .map(|v| v["jobs"][0]["error"] == 0)
-                        .unwrap_or(false);
-                if !ok {
-                    return Err(format!(
-                        "fio {load:?} run {runs} (offset {offset}) failed ({}):\n{}\n{stdout}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr)
-                    ));
-                }
-                runs += 1;
-            }
-            Ok(runs)
-        });
-        FioLoop {
-            stop,
-            handle: std::sync::Mutex::new(Some(handle)),
-        }
-    }
-
-    /// Panics with fio's error if the loop stopped by itself (a run failed).
-    fn check(&self, vm: &Vm, what: &str) {
-        let finished = self
-            .handle
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_some_and(JoinHandle::is_finished);
-        if finished {
-            let n = self.join(vm);
-            panic!("fio loop ended by itself after {n} runs while waiting for: {what}");
-        }
-    }
-
-    /// Stops after the current run; every run must have passed.
-    fn finish(self, vm: &Vm) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.join(vm)
-    }
-
-    fn join(&self, vm: &Vm) -> usize {
-        let h = self.handle.lock().unwrap().take().expect("joined once");
-        match h.join().expect("fio thread") {
-            Ok(n) => n,
-            Err(e) => panic!(
-                "{e}\n--- guest /run/umpath.log ---\n{}",
-                vm.sh("tail -n 60 /run/umpath.log").out
-            ),
-        }
-    }
-}
-
-impl Drop for FioLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Waits until `path` has served more requests than it had (IO flows).
@@ -514,7 +368,7 @@ fn vm_file_paths_on_two_hbas_fail_over_and_back() {
 
     // Reads only: see write_sync_verify for why file paths on block
     // devices cannot take writes during failover.
-    let fio = FioLoop::start(vm.fio_uri(WWID), Load::ReadVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::ReadVerify, IMAGE_SIZE);
     offline_under_io(&vm, &fio, "sdb", "sda");
     hot_unplug_and_replug(&vm, &fio, Paths::File, "sdb", "sda");
     let runs = fio.finish(&vm);
@@ -557,7 +411,7 @@ fn vm_discovered_tur_sees_offline_and_io_fails_over() {
         assert!(cfg.contains("tur"), "{p}: {cfg}");
     }
     checker_sees_offline(&vm, "sdb");
-    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify, IMAGE_SIZE);
     offline_under_io(&vm, &fio, "sdb", "sda");
     fio.finish(&vm);
 }
@@ -568,7 +422,7 @@ fn vm_discovered_tur_sees_offline_and_io_fails_over() {
 fn vm_discovered_hot_unplug_and_replug() {
     let vm = boot("discovered-hotplug", Paths::Discovered);
     one_map_two_paths_one_group(&vm);
-    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify, IMAGE_SIZE);
     hot_unplug_and_replug(&vm, &fio, Paths::Discovered, "sdb", "sda");
     fio.finish(&vm);
 }
@@ -582,7 +436,7 @@ fn vm_discovered_hot_unplug_and_replug() {
 fn vm_file_paths_write_verify_without_sync() {
     let vm = boot("file-paths-write", Paths::File);
     one_map_two_paths_one_group(&vm);
-    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify);
+    let fio = FioLoop::start(vm.fio_uri(WWID), Load::WriteVerify, IMAGE_SIZE);
     std::thread::sleep(Duration::from_secs(10));
     fio.check(&vm, "10 s of write+verify");
     fio.finish(&vm);

@@ -265,6 +265,7 @@ fn vm_nbd_client_certificate_options() {
         image_size: 1 << 20,
         prepare_image: |_| {},
         append: "vm.nodaemon".into(),
+        extra_modules: "",
     });
     step(&format!("booted in {:.1?}", vm.boot_time));
     let help = vm.sh("nbd-client -h 2>&1").out;

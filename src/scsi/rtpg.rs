@@ -12,9 +12,13 @@
 //!
 //! Decoding is strict about what the lengths say: a length field that
 //! promises more bytes than were transferred, or a descriptor that runs
-//! past the return data, is a [`ScsiError`] saying where, never a panic
-//! and never a guess. Bytes after the return data (a larger allocation
-//! than needed) are ignored. Like the Linux kernel's ALUA device handler,
+//! past the transferred bytes, is a [`ScsiError`] saying where, never a
+//! panic and never a guess. Bytes after the return data (a larger
+//! allocation than needed) are ignored, with one tolerance the kernel's
+//! ALUA handler and multipath-tools share: a descriptor that *starts*
+//! inside the return data is read whole from the transferred bytes. Linux
+//! LIO (seen with 6.1) leaves the extended header's 4 bytes out of RETURN
+//! DATA LENGTH, so its last descriptor ends 4 bytes past it. Like the Linux kernel's ALUA device handler,
 //! the extended header is recognised by byte 4 alone (bits 6..4 = 001b);
 //! in the length-only format those bits are reserved bits of the first
 //! descriptor and otherwise ignored.
@@ -230,15 +234,21 @@ pub fn parse(b: &[u8]) -> Result<TargetPortGroups, ScsiError> {
         }
         _ => (HeaderFormat::LengthOnly, data, LENGTH_FIELD),
     };
+    // Descriptors start inside the return data; they are read from what
+    // was transferred (see the module's note on LIO).
+    let end = total;
+    let transferred = b.get(offset..).unwrap_or_default();
+    debug_assert!(rest.len() <= transferred.len());
+    rest = transferred;
     let mut groups = Vec::new();
-    while !rest.is_empty() {
+    while offset < end {
         let n = groups.len() + 1;
         let Some(head) = rest.get(..DESCRIPTOR) else {
             return Err(ScsiError::malformed(
                 WHAT,
                 format!(
                     "target port group descriptor {n} at byte {offset} needs {DESCRIPTOR} bytes, \
-                     only {} remain in the return data",
+                     only {} remain in the data transferred",
                     rest.len()
                 ),
             ));
@@ -251,7 +261,7 @@ pub fn parse(b: &[u8]) -> Result<TargetPortGroups, ScsiError> {
                 WHAT,
                 format!(
                     "target port group descriptor {n} at byte {offset} (group {id}) lists \
-                     {count} ports ({len} bytes), only {} remain in the return data",
+                     {count} ports ({len} bytes), only {} remain in the data transferred",
                     rest.len()
                 ),
             ));
@@ -404,6 +414,24 @@ pub(crate) mod tests {
         );
     }
 
+    /// What LIO (Linux 6.1, two tcm_loop ports in two groups) sent: in the
+    /// extended format, a RETURN DATA LENGTH without the header's 4 bytes.
+    #[test]
+    fn lio_extended_length_without_its_header_is_read_whole() {
+        let mut b = extended(0, &[desc(0x80, 1, &[1]), desc(0x02, 2, &[2])]);
+        b[3] -= 4;
+        let t = parse(&b).unwrap();
+        assert_eq!(t.groups.len(), 2);
+        assert_eq!(t.groups[1].id, 2);
+        assert_eq!(t.groups[1].state, AccessState::Standby);
+        assert_eq!(t.groups[1].ports, vec![2]);
+        // A descriptor starting at or after the end of the return data is
+        // not read, even when bytes follow (a larger allocation).
+        let mut b = data(&[desc(0x00, 1, &[])]);
+        b.extend(desc(0x00, 2, &[]));
+        assert_eq!(parse(&b).unwrap().groups.len(), 1);
+    }
+
     #[test]
     fn lying_lengths_are_errors_with_context() {
         // The port count promises more ports than the return data holds.
@@ -415,9 +443,10 @@ pub(crate) mod tests {
             e.contains("descriptor 1 at byte 4 (group 4) lists 9 ports (44 bytes), only 12 remain"),
             "{e}"
         );
-        // The return data length cuts a descriptor header.
+        // The return data length and the transfer cut a descriptor header.
         let mut b = data(&[desc(0x00, 1, &[]), desc(0x00, 2, &[])]);
         b[3] = 12;
+        b.truncate(16);
         let e = parse(&b).unwrap_err().to_string();
         assert!(
             e.contains("descriptor 2 at byte 12 needs 8 bytes, only 4 remain"),

@@ -6,7 +6,8 @@
 # /init, and any extra files.
 #
 #   tests/vm/mkinitramfs.sh --env VM_ENV --umpath BIN --out FILE.cpio.gz \
-#       [--init FILE] [--modules "virtio_pci virtio_scsi ..."] [--file DEST=SRC]...
+#       [--init FILE] [--modules "virtio_pci virtio_scsi ..."]
+#       [--extra-modules "tcm_loop ..."] [--file DEST=SRC]...
 #
 # VM_ENV is the vm.env scripts/vm-setup.sh prints. Modules built into the
 # kernel (modules.builtin) are skipped; the rest are listed, dependencies
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --init) init="$2"; shift 2 ;;
     --modules) modules="$2"; shift 2 ;;
+    --extra-modules) modules="$modules $2"; shift 2 ;;
     --file) files+=("$2"); shift 2 ;;
     *) die "unknown argument $1" ;;
   esac

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod debian;
+pub mod fio;
 
 /// The LUN's identity as QEMU presents it on both HBAs.
 pub const VENDOR: &str = "OSNEXUS";
@@ -129,6 +130,9 @@ pub struct VmOptions {
     pub prepare_image: fn(&Path),
     /// Extra kernel command line words (`vm.log=debug`, ...).
     pub append: String,
+    /// Kernel modules loaded besides the default set (with their
+    /// dependencies), e.g. `"target_core_iblock tcm_loop"`.
+    pub extra_modules: &'static str,
 }
 
 /// The result of a guest command.
@@ -201,6 +205,8 @@ impl Vm {
             .arg(env!("CARGO_BIN_EXE_umpath"))
             .arg("--out")
             .arg(&initrd)
+            .arg("--extra-modules")
+            .arg(opts.extra_modules)
             .arg("--file")
             .arg(format!("/etc/vm/multipath.conf={}", conf.display()))
             .arg("--file")

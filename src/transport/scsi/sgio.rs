@@ -351,10 +351,18 @@ pub fn report_target_port_groups(
             });
         }
         let got = alloc.saturating_sub(usize::try_from(r.resid.max(0)).unwrap_or(0));
-        buf.truncate(got);
+        // LIO (seen with Linux 6.1) leaves the extended header's 4 bytes
+        // out of both RETURN DATA LENGTH and the transfer length, while
+        // its descriptors are whole in the buffer; the kernel's ALUA
+        // handler and multipath-tools read the buffer past the length.
+        // Keep those 4 bytes (zeroed if a device wrote nothing there).
+        let lio = got > 4 && buf[4] & 0x70 == 0x10 && rtpg::required_len(&buf[..got]) == Some(got);
+        buf.truncate(if lio { (got + 4).min(alloc) } else { got });
         match rtpg::required_len(&buf) {
             Some(want) if want > alloc && alloc < RTPG_MAX => {
-                alloc = want.min(RTPG_MAX);
+                // 4 more: LIO leaves the extended header out of the
+                // length (see crate::scsi::rtpg).
+                alloc = want.saturating_add(4).min(RTPG_MAX);
             }
             _ => return Ok(buf),
         }
