@@ -186,7 +186,11 @@ pub enum Standing {
     Normal,
     /// san_path_err: held since `since` (restarted by a failed check)
     /// until `until`.
-    Shaky { failures: u32, since: Time, until: Time },
+    Shaky {
+        failures: u32,
+        since: Time,
+        until: Time,
+    },
     /// marginal_path: failed twice within double_failed_time; sampled
     /// when it next passes a check.
     Suspect,
@@ -203,9 +207,7 @@ impl Standing {
         match self {
             Standing::Normal => "normal",
             Standing::Shaky { .. } => "shaky",
-            Standing::Suspect | Standing::Sampling { .. } | Standing::Marginal { .. } => {
-                "marginal"
-            }
+            Standing::Suspect | Standing::Sampling { .. } | Standing::Marginal { .. } => "marginal",
         }
     }
 }
@@ -215,7 +217,9 @@ impl fmt::Display for Standing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Standing::Normal => f.write_str("normal"),
-            Standing::Shaky { failures, until, .. } => write!(
+            Standing::Shaky {
+                failures, until, ..
+            } => write!(
                 f,
                 "shaky: {failures} failures counted (san_path_err_threshold exceeded); \
                  held out until t={}s if its checks keep passing",
