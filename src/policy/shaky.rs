@@ -465,11 +465,11 @@ impl PathHealth {
         let Some(m) = cfg.marginal else {
             return self.disable();
         };
-        let rate = if reads == 0 {
-            1000
-        } else {
-            u32::try_from(errors.saturating_mul(1000) / reads).unwrap_or(1000)
-        };
+        // No read at all counts as all failed.
+        let rate = errors
+            .saturating_mul(1000)
+            .checked_div(reads)
+            .map_or(1000, |r| u32::try_from(r).unwrap_or(1000));
         if rate <= m.rate_threshold {
             self.standing = Standing::Normal;
             Some(Change::Released {
