@@ -825,6 +825,22 @@ impl Builder<'_> {
         }
     }
 
+    /// `marginal_pathgroups fpin` needs FC Fabric Performance Impact
+    /// Notifications, which umpath does not receive: said at its line.
+    fn check_marginal_pathgroups(&mut self) {
+        if let Some(a) = self.cfg.defaults.get("marginal_pathgroups") {
+            if a.text == "fpin" {
+                let span = a.span.clone();
+                self.diags.warning(
+                    &span,
+                    "marginal_pathgroups fpin needs FC FPIN events, which umpath does not \
+                     receive: it acts as off (marginal paths are held out); use on for \
+                     marginal path groups",
+                );
+            }
+        }
+    }
+
     fn report_blacklisted_paths(&mut self) {
         let mut found = Vec::new();
         for p in &self.cfg.paths {
@@ -874,6 +890,7 @@ pub(crate) fn build(docs: &[Document], diags: &mut Diags) -> Config {
     b.cfg.files = docs.iter().map(|d| d.file.to_string()).collect();
     b.intervals();
     b.check_prio_args();
+    b.check_marginal_pathgroups();
     b.report_blacklisted_paths();
     b.cfg
 }

@@ -595,15 +595,16 @@ pub static KEYWORDS: &[Keyword] = &[
     kw("skip_kpartx", DHOM, Kind::YesNo, Some("no"), No(UDEV)),
     kw("max_sectors_kb", DHOM, UINT, None, No(KERNEL)),
     kw("ghost_delay", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("san_path_err_threshold", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("san_path_err_forget_rate", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("san_path_err_recovery_time", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("marginal_path_err_sample_time", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("marginal_path_err_rate_threshold", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("marginal_path_err_recheck_gap_time", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("marginal_path_double_failed_time", DHOM, NO_OR_UINT, Some("no"), No(NOT_YET)),
-    kw("delay_watch_checks", DHOM, NO_OR_UINT, Some("no"), Dep("multipath-tools maps it to san_path_err_forget_rate; umpath does not implement either")),
-    kw("delay_wait_checks", DHOM, NO_OR_UINT, Some("no"), Dep("multipath-tools maps it to san_path_err_recovery_time; umpath does not implement either")),
+    kw("san_path_err_threshold", DHOM, NO_OR_UINT, Some("no"), Sup),
+    kw("san_path_err_forget_rate", DHOM, NO_OR_UINT, Some("no"), Sup),
+    kw("san_path_err_recovery_time", DHOM, NO_OR_UINT, Some("no"), Sup),
+    kw("marginal_path_err_sample_time", DHOM, NO_OR_UINT, Some("no"), Sup),
+    // Per thousand reads; 0 is valid (any error makes the path marginal).
+    kw("marginal_path_err_rate_threshold", DHOM, Kind::UIntOr { min: 0, max: 1000, words: &["no"] }, Some("no"), Sup),
+    kw("marginal_path_err_recheck_gap_time", DHOM, NO_OR_UINT, Some("no"), Sup),
+    kw("marginal_path_double_failed_time", DHOM, NO_OR_UINT, Some("no"), Sup),
+    kw("delay_watch_checks", DHOM, NO_OR_UINT, Some("no"), Dep("mapped, as by multipath-tools, onto san_path_err_threshold 1 and san_path_err_forget_rate when delay_wait_checks is set too and no san_path_err keyword is")),
+    kw("delay_wait_checks", DHOM, NO_OR_UINT, Some("no"), Dep("mapped, as by multipath-tools, onto san_path_err_recovery_time (delay_wait_checks × max_polling_interval) when delay_watch_checks is set too and no san_path_err keyword is")),
     kw("purge_disconnected", DHOM, Kind::YesNo, Some("no"), No(SCSI)),
     kw("pg_timeout", &[D, H, M], Kind::Str, None, Dep(IGNORED)),
     // --- SCSI transport (also in overrides/protocol) ---
@@ -701,7 +702,9 @@ pub static KEYWORDS: &[Keyword] = &[
     kw("remove_retries", DEF, UINT, Some("0"), No(KERNEL)),
     kw("find_multipaths_timeout", DEF, Kind::Int { min: i32::MIN as i64, max: i32::MAX as i64 }, Some("-10"), No(UDEV)),
     kw("enable_foreign", DEF, Kind::Str, Some("NONE"), No(DAEMON)),
-    kw("marginal_pathgroups", DEF, Kind::OneOf(&["on", "off", "fpin", "yes", "no"]), Some("off"), No(NOT_YET)),
+    // `fpin` (FC Fabric Performance Impact Notifications) is accepted and
+    // warned about: umpath receives no FPIN events, so it acts as `off`.
+    kw("marginal_pathgroups", DEF, Kind::OneOf(&["on", "off", "fpin", "yes", "no"]), Some("off"), Sup),
     kw("auto_resize", DEF, Kind::OneOf(&["never", "grow_only", "grow_shrink"]), Some("never"), No(NOT_YET)),
     // --- devices/device ---
     kw("vendor", &[H], Kind::Regex, None, Sup),

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+use crate::policy::shaky::{MarginalPathgroups, ShakyConfig, ShakyKeywords};
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
 use crate::prio::{PrioConfigError, Prioritizer};
 
@@ -164,6 +165,12 @@ pub struct PathSettings {
     /// request-based maps only use `rr_min_io_rq`, and current kernels
     /// ignore both; umpath honours them.)
     pub repeat_count: Setting<u32>,
+    /// Shaky and marginal path detection, derived from the
+    /// `san_path_err_*`, `marginal_path_*`, `delay_watch_checks`/
+    /// `delay_wait_checks` keywords of this path (each selected by the
+    /// usual precedence), `max_polling_interval` and `marginal_pathgroups`
+    /// (see [`ShakyConfig::from_keywords`]).
+    pub shaky: ShakyConfig,
 }
 
 /// Precedence of an origin: level (higher is stronger) and, within the
@@ -496,7 +503,32 @@ impl Config {
             rr_min_io_rq.clone()
         };
 
+        let no_or_uint = |keyword: &str| {
+            self.find(&app, keyword).and_then(|f| match f.asg.value {
+                Typed::UInt(v) => Some(v),
+                _ => None,
+            })
+        };
+        let shaky = ShakyConfig::from_keywords(
+            &ShakyKeywords {
+                san_path_err_threshold: no_or_uint("san_path_err_threshold"),
+                san_path_err_forget_rate: no_or_uint("san_path_err_forget_rate"),
+                san_path_err_recovery_time: no_or_uint("san_path_err_recovery_time"),
+                marginal_path_err_sample_time: no_or_uint("marginal_path_err_sample_time"),
+                marginal_path_err_rate_threshold: no_or_uint("marginal_path_err_rate_threshold"),
+                marginal_path_err_recheck_gap_time: no_or_uint(
+                    "marginal_path_err_recheck_gap_time",
+                ),
+                marginal_path_double_failed_time: no_or_uint("marginal_path_double_failed_time"),
+                delay_watch_checks: no_or_uint("delay_watch_checks"),
+                delay_wait_checks: no_or_uint("delay_wait_checks"),
+            },
+            std::time::Duration::from_secs(u64::from(self.max_polling_interval)),
+            self.marginal_pathgroups(),
+        );
+
         PathSettings {
+            shaky,
             path_grouping_policy,
             path_selector,
             rr_min_io,
@@ -691,6 +723,20 @@ fn describe_entry_hit(kind: &str, e: &BlacklistEntry) -> String {
             "blacklisted by blacklist {kind} \"{}\" at {}",
             e.pattern, e.span
         )
+    }
+}
+
+impl Config {
+    /// `marginal_pathgroups` (defaults only): `on`/`yes` keep marginal
+    /// paths usable in groups of their own; `off`/`no` and `fpin` (umpath
+    /// receives no FC FPIN events; the load warns) hold them out.
+    pub fn marginal_pathgroups(&self) -> MarginalPathgroups {
+        match self.defaults.get("marginal_pathgroups") {
+            Some(a) if matches!(&a.value, Typed::Word(w) | Typed::Str(w) if w == "on" || w == "yes") => {
+                MarginalPathgroups::On
+            }
+            _ => MarginalPathgroups::Off,
+        }
     }
 }
 

@@ -1744,3 +1744,90 @@ fn prio_args_go_with_the_prio_of_their_section() {
     assert_eq!(s.prio.value, "ontap");
     assert!(s.prioritizer().is_err());
 }
+
+#[test]
+fn shaky_and_marginal_keywords_are_selected_by_precedence() {
+    use crate::policy::shaky::{MarginalPathgroups, SanPathErr};
+    use std::time::Duration;
+    let c = ok(concat!(
+        "defaults {\n",
+        " max_polling_interval 10\n",
+        " san_path_err_threshold 3\n",
+        " san_path_err_forget_rate 10\n",
+        " san_path_err_recovery_time 60\n",
+        " marginal_pathgroups on\n",
+        "}\n",
+        "devices {\n",
+        " device {\n",
+        "  vendor V\n",
+        "  product P\n",
+        "  san_path_err_threshold 5\n",
+        " }\n",
+        "}\n",
+        "multipaths {\n",
+        " multipath {\n",
+        "  wwid W2\n",
+        "  san_path_err_threshold no\n",
+        "  delay_watch_checks 4\n",
+        "  delay_wait_checks 2\n",
+        " }\n",
+        "}\n",
+    ));
+    assert!(
+        warnings(&c)
+            .iter()
+            .all(|(_, w)| w.contains("deprecated") || !w.contains("implement")),
+        "{:?}",
+        warnings(&c)
+    );
+    let s = c.resolve(&id("V", "P", "1", "W1"));
+    assert_eq!(
+        s.shaky.san_path_err,
+        Some(SanPathErr {
+            threshold: 5,
+            forget_rate: 10,
+            recovery_time: Duration::from_secs(60)
+        })
+    );
+    assert_eq!(s.shaky.pathgroups, MarginalPathgroups::On);
+    let o = c.resolve(&id("X", "Y", "1", "W1"));
+    assert_eq!(o.shaky.san_path_err.map(|s| s.threshold), Some(3));
+    // `no` in the multipaths entry turns the threshold off, and the
+    // forget rate and recovery time are still set: san_path_err is off,
+    // and the delay_*_checks are ignored (a san_path_err keyword is set).
+    let m = c.resolve(&id("X", "Y", "1", "W2"));
+    assert_eq!(m.shaky.san_path_err, None);
+}
+
+#[test]
+fn delay_checks_map_with_max_polling_interval_and_fpin_warns() {
+    use crate::policy::shaky::{MarginalPathgroups, SanPathErr};
+    use std::time::Duration;
+    let c = ok(concat!(
+        "defaults {\n",
+        " polling_interval 2\n",
+        " delay_watch_checks 4\n",
+        " delay_wait_checks 3\n",
+        " marginal_pathgroups fpin\n",
+        "}\n",
+    ));
+    let s = c.resolve(&id("X", "Y", "1", "W1"));
+    assert_eq!(
+        s.shaky.san_path_err,
+        Some(SanPathErr {
+            threshold: 1,
+            forget_rate: 4,
+            recovery_time: Duration::from_secs(24)
+        })
+    );
+    assert_eq!(s.shaky.pathgroups, MarginalPathgroups::Off);
+    let w = warnings(&c);
+    assert!(
+        w.iter().any(|(l, m)| *l == 5 && m.contains("FPIN")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|(l, m)| *l == 3 && m.contains("deprecated")),
+        "{w:?}"
+    );
+}

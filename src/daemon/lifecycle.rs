@@ -18,6 +18,7 @@
 //! supervisor swaps on reconfigure, and takes no lock.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use crate::config::PathSettings;
 use crate::engine::MapEngine;
 use crate::model::{CheckState, PathId};
 use crate::nbd::uri::NbdUri;
+use crate::policy::shaky::{Change, PathHealth, Standing, Verdict};
 use crate::prio::{PathFacts, Prioritizer};
 use crate::transport::fault::FaultSpec;
 use crate::transport::nbd::NbdTransport;
@@ -257,6 +259,7 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
         facts,
     } = ctx;
     let mut prio = PrioTracker::default();
+    let mut health = HealthTracker::default();
     let mut last = CheckState::Unchecked;
     if let Some(task) = first {
         let f = tokio::select! {
@@ -264,7 +267,15 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
             f = task => f,
         };
         if let Ok(f) = f {
-            engine.check_result(id, f.result.state, &f.result.message);
+            health.report(
+                &engine,
+                id,
+                &name,
+                checker.dev(),
+                &settings.load(),
+                f.result.state,
+                &f.result.message,
+            );
             last = f.result.state;
             let timeout = checker_timeout(&settings.load(), checker.dev());
             prio.update(
@@ -301,6 +312,9 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
             }
         }
         let timeout = checker_timeout(&settings.load(), checker.dev());
+        health
+            .before_check(&engine, id, &name, &settings.load())
+            .await;
         // A healthy check also (re)opens the device if needed.
         let started = std::time::Instant::now();
         let CheckResult { state, message } = tokio::select! {
@@ -308,7 +322,15 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
             r = checker.check(timeout) => r,
         };
         engine.check_duration(id, started.elapsed());
-        engine.check_result(id, state, &message);
+        health.report(
+            &engine,
+            id,
+            &name,
+            checker.dev(),
+            &settings.load(),
+            state,
+            &message,
+        );
         prio.update(
             &engine,
             id,
@@ -328,6 +350,143 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
         };
         last = state;
     }
+}
+
+/// A path's shaky/marginal standing ([`PathHealth`]) between the checker
+/// and the engine: a check that passes on a path the detectors hold out
+/// is reported as `shaky` or `marginal` (the path stays failed, its reason
+/// says why and until when); transitions are logged at warn once. A path
+/// suspected marginal has its IO errors sampled on a blocking thread:
+/// direct reads of its first block every [`SAMPLE_EVERY`] for
+/// `marginal_path_err_sample_time`, as multipathd's io_err_stat does.
+#[derive(Debug, Default)]
+struct HealthTracker {
+    health: PathHealth,
+    /// The last check's verdict let the path carry IO.
+    carried: bool,
+    sampler: Option<Sampler>,
+}
+
+/// An IO-error sample running on a blocking thread.
+#[derive(Debug)]
+struct Sampler {
+    task: JoinHandle<(u64, u64)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How often a marginal-path sample reads from the path.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+impl HealthTracker {
+    /// Before a check: a path that carried IO and is failed now was
+    /// failed by IO errors (a failure for the detectors, as multipathd
+    /// counts dm's path-failed events); a finished sample is judged.
+    async fn before_check(&mut self, engine: &MapEngine, id: PathId, name: &str, s: &PathSettings) {
+        let now = engine.now();
+        if self.carried && !engine.path_is_active(id) {
+            self.carried = false;
+            let c = self.health.failed(&s.shaky, now);
+            log_change(name, c);
+        }
+        if self.sampler.as_ref().is_some_and(|t| t.task.is_finished()) {
+            if let Some(mut t) = self.sampler.take() {
+                // Finished: this does not wait.
+                let (errors, reads) = (&mut t.task).await.unwrap_or((0, 0));
+                let c = self.health.sampled(&s.shaky, now, errors, reads);
+                log_change(name, c);
+            }
+        }
+    }
+
+    /// Hands a check result to the engine, holding the path out if the
+    /// detectors say so.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        engine: &MapEngine,
+        id: PathId,
+        name: &str,
+        dev: &Arc<PathDev>,
+        s: &PathSettings,
+        state: CheckState,
+        message: &str,
+    ) {
+        let cfg = &s.shaky;
+        let now = engine.now();
+        if !state.is_usable() {
+            if matches!(state, CheckState::Down | CheckState::Timeout) {
+                self.carried = false;
+                let c = self.health.failed(cfg, now);
+                log_change(name, c);
+            }
+            engine.check_result(id, state, message);
+            return;
+        }
+        let others = if cfg.enabled() || self.health.is_held() {
+            let snap = engine.snapshot();
+            snap.live_paths()
+                .filter(|(pid, p, _)| *pid != id && p.usable())
+                .count()
+        } else {
+            0
+        };
+        let (verdict, change) = self.health.passed(cfg, now, others);
+        if let Some(Change::StartSampling { until }) = change {
+            self.sampler = Some(start_sampler(dev.clone(), until.elapsed_since(now)));
+        }
+        log_change(name, change);
+        match verdict {
+            Verdict::Pass | Verdict::PassMarginal => {
+                self.carried = true;
+                engine.check_result(id, state, message);
+            }
+            Verdict::Hold => {
+                self.carried = false;
+                let standing = self.health.standing();
+                let held = if matches!(standing, Standing::Shaky { .. }) {
+                    CheckState::Shaky
+                } else {
+                    CheckState::Marginal
+                };
+                engine.check_result(id, held, &standing.to_string());
+            }
+        }
+    }
+}
+
+fn log_change(name: &str, change: Option<Change>) {
+    match change {
+        Some(c @ Change::Released { .. }) => info!(path = %name, "{c}"),
+        Some(c) => warn!(path = %name, "{c}"),
+        None => {}
+    }
+}
+
+/// Reads the path's first block every [`SAMPLE_EVERY`] for `length`,
+/// counting the reads that fail: (errors, reads).
+fn start_sampler(dev: Arc<PathDev>, length: Duration) -> Sampler {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let end = std::time::Instant::now() + length;
+        let mut buf = vec![0u8; dev.transport.block_size().max(512) as usize];
+        let (mut errors, mut reads) = (0u64, 0u64);
+        while std::time::Instant::now() < end && !flag.load(Ordering::Relaxed) {
+            reads += 1;
+            if dev.read_at(&mut buf, 0).is_err() {
+                errors += 1;
+            }
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+        (errors, reads)
+    });
+    Sampler { task, stop }
 }
 
 /// A path's priority, computed after each check by its prioritizer (the

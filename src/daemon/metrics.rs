@@ -126,13 +126,14 @@ impl Sample {
 type Labels = Vec<(&'static str, String)>;
 
 /// Every checker state, as `umpath_path_checker_state{state=...}` lists them.
-const CHECK_STATES: [CheckState; 7] = [
+const CHECK_STATES: [CheckState; 8] = [
     CheckState::Unchecked,
     CheckState::Up,
     CheckState::Down,
     CheckState::Ghost,
     CheckState::Pending,
     CheckState::Shaky,
+    CheckState::Marginal,
     CheckState::Timeout,
 ];
 

@@ -408,7 +408,9 @@ impl Map {
             s if s.is_usable() && p.dm == DmState::Failed && !p.admin_failed => {
                 events.extend(self.reinstate(id, Some(new_up), now));
             }
-            CheckState::Down | CheckState::Timeout => {
+            // A path held out (shaky or marginal) is failed like a down
+            // one, with the reason saying why and until when.
+            CheckState::Down | CheckState::Timeout | CheckState::Shaky | CheckState::Marginal => {
                 if p.dm == DmState::Failed && !p.admin_failed {
                     // Still down: the reason shown is the latest one.
                     p.reason = Some(reason.to_string());
@@ -492,7 +494,7 @@ impl Map {
             m == id
                 || matches!(
                     self.paths[m.index()].check,
-                    CheckState::Down | CheckState::Shaky
+                    CheckState::Down | CheckState::Shaky | CheckState::Marginal
                 )
         });
         Some(NewUp {
@@ -755,6 +757,36 @@ mod tests {
     }
 
     const T0: Time = Time(0);
+
+    #[test]
+    fn a_held_out_check_keeps_a_failed_path_failed_and_fails_an_active_one() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        m.check_result(pid(1), CheckState::Down, "tur: EIO", T0);
+        assert!(!m.path(pid(1)).unwrap().usable());
+        m.check_result(pid(1), CheckState::Shaky, "shaky: held out", T0);
+        let p = m.path(pid(1)).unwrap();
+        assert!(!p.usable());
+        assert_eq!(p.check.as_str(), "shaky");
+        assert_eq!(p.reason.as_deref(), Some("shaky: held out"));
+        // An active path a detector holds out is failed.
+        let ev = m.check_result(pid(0), CheckState::Marginal, "marginal: sampling", T0);
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, MapEvent::PathFailed { path, .. } if *path == pid(0))));
+        // The next check that is let through reinstates it.
+        m.check_result(pid(1), CheckState::Up, "", T0);
+        assert!(m.path(pid(1)).unwrap().usable());
+    }
 
     #[test]
     fn multibus_map_round_robins_over_both_paths() {

@@ -4,7 +4,8 @@
 //! Two independent state machines meet here:
 //!
 //! * [`CheckState`] is what the last path check said (multipathd's
-//!   `chk_st`: ready, faulty, ghost, i/o pending, shaky, i/o timeout).
+//!   `chk_st`: ready, faulty, ghost, i/o pending, i/o timeout; and
+//!   shaky or marginal for a path [`crate::policy::shaky`] holds out).
 //! * [`DmState`] is whether the engine may send IO down the path (dm's
 //!   `dm_st`: active or failed). IO errors and admins fail paths; checks
 //!   that find a path healthy reinstate it, unless an admin failed it.
@@ -27,8 +28,13 @@ pub enum CheckState {
     Ghost,
     /// The check has not finished yet ("i/o pending").
     Pending,
-    /// The path works but has been unreliable ("shaky").
+    /// The check passed but the path is held out of IO: it failed too
+    /// often (san_path_err, "shaky"; multipathd's "delayed").
     Shaky,
+    /// The check passed but the path is held out of IO: its IO errors
+    /// are being sampled or were above marginal_path_err_rate_threshold
+    /// ("marginal").
+    Marginal,
     /// The check did not finish within checker_timeout ("i/o timeout").
     Timeout,
 }
@@ -43,13 +49,14 @@ impl CheckState {
             CheckState::Ghost => "ghost",
             CheckState::Pending => "i/o pending",
             CheckState::Shaky => "shaky",
+            CheckState::Marginal => "marginal",
             CheckState::Timeout => "i/o timeout",
         }
     }
 
     /// True if a check in this state means the path can carry IO.
     pub fn is_usable(self) -> bool {
-        matches!(self, CheckState::Up | CheckState::Ghost | CheckState::Shaky)
+        matches!(self, CheckState::Up | CheckState::Ghost)
     }
 }
 

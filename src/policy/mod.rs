@@ -6,6 +6,7 @@
 //! * [`selector`]: path selectors (round-robin with rr_min_io and rr_weight).
 //! * [`failback`]: which path group a map should use, given failback.
 //! * [`no_path_retry`]: what happens to IO when no path is usable.
+//! * [`shaky`]: shaky (san_path_err) and marginal paths held out of IO.
 //!
 //! This module also defines the value vocabulary that multipath.conf
 //! keywords parse into, so the config layer and the engine speak the same
@@ -15,6 +16,7 @@ pub mod failback;
 pub mod grouping;
 pub mod no_path_retry;
 pub mod selector;
+pub mod shaky;
 
 use std::fmt;
 
