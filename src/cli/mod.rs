@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::control::{self, Command as Ctl, ShowWhat};
+use crate::control::{self, Command as Ctl};
 use crate::daemon::{self, DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET};
 
 #[derive(Debug, Parser)]
@@ -145,8 +145,10 @@ pub enum Cmd {
     /// Show paths, maps, the topology (like `multipath -ll`), the config, or
     /// one path's effective settings (`show path NAME config`).
     Show {
-        /// paths | maps | topology | config | status | path NAME config
-        #[arg(num_args = 1..=3, required = true)]
+        /// paths | maps | topology | config | status | stats | daemon |
+        /// blacklist | devices | maps stats | path NAME config |
+        /// paths [raw] format FMT | maps [raw] format FMT
+        #[arg(num_args = 1.., required = true, allow_hyphen_values = true)]
         what: Vec<String>,
         /// Machine-readable output.
         #[arg(long)]
@@ -182,7 +184,9 @@ pub enum Cmd {
         #[arg(num_args = 1.., required = true, allow_hyphen_values = true)]
         spec: Vec<String>,
     },
-    /// Switch a map to path group N (1-based): `switch map NAME group N`.
+    /// Switch a map to path group N (1-based): `switch map NAME group N`
+    /// (multipathd's spelling `switchgroup map NAME group N` too).
+    #[command(visible_alias = "switchgroup")]
     Switch {
         /// The word `map`.
         #[arg(value_parser = ["map"])]
@@ -194,6 +198,21 @@ pub enum Cmd {
         group_word: String,
         /// The path group, numbered from 1 as `show topology` lists them.
         group: usize,
+    },
+    /// Stop queueing: IO held by no_path_retry fails now, and IO with no
+    /// usable path fails until `restorequeueing` or a reconfigure:
+    /// `disablequeueing map NAME` or `disablequeueing maps`.
+    Disablequeueing {
+        /// `map NAME` or `maps`.
+        #[arg(num_args = 1..=2, required = true)]
+        target: Vec<String>,
+    },
+    /// Back to the configured no_path_retry: `restorequeueing map NAME`
+    /// or `restorequeueing maps`.
+    Restorequeueing {
+        /// `map NAME` or `maps`.
+        #[arg(num_args = 1..=2, required = true)]
+        target: Vec<String>,
     },
     /// Re-read the configuration (a bad file is rejected; the running one stays).
     Reconfigure,
@@ -472,30 +491,39 @@ pub fn main() -> ExitCode {
             json,
         ),
         Cmd::Show { what, json } => {
-            let words: Vec<&str> = what.iter().map(String::as_str).collect();
-            let cmd = match words.as_slice() {
-                ["path", name, "config"] => Ctl::ShowPathConfig {
-                    path: name.to_string(),
-                    json,
-                },
-                [w] => match ShowArg::from_str(w, true) {
-                    Ok(a) => Ctl::Show {
-                        what: match a {
-                            ShowArg::Paths => ShowWhat::Paths,
-                            ShowArg::Maps => ShowWhat::Maps,
-                            ShowArg::Topology => ShowWhat::Topology,
-                            ShowArg::Config => ShowWhat::Config,
-                            ShowArg::Status => ShowWhat::Status,
-                            ShowArg::Stats => ShowWhat::Stats,
-                        },
-                        json,
-                    },
-                    Err(_) => return usage(&format!("cannot show {w:?}: expected paths, maps, topology, config, status or `path NAME config`")),
-                },
-                _ => return usage("expected: show paths|maps|topology|config|status [--json], or show path NAME config"),
-            };
-            send(&cli.control_socket, &cmd)
+            let mut line = format!("show {}", what.join(" "));
+            if json {
+                line.push_str(" --json");
+            }
+            match Ctl::parse(&line) {
+                Ok(cmd @ (Ctl::Show { .. } | Ctl::ShowPathConfig { .. } | Ctl::ShowFormat { .. })) => {
+                    send(&cli.control_socket, &cmd)
+                }
+                _ => usage(&format!(
+                    "cannot show {:?}: expected paths, maps, topology, config, status, stats, daemon, \
+                     blacklist, devices, maps stats, paths|maps [raw] format FMT, or path NAME config",
+                    what.join(" ")
+                )),
+            }
         }
+        Cmd::Disablequeueing { target } | Cmd::Restorequeueing { target }
+            if !matches!(target.as_slice(), [m, _] if m == "map")
+                && !matches!(target.as_slice(), [m] if m == "maps") =>
+        {
+            usage("expected `map NAME` or `maps`")
+        }
+        Cmd::Disablequeueing { target } => send(
+            &cli.control_socket,
+            &Ctl::DisableQueueing {
+                map: target.get(1).cloned(),
+            },
+        ),
+        Cmd::Restorequeueing { target } => send(
+            &cli.control_socket,
+            &Ctl::RestoreQueueing {
+                map: target.get(1).cloned(),
+            },
+        ),
         Cmd::Fail { name, .. } => send(&cli.control_socket, &Ctl::FailPath { path: name }),
         Cmd::Reinstate { name, .. } => {
             send(&cli.control_socket, &Ctl::ReinstatePath { path: name })

@@ -11,4 +11,4 @@ pub mod client;
 pub mod proto;
 pub mod server;
 
-pub use proto::{Command, Response, ShowWhat};
+pub use proto::{Command, FormatOf, Response, ShowWhat};

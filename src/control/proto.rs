@@ -19,6 +19,23 @@ pub enum ShowWhat {
     Status,
     /// Counters per map and path, recent events (`umpath top`).
     Stats,
+    /// `show maps stats`: multipathd's per-map counters (name,
+    /// path_faults, switch_grp, map_loads, total_q_time, q_timeouts).
+    MapsStats,
+    /// `show daemon`: `pid N running`, as multipathd prints it.
+    Daemon,
+    /// `show blacklist`: the blacklist and exception rules with their origin.
+    Blacklist,
+    /// `show devices`: each known device and whether it is blacklisted,
+    /// whitelisted or monitored.
+    Devices,
+}
+
+/// What `show ... format FMT` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatOf {
+    Paths,
+    Maps,
 }
 
 /// A control command.
@@ -44,6 +61,26 @@ pub enum Command {
         path: String,
         spec: String,
     },
+    /// `show paths|maps [raw] format FMT`: one line per path or map with
+    /// multipathd's `%` wildcards; `raw` leaves out the header and the
+    /// padding. FMT is kept exactly (spaces included).
+    ShowFormat {
+        of: FormatOf,
+        format: String,
+        raw: bool,
+        json: bool,
+    },
+    /// `disablequeueing map NAME` (`None`: `disablequeueing maps`):
+    /// held IO fails now and IO with no usable path fails until
+    /// `restorequeueing` or a reconfigure.
+    DisableQueueing {
+        map: Option<String>,
+    },
+    /// `restorequeueing map NAME` (`None`: `maps`): back to the
+    /// configured no_path_retry.
+    RestoreQueueing {
+        map: Option<String>,
+    },
     /// `switch map NAME group N` (1-based, like multipathd).
     SwitchGroup {
         map: String,
@@ -68,6 +105,9 @@ pub enum Command {
 impl Command {
     /// Parses a request line. Errors say what was expected.
     pub fn parse(line: &str) -> Result<Command, String> {
+        if let Some(cmd) = parse_format(line)? {
+            return Ok(cmd);
+        }
         let mut words: Vec<&str> = line.split_whitespace().collect();
         let json = if words.last() == Some(&"--json") || words.last() == Some(&"json") {
             words.pop();
@@ -92,14 +132,38 @@ impl Command {
                 what: ShowWhat::Config,
                 json,
             },
-            ["show", "stats"] | ["show", "maps", "stats"] => Command::Show {
+            ["show", "stats"] => Command::Show {
                 what: ShowWhat::Stats,
                 json,
             },
-            ["show", "status"] | ["show", "daemon"] => Command::Show {
+            ["show", "maps", "stats"] => Command::Show {
+                what: ShowWhat::MapsStats,
+                json,
+            },
+            ["show", "status"] => Command::Show {
                 what: ShowWhat::Status,
                 json,
             },
+            ["show", "daemon"] => Command::Show {
+                what: ShowWhat::Daemon,
+                json,
+            },
+            ["show", "blacklist"] => Command::Show {
+                what: ShowWhat::Blacklist,
+                json,
+            },
+            ["show", "devices"] => Command::Show {
+                what: ShowWhat::Devices,
+                json,
+            },
+            ["disablequeueing", "map", map] => Command::DisableQueueing {
+                map: Some(map.to_string()),
+            },
+            ["disablequeueing", "maps"] => Command::DisableQueueing { map: None },
+            ["restorequeueing", "map", map] => Command::RestoreQueueing {
+                map: Some(map.to_string()),
+            },
+            ["restorequeueing", "maps"] => Command::RestoreQueueing { map: None },
             ["show", "path", name, "config"] => Command::ShowPathConfig {
                 path: name.to_string(),
                 json,
@@ -150,8 +214,9 @@ impl Command {
             [] => return Err("empty command".to_string()),
             _ => {
                 return Err(format!(
-                    "unknown command {:?}; try: show paths|maps|topology|config|status|stats [--json], \
-                     show path NAME config, fail path NAME, reinstate path NAME, \
+                    "unknown command {:?}; try: show paths|maps|topology|config|status|stats|daemon|blacklist|devices [--json], \
+                     show maps stats, show paths|maps [raw] format FMT, show path NAME config, \
+                     disablequeueing map NAME|maps, restorequeueing map NAME|maps, fail path NAME, reinstate path NAME, \
                      fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
                      switch map NAME group N, attach MAP [/dev/nbdN], detach MAP [--force], \
                      reconfigure, shutdown [--detach]",
@@ -168,8 +233,12 @@ impl Command {
     /// is no catch-all arm.
     pub fn is_read_only(&self) -> bool {
         match self {
-            Command::Show { .. } | Command::ShowPathConfig { .. } => true,
-            Command::FailPath { .. }
+            Command::Show { .. } | Command::ShowPathConfig { .. } | Command::ShowFormat { .. } => {
+                true
+            }
+            Command::DisableQueueing { .. }
+            | Command::RestoreQueueing { .. }
+            | Command::FailPath { .. }
             | Command::ReinstatePath { .. }
             | Command::FaultPath { .. }
             | Command::SwitchGroup { .. }
@@ -193,10 +262,38 @@ impl Command {
                     ShowWhat::Config => "config",
                     ShowWhat::Status => "status",
                     ShowWhat::Stats => "stats",
+                    ShowWhat::MapsStats => "maps stats",
+                    ShowWhat::Daemon => "daemon",
+                    ShowWhat::Blacklist => "blacklist",
+                    ShowWhat::Devices => "devices",
                 },
                 *json,
             ),
             Command::ShowPathConfig { path, json } => show(&format!("path {path} config"), *json),
+            Command::ShowFormat {
+                of,
+                format,
+                raw,
+                json,
+            } => show(
+                &format!(
+                    "{}{} format {format}",
+                    match of {
+                        FormatOf::Paths => "paths",
+                        FormatOf::Maps => "maps",
+                    },
+                    if *raw { " raw" } else { "" }
+                ),
+                *json,
+            ),
+            Command::DisableQueueing { map } => match map {
+                Some(m) => format!("disablequeueing map {m}"),
+                None => "disablequeueing maps".to_string(),
+            },
+            Command::RestoreQueueing { map } => match map {
+                Some(m) => format!("restorequeueing map {m}"),
+                None => "restorequeueing maps".to_string(),
+            },
             Command::FailPath { path } => format!("fail path {path}"),
             Command::ReinstatePath { path } => format!("reinstate path {path}"),
             Command::FaultPath { path, spec } => format!("fault path {path} {spec}"),
@@ -213,6 +310,58 @@ impl Command {
             }
         }
     }
+}
+
+/// `show paths|maps [raw] format FMT [--json]`, with FMT kept as
+/// written (multipathd takes the rest of the line, spaces included).
+/// `Ok(None)`: not a format command.
+fn parse_format(line: &str) -> Result<Option<Command>, String> {
+    let mut rest = line.trim_start();
+    let mut next = |want: &[&str]| -> Option<&'static str> {
+        let word = rest.split_whitespace().next()?;
+        let hit = want.iter().find(|w| **w == word)?;
+        rest = rest[word.len()..].trim_start();
+        Some(match *hit {
+            "paths" => "paths",
+            "maps" => "maps",
+            "raw" => "raw",
+            "format" => "format",
+            _ => "show",
+        })
+    };
+    if next(&["show", "list"]).is_none() {
+        return Ok(None);
+    }
+    let of = match next(&["paths", "maps"]) {
+        Some("paths") => FormatOf::Paths,
+        Some(_) => FormatOf::Maps,
+        None => return Ok(None),
+    };
+    let raw = next(&["raw"]).is_some();
+    if next(&["format"]).is_none() {
+        return if raw {
+            Err("expected `format FMT` after `raw`".to_string())
+        } else {
+            Ok(None)
+        };
+    }
+    let mut format = rest.trim_end_matches(['\n', '\r']);
+    let json = match format.strip_suffix("--json") {
+        Some(f) if f.is_empty() || f.ends_with(char::is_whitespace) => {
+            format = f.trim_end();
+            true
+        }
+        _ => false,
+    };
+    if format.trim().is_empty() {
+        return Err("`format` needs a format, e.g. format \"%d %w %T\"".to_string());
+    }
+    Ok(Some(Command::ShowFormat {
+        of,
+        format: format.to_string(),
+        raw,
+        json,
+    }))
 }
 
 /// The server's answer.
@@ -369,6 +518,83 @@ mod tests {
             ("shutdown", false),
         ] {
             assert_eq!(Command::parse(line).unwrap().is_read_only(), ro, "{line}");
+        }
+    }
+
+    #[test]
+    fn multipathd_commands_of_issue_12() {
+        assert_eq!(
+            Command::parse("show paths format %d  %w|%T"),
+            Ok(Command::ShowFormat {
+                of: FormatOf::Paths,
+                format: "%d  %w|%T".into(),
+                raw: false,
+                json: false
+            })
+        );
+        assert_eq!(
+            Command::parse("show maps raw format %n %Q --json\n"),
+            Ok(Command::ShowFormat {
+                of: FormatOf::Maps,
+                format: "%n %Q".into(),
+                raw: true,
+                json: true
+            })
+        );
+        assert!(Command::parse("show paths format").is_err());
+        assert!(Command::parse("show paths raw").is_err());
+        assert_eq!(
+            Command::parse("show maps stats"),
+            Ok(Command::Show {
+                what: ShowWhat::MapsStats,
+                json: false
+            })
+        );
+        assert_eq!(
+            Command::parse("show stats --json"),
+            Ok(Command::Show {
+                what: ShowWhat::Stats,
+                json: true
+            })
+        );
+        assert_eq!(
+            Command::parse("disablequeueing map lun0"),
+            Ok(Command::DisableQueueing {
+                map: Some("lun0".into())
+            })
+        );
+        assert_eq!(
+            Command::parse("restorequeueing maps"),
+            Ok(Command::RestoreQueueing { map: None })
+        );
+        assert_eq!(
+            Command::parse("switchgroup map lun0 group 2"),
+            Ok(Command::SwitchGroup {
+                map: "lun0".into(),
+                group: 2
+            })
+        );
+        for line in [
+            "disablequeueing map m",
+            "disablequeueing maps",
+            "restorequeueing map m",
+            "restorequeueing maps",
+        ] {
+            let c = Command::parse(line).unwrap();
+            assert!(!c.is_read_only(), "{line}");
+            assert_eq!(Command::parse(&c.to_line()).unwrap(), c);
+        }
+        for line in [
+            "show maps stats",
+            "show daemon",
+            "show blacklist --json",
+            "show devices",
+            "show paths format %d %w",
+            "show maps raw format %n  %S --json",
+        ] {
+            let c = Command::parse(line).unwrap();
+            assert!(c.is_read_only(), "{line}");
+            assert_eq!(Command::parse(&c.to_line()).unwrap(), c, "{line}");
         }
     }
 

@@ -625,7 +625,7 @@ impl Daemon {
 
     /// The topology in `multipath -ll` shape.
     pub async fn topology_text(&self) -> String {
-        show::topology_text(&self.snapshots().await)
+        show::topology_text(&self.snapshots().await, &self.extras())
     }
 
     pub async fn snapshots(&self) -> Vec<MapSnapshot> {
@@ -807,6 +807,143 @@ impl Daemon {
     }
 }
 
+/// A rendered `show` as a response.
+fn rendered(r: show::Rendered) -> Response {
+    match r {
+        show::Rendered::Text(t) => Response::text(t),
+        show::Rendered::Json(v) => Response::json(v),
+    }
+}
+
+/// multipathd's features string of a map: the configured `features`
+/// without `queue_if_no_path`, plus `queue_if_no_path` while the map
+/// queues when no path is usable (no_path_retry `queue` or N, not yet
+/// exhausted and not disabled).
+fn features_string(configured: &str, queues: bool) -> String {
+    let mut words: Vec<&str> = configured
+        .split_whitespace()
+        .skip(1)
+        .filter(|w| *w != "queue_if_no_path")
+        .collect();
+    if queues {
+        words.insert(0, "queue_if_no_path");
+    }
+    if words.is_empty() {
+        "0".to_string()
+    } else {
+        format!("{} {}", words.len(), words.join(" "))
+    }
+}
+
+impl Daemon {
+    /// What `show` needs per map beyond the engine snapshots.
+    fn extras(&self) -> std::collections::BTreeMap<String, show::MapExtra> {
+        use crate::policy::no_path_retry::NoPathState;
+        use crate::policy::NoPathRetry;
+        let p = self.published.load();
+        p.maps
+            .iter()
+            .map(|m| {
+                let name = m.engine.info().name.clone();
+                let snap = m.engine.snapshot();
+                let live = snap.map.policy().no_path_retry;
+                let queues =
+                    live != NoPathRetry::Fail && snap.map.no_path_state() != NoPathState::Failing;
+                let first = m.paths.first().map(|pp| pp.settings.load_full());
+                let features = features_string(
+                    first.as_ref().map_or("0", |s| s.features.value.as_str()),
+                    queues,
+                );
+                let hwhandler = snap
+                    .map
+                    .paths()
+                    .iter()
+                    .find(|x| !x.removed)
+                    .map(|x| {
+                        let i = &x.info;
+                        let ident = crate::config::PathIdentity {
+                            vendor: &i.vendor,
+                            product: &i.product,
+                            revision: &i.revision,
+                            wwid: &i.wwid,
+                        };
+                        p.config
+                            .explain(&ident)
+                            .into_iter()
+                            .find(|e| e.keyword == "hardware_handler")
+                            .map_or_else(|| "0".to_string(), |e| e.value)
+                    })
+                    .unwrap_or_else(|| "0".to_string());
+                let paths = m
+                    .paths
+                    .iter()
+                    .map(|pp| {
+                        (
+                            pp.name.clone(),
+                            show::PathExtra {
+                                hcil: pp.scsi.as_ref().map(|s| s.0.clone()),
+                                dev_t: pp
+                                    .scsi
+                                    .as_ref()
+                                    .map(|s| s.1.clone())
+                                    .filter(|d| !d.is_empty()),
+                                checker: pp.settings.load().path_checker.value.to_string(),
+                            },
+                        )
+                    })
+                    .collect();
+                let extra = show::MapExtra {
+                    features,
+                    hwhandler,
+                    queueing_disabled: live == NoPathRetry::Fail
+                        && m.configured.no_path_retry != NoPathRetry::Fail,
+                    nbd_device: p.nbd_devices.get(&name).copied(),
+                    paths,
+                };
+                (name, extra)
+            })
+            .collect()
+    }
+
+    /// `disablequeueing` (`restore` false) or `restorequeueing` of one map
+    /// or (`None`) all.
+    fn set_queueing(&self, map: Option<&str>, restore: bool) -> Response {
+        use crate::policy::NoPathRetry;
+        let p = self.published.load();
+        let targets: Vec<&supervisor::PublishedMap> = match map {
+            Some(name) => match p.maps.iter().find(|m| m.engine.info().name == name) {
+                Some(m) => vec![m],
+                None => return Response::error(format!("no map named {name:?}")),
+            },
+            None => p.maps.iter().collect(),
+        };
+        let mut out = String::new();
+        for m in targets {
+            let name = &m.engine.info().name;
+            let live = m.engine.snapshot().map.policy().no_path_retry;
+            if restore {
+                if live == m.configured.no_path_retry {
+                    out.push_str(&format!("{name}: queueing not disabled, nothing to do\n"));
+                } else {
+                    m.engine.set_no_path_retry(m.configured.no_path_retry);
+                    info!(map = %name, "queueing restored (operator): no_path_retry {}", m.configured.no_path_retry);
+                    out.push_str(&format!(
+                        "ok: {name}: queueing restored (no_path_retry {})\n",
+                        m.configured.no_path_retry
+                    ));
+                }
+            } else {
+                m.engine.set_no_path_retry(NoPathRetry::Fail);
+                info!(map = %name, "queueing disabled (operator)");
+                out.push_str(&format!(
+                    "ok: {name}: queueing disabled until restorequeueing or reconfigure\n"
+                ));
+            }
+        }
+        Response::text(out)
+    }
+}
+
 /// Commands that change something are answered after the change; `show`
 /// reads the published snapshot and never waits for the supervisor.
 impl control::server::Handler for Daemon {
@@ -818,7 +955,7 @@ impl control::server::Handler for Daemon {
                     (ShowWhat::Paths, true) => Response::json(show::paths_json(&snaps)),
                     (ShowWhat::Paths, false) => Response::text(show::paths_text(&snaps)),
                     (ShowWhat::Maps, true) | (ShowWhat::Topology, true) => {
-                        let mut v = show::maps_json(&snaps, &self.published.load().nbd_devices);
+                        let mut v = show::maps_json(&snaps, &self.extras());
                         if let serde_json::Value::Array(list) = &mut v {
                             list.extend(self.published.load().pending.iter().map(|p| {
                                 json!({
@@ -833,7 +970,7 @@ impl control::server::Handler for Daemon {
                         Response::json(v)
                     }
                     (ShowWhat::Maps, false) => {
-                        let mut t = show::maps_text(&snaps, &self.published.load().nbd_devices);
+                        let mut t = show::maps_text(&snaps, &self.extras());
                         for p in &self.published.load().pending {
                             t.push_str(&format!(
                                 "{} waiting: no path can tell the LUN's size yet (paths {})\n",
@@ -843,7 +980,45 @@ impl control::server::Handler for Daemon {
                         }
                         Response::text(t)
                     }
-                    (ShowWhat::Topology, false) => Response::text(show::topology_text(&snaps)),
+                    (ShowWhat::Topology, false) => {
+                        Response::text(show::topology_text(&snaps, &self.extras()))
+                    }
+                    (ShowWhat::MapsStats, json) => rendered(show::maps_format(
+                        &snaps,
+                        &self.extras(),
+                        show::MAP_STATS_FORMAT,
+                        false,
+                        json,
+                        self.clock.now(),
+                    )),
+                    (ShowWhat::Daemon, json) => {
+                        let pid = std::process::id();
+                        if json {
+                            Response::json(json!({ "pid": pid, "status": "running" }))
+                        } else {
+                            Response::text(format!("pid {pid} running\n"))
+                        }
+                    }
+                    (ShowWhat::Blacklist, json) => {
+                        let cfg = self.config();
+                        if json {
+                            Response::json(show::blacklist_json(&cfg))
+                        } else {
+                            Response::text(show::blacklist_text(&cfg))
+                        }
+                    }
+                    (ShowWhat::Devices, json) => {
+                        let known: Vec<String> = snaps
+                            .iter()
+                            .flat_map(|s| s.live_paths().map(|(_, p, _)| p.info.name.clone()))
+                            .collect();
+                        let r = show::devices(&known);
+                        if json {
+                            Response::json(r.0)
+                        } else {
+                            Response::text(r.1)
+                        }
+                    }
                     (ShowWhat::Config, true) => {
                         // Each path's effective settings with their origins.
                         let p = self.published.load();
@@ -890,6 +1065,25 @@ impl control::server::Handler for Daemon {
                     }
                 }
             }
+            Command::ShowFormat {
+                of,
+                format,
+                raw,
+                json,
+            } => {
+                let snaps = self.snapshots().await;
+                let extras = self.extras();
+                rendered(match of {
+                    control::FormatOf::Paths => {
+                        show::paths_format(&snaps, &extras, &format, raw, json)
+                    }
+                    control::FormatOf::Maps => {
+                        show::maps_format(&snaps, &extras, &format, raw, json, self.clock.now())
+                    }
+                })
+            }
+            Command::DisableQueueing { map } => self.set_queueing(map.as_deref(), false),
+            Command::RestoreQueueing { map } => self.set_queueing(map.as_deref(), true),
             Command::ShowPathConfig { path, json } => match self.find_path(&path) {
                 Err(r) => r,
                 Ok((engine, id, _)) => {

@@ -191,6 +191,9 @@ impl MapRuntime {
         if self.plan.policy != plan.policy {
             self.engine.reconfigure(plan.policy.clone());
             self.plan.policy = plan.policy.clone();
+        } else if self.engine.snapshot().map.policy().no_path_retry != plan.policy.no_path_retry {
+            // `disablequeueing` lasts until a reconfigure.
+            self.engine.set_no_path_retry(plan.policy.no_path_retry);
         }
         self.engine.set_io_timeout(env.io_timeout);
     }

@@ -88,7 +88,8 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
     Value::Array(out)
 }
 
-pub fn maps_json(maps: &[MapSnapshot], devices: &BTreeMap<String, u32>) -> Value {
+/// `show maps --json`.
+pub fn maps_json(maps: &[MapSnapshot], extra: &BTreeMap<String, MapExtra>) -> Value {
     Value::Array(
         maps.iter()
             .map(|s| {
@@ -109,7 +110,10 @@ pub fn maps_json(maps: &[MapSnapshot], devices: &BTreeMap<String, u32>) -> Value
                 json!({
                     "name": s.info.name,
                     "wwid": s.info.wwid,
-                    "nbd_device": devices.get(&s.info.name).map(|i| format!("/dev/nbd{i}")),
+                    "nbd_device": extra.get(&s.info.name).and_then(|e| e.nbd_device).map(|i| format!("/dev/nbd{i}")),
+                    "features": extra.get(&s.info.name).map_or("0", |e| e.features.as_str()),
+                    "hwhandler": extra.get(&s.info.name).map_or("0", |e| e.hwhandler.as_str()),
+                    "queueing_disabled": extra.get(&s.info.name).is_some_and(|e| e.queueing_disabled),
                     "vendor": s.info.vendor,
                     "product": s.info.product,
                     "size": s.info.size,
@@ -329,7 +333,9 @@ pub fn paths_text(maps: &[MapSnapshot]) -> String {
     table(rows)
 }
 
-pub fn maps_text(maps: &[MapSnapshot], devices: &BTreeMap<String, u32>) -> String {
+/// `show maps`: one line per map; a map under `disablequeueing` shows
+/// `(queueing disabled)` after its no_path_retry state.
+pub fn maps_text(maps: &[MapSnapshot], extra: &BTreeMap<String, MapExtra>) -> String {
     let mut rows = vec![[
         "name", "wwid", "size", "paths", "usable", "queueing", "device",
     ]
@@ -343,17 +349,26 @@ pub fn maps_text(maps: &[MapSnapshot], devices: &BTreeMap<String, u32>) -> Strin
             human_size(s.info.size),
             s.map.paths().len().to_string(),
             s.map.usable_paths().to_string(),
-            queueing_word(s.map.no_path_state()).to_string(),
-            devices
+            if extra.get(&s.info.name).is_some_and(|e| e.queueing_disabled) {
+                format!(
+                    "{} (queueing disabled)",
+                    queueing_word(s.map.no_path_state())
+                )
+            } else {
+                queueing_word(s.map.no_path_state()).to_string()
+            },
+            extra
                 .get(&s.info.name)
+                .and_then(|e| e.nbd_device)
                 .map_or("-".to_string(), |i| format!("/dev/nbd{i}")),
         ]);
     }
     table(rows)
 }
 
-/// The shape of `multipath -ll`.
-pub fn topology_text(maps: &[MapSnapshot]) -> String {
+/// The shape of `multipath -ll`; `features` and `hwhandler` from
+/// `extra` (`'0'` for a map not in it).
+pub fn topology_text(maps: &[MapSnapshot], extra: &BTreeMap<String, MapExtra>) -> String {
     let mut out = String::new();
     for s in maps {
         let pol = s.map.policy();
@@ -366,13 +381,12 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
             "{name_part} nbd:{} {},{}\n",
             s.info.name, s.info.vendor, s.info.product
         ));
-        let features = match s.map.no_path_state() {
-            crate::policy::no_path_retry::NoPathState::Queueing { .. } => "'1 queue_if_no_path'",
-            _ => "'0'",
-        };
+        let e = extra.get(&s.info.name);
         out.push_str(&format!(
-            "size={} features={features} hwhandler='0' wp=rw\n",
-            human_size(s.info.size)
+            "size={} features='{}' hwhandler='{}' wp=rw\n",
+            human_size(s.info.size),
+            e.map_or("0", |e| e.features.as_str()),
+            e.map_or("0", |e| e.hwhandler.as_str()),
         ));
         let ngroups = s.map.groups().len();
         for (gi, g) in s.map.groups().iter().enumerate() {
@@ -407,6 +421,510 @@ pub fn topology_text(maps: &[MapSnapshot]) -> String {
         }
     }
     out
+}
+
+/// What a map's `show` needs beyond its engine snapshot: facts the
+/// daemon keeps per map and path (configured policy, kernel device,
+/// SCSI identity, checker).
+#[derive(Debug, Clone, Default)]
+pub struct MapExtra {
+    /// The `features` string as multipathd prints it
+    /// (`1 queue_if_no_path`, `0`, ...).
+    pub features: String,
+    /// The hardware handler as multipathd prints it (`0`, `1 alua`).
+    pub hwhandler: String,
+    /// `disablequeueing` is in force (no_path_retry is `fail` until
+    /// `restorequeueing` or a reconfigure).
+    pub queueing_disabled: bool,
+    /// The kernel NBD device index, if attached.
+    pub nbd_device: Option<u32>,
+    /// Per path name.
+    pub paths: BTreeMap<String, PathExtra>,
+}
+
+/// What a path's `show ... format` needs beyond the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct PathExtra {
+    /// `H:C:T:L` of a SCSI path.
+    pub hcil: Option<String>,
+    /// `major:minor` of a block device path.
+    pub dev_t: Option<String>,
+    /// The checker's name (`tur`, `directio`, ...).
+    pub checker: String,
+}
+
+/// multipathd's path wildcards (libmultipath/print.c), with their headers.
+pub const PATH_WILDCARDS: &[(char, &str)] = &[
+    ('w', "uuid"),
+    ('i', "hcil"),
+    ('d', "dev"),
+    ('D', "dev_t"),
+    ('t', "dm_st"),
+    ('o', "dev_st"),
+    ('T', "chk_st"),
+    ('s', "vend/prod/rev"),
+    ('c', "checker"),
+    ('C', "next_check"),
+    ('p', "pri"),
+    ('S', "size"),
+    ('z', "serial"),
+    ('M', "marginal_st"),
+    ('m', "multipath"),
+    ('N', "host WWNN"),
+    ('n', "target WWNN"),
+    ('R', "host WWPN"),
+    ('r', "target WWPN"),
+    ('a', "host adapter"),
+    ('G', "foreign"),
+    ('g', "vpd page data"),
+    ('0', "failures"),
+    ('P', "protocol"),
+    ('I', "init_st"),
+    ('L', "LUN hex"),
+    ('A', "TPG"),
+    ('k', "max_sectors_kb"),
+];
+
+/// multipathd's map wildcards (libmultipath/print.c), with their headers.
+pub const MAP_WILDCARDS: &[(char, &str)] = &[
+    ('n', "name"),
+    ('w', "uuid"),
+    ('d', "sysfs"),
+    ('F', "failback"),
+    ('Q', "queueing"),
+    ('N', "paths"),
+    ('r', "write_prot"),
+    ('t', "dm-st"),
+    ('S', "size"),
+    ('f', "features"),
+    ('x', "failures"),
+    ('h', "hwhandler"),
+    ('A', "action"),
+    ('0', "path_faults"),
+    ('1', "switch_grp"),
+    ('2', "map_loads"),
+    ('3', "total_q_time"),
+    ('4', "q_timeouts"),
+    ('s', "vend/prod"),
+    ('v', "vend"),
+    ('p', "prod"),
+    ('e', "rev"),
+    ('G', "foreign"),
+    ('g', "vpd page data"),
+    ('k', "max_sectors_kb"),
+];
+
+/// multipathd's `show maps stats` format.
+pub const MAP_STATS_FORMAT: &str = "%n %0 %1 %2 %3 %4";
+
+/// multipathd caps a column at this many characters.
+const MAX_FIELD_WIDTH: usize = 255;
+
+/// One piece of a parsed format: literal text or a known wildcard
+/// (index into the table). Unknown wildcards vanish, `%` included, as
+/// in multipathd.
+enum Piece<'a> {
+    Text(&'a str),
+    Field(usize),
+}
+
+fn parse_format<'a>(format: &'a str, table: &[(char, &str)]) -> Vec<Piece<'a>> {
+    let mut out = Vec::new();
+    let mut rest = format;
+    while let Some(at) = rest.find('%') {
+        if at > 0 {
+            out.push(Piece::Text(&rest[..at]));
+        }
+        let mut after = rest[at + 1..].chars();
+        if let Some(c) = after.next() {
+            if let Some(i) = table.iter().position(|(w, _)| *w == c) {
+                out.push(Piece::Field(i));
+            }
+        }
+        rest = after.as_str();
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    out
+}
+
+/// Renders rows of field values with a format: a header line and padded
+/// columns (multipathd's "pretty" form), or neither (`raw`).
+fn render_format(format: &str, table: &[(char, &str)], rows: &[Vec<String>], raw: bool) -> String {
+    let pieces = parse_format(format, table);
+    let mut widths = vec![0usize; table.len()];
+    if !raw {
+        for (i, (_, h)) in table.iter().enumerate() {
+            widths[i] = h.chars().count();
+            for r in rows {
+                widths[i] = widths[i].max(r[i].chars().count().min(MAX_FIELD_WIDTH));
+            }
+        }
+    }
+    let line = |cells: &dyn Fn(usize) -> String| {
+        let mut l = String::new();
+        for p in &pieces {
+            match p {
+                Piece::Text(t) => l.push_str(t),
+                Piece::Field(i) => {
+                    let v = cells(*i);
+                    let n = v.chars().count();
+                    l.push_str(&v);
+                    l.extend(std::iter::repeat_n(' ', widths[*i].saturating_sub(n)));
+                }
+            }
+        }
+        l.push('\n');
+        l
+    };
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    if !raw {
+        out.push_str(&line(&|i| table[i].1.to_string()));
+    }
+    for r in rows {
+        out.push_str(&line(&|i| r[i].clone()));
+    }
+    out
+}
+
+/// `--json` of a format: one object per row keyed by the headers of the
+/// wildcards the format names.
+fn format_json(format: &str, table: &[(char, &str)], rows: &[Vec<String>]) -> Value {
+    let used: Vec<usize> = parse_format(format, table)
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Field(i) => Some(i),
+            Piece::Text(_) => None,
+        })
+        .collect();
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                Value::Object(
+                    used.iter()
+                        .map(|&i| (table[i].1.to_string(), Value::String(r[i].clone())))
+                        .collect(),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn or<'a>(s: &'a str, empty: &'a str) -> &'a str {
+    if s.is_empty() {
+        empty
+    } else {
+        s
+    }
+}
+
+/// `0x...` of a LUN number as the kernel's `int_to_scsilun` lays it out.
+fn lun_hex(hcil: Option<&str>) -> String {
+    let lun = hcil
+        .and_then(|h| h.rsplit(':').next())
+        .and_then(|l| l.parse::<u64>().ok());
+    let v = match lun {
+        None => u64::MAX,
+        Some(l) => {
+            ((l & 0xffff) << 48)
+                | ((l & 0xffff_0000) << 16)
+                | ((l & 0xffff_0000_0000) >> 16)
+                | ((l & 0xffff_0000_0000_0000) >> 48)
+        }
+    };
+    format!("0x{v:016x}")
+}
+
+/// One path's values, in [`PATH_WILDCARDS`] order.
+fn path_row(s: &MapSnapshot, id: PathId, extra: Option<&PathExtra>) -> Vec<String> {
+    let p = &s.map.paths()[id.index()];
+    let c = &s.paths[id.index()];
+    let i = &p.info;
+    let hcil = extra.and_then(|e| e.hcil.as_deref());
+    PATH_WILDCARDS
+        .iter()
+        .map(|(w, _)| match w {
+            'w' => i.wwid.clone(),
+            'i' => hcil.unwrap_or("#:#:#:#").to_string(),
+            'd' => or(&i.name, "-").to_string(),
+            'D' => extra
+                .and_then(|e| e.dev_t.clone())
+                .unwrap_or_else(|| "#:#".into()),
+            't' => p.dm.as_str().to_string(),
+            'o' => "running".to_string(),
+            'T' => p.check.as_str().to_string(),
+            's' => format!(
+                "{},{},{}",
+                or(&i.vendor, "##"),
+                or(&i.product, "##"),
+                or(&i.revision, "##")
+            ),
+            'c' => extra
+                .map(|e| e.checker.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "(null)".into()),
+            'p' => p.prio.to_string(),
+            'S' => human_size(s.info.size),
+            'z' => i.serial.clone(),
+            'M' => "normal".to_string(),
+            'm' => s.info.name.clone(),
+            'n' => i.node_name.clone().unwrap_or_else(|| "[undef]".into()),
+            'G' => "--".to_string(),
+            '0' => p.failures.to_string(),
+            'P' => if c.transport == "scsi" {
+                "scsi:unspec"
+            } else {
+                "undef"
+            }
+            .to_string(),
+            'I' => "ok".to_string(),
+            'L' => lun_hex(hcil),
+            'A' => i
+                .tpg
+                .map_or_else(|| "[undef]".to_string(), |t| format!("0x{t:04x}")),
+            'k' | 'C' => "n/a".to_string(),
+            _ => "[undef]".to_string(),
+        })
+        .collect()
+}
+
+/// multipathd's `%Q`: `off` (fail), `on` (queue), and for
+/// `no_path_retry N`: seconds left while queueing, `N chk` while a path
+/// is usable, `off` once retries ran out.
+fn queueing_field(s: &MapSnapshot, now: crate::units::Time) -> String {
+    match s.map.policy().no_path_retry {
+        crate::policy::NoPathRetry::Fail => "off".into(),
+        crate::policy::NoPathRetry::Queue => "on".into(),
+        crate::policy::NoPathRetry::Retries(n) => match s.map.no_path_state() {
+            NoPathState::Queueing {
+                deadline: Some(d), ..
+            } => {
+                format!("{} sec", d.0.saturating_sub(now.0).div_ceil(1000))
+            }
+            NoPathState::Serving => format!("{n} chk"),
+            _ => "off".into(),
+        },
+    }
+}
+
+/// One map's values, in [`MAP_WILDCARDS`] order.
+fn map_row(s: &MapSnapshot, extra: Option<&MapExtra>, now: crate::units::Time) -> Vec<String> {
+    let first = s.map.paths().iter().find(|p| !p.removed).map(|p| &p.info);
+    let pick = |f: fn(&crate::model::PathInfo) -> &String| {
+        s.map
+            .paths()
+            .iter()
+            .filter(|p| !p.removed)
+            .map(|p| f(&p.info))
+            .find(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "##".into())
+    };
+    MAP_WILDCARDS
+        .iter()
+        .map(|(w, _)| match w {
+            'n' => s.info.name.clone(),
+            'w' => s.info.wwid.clone(),
+            'd' => extra
+                .and_then(|e| e.nbd_device)
+                .map_or_else(|| "undef".to_string(), |i| format!("nbd{i}")),
+            'F' => match s.map.policy().failback {
+                crate::policy::Failback::DeferredSecs(n) => format!("deferred:{n}"),
+                f => f.to_string(),
+            },
+            'Q' => queueing_field(s, now),
+            'N' => s.map.usable_paths().to_string(),
+            'r' => "rw".to_string(),
+            't' => "active".to_string(),
+            'S' => human_size(s.info.size),
+            'f' => extra.map_or_else(|| "0".into(), |e| e.features.clone()),
+            'x' => "0".to_string(),
+            'h' => extra.map_or_else(|| "0".into(), |e| e.hwhandler.clone()),
+            'A' => String::new(),
+            '0' => s
+                .map
+                .paths()
+                .iter()
+                .map(|p| p.failures)
+                .sum::<u64>()
+                .to_string(),
+            '1' => s.group_switches.to_string(),
+            '2' | '3' | '4' => "0".to_string(),
+            's' => match first {
+                Some(i) if !i.vendor.is_empty() && !i.product.is_empty() => {
+                    format!("{},{}", i.vendor, i.product)
+                }
+                _ => "##,##".to_string(),
+            },
+            'v' => pick(|i| &i.vendor),
+            'p' => pick(|i| &i.product),
+            'e' => pick(|i| &i.revision),
+            'G' => "--".to_string(),
+            'g' => "[undef]".to_string(),
+            _ => "n/a".to_string(),
+        })
+        .collect()
+}
+
+fn rule_origin(builtin: bool) -> &'static str {
+    if builtin {
+        "(default rule)    "
+    } else {
+        "(config file rule)"
+    }
+}
+
+/// `show blacklist`: the rules in force, as multipathd's
+/// `snprint_blacklist_report` lays them out.
+pub fn blacklist_text(cfg: &crate::config::Config) -> String {
+    let bl = cfg.effective_blacklist();
+    let ex = cfg.effective_exceptions();
+    let mut out = String::new();
+    let group = |out: &mut String, v: &[crate::config::BlacklistEntry]| {
+        if v.is_empty() {
+            out.push_str("        <empty>\n");
+        }
+        for e in v {
+            out.push_str(&format!(
+                "        {} {}\n",
+                rule_origin(e.builtin),
+                e.pattern
+            ));
+        }
+    };
+    let devgroup = |out: &mut String, v: &[crate::config::BlacklistDevice]| {
+        if v.is_empty() {
+            out.push_str("        <empty>\n");
+        }
+        for d in v {
+            let p = |x: &Option<crate::config::Pattern>| {
+                x.as_ref().map_or_else(String::new, ToString::to_string)
+            };
+            out.push_str(&format!(
+                "        {} {}:{}\n",
+                rule_origin(d.builtin),
+                p(&d.vendor),
+                p(&d.product)
+            ));
+        }
+    };
+    for (title, b, e) in [
+        ("device node rules", &bl.devnode, &ex.devnode),
+        ("udev property rules", &bl.property, &ex.property),
+        ("protocol rules", &bl.protocol, &ex.protocol),
+        ("wwid rules", &bl.wwid, &ex.wwid),
+    ] {
+        out.push_str(&format!("{title}:\n- blacklist:\n"));
+        group(&mut out, b);
+        out.push_str("- exceptions:\n");
+        group(&mut out, e);
+    }
+    out.push_str("device rules:\n- blacklist:\n");
+    devgroup(&mut out, &bl.device);
+    out.push_str("- exceptions:\n");
+    devgroup(&mut out, &ex.device);
+    out
+}
+
+/// `show blacklist --json`: per kind (`devnode`, `property`, `protocol`,
+/// `wwid`, `device`), the `blacklist` and `exceptions` rules with their
+/// origin (`config` or `default`) and, for config rules, file:line.
+pub fn blacklist_json(cfg: &crate::config::Config) -> Value {
+    let bl = cfg.effective_blacklist();
+    let ex = cfg.effective_exceptions();
+    let origin = |builtin: bool| if builtin { "default" } else { "config" };
+    let entries = |v: &[crate::config::BlacklistEntry]| -> Value {
+        v.iter()
+            .map(|e| json!({"rule": e.pattern.to_string(), "origin": origin(e.builtin), "at": e.span.to_string()}))
+            .collect()
+    };
+    let devs = |v: &[crate::config::BlacklistDevice]| -> Value {
+        v.iter()
+            .map(|d| {
+                json!({
+                    "vendor": d.vendor.as_ref().map(ToString::to_string),
+                    "product": d.product.as_ref().map(ToString::to_string),
+                    "origin": origin(d.builtin),
+                    "at": d.span.to_string(),
+                })
+            })
+            .collect()
+    };
+    json!({
+        "devnode": {"blacklist": entries(&bl.devnode), "exceptions": entries(&ex.devnode)},
+        "property": {"blacklist": entries(&bl.property), "exceptions": entries(&ex.property)},
+        "protocol": {"blacklist": entries(&bl.protocol), "exceptions": entries(&ex.protocol)},
+        "wwid": {"blacklist": entries(&bl.wwid), "exceptions": entries(&ex.wwid)},
+        "device": {"blacklist": devs(&bl.device), "exceptions": devs(&ex.device)},
+    })
+}
+
+/// `show devices`: the devices umpath knows (its paths; all of them
+/// passed the blacklist and are monitored), as multipathd words it.
+/// Returns the JSON and the text.
+pub fn devices(paths: &[String]) -> (Value, String) {
+    let mut text = String::from("available block devices:\n");
+    let mut list = Vec::new();
+    for p in paths {
+        text.push_str(&format!("    {p}  devnode whitelisted, monitored\n"));
+        list.push(json!({"dev": p, "blacklisted": false, "monitored": true}));
+    }
+    (Value::Array(list), text)
+}
+
+/// A `show` answer: text or JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rendered {
+    Text(String),
+    Json(Value),
+}
+
+/// `show paths [raw] format FMT`: text, or JSON with `json`.
+pub fn paths_format(
+    maps: &[MapSnapshot],
+    extra: &BTreeMap<String, MapExtra>,
+    format: &str,
+    raw: bool,
+    json: bool,
+) -> Rendered {
+    let rows: Vec<Vec<String>> = maps
+        .iter()
+        .flat_map(|s| {
+            let e = extra.get(&s.info.name);
+            s.live_paths()
+                .map(move |(id, p, _)| path_row(s, id, e.and_then(|e| e.paths.get(&p.info.name))))
+        })
+        .collect();
+    if json {
+        Rendered::Json(format_json(format, PATH_WILDCARDS, &rows))
+    } else {
+        Rendered::Text(render_format(format, PATH_WILDCARDS, &rows, raw))
+    }
+}
+
+/// `show maps [raw] format FMT` (and `show maps stats`): text, or JSON
+/// with `json`.
+pub fn maps_format(
+    maps: &[MapSnapshot],
+    extra: &BTreeMap<String, MapExtra>,
+    format: &str,
+    raw: bool,
+    json: bool,
+    now: crate::units::Time,
+) -> Rendered {
+    let rows: Vec<Vec<String>> = maps
+        .iter()
+        .map(|s| map_row(s, extra.get(&s.info.name), now))
+        .collect();
+    if json {
+        Rendered::Json(format_json(format, MAP_WILDCARDS, &rows))
+    } else {
+        Rendered::Text(render_format(format, MAP_WILDCARDS, &rows, raw))
+    }
 }
 
 #[cfg(test)]

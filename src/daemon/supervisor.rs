@@ -77,6 +77,10 @@ pub struct PublishedPath {
     pub name: String,
     pub id: PathId,
     pub dev: Arc<PathDev>,
+    /// `H:C:T:L` and `major:minor` of a discovered SCSI disk.
+    pub scsi: Option<(String, String)>,
+    /// The path's settings as they are now (checker, prio, ...).
+    pub settings: Arc<arc_swap::ArcSwap<crate::config::PathSettings>>,
 }
 
 /// A running map as the published snapshot shows it.
@@ -84,6 +88,9 @@ pub struct PublishedPath {
 pub struct PublishedMap {
     pub engine: MapEngine,
     pub paths: Vec<PublishedPath>,
+    /// The policy the configuration gives the map (the live one may
+    /// differ: `disablequeueing`).
+    pub configured: crate::model::MapPolicy,
 }
 
 /// A map waiting for a path that can tell its size.
@@ -685,8 +692,15 @@ impl Supervisor {
                         name: name.clone(),
                         id: p.id,
                         dev: p.dev.clone(),
+                        scsi: p
+                            .plan
+                            .scsi
+                            .as_ref()
+                            .map(|d| (d.hctl.clone(), d.dev.clone())),
+                        settings: p.settings.clone(),
                     })
                     .collect(),
+                configured: m.plan.policy.clone(),
             })
             .collect();
         let exports: Vec<Arc<dyn Export>> = maps

@@ -523,6 +523,13 @@ impl MapEngine {
         changed
     }
 
+    /// Only no_path_retry changes (`disablequeueing`/`restorequeueing`):
+    /// held IO fails when queueing stops; the groups stay.
+    pub fn set_no_path_retry(&self, mode: crate::policy::NoPathRetry) {
+        let now = self.now();
+        self.inner.apply(|map| map.set_no_path_retry(mode, now));
+    }
+
     /// New settings from a reconfigure.
     pub fn reconfigure(&self, policy: MapPolicy) {
         let now = self.now();

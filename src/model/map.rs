@@ -535,6 +535,29 @@ impl Map {
         }]
     }
 
+    /// Changes only no_path_retry (multipathd's `disablequeueing` /
+    /// `restorequeueing`): groups and the current group stay. Switching
+    /// queueing off while IO is held fails that IO (`QueueExhausted`);
+    /// switching it back on while no path is usable starts queueing again
+    /// from `now`, as multipathd's `set_no_path_retry` does.
+    pub fn set_no_path_retry(&mut self, mode: NoPathRetry, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        self.policy.no_path_retry = mode;
+        if let Some(t) = self
+            .no_path
+            .reconfigure(mode, self.policy.polling_interval, now)
+        {
+            events.push(transition_event(t));
+        }
+        if self.no_path.state() == NoPathState::Failing && mode != NoPathRetry::Fail {
+            self.no_path = NoPathPolicy::new(mode, self.policy.polling_interval);
+            if let Some(t) = self.no_path.all_paths_down(now) {
+                events.push(transition_event(t));
+            }
+        }
+        events
+    }
+
     /// Applies new settings (reconfigure): regroups and picks a group anew.
     pub fn reconfigure(&mut self, policy: MapPolicy, now: Time) -> Vec<MapEvent> {
         let mut events = Vec::new();
@@ -952,6 +975,43 @@ mod tests {
         assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Queue));
         assert!(m.tick(Time(2999)).is_empty());
         assert_eq!(m.tick(Time(3000)), vec![MapEvent::QueueExhausted]);
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Fail));
+    }
+
+    #[test]
+    fn disable_and_restore_queueing_keep_the_groups() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Failover,
+                Failback::Manual,
+                NoPathRetry::Queue,
+            ),
+            T0,
+        );
+        assert!(!m.switch_group(1).is_empty());
+        // Disabling while serving: no event, the admin's group stays.
+        assert!(m.set_no_path_retry(NoPathRetry::Fail, T0).is_empty());
+        assert_eq!(m.current_group(), Some(1));
+        assert_eq!(m.policy().no_path_retry, NoPathRetry::Fail);
+        m.fail_path(pid(0), "EIO", T0);
+        m.fail_path(pid(1), "EIO", T0);
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Fail));
+        // Restoring while no path is usable queues again.
+        let ev = m.set_no_path_retry(NoPathRetry::Queue, Time(10));
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, MapEvent::QueueingStarted { .. })),
+            "{ev:?}"
+        );
+        assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Queue));
+        // Disabling while queueing fails the held IO.
+        assert_eq!(
+            m.set_no_path_retry(NoPathRetry::Fail, Time(20)),
+            vec![MapEvent::QueueExhausted]
+        );
         assert_eq!(m.route(&NoLoad), Route::NoPath(Disposition::Fail));
     }
 
