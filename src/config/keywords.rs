@@ -905,6 +905,14 @@ mod tests {
             Typed::Selector(SelectorKind::RoundRobin)
         );
         assert!(s.check("round-robin 1").is_err());
+        let hst = s.check("historical-service-time 2 900 2").unwrap().0;
+        assert_eq!(
+            hst,
+            Typed::Selector(SelectorKind::parse("historical-service-time 2 900 2").unwrap())
+        );
+        assert!(s.check("historical-service-time 0").is_ok());
+        assert!(s.check("historical-service-time 1 1024").is_err());
+        assert!(s.check("historical-service-time 2 900").is_err());
         let f = def("features", Section::Device);
         assert!(f.check("1 queue_if_no_path").unwrap().1.is_none());
         assert!(f.check("2 queue_if_no_path").unwrap().1.is_some());

@@ -173,6 +173,8 @@ pub fn plan_with(
         let mut info = path_info(d);
         if let Some(s) = &scsi {
             info.transport = format!("{SCSI_TRANSPORT} {} {}", s.devnode.display(), s.hctl);
+            info.tpg = s.tpg;
+            info.node_name = s.node_name.clone();
         }
         let path = PathPlan {
             decl: d.clone(),

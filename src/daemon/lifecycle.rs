@@ -569,12 +569,6 @@ impl PrioTracker {
                 ),
             );
         }
-        if needs.latency_reads.is_some() {
-            return self.problem(
-                name,
-                "prioritizer 'path_latency' is not measured yet; priority kept".to_string(),
-            );
-        }
         let base = facts.clone();
         let mut gather =
             tokio::task::spawn_blocking(move || gather_facts(&dev, base, needs, timeout));
@@ -628,6 +622,12 @@ fn gather_facts(
         if needs.alua {
             facts.alua = Some(s.alua_facts(timeout)?);
         }
+    }
+    if let Some(n) = needs.latency_reads {
+        let reads = dev
+            .timed_reads(n, timeout)
+            .map_err(|e| format!("path_latency measurement: {e}"))?;
+        facts.latencies = Some(reads);
     }
     if needs.random {
         use std::hash::{BuildHasher, Hasher};

@@ -8,7 +8,9 @@
 //! and `queue/logical_block_size`, and computes the WWID the way
 //! `scsi_id` does ([`crate::scsi::wwid`]) from the `vpd_pg83` /
 //! `vpd_pg80` binary attributes, else (optionally) from INQUIRY EVPD sent
-//! over SG_IO.
+//! over SG_IO. It also reads what grouping needs: the target port group
+//! (the VPD page 0x83 designator), the LUN's TPGS field (raw INQUIRY) and
+//! the target's node name as multipathd finds it ([`target_node_name`]).
 //!
 //! The sysfs root and the device directory are parameters, so tests run
 //! on fake trees. A device whose attributes vanish while it is read (it
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::scsi::inquiry::StdInquiry;
+use crate::scsi::inquiry::{StdInquiry, Tpgs};
 use crate::scsi::vpd;
 use crate::scsi::wwid::{self, Wwid};
 use crate::transport::ScsiTarget;
@@ -94,6 +96,16 @@ pub struct ScsiDevice {
     pub wwid_source: String,
     /// Why there is no WWID.
     pub wwid_error: Option<String>,
+    /// The path's target port group (VPD page 0x83), if the page names
+    /// one.
+    pub tpg: Option<u16>,
+    /// The LUN's target port group support (INQUIRY TPGS), `None` when
+    /// the raw INQUIRY data could not be read.
+    #[serde(skip)]
+    pub tpgs: Option<Tpgs>,
+    /// The target's name ([`target_node_name`]): SAS address, FC node
+    /// name or iSCSI target name.
+    pub node_name: Option<String>,
 }
 
 impl ScsiDevice {
@@ -314,9 +326,9 @@ pub fn read_device(
 
     // The raw INQUIRY data keeps the fields exactly as sent (NULs
     // included), which is what scsi_id builds its identifiers from.
-    let inq = binary_opt(&dir.join("inquiry"))
-        .and_then(|b| StdInquiry::parse(&b).ok())
-        .unwrap_or_else(|| StdInquiry::from_strings(&vendor_s, &model_s, &rev_s));
+    let raw_inq = binary_opt(&dir.join("inquiry")).and_then(|b| StdInquiry::parse(&b).ok());
+    let tpgs = raw_inq.as_ref().map(StdInquiry::alua_support);
+    let inq = raw_inq.unwrap_or_else(|| StdInquiry::from_strings(&vendor_s, &model_s, &rev_s));
     let devnode = opts.dev_dir.join(&name);
 
     let mut pg83 = binary_opt(&dir.join("vpd_pg83"));
@@ -331,6 +343,11 @@ pub fn read_device(
             Err(e) => fallback_note = Some(e),
         }
     }
+    // A malformed page has no group to give (the WWID code says why).
+    let tpg = pg83
+        .as_deref()
+        .and_then(|p| vpd::target_port_group(p).ok().flatten());
+    let node_name = target_node_name(&opts.sysfs, hctl, dir);
     let serial = pg80
         .as_deref()
         .and_then(|p| vpd::unit_serial(p).ok())
@@ -374,7 +391,64 @@ pub fn read_device(
         wwid,
         wwid_source,
         wwid_error,
+        tpg,
+        tpgs,
+        node_name,
     }))
+}
+
+/// The first line of a sysfs attribute, trimmed; `None` if it cannot be
+/// read or is empty.
+fn attr(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.lines().next().unwrap_or("").trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// The name of the target a SCSI device `hctl` (sysfs directory `dir`)
+/// belongs to, looked for as multipathd does, in this order:
+///
+/// * SAS: a parent directory `end_device-*` names the device whose
+///   `<sysfs>/class/sas_device/<name>/sas_address` is the name;
+/// * Fibre Channel: `<sysfs>/class/fc_transport/targetH:C:T/node_name`;
+/// * iSCSI: a parent directory `sessionN` names the session whose
+///   `<sysfs>/class/iscsi_session/sessionN/targetname` is the name.
+///
+/// `None` for other transports (and when nothing can be read).
+pub fn target_node_name(sysfs: &Path, hctl: &str, dir: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let parents: Vec<String> = real
+        .ancestors()
+        .skip(1)
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    if let Some(end) = parents.iter().find(|n| n.starts_with("end_device-")) {
+        if let Some(a) = attr(&sysfs.join("class/sas_device").join(end).join("sas_address")) {
+            return Some(a);
+        }
+    }
+    if let Some([h, c, t, _]) = parse_hctl(hctl) {
+        let target = format!("target{h}:{c}:{t}");
+        if let Some(n) = attr(
+            &sysfs
+                .join("class/fc_transport")
+                .join(target)
+                .join("node_name"),
+        ) {
+            return Some(n);
+        }
+    }
+    let session = parents.iter().find(|n| {
+        n.strip_prefix("session")
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+    })?;
+    attr(
+        &sysfs
+            .join("class/iscsi_session")
+            .join(session)
+            .join("targetname"),
+    )
 }
 
 /// Pages 0x83 and 0x80, each if the device has it.

@@ -215,3 +215,103 @@ fn hctl_parsing() {
     assert_eq!(parse_hctl("2:0:0:1:5"), None);
     assert_eq!(parse_hctl("a:0:0:1"), None);
 }
+
+/// Moves a fake device's directory to `devices/<parents>/<hctl>` and
+/// makes `class/scsi_device/<hctl>/device` a link to it, as sysfs does.
+fn reparent(root: &Path, hctl: &str, parents: &str) -> PathBuf {
+    let link = root.join("class/scsi_device").join(hctl).join("device");
+    let real = root.join("devices").join(parents).join(hctl);
+    fs::create_dir_all(real.parent().unwrap()).unwrap();
+    fs::rename(&link, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    real
+}
+
+fn write(path: PathBuf, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn target_port_group_and_tpgs() {
+    let root = tempfile::tempdir().unwrap();
+    let mut d = FakeDev::quantastor("3:0:0:1", "sdd");
+    let mut p = qemu_pg83()[4..].to_vec();
+    p.extend_from_slice(&[0x61, 0x95, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02]);
+    d.pg83 = Some(page(0x83, &p));
+    let dir = d.create(root.path());
+    // Standard INQUIRY with TPGS = 01b (implicit).
+    let mut inq = vec![0u8; 36];
+    inq[4] = 31;
+    inq[5] = 0x10;
+    inq[8..16].copy_from_slice(b"OSNEXUS ");
+    inq[16..32].copy_from_slice(b"QUANTASTOR      ");
+    inq[32..36].copy_from_slice(b"2.5+");
+    fs::write(dir.join("inquiry"), &inq).unwrap();
+    FakeDev::quantastor("4:0:0:1", "sde").create(root.path());
+    let found = discover(&opts(root.path()));
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    let (a, b) = (&found.devices[0], &found.devices[1]);
+    assert_eq!(
+        (a.tpg, a.tpgs),
+        (Some(2), Some(crate::scsi::Tpgs::Implicit))
+    );
+    assert_eq!(a.wwid, b.wwid);
+    // No group designator, no raw INQUIRY: both unknown.
+    assert_eq!((b.tpg, b.tpgs, b.node_name.as_deref()), (None, None, None));
+}
+
+#[test]
+fn node_name_from_fc_iscsi_and_sas() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    // Fibre Channel: the fc_transport target of H:C:T.
+    FakeDev::quantastor("1:0:2:1", "sdb").create(r);
+    reparent(r, "1:0:2:1", "pci0/host1/rport-1:0-0/target1:0:2");
+    write(
+        r.join("class/fc_transport/target1:0:2/node_name"),
+        "0x50060e8016b3c100\n",
+    );
+    // iSCSI: the session the device hangs under.
+    FakeDev::quantastor("2:0:0:1", "sdc").create(r);
+    reparent(r, "2:0:0:1", "platform/host2/session7/target2:0:0");
+    write(
+        r.join("class/iscsi_session/session7/targetname"),
+        "iqn.2003-01.org.linux-iscsi.target:one\n",
+    );
+    // SAS: the end device's address.
+    FakeDev::quantastor("0:0:5:0", "sdd").create(r);
+    reparent(
+        r,
+        "0:0:5:0",
+        "pci0/host0/port-0:0/end_device-0:0/target0:0:5",
+    );
+    write(
+        r.join("class/sas_device/end_device-0:0/sas_address"),
+        "0x5000c500a1b2c3d4\n",
+    );
+    // Nothing to go by (a virtio-scsi disk).
+    FakeDev::quantastor("5:0:0:0", "sde").create(r);
+    let found = discover(&opts(r));
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    let names: Vec<(&str, Option<&str>)> = found
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.node_name.as_deref()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("sdd", Some("0x5000c500a1b2c3d4")),
+            ("sdb", Some("0x50060e8016b3c100")),
+            ("sdc", Some("iqn.2003-01.org.linux-iscsi.target:one")),
+            ("sde", None),
+        ]
+    );
+    // An empty attribute is no name.
+    write(r.join("class/fc_transport/target1:0:2/node_name"), "\n");
+    assert_eq!(
+        target_node_name(r, "1:0:2:1", &r.join("class/scsi_device/1:0:2:1/device")),
+        None
+    );
+}

@@ -28,7 +28,7 @@ use histogram::{Histogram, HistogramSnapshot};
 use inflight::{Finish, Inflight, Ticket};
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -217,9 +217,14 @@ impl State {
     }
 }
 
-struct PathsLoad<'a>(&'a [Arc<PathRt>]);
+/// The paths' load and the time of the routing (since [`Inner::epoch`]).
+struct PathsLoad<'a>(&'a [Arc<PathRt>], Duration);
 
 impl LoadView for PathsLoad<'_> {
+    #[inline]
+    fn now(&self) -> Duration {
+        self.1
+    }
     #[inline]
     fn in_flight(&self, id: PathId) -> u32 {
         self.0
@@ -251,6 +256,12 @@ struct Inner {
     /// minimum block size.
     block_size: u32,
     clock: Clock,
+    /// The epoch of the nanosecond times a selector learning from
+    /// completions (historical-service-time) is given.
+    epoch: Instant,
+    /// The map's selector learns from completions
+    /// ([`Map::wants_completions`]): each one is reported under the lock.
+    learns: AtomicBool,
     state: Mutex<State>,
     /// Milliseconds a request may stay on a path before the path fails
     /// (0: no limit). See [`inflight`] for what happens to the request.
@@ -338,6 +349,8 @@ impl MapEngine {
                 info,
                 block_size,
                 clock,
+                epoch: Instant::now(),
+                learns: AtomicBool::new(map.wants_completions()),
                 io_timeout_ms: AtomicU64::new(duration_ms(DEFAULT_IO_TIMEOUT)),
                 state: Mutex::new(State {
                     map,
@@ -533,7 +546,12 @@ impl MapEngine {
     /// New settings from a reconfigure.
     pub fn reconfigure(&self, policy: MapPolicy) {
         let now = self.now();
-        self.inner.apply(|map| map.reconfigure(policy, now));
+        let learns = &self.inner.learns;
+        self.inner.apply(|map| {
+            let events = map.reconfigure(policy, now);
+            learns.store(map.wants_completions(), Ordering::Relaxed);
+            events
+        });
     }
 
     /// Time passed: no_path_retry deadlines, deferred failback, and the
@@ -674,6 +692,11 @@ impl Inner {
 
     /// Routes a request to a path, holds it, or fails it.
     fn dispatch(&self, mut req: Request, attempts: u32) {
+        let now = if self.learns.load(Ordering::Relaxed) {
+            self.epoch.elapsed()
+        } else {
+            Duration::ZERO
+        };
         let target = {
             let mut st = self.state.lock();
             let st = &mut *st;
@@ -682,7 +705,7 @@ impl Inner {
             } else if st.refuses(req.op) {
                 Err(IoError::NotSup)
             } else {
-                match st.map.route(&PathsLoad(&st.paths)) {
+                match st.map.route(&PathsLoad(&st.paths, now)) {
                     Route::Path(id) => st
                         .paths
                         .get(id.index())
@@ -773,6 +796,11 @@ impl Inner {
         path.in_flight.fetch_sub(1, Ordering::Relaxed);
         path.in_flight_bytes
             .fetch_sub(u64::from(req.len), Ordering::Relaxed);
+        if self.learns.load(Ordering::Relaxed) {
+            let start = started.saturating_duration_since(self.epoch);
+            let end = self.epoch.elapsed();
+            self.state.lock().map.io_done(id, start, end);
+        }
         match path.inflight.finish(ticket) {
             Finish::Normal => {}
             Finish::Reissued => {

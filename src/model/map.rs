@@ -119,13 +119,17 @@ pub enum Route {
     NoPath(Disposition),
 }
 
-/// Per-path load, as the engine counts it.
+/// Per-path load, as the engine counts it, and the time of the routing.
 pub trait LoadView {
     fn in_flight(&self, id: PathId) -> u32;
     fn in_flight_bytes(&self, id: PathId) -> u64;
+    /// Now, since the engine's epoch, at nanosecond resolution (the clock
+    /// [`Map::io_done`] times are on).
+    fn now(&self) -> Duration;
 }
 
-/// A load view for callers that do not track load.
+/// A load view for callers that do not track load (its time is always
+/// the epoch).
 pub struct NoLoad;
 
 impl LoadView for NoLoad {
@@ -134,6 +138,9 @@ impl LoadView for NoLoad {
     }
     fn in_flight_bytes(&self, _: PathId) -> u64 {
         0
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -168,6 +175,9 @@ impl<L: LoadView> PathView for View<'_, L> {
     }
     fn in_flight_bytes(&self, id: PathId) -> u64 {
         self.load.in_flight_bytes(id)
+    }
+    fn now(&self) -> Duration {
+        self.load.now()
     }
 }
 
@@ -269,6 +279,23 @@ impl Map {
             }
         }
         Route::NoPath(self.no_path.disposition())
+    }
+
+    /// True if the map's selectors learn from completions
+    /// (`historical-service-time`): the engine then reports each one with
+    /// [`Map::io_done`].
+    pub fn wants_completions(&self) -> bool {
+        matches!(self.policy.selector, SelectorKind::HistoricalServiceTime(_))
+    }
+
+    /// A request routed to `id` at `started` completed at `now` (both on
+    /// the [`LoadView::now`] clock), successfully or not: the selector of
+    /// the path's group learns its service time. Changes no state the
+    /// map reports, so it returns no event.
+    pub fn io_done(&mut self, id: PathId, started: Duration, now: Duration) {
+        if let Some(g) = self.groups.iter_mut().find(|g| g.members.contains(&id)) {
+            g.selector.io_done(id, started, now);
+        }
     }
 
     /// An IO error on `id` (dm's fail_path). Idempotent.
@@ -780,6 +807,66 @@ mod tests {
     }
 
     const T0: Time = Time(0);
+
+    /// A load view with a clock and in-flight counts.
+    struct Load {
+        now: Duration,
+        inflight: Vec<u32>,
+    }
+
+    impl LoadView for Load {
+        fn in_flight(&self, id: PathId) -> u32 {
+            self.inflight[id.index()]
+        }
+        fn in_flight_bytes(&self, id: PathId) -> u64 {
+            u64::from(self.inflight[id.index()]) * 4096
+        }
+        fn now(&self) -> Duration {
+            self.now
+        }
+    }
+
+    #[test]
+    fn historical_service_time_learns_from_completions() {
+        let mut pol = policy(
+            GroupingPolicy::Multibus,
+            Failback::Immediate,
+            NoPathRetry::Fail,
+        );
+        pol.selector = SelectorKind::parse("historical-service-time 1 0").unwrap();
+        let (mut m, _) = Map::new("m".into(), "w".into(), paths(2), pol, T0);
+        assert!(m.wants_completions());
+        let ms = Duration::from_millis;
+        let mut load = Load {
+            now: ms(0),
+            inflight: vec![0, 0],
+        };
+        assert_eq!(m.route(&load), Route::Path(pid(0)));
+        assert_eq!(m.route(&load), Route::Path(pid(1)));
+        // Path 0 answers in 1 ms, path 1 in 50 ms (path 0 is fresh: it
+        // completed within its history times the usable paths).
+        m.io_done(pid(0), ms(49), ms(50));
+        m.io_done(pid(1), ms(0), ms(50));
+        load.now = ms(51);
+        load.inflight = vec![1, 1];
+        let picks: Vec<Route> = (0..4).map(|_| m.route(&load)).collect();
+        assert!(picks.iter().all(|r| *r == Route::Path(pid(0))), "{picks:?}");
+        // A map on another selector ignores completions.
+        let (mut rr, _) = Map::new(
+            "r".into(),
+            "w".into(),
+            paths(2),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert!(!rr.wants_completions());
+        rr.io_done(pid(0), ms(0), ms(1));
+        assert_eq!(rr.route(&load), Route::Path(pid(0)));
+    }
 
     #[test]
     fn a_held_out_check_keeps_a_failed_path_failed_and_fails_an_active_one() {

@@ -3,7 +3,8 @@
 //!
 //! * [`grouping`]: path_grouping_policy (multibus, failover, ...) turns a
 //!   map's paths into path groups.
-//! * [`selector`]: path selectors (round-robin with rr_min_io and rr_weight).
+//! * [`selector`]: path selectors (round-robin with rr_min_io and rr_weight,
+//!   queue-length, service-time, and [`hst`]: historical-service-time).
 //! * [`failback`]: which path group a map should use, given failback.
 //! * [`no_path_retry`]: what happens to IO when no path is usable.
 //! * [`shaky`]: shaky (san_path_err) and marginal paths held out of IO.
@@ -14,11 +15,14 @@
 
 pub mod failback;
 pub mod grouping;
+pub mod hst;
 pub mod no_path_retry;
 pub mod selector;
 pub mod shaky;
 
 use std::fmt;
+
+use hst::HstArgs;
 
 /// `path_grouping_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +74,7 @@ impl fmt::Display for GroupingPolicy {
     }
 }
 
-/// `path_selector`: the algorithm and its (kernel-style) argument count.
+/// `path_selector`: the algorithm and its (kernel-style) arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SelectorKind {
     /// "round-robin 0"
@@ -79,16 +83,18 @@ pub enum SelectorKind {
     QueueLength,
     /// "service-time 0"
     ServiceTime,
-    /// "historical-service-time 0"
-    HistoricalServiceTime,
+    /// "historical-service-time 0", or with a base weight and a threshold
+    /// multiplier ("historical-service-time 2 972 0").
+    HistoricalServiceTime(HstArgs),
 }
 
 impl SelectorKind {
+    /// Every selector, with no arguments.
     pub const ALL: [SelectorKind; 4] = [
         SelectorKind::RoundRobin,
         SelectorKind::QueueLength,
         SelectorKind::ServiceTime,
-        SelectorKind::HistoricalServiceTime,
+        SelectorKind::HistoricalServiceTime(HstArgs::DEFAULT),
     ];
 
     /// The selector's name without its argument count.
@@ -97,15 +103,22 @@ impl SelectorKind {
             SelectorKind::RoundRobin => "round-robin",
             SelectorKind::QueueLength => "queue-length",
             SelectorKind::ServiceTime => "service-time",
-            SelectorKind::HistoricalServiceTime => "historical-service-time",
+            SelectorKind::HistoricalServiceTime(_) => "historical-service-time",
         }
     }
 
-    /// Parses "round-robin 0" (the argument count is optional and must be 0).
+    /// Parses "round-robin 0": the name, then the argument count (optional
+    /// when 0) and the arguments. Only historical-service-time takes
+    /// arguments (as the kernel's selectors do); the others' count must
+    /// be 0.
     pub fn parse(s: &str) -> Option<Self> {
         let mut words = s.split_whitespace();
         let name = words.next()?;
         let kind = Self::ALL.into_iter().find(|k| k.name() == name)?;
+        if let SelectorKind::HistoricalServiceTime(_) = kind {
+            let rest: Vec<&str> = words.collect();
+            return HstArgs::parse(&rest).map(SelectorKind::HistoricalServiceTime);
+        }
         match (words.next(), words.next()) {
             (None, None) | (Some("0"), None) => Some(kind),
             _ => None,
@@ -115,7 +128,10 @@ impl SelectorKind {
 
 impl fmt::Display for SelectorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} 0", self.name())
+        match self {
+            SelectorKind::HistoricalServiceTime(args) => write!(f, "{} {args}", self.name()),
+            _ => write!(f, "{} 0", self.name()),
+        }
     }
 }
 

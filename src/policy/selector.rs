@@ -17,6 +17,9 @@
 //! With `rr_weight priorities` the count is multiplied by the path's
 //! priority; with `uniform` it is not.
 
+use std::time::Duration;
+
+use super::hst::Hst;
 use super::{RrWeight, SelectorKind};
 use crate::units::{PathId, Prio};
 
@@ -30,6 +33,9 @@ pub trait PathView {
     fn in_flight(&self, id: PathId) -> u32;
     /// Bytes in flight on the path.
     fn in_flight_bytes(&self, id: PathId) -> u64;
+    /// Now, since the engine's epoch (nanosecond resolution): the time
+    /// `historical-service-time` compares staleness against.
+    fn now(&self) -> Duration;
 }
 
 /// A path selector instance (one per path group, as in dm-multipath).
@@ -42,6 +48,10 @@ pub enum Selector {
     /// Fewest bytes in flight relative to the path's weight (dm's
     /// service-time with equal relative throughput).
     ServiceTime(Rotor),
+    /// Earliest predicted completion from each path's service-time
+    /// history (the kernel's historical-service-time, see
+    /// [`super::hst`]).
+    HistoricalServiceTime(Box<Hst>),
 }
 
 impl Selector {
@@ -50,8 +60,9 @@ impl Selector {
         match kind {
             SelectorKind::RoundRobin => Selector::RoundRobin(RoundRobin::new(repeat, weight)),
             SelectorKind::QueueLength => Selector::QueueLength(Rotor::default()),
-            SelectorKind::ServiceTime | SelectorKind::HistoricalServiceTime => {
-                Selector::ServiceTime(Rotor::default())
+            SelectorKind::ServiceTime => Selector::ServiceTime(Rotor::default()),
+            SelectorKind::HistoricalServiceTime(args) => {
+                Selector::HistoricalServiceTime(Box::new(Hst::new(args)))
             }
         }
     }
@@ -70,6 +81,16 @@ impl Selector {
                 (v.in_flight_bytes(id) + 1)
                     .saturating_mul(1_000_000 / u64::from(v.prio(id).weight()))
             }),
+            Selector::HistoricalServiceTime(h) => h.select(members, view),
+        }
+    }
+
+    /// A request started on `id` at `started` completed at `now` (both
+    /// since the engine's epoch). Only `historical-service-time` learns
+    /// from completions; the others ignore them.
+    pub fn io_done(&mut self, id: PathId, started: Duration, now: Duration) {
+        if let Selector::HistoricalServiceTime(h) = self {
+            h.io_done(id, started, now);
         }
     }
 }
@@ -198,6 +219,9 @@ mod tests {
         }
         fn in_flight_bytes(&self, id: PathId) -> u64 {
             u64::from(self.inflight[id.index()]) * 4096
+        }
+        fn now(&self) -> Duration {
+            Duration::ZERO
         }
     }
 

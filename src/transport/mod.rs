@@ -661,6 +661,45 @@ impl PathDev {
         self.transport.probe(len)
     }
 
+    /// `path_latency`'s measurement: `count` reads of one block at
+    /// offset 0 through [`PathDev::probe`] (direct where the transport can,
+    /// on the checker's handle, behind the `checks` fault target), each
+    /// timed. The first failed read ends the measurement with its error;
+    /// so does running past `budget` (the measurement must fit in the
+    /// checker's timeout), as an [`ErrorClass::Path`] timeout.
+    pub fn timed_reads(
+        &self,
+        count: u32,
+        budget: std::time::Duration,
+    ) -> Result<Vec<std::time::Duration>, TransportError> {
+        let len = self.transport.block_size().max(512) as usize;
+        let begun = std::time::Instant::now();
+        let mut out = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            if begun.elapsed() > budget {
+                return Err(TransportError::new(
+                    IoOp::Check,
+                    0,
+                    len as u64,
+                    self.transport.target(),
+                    ErrorClass::Path,
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{} of {count} latency reads done in {} ms",
+                            out.len(),
+                            budget.as_millis()
+                        ),
+                    ),
+                ));
+            }
+            let start = std::time::Instant::now();
+            self.probe(len)?;
+            out.push(start.elapsed());
+        }
+        Ok(out)
+    }
+
     pub fn describe(&self) -> String {
         self.transport.describe()
     }
@@ -679,6 +718,19 @@ mod tests {
             class,
             io::Error::from_raw_os_error(errno),
         )
+    }
+
+    #[test]
+    fn timed_reads_time_each_read_within_a_budget() {
+        use std::time::Duration;
+        let lun = MemLun::new(64 * 1024, 512);
+        let (dev, _script) = PathDev::memory("m0", &lun);
+        let lat = dev.timed_reads(5, Duration::from_secs(10)).unwrap();
+        assert_eq!(lat.len(), 5);
+        // Past its budget the measurement stops: a path timeout.
+        let e = dev.timed_reads(1000, Duration::from_nanos(1)).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Path);
+        assert!(e.to_string().contains("latency reads done"), "{e}");
     }
 
     #[test]
