@@ -35,20 +35,10 @@ mod vm;
 use std::time::{Duration, Instant};
 
 use vm::fio::{FioLoop, Load};
+use vm::lio::{self, Alua};
 use vm::{Vm, VmOptions};
 
 const IMAGE_SIZE: u64 = 256 << 20;
-const CONFIGFS: &str = "/sys/kernel/config/target";
-const BACKSTORE: &str = "/sys/kernel/config/target/core/iblock_0/lun0";
-
-/// ALUA access states as LIO's `alua_access_state` takes them.
-#[derive(Clone, Copy, Debug)]
-enum Alua {
-    Optimized = 0,
-    NonOptimized = 1,
-    Standby = 2,
-    Unavailable = 3,
-}
 
 fn conf(failback: &str) -> String {
     format!(
@@ -66,54 +56,25 @@ fn step(what: &str) {
     eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
-/// Builds the LIO configuration: backstore, two port groups, and target
-/// `t` (`a` or `b`) whose I_T nexus makes one SCSI disk. Returns the disk.
+/// Adds target `t`'s port (and the backstore on sda the first time);
+/// returns the disk it makes.
 fn add_target(vm: &Vm, t: char) -> String {
-    let before = vm.sh_ok("ls /sys/block | grep '^sd' | sort");
-    let script = format!(
-        r#"set -e
-T={CONFIGFS}
-D={BACKSTORE}
-grep -q configfs /proc/mounts || mount -t configfs none /sys/kernel/config
-[ -d $T ] || {{ echo "no $T: target_core_mod not loaded"; exit 1; }}
-if [ ! -d $D ]; then
-  mkdir -p $D
-  echo "udev_path=/dev/sda" > $D/control
-  # The unit serial (targetcli sets one): VPD 0x80 and the NAA
-  # designator in 0x83 come from it.
-  echo 0e5a1a7e-a1ua-4b1d-9c0d-000000000001 > $D/wwn/vpd_unit_serial
-  echo 1 > $D/enable
-  for g in a:1 b:2; do
-    mkdir $D/alua/tpg_${{g%:*}}
-    echo ${{g#*:}} > $D/alua/tpg_${{g%:*}}/tg_pt_gp_id
-    echo 1 > $D/alua/tpg_${{g%:*}}/alua_access_type
-  done
-fi
-P=$T/loopback/naa.50014050000000{t}1/tpgt_1
-# The nexus first: linking the LUN makes tcm_loop scan it.
-mkdir -p $P
-echo naa.50014050000000{t}2 > $P/nexus
-mkdir $P/lun/lun_0
-ln -s $D $P/lun/lun_0/backstore
-echo tpg_{t} > $P/lun/lun_0/alua_tg_pt_gp
-"#
-    );
-    vm.sh_ok(&script);
+    let before = vm.sh_ok(lio::LIST_DISKS);
+    vm.sh_ok(&lio::add_target_script("/dev/sda", t));
     let mut disk = String::new();
     vm.wait_for(
         &format!("the disk of target {t}"),
         Duration::from_secs(30),
-        || {
-            let now = vm.sh_ok(
-                "for d in /sys/block/sd*; do grep -q LIO-ORG $d/device/vendor 2>/dev/null && echo ${d##*/}; done | sort",
-            );
-            match now.lines().find(|d| !before.lines().any(|b| b == *d)) {
-                Some(d) => {
-                    disk = d.to_string();
-                    true
-                }
-                None => false,
+        || match vm
+            .sh_ok(lio::LIST_DISKS)
+            .lines()
+            .find(|d| !before.lines().any(|b| b == *d))
+        {
+            Some(d) => {
+                disk = d.to_string();
+                true
             }
+            None => false,
         },
     );
     disk
@@ -121,10 +82,7 @@ echo tpg_{t} > $P/lun/lun_0/alua_tg_pt_gp
 
 fn set_state(vm: &Vm, group: char, state: Alua) {
     step(&format!("tpg_{group} -> {state:?}"));
-    vm.sh_ok(&format!(
-        "echo {} > {BACKSTORE}/alua/tpg_{group}/alua_access_state",
-        state as u8
-    ));
+    vm.sh_ok(&lio::set_state_script(group, state));
 }
 
 fn ios(vm: &Vm, path: &str) -> u64 {
@@ -239,6 +197,7 @@ fn alua_groups_follow_the_target() {
         .map(|m| m["name"].as_str().unwrap_or("").to_string())
         .unwrap_or_else(|| panic!("no map: {maps}"));
     assert_eq!(maps.as_array().map(Vec::len), Some(1), "{maps}");
+    assert_eq!(map, lio::WWID, "the map is named by the LUN's WWID");
     eprintln!("{}", vm.sh_ok("umpath show topology"));
 
     // 1. A optimized, B standby.
@@ -247,7 +206,7 @@ fn alua_groups_follow_the_target() {
         p["state"] == "ghost"
     });
     assert_eq!(vm.path(&a)["prio"], 50);
-    let fio = FioLoop::start(vm.fio_uri(&map), Load::WriteVerify, IMAGE_SIZE);
+    let fio = FioLoop::start_sized(vm.fio_uri(&map), Load::WriteVerify, IMAGE_SIZE, 1 << 20);
     wait_io_only_on(&vm, &fio, &a, &b, "IO on the optimized group only");
 
     // 2. The optimized state moves to B: failback immediate follows it.
@@ -290,7 +249,7 @@ fn alua_groups_follow_the_target() {
     std::thread::sleep(Duration::from_secs(3));
     wait_io_only_on(&vm, &fio, &a, &b, "failback manual: still on A");
     step(&format!("umpath switchgroup map {map} group 2"));
-    vm.sh_ok(&format!("umpath switch map {map} group 2"));
+    vm.sh_ok(&format!("umpath switchgroup map {map} group 2"));
     wait_io_only_on(&vm, &fio, &b, &a, "switchgroup moved IO to B");
 
     let runs = fio.finish(&vm);

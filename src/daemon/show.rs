@@ -409,10 +409,17 @@ pub fn topology_text(maps: &[MapSnapshot], extra: &BTreeMap<String, MapExtra>) -
                 } else {
                     "|-"
                 };
+                // A SCSI path as multipathd prints it (H:C:T:L, name,
+                // major:minor); others by name and transport.
+                let scsi = e
+                    .and_then(|e| e.paths.get(&p.info.name))
+                    .and_then(|x| x.hcil.as_deref().zip(x.dev_t.as_deref()));
+                let who = match scsi {
+                    Some((hcil, dev_t)) => format!("{hcil} {} {dev_t}", p.info.name),
+                    None => format!("{} {}", p.info.name, s.paths[id.index()].transport),
+                };
                 out.push_str(&format!(
-                    "{gindent}{branch} {} {} {} {} {}\n",
-                    p.info.name,
-                    s.paths[id.index()].transport,
+                    "{gindent}{branch} {who} {} {} {}\n",
                     p.dm.as_str(),
                     p.check.as_str(),
                     dev_state(s, id.index()),

@@ -28,12 +28,17 @@ pub const READ_REGIONS: std::ops::Range<u64> = 8..16;
 
 /// fio arguments for one region (the same job writes and verifies it).
 pub fn fio_region_args(offset: u64) -> Vec<String> {
+    fio_args(offset, REGION)
+}
+
+/// fio arguments for a region of `size` bytes at `offset`.
+fn fio_args(offset: u64, size: u64) -> Vec<String> {
     [
         "--rw=randwrite",
         "--bs=4k",
         "--randseed=4242",
         &format!("--offset={offset}"),
-        &format!("--size={REGION}"),
+        &format!("--size={size}"),
         "--verify=crc32c",
         "--verify_fatal=1",
         "--verify_state_save=0",
@@ -70,6 +75,12 @@ pub struct FioLoop {
 
 impl FioLoop {
     pub fn start(uri: String, load: Load, image_size: u64) -> FioLoop {
+        FioLoop::start_sized(uri, load, image_size, REGION)
+    }
+
+    /// [`FioLoop::start`] with write regions of `region` bytes (smaller
+    /// regions: shorter runs, verified more often).
+    pub fn start_sized(uri: String, load: Load, image_size: u64, region: u64) -> FioLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -77,7 +88,7 @@ impl FioLoop {
             while !flag.load(Ordering::Relaxed) || runs == 0 {
                 let (offset, mode) = match load {
                     Load::WriteVerify => (
-                        (runs as u64 % (image_size / REGION)) * REGION,
+                        (runs as u64 % (image_size / region)) * region,
                         "--do_verify=1",
                     ),
                     Load::ReadVerify => {
@@ -98,7 +109,10 @@ impl FioLoop {
                         mode,
                     ])
                     .arg(format!("--uri={uri}"))
-                    .args(fio_region_args(offset))
+                    .args(match load {
+                        Load::WriteVerify => fio_args(offset, region),
+                        Load::ReadVerify => fio_region_args(offset),
+                    })
                     .stdin(Stdio::null())
                     .output()
                     .map_err(|e| format!("cannot run fio: {e}"))?;

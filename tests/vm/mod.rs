@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 pub mod debian;
 pub mod fio;
+pub mod lio;
 
 /// The LUN's identity as QEMU presents it on both HBAs.
 pub const VENDOR: &str = "OSNEXUS";
