@@ -3,7 +3,8 @@
 //! kernel's nbd and dm-multipath): installed the README's way, a kernel NBD
 //! device with ext4 on it under fio verify through path failures, reload,
 //! hot-unplug, restart and a watchdog kill; an fstab mount at boot; and
-//! dm-multipath on the same LUN as the oracle for naming and grouping.
+//! dm-multipath on the same LUN as the oracle for naming and grouping, and
+//! multipathd as the oracle for an ALUA array's groups and states (LIO).
 //!
 //! Needs root (debootstrap builds the guest once; cached under
 //! ~/.cache/umpath/vm-debian) and qemu-system-x86_64; see tests/vm/README.md.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vm::debian::{Guest, GuestOptions};
+use vm::lio::{self, Alua};
 use vm::{scsi_hd_props, WWID};
 
 const LUN_SIZE: u64 = 512 << 20;
@@ -628,4 +630,147 @@ fn dm_multipath_side_by_side() {
             "umpath: fio saw an error ({case}): {um_stall}"
         );
     }
+}
+
+/// One daemon's view of the ALUA map: per group (prio, status, paths as
+/// "dev dm_st chk_st prio"), from `show topology` and
+/// `show paths format "%d %p"`, which umpath and multipathd both answer.
+type AluaView = Vec<(String, String, Vec<String>)>;
+
+fn alua_view(topology: &str, prios: &str) -> AluaView {
+    let prio_of = |dev: &str| {
+        prios
+            .lines()
+            .find_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.first() == Some(&dev)).then(|| w.get(1).unwrap_or(&"?").to_string())
+            })
+            .unwrap_or_else(|| "?".to_string())
+    };
+    let mut groups: AluaView = Vec::new();
+    for line in topology.lines() {
+        if line.contains("policy='") {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            groups.push((field("prio="), field("status="), Vec::new()));
+        } else if let Some(g) = groups.last_mut() {
+            // "| `- 2:0:1:0 sdc 8:32 active ready running"
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = w.iter().position(|x| x.split(':').count() == 4) {
+                if let (Some(dev), Some(dm), Some(chk)) = (w.get(i + 1), w.get(i + 3), w.get(i + 4))
+                {
+                    g.2.push(format!("{dev} {dm} {chk} {}", prio_of(dev)));
+                }
+            }
+        }
+    }
+    for g in &mut groups {
+        g.2.sort();
+    }
+    groups
+}
+
+/// Sets the ALUA states, then waits until `view` gives the same answer
+/// twice 3 s apart (checks of healthy paths can be 4 polling intervals
+/// apart), at least 6 s after the change.
+fn settle(g: &Guest, states: [Alua; 2], view: &dyn Fn() -> AluaView) -> AluaView {
+    g.sh_ok(&format!(
+        "{} && {}",
+        lio::set_state_script('a', states[0]),
+        lio::set_state_script('b', states[1])
+    ));
+    std::thread::sleep(Duration::from_secs(6));
+    let mut last = view();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(3));
+        let now = view();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("no steady topology with states {states:?}: last {last:?}");
+}
+
+/// The same ALUA states, one after another, seen by umpath and then by
+/// multipathd on the same two LIO ports: the same groups, group
+/// priorities and statuses, path states and priorities.
+#[test]
+fn alua_states_shown_like_multipathd() {
+    let g = Guest::boot(GuestOptions {
+        name: "debian-alua".into(),
+        lun_size: LUN_SIZE,
+    });
+    let enable = install(&g);
+    g.sh_ok("modprobe target_core_iblock && modprobe tcm_loop && modprobe dm-multipath");
+    for t in ['a', 'b'] {
+        g.sh_ok(&lio::add_target_script("/dev/sda", t));
+    }
+    g.wait_for("two LIO disks", Duration::from_secs(30), || {
+        g.sh_ok(lio::LIST_DISKS).lines().count() == 2
+    });
+    let conf = "defaults {\n    polling_interval 1\n    user_friendly_names no\n    find_multipaths no\n    \
+                umpath_scsi_discovery yes\n}\n\
+                blacklist {\n    devnode \"^vd[a-z]\"\n    device {\n        vendor \"OSNEXUS\"\n        product \".*\"\n    }\n}\n";
+    put(&g, "/etc/multipath.conf", conf);
+    let sequence = [
+        [Alua::Optimized, Alua::Standby],
+        [Alua::NonOptimized, Alua::Optimized],
+        [Alua::Optimized, Alua::Unavailable],
+        [Alua::Standby, Alua::Optimized],
+    ];
+    g.sh_ok(&format!(
+        "{} && {}",
+        lio::set_state_script('a', sequence[0][0]),
+        lio::set_state_script('b', sequence[0][1])
+    ));
+
+    step("umpath");
+    g.sh_ok(&enable);
+    g.wait_for("umpath's map", Duration::from_secs(30), || {
+        g.sh("umpath show maps --json").out.contains(lio::WWID)
+    });
+    let um = || {
+        alua_view(
+            &g.sh_ok("umpath show topology"),
+            &g.sh_ok("umpath show paths raw format '%d %p'"),
+        )
+    };
+    let um_views: Vec<AluaView> = sequence.iter().map(|s| settle(&g, *s, &um)).collect();
+    let um_topology = g.sh_ok("umpath show topology");
+    g.sh_ok("systemctl stop umpathd.service umpathd.socket umpathd-control.socket");
+
+    step("multipathd");
+    g.sh_ok(&format!(
+        "{} && {}",
+        lio::set_state_script('a', sequence[0][0]),
+        lio::set_state_script('b', sequence[0][1])
+    ));
+    g.sh_ok("systemctl start multipathd");
+    g.wait_for("multipathd's map", Duration::from_secs(60), || {
+        g.sh("multipath -ll").out.contains(lio::WWID)
+    });
+    let dm = || {
+        alua_view(
+            &g.sh_ok("multipathd show topology"),
+            &g.sh_ok("multipathd show paths raw format '%d %p'"),
+        )
+    };
+    let dm_views: Vec<AluaView> = sequence.iter().map(|s| settle(&g, *s, &dm)).collect();
+    let dm_topology = g.sh_ok("multipathd show topology");
+    for (i, s) in sequence.iter().enumerate() {
+        step(&format!(
+            "{s:?}: umpath {:?} | multipathd {:?}",
+            um_views[i], dm_views[i]
+        ));
+    }
+    assert_eq!(
+        um_views, dm_views,
+        "umpath and multipathd disagree on the ALUA map\n--- umpath (last) ---\n{um_topology}\n--- multipathd (last) ---\n{dm_topology}"
+    );
+    g.sh_ok("systemctl stop multipathd");
 }

@@ -484,25 +484,8 @@ impl Map {
             from,
             to: prio,
         });
-        if self.policy.grouping == GroupingPolicy::GroupByPrio
-            && self.policy.failback == Failback::Immediate
-        {
-            let before = self.current;
-            self.regroup();
-            self.current = None;
-            events.push(MapEvent::Regrouped {
-                groups: self.groups.len(),
-            });
-            self.reselect(Trigger::Assembled, SwitchReason::Failback, now, &mut events);
-            // Keep `from` meaningful: it names the old index.
-            for e in &mut events {
-                if let MapEvent::GroupSwitched { from, .. } = e {
-                    *from = before;
-                }
-            }
-            if self.current == before {
-                events.retain(|e| !matches!(e, MapEvent::GroupSwitched { .. }));
-            }
+        if self.reloads_on_prio() {
+            self.reload(now, &mut events);
         } else {
             self.reselect(
                 Trigger::PrioChanged,
@@ -512,6 +495,39 @@ impl Map {
             );
         }
         events
+    }
+
+    /// group_by_prio with failback immediate: multipathd reloads the map
+    /// (groups formed anew) when a priority changes.
+    fn reloads_on_prio(&self) -> bool {
+        self.policy.grouping == GroupingPolicy::GroupByPrio
+            && self.policy.failback == Failback::Immediate
+    }
+
+    /// multipathd's reload under [`Map::reloads_on_prio`]: the paths are
+    /// grouped anew and the best group is taken.
+    fn reload(&mut self, now: Time, events: &mut Vec<MapEvent>) {
+        let start = events.len();
+        let before = self.current;
+        self.regroup();
+        self.current = None;
+        events.push(MapEvent::Regrouped {
+            groups: self.groups.len(),
+        });
+        self.reselect(Trigger::Assembled, SwitchReason::Failback, now, events);
+        // Keep `from` meaningful: it names the old index.
+        for e in &mut events[start..] {
+            if let MapEvent::GroupSwitched { from, .. } = e {
+                *from = before;
+            }
+        }
+        if self.current == before {
+            let tail: Vec<MapEvent> = events
+                .drain(start..)
+                .filter(|e| !matches!(e, MapEvent::GroupSwitched { .. }))
+                .collect();
+            events.extend(tail);
+        }
     }
 
     /// The followover facts about a path a check just brought up.
@@ -630,8 +646,29 @@ impl Map {
         p.reason = None;
         p.since = now;
         events.push(MapEvent::PathReinstated { path: id });
+        // A path a check brings back under group_by_prio + immediate: if
+        // the groups were formed while it was down, their order is stale
+        // (its group counted as priority 0). multipathd re-reads every
+        // path's priority then and reloads if one changed; umpath, whose
+        // priorities are already current, reloads when the grouping
+        // would differ, so the order never depends on which path a
+        // checker saw first.
+        if check.is_some() && self.reloads_on_prio() && self.grouping_is_stale() {
+            self.reload(now, &mut events);
+            self.update_no_path(now, &mut events);
+            return events;
+        }
         self.after_change(trigger, now, &mut events);
         events
+    }
+
+    /// The groups [`Map::regroup`] would form now differ from the current
+    /// ones (members or order).
+    fn grouping_is_stale(&self) -> bool {
+        let keys = self.group_keys();
+        let fresh = group_paths(self.policy.grouping, &keys);
+        fresh.len() != self.groups.len()
+            || fresh.iter().zip(&self.groups).any(|(f, g)| f != &g.members)
     }
 
     fn after_change(&mut self, trigger: Trigger, now: Time, events: &mut Vec<MapEvent>) {
@@ -731,9 +768,8 @@ impl Map {
         }
     }
 
-    fn regroup(&mut self) {
-        let keys: Vec<GroupKey<'_>> = self
-            .paths
+    fn group_keys(&self) -> Vec<GroupKey<'_>> {
+        self.paths
             .iter()
             .enumerate()
             .filter(|(_, p)| !p.removed)
@@ -745,7 +781,11 @@ impl Map {
                 node_name: p.info.node_name.as_deref(),
                 tpg: p.info.tpg,
             })
-            .collect();
+            .collect()
+    }
+
+    fn regroup(&mut self) {
+        let keys = self.group_keys();
         let policy = &self.policy;
         self.groups = group_paths(policy.grouping, &keys)
             .into_iter()
@@ -1417,6 +1457,51 @@ mod tests {
         assert_eq!(seen, vec![Route::Path(pid(2)), Route::Path(pid(3))]);
         // Same priority again: nothing.
         assert!(m.set_path_prio(pid(3), Prio(50), T0).is_empty());
+    }
+
+    /// Seen with LIO and multipathd as the oracle (tests/vm_debian.rs):
+    /// groups formed while a path was down rank it last; when a check
+    /// brings it back the map is reloaded in priority order.
+    #[test]
+    fn group_by_prio_reloads_when_a_path_formed_down_comes_back() {
+        let mut ps = paths(2);
+        ps[0].prio = Prio(50);
+        ps[1].prio = Prio(50);
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(members(&m), vec![vec![0, 1]]);
+        m.check_result(pid(1), CheckState::Down, "unavailable", Time(1000));
+        // Path 0 goes standby while path 1 is down: [0] (1), [1] (0).
+        m.set_path_prio(pid(0), Prio(1), Time(2000));
+        assert_eq!(members(&m), vec![vec![0], vec![1]]);
+        assert_eq!(m.current_group(), Some(0));
+        // Path 1 comes back optimized: reloaded, its group first.
+        let ev = m.check_result(pid(1), CheckState::Up, "", Time(3000));
+        assert!(
+            ev.contains(&MapEvent::PathReinstated { path: pid(1) }),
+            "{ev:?}"
+        );
+        assert!(ev.contains(&MapEvent::Regrouped { groups: 2 }), "{ev:?}");
+        assert_eq!(members(&m), vec![vec![1], vec![0]]);
+        assert_eq!(m.groups()[0].prio, Prio(50));
+        assert_eq!(m.current_group(), Some(0));
+        assert_eq!(route_n(&mut m, 3), vec![Route::Path(pid(1)); 3]);
+        // A path coming back into groups still in order: no reload.
+        m.check_result(pid(0), CheckState::Down, "x", Time(4000));
+        let ev = m.check_result(pid(0), CheckState::Ghost, "", Time(5000));
+        assert!(
+            !ev.iter().any(|e| matches!(e, MapEvent::Regrouped { .. })),
+            "{ev:?}"
+        );
     }
 
     #[test]
