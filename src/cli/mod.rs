@@ -214,6 +214,17 @@ pub enum Cmd {
         #[arg(num_args = 1..=2, required = true)]
         target: Vec<String>,
     },
+    /// Read the LUN's size again from a map's usable paths (they must
+    /// agree) and give the map, and its kernel NBD device, that size:
+    /// `resize map NAME`. Connected NBD clients keep the size they were
+    /// told; new connections see the new one.
+    Resize {
+        /// The word `map`.
+        #[arg(value_parser = ["map"])]
+        map_word: String,
+        /// The map's name (alias or WWID, as `show maps` lists it).
+        map: String,
+    },
     /// Re-read the configuration (a bad file is rejected; the running one stays).
     Reconfigure,
     /// Stop the daemon gracefully (kernel NBD devices stay and wait for
@@ -541,6 +552,7 @@ pub fn main() -> ExitCode {
             }
             send(&cli.control_socket, &Ctl::SwitchGroup { map, group })
         }
+        Cmd::Resize { map, .. } => send(&cli.control_socket, &Ctl::ResizeMap { map }),
         Cmd::Reconfigure => send(&cli.control_socket, &Ctl::Reconfigure),
         Cmd::Shutdown { detach: false } => send(&cli.control_socket, &Ctl::Shutdown),
         Cmd::Shutdown { detach: true } => send(&cli.control_socket, &Ctl::ShutdownDetach),

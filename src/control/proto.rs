@@ -86,6 +86,11 @@ pub enum Command {
         map: String,
         group: usize,
     },
+    /// `resize map NAME`: read the LUN's size again from the map's
+    /// usable paths (they must agree) and give the map that size.
+    ResizeMap {
+        map: String,
+    },
     Reconfigure,
     Shutdown,
     /// `shutdown --detach`: detach every kernel NBD device, then stop.
@@ -189,6 +194,9 @@ impl Command {
                     group,
                 }
             }
+            ["resize", "map", map] => Command::ResizeMap {
+                map: map.to_string(),
+            },
             ["reconfigure"] => Command::Reconfigure,
             ["shutdown"] => Command::Shutdown,
             ["shutdown", "--detach"] => Command::ShutdownDetach,
@@ -218,7 +226,7 @@ impl Command {
                      show maps stats, show paths|maps [raw] format FMT, show path NAME config, \
                      disablequeueing map NAME|maps, restorequeueing map NAME|maps, fail path NAME, reinstate path NAME, \
                      fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
-                     switch map NAME group N, attach MAP [/dev/nbdN], detach MAP [--force], \
+                     switch map NAME group N, resize map NAME, attach MAP [/dev/nbdN], detach MAP [--force], \
                      reconfigure, shutdown [--detach]",
                     line.trim()
                 ))
@@ -242,6 +250,7 @@ impl Command {
             | Command::ReinstatePath { .. }
             | Command::FaultPath { .. }
             | Command::SwitchGroup { .. }
+            | Command::ResizeMap { .. }
             | Command::Reconfigure
             | Command::Shutdown
             | Command::ShutdownDetach
@@ -298,6 +307,7 @@ impl Command {
             Command::ReinstatePath { path } => format!("reinstate path {path}"),
             Command::FaultPath { path, spec } => format!("fault path {path} {spec}"),
             Command::SwitchGroup { map, group } => format!("switch map {map} group {group}"),
+            Command::ResizeMap { map } => format!("resize map {map}"),
             Command::Reconfigure => "reconfigure".to_string(),
             Command::Shutdown => "shutdown".to_string(),
             Command::ShutdownDetach => "shutdown --detach".to_string(),
@@ -514,6 +524,7 @@ mod tests {
             ("reinstate path p0", false),
             ("fault path p0 clear", false),
             ("switch map m group 1", false),
+            ("resize map m", false),
             ("reconfigure", false),
             ("shutdown", false),
         ] {
@@ -608,6 +619,7 @@ mod tests {
             "reinstate path p0",
             "fault path p0 error write",
             "switch map m group 1",
+            "resize map lun0",
             "reconfigure",
             "shutdown",
         ] {

@@ -58,6 +58,13 @@ pub enum Msg {
         force: bool,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// `resize map NAME` changed a map's size: its kernel NBD device
+    /// gets the new size too.
+    KernelResize {
+        map: String,
+        size: u64,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// `shutdown --detach`: detach every device (then the daemon stops).
     DetachAll(oneshot::Sender<Vec<String>>),
     /// A connection of a kernel NBD device ended unasked.
@@ -336,6 +343,10 @@ impl Supervisor {
                 let settings = KernelSettings::from_config(&self.config);
                 self.kernel.conn_lost(&map, gen, export, settings).await;
                 self.publish();
+            }
+            Msg::KernelResize { map, size, reply } => {
+                let r = self.kernel.resize(&map, size).await;
+                let _ = reply.send(r);
             }
             Msg::DetachAll(reply) => {
                 let errors = self.kernel.detach_all(false).await;
