@@ -225,6 +225,25 @@ pub enum Cmd {
         /// The map's name (alias or WWID, as `show maps` lists it).
         map: String,
     },
+    /// Join a path to its map by WWID, as hotplug does: `add path DEV`
+    /// (a declared path removed with `del path`, or a SCSI disk such as
+    /// sdc when SCSI discovery is on). The blacklist applies.
+    Add {
+        /// The word `path`.
+        #[arg(value_parser = ["path"])]
+        path_word: String,
+        /// The path's name.
+        name: String,
+    },
+    /// Take a running path out of its map: `del path NAME` (IO moves to
+    /// the other paths; until `add path` or a reconfigure).
+    Del {
+        /// The word `path`.
+        #[arg(value_parser = ["path"])]
+        path_word: String,
+        /// The path's name (as `show paths` lists it).
+        name: String,
+    },
     /// Re-read the configuration (a bad file is rejected; the running one stays).
     Reconfigure,
     /// Stop the daemon gracefully (kernel NBD devices stay and wait for
@@ -553,6 +572,8 @@ pub fn main() -> ExitCode {
             send(&cli.control_socket, &Ctl::SwitchGroup { map, group })
         }
         Cmd::Resize { map, .. } => send(&cli.control_socket, &Ctl::ResizeMap { map }),
+        Cmd::Add { name, .. } => send(&cli.control_socket, &Ctl::AddPath { path: name }),
+        Cmd::Del { name, .. } => send(&cli.control_socket, &Ctl::DelPath { path: name }),
         Cmd::Reconfigure => send(&cli.control_socket, &Ctl::Reconfigure),
         Cmd::Shutdown { detach: false } => send(&cli.control_socket, &Ctl::Shutdown),
         Cmd::Shutdown { detach: true } => send(&cli.control_socket, &Ctl::ShutdownDetach),

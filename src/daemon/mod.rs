@@ -1265,6 +1265,8 @@ impl control::server::Handler for Daemon {
                 Ok(t) => Response::text(t),
                 Err(e) => Response::error(e),
             },
+            Command::AddPath { path } => self.ask(|reply| Msg::AddPath { path, reply }).await,
+            Command::DelPath { path } => self.ask(|reply| Msg::DelPath { path, reply }).await,
             Command::Reconfigure => match self.reconfigure().await {
                 Ok(summary) => Response::text(format!("ok: {summary}")),
                 Err(e) => Response::error(e),

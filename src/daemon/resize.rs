@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use crate::config::AutoResize;
 use crate::transport::PathDev;
@@ -102,7 +102,7 @@ pub fn auto_decision(mode: AutoResize, map: &str, current: u64, sizes: &[PathSiz
         info!(map = %map, "auto_resize: every usable path reports {new} bytes (map has {current})");
         Some(new)
     } else {
-        warn!(map = %map, "auto_resize {mode:?}: paths report {new} bytes, the map stays at {current} (use `resize map {map}`)");
+        debug!(map = %map, "auto_resize {mode:?}: paths report {new} bytes, the map stays at {current} (use `resize map {map}`)");
         None
     }
 }
