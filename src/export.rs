@@ -166,7 +166,9 @@ pub trait Export: Send + Sync + 'static {
     fn block_sizes(&self) -> BlockSizes;
     /// Start a request. The export must answer every request exactly once
     /// through [`Request::complete`], possibly from another thread. The
-    /// front-end has already checked bounds and alignment.
+    /// front-end has already checked alignment, and bounds against the
+    /// size its session was told (an export whose size can change checks
+    /// again against its size now).
     fn submit(&self, req: Request);
     /// Tells front-ends when the export goes away for good (its map was
     /// removed from the configuration): the value turns `true`, and from

@@ -214,6 +214,36 @@ pub enum Cmd {
         #[arg(num_args = 1..=2, required = true)]
         target: Vec<String>,
     },
+    /// Read the LUN's size again from a map's usable paths (they must
+    /// agree) and give the map, and its kernel NBD device, that size:
+    /// `resize map NAME`. Connected NBD clients keep the size they were
+    /// told; new connections see the new one.
+    Resize {
+        /// The word `map`.
+        #[arg(value_parser = ["map"])]
+        map_word: String,
+        /// The map's name (alias or WWID, as `show maps` lists it).
+        map: String,
+    },
+    /// Join a path to its map by WWID, as hotplug does: `add path DEV`
+    /// (a declared path removed with `del path`, or a SCSI disk such as
+    /// sdc when SCSI discovery is on). The blacklist applies.
+    Add {
+        /// The word `path`.
+        #[arg(value_parser = ["path"])]
+        path_word: String,
+        /// The path's name.
+        name: String,
+    },
+    /// Take a running path out of its map: `del path NAME` (IO moves to
+    /// the other paths; until `add path` or a reconfigure).
+    Del {
+        /// The word `path`.
+        #[arg(value_parser = ["path"])]
+        path_word: String,
+        /// The path's name (as `show paths` lists it).
+        name: String,
+    },
     /// Re-read the configuration (a bad file is rejected; the running one stays).
     Reconfigure,
     /// Stop the daemon gracefully (kernel NBD devices stay and wait for
@@ -541,6 +571,9 @@ pub fn main() -> ExitCode {
             }
             send(&cli.control_socket, &Ctl::SwitchGroup { map, group })
         }
+        Cmd::Resize { map, .. } => send(&cli.control_socket, &Ctl::ResizeMap { map }),
+        Cmd::Add { name, .. } => send(&cli.control_socket, &Ctl::AddPath { path: name }),
+        Cmd::Del { name, .. } => send(&cli.control_socket, &Ctl::DelPath { path: name }),
         Cmd::Reconfigure => send(&cli.control_socket, &Ctl::Reconfigure),
         Cmd::Shutdown { detach: false } => send(&cli.control_socket, &Ctl::Shutdown),
         Cmd::Shutdown { detach: true } => send(&cli.control_socket, &Ctl::ShutdownDetach),

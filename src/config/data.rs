@@ -206,6 +206,22 @@ impl Config {
         self.defaults_uint("umpath_nbd_timeout", 0)
     }
 
+    /// `auto_resize` (`defaults` only; default never): whether a size
+    /// change every usable path reports resizes the map by itself.
+    pub fn auto_resize(&self) -> AutoResize {
+        match self.defaults.get("auto_resize") {
+            Some(Assignment {
+                value: Typed::Word(w),
+                ..
+            }) => match w.as_str() {
+                "grow_only" => AutoResize::GrowOnly,
+                "grow_shrink" => AutoResize::GrowShrink,
+                _ => AutoResize::Never,
+            },
+            _ => AutoResize::Never,
+        }
+    }
+
     fn defaults_str(&self, key: &str) -> Option<&str> {
         match self.defaults.get(key) {
             Some(Assignment {
@@ -294,6 +310,30 @@ impl Config {
     /// The user's `blacklist_exceptions`.
     pub fn blacklist_exceptions(&self) -> &Blacklist {
         &self.blacklist_exceptions
+    }
+}
+
+/// `auto_resize`: which size changes the paths report resize a map
+/// without an operator's `resize map`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoResize {
+    /// Only `resize map` resizes.
+    #[default]
+    Never,
+    /// A larger size is applied, a smaller one is not.
+    GrowOnly,
+    /// Any new size is applied.
+    GrowShrink,
+}
+
+impl AutoResize {
+    /// Whether a map of `current` bytes is resized to `new` by itself.
+    pub fn allows(self, current: u64, new: u64) -> bool {
+        match self {
+            AutoResize::Never => false,
+            AutoResize::GrowOnly => new > current,
+            AutoResize::GrowShrink => new != current,
+        }
     }
 }
 

@@ -705,7 +705,8 @@ pub static KEYWORDS: &[Keyword] = &[
     // `fpin` (FC Fabric Performance Impact Notifications) is accepted and
     // warned about: umpath receives no FPIN events, so it acts as `off`.
     kw("marginal_pathgroups", DEF, Kind::OneOf(&["on", "off", "fpin", "yes", "no"]), Some("off"), Sup),
-    kw("auto_resize", DEF, Kind::OneOf(&["never", "grow_only", "grow_shrink"]), Some("never"), No(NOT_YET)),
+    // Applied by the daemon's size watch (every polling_interval).
+    kw("auto_resize", DEF, Kind::OneOf(&["never", "grow_only", "grow_shrink"]), Some("never"), Sup),
     // --- devices/device ---
     kw("vendor", &[H], Kind::Regex, None, Sup),
     kw("product", &[H], Kind::Regex, None, Sup),

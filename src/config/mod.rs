@@ -45,7 +45,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use data::{Config, NbdDevice};
+pub use data::{AutoResize, Config, NbdDevice};
 pub use defaults::{DEFAULT_BINDINGS_FILE, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE};
 pub use diag::{Diagnostic, Severity, Span};
 pub use keywords::{Assignment, Pattern, Section, Typed};

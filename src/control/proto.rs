@@ -86,6 +86,20 @@ pub enum Command {
         map: String,
         group: usize,
     },
+    /// `resize map NAME`: read the LUN's size again from the map's
+    /// usable paths (they must agree) and give the map that size.
+    ResizeMap {
+        map: String,
+    },
+    /// `add path DEV`: a declared path not running (after `del path`) or
+    /// a SCSI disk joins its map by WWID, as hotplug does.
+    AddPath {
+        path: String,
+    },
+    /// `del path NAME`: a running path leaves its map.
+    DelPath {
+        path: String,
+    },
     Reconfigure,
     Shutdown,
     /// `shutdown --detach`: detach every kernel NBD device, then stop.
@@ -189,6 +203,15 @@ impl Command {
                     group,
                 }
             }
+            ["resize", "map", map] => Command::ResizeMap {
+                map: map.to_string(),
+            },
+            ["add", "path", path] => Command::AddPath {
+                path: path.to_string(),
+            },
+            ["del", "path", path] | ["remove", "path", path] => Command::DelPath {
+                path: path.to_string(),
+            },
             ["reconfigure"] => Command::Reconfigure,
             ["shutdown"] => Command::Shutdown,
             ["shutdown", "--detach"] => Command::ShutdownDetach,
@@ -218,7 +241,7 @@ impl Command {
                      show maps stats, show paths|maps [raw] format FMT, show path NAME config, \
                      disablequeueing map NAME|maps, restorequeueing map NAME|maps, fail path NAME, reinstate path NAME, \
                      fault path NAME error|delay MS|hang|flaky PCT|clear [read|write|check], \
-                     switch map NAME group N, attach MAP [/dev/nbdN], detach MAP [--force], \
+                     switch map NAME group N, resize map NAME, add path DEV, del path NAME, attach MAP [/dev/nbdN], detach MAP [--force], \
                      reconfigure, shutdown [--detach]",
                     line.trim()
                 ))
@@ -242,6 +265,9 @@ impl Command {
             | Command::ReinstatePath { .. }
             | Command::FaultPath { .. }
             | Command::SwitchGroup { .. }
+            | Command::ResizeMap { .. }
+            | Command::AddPath { .. }
+            | Command::DelPath { .. }
             | Command::Reconfigure
             | Command::Shutdown
             | Command::ShutdownDetach
@@ -298,6 +324,9 @@ impl Command {
             Command::ReinstatePath { path } => format!("reinstate path {path}"),
             Command::FaultPath { path, spec } => format!("fault path {path} {spec}"),
             Command::SwitchGroup { map, group } => format!("switch map {map} group {group}"),
+            Command::ResizeMap { map } => format!("resize map {map}"),
+            Command::AddPath { path } => format!("add path {path}"),
+            Command::DelPath { path } => format!("del path {path}"),
             Command::Reconfigure => "reconfigure".to_string(),
             Command::Shutdown => "shutdown".to_string(),
             Command::ShutdownDetach => "shutdown --detach".to_string(),
@@ -514,6 +543,9 @@ mod tests {
             ("reinstate path p0", false),
             ("fault path p0 clear", false),
             ("switch map m group 1", false),
+            ("resize map m", false),
+            ("add path p0", false),
+            ("del path p0", false),
             ("reconfigure", false),
             ("shutdown", false),
         ] {
@@ -608,6 +640,9 @@ mod tests {
             "reinstate path p0",
             "fault path p0 error write",
             "switch map m group 1",
+            "resize map lun0",
+            "add path sdc",
+            "del path p1",
             "reconfigure",
             "shutdown",
         ] {

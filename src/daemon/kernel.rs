@@ -147,6 +147,10 @@ fn serve(
     stopped: &watch::Receiver<bool>,
     lost: &Lost,
 ) -> std::io::Result<()> {
+    // The kernel is told the size through netlink, not the handshake, and
+    // is told a new one on `resize map`: its sessions must not keep the
+    // size they started with. The engine bounds IO by the map's size now.
+    let export: &Arc<dyn Export> = &(Arc::new(Resizable(export.clone())) as Arc<dyn Export>);
     for (i, s) in ours.into_iter().enumerate() {
         let handle = s.try_clone()?;
         let stream = tokio::net::UnixStream::from_std(s)?;
@@ -187,6 +191,39 @@ fn serve(
         );
     }
     Ok(())
+}
+
+/// An export as a kernel device's connections see it: the device's own
+/// size bounds what the kernel sends, so the session is told the largest
+/// size (see `serve`); everything else is the export's.
+struct Resizable(Arc<dyn Export>);
+
+/// The size a kernel session is told: large, and a multiple of any block
+/// size.
+const KERNEL_SESSION_SIZE: u64 = 1 << 62;
+
+impl Export for Resizable {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn description(&self) -> String {
+        self.0.description()
+    }
+    fn size(&self) -> u64 {
+        KERNEL_SESSION_SIZE
+    }
+    fn caps(&self) -> crate::export::ExportCaps {
+        self.0.caps()
+    }
+    fn block_sizes(&self) -> crate::export::BlockSizes {
+        self.0.block_sizes()
+    }
+    fn submit(&self, req: crate::export::Request) {
+        self.0.submit(req);
+    }
+    fn closed(&self) -> Option<watch::Receiver<bool>> {
+        self.0.closed()
+    }
 }
 
 /// The backend identifier of a map's device (/sys/block/nbdN/backend):
@@ -318,6 +355,37 @@ impl Devices {
         );
         self.save();
         Ok(index)
+    }
+
+    /// Gives map `name`'s device a new size (`resize map`): netlink
+    /// `NBD_CMD_RECONFIGURE` with `NBD_ATTR_SIZE_BYTES`, then sysfs is
+    /// read back (a kernel that ignores the attribute leaves the old size:
+    /// an error). A map with no device: nothing to do.
+    pub async fn resize(&mut self, name: &str, size: u64) -> Result<String, String> {
+        let Some(a) = self.attached.get_mut(name) else {
+            return Ok(String::new());
+        };
+        let index = a.record.index;
+        let backend = backend_id(name);
+        blocking(move || {
+            Nbd::open()
+                .and_then(|mut n| n.resize(index, size, Some(&backend)))
+                .map_err(err)
+        })
+        .await?;
+        let now = kernel::sysfs_size(Path::new(SYS), index);
+        a.record.size = size;
+        self.save();
+        match now {
+            Some(s) if s != size / 512 * 512 => Err(format!(
+                "/dev/nbd{index} still has {s} bytes after NBD_CMD_RECONFIGURE with the size \
+                 (this kernel does not resize a device through netlink; detach and attach it again)"
+            )),
+            _ => {
+                info!(map = %name, device = %format!("/dev/nbd{index}"), size, "kernel NBD device resized");
+                Ok(format!("ok: /dev/nbd{index} resized to {size} bytes\n"))
+            }
+        }
     }
 
     /// Flushes and disconnects the device of map `name`.

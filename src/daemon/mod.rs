@@ -31,6 +31,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
 pub mod reconcile;
+pub mod resize;
 pub mod runtime;
 pub mod show;
 pub mod supervisor;
@@ -405,6 +406,7 @@ impl Daemon {
             }
         }));
 
+        tasks.push(spawn_size_watch(daemon.clone(), shutdown_rx.clone()));
         tasks.push(spawn_signal_handler(daemon.clone()));
         if supervisor::scsi_options(&opts, &daemon.config()).is_some() {
             tasks.push(spawn_hotplug(daemon.clone()));
@@ -606,6 +608,84 @@ impl Daemon {
         }
     }
 
+    /// `resize map NAME` (`auto`: the `auto_resize` mode, which applies
+    /// only the changes it allows and says nothing when there is none):
+    /// reads the size of each usable path; they must agree. The map
+    /// takes the new size, and so does its kernel NBD device, if any.
+    pub async fn resize_map(
+        &self,
+        name: &str,
+        auto: Option<config::AutoResize>,
+    ) -> Result<String, String> {
+        let (engine, usable, attached) = {
+            let p = self.published.load();
+            let Some(m) = p.maps.iter().find(|m| m.engine.info().name == name) else {
+                return Err(if p.pending.iter().any(|w| w.name == name) {
+                    format!("map {name} is waiting for a path that can tell its size")
+                } else {
+                    format!("no map named {name:?}")
+                });
+            };
+            let snap = m.engine.snapshot();
+            let usable: Vec<(String, Arc<crate::transport::PathDev>)> = m
+                .paths
+                .iter()
+                .filter(|pp| {
+                    snap.map
+                        .path(pp.id)
+                        .is_some_and(|x| !x.removed && x.usable())
+                })
+                .map(|pp| (pp.name.clone(), pp.dev.clone()))
+                .collect();
+            (m.engine.clone(), usable, p.nbd_devices.contains_key(name))
+        };
+        let sizes = resize::read_sizes(usable).await;
+        let current = engine.size();
+        let new = match auto {
+            Some(mode) => match resize::auto_decision(mode, name, current, &sizes) {
+                Some(n) => n,
+                None => return Ok(String::new()),
+            },
+            None => resize::agreed_size(name, &sizes)?,
+        };
+        let old = engine.set_size(new);
+        if old == new {
+            return Ok(format!("ok: map {name}: size unchanged ({new} bytes)\n"));
+        }
+        info!(map = %name, "map resized from {old} to {new} bytes");
+        let mut out = format!(
+            "ok: map {name} resized from {old} to {new} bytes (new NBD connections see the new size)\n"
+        );
+        if attached {
+            let (reply, answer) = oneshot::channel();
+            let r = if self
+                .tx
+                .send(Msg::KernelResize {
+                    map: name.to_string(),
+                    size: new,
+                    reply,
+                })
+                .is_err()
+            {
+                Err("the daemon is stopping".to_string())
+            } else {
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err("the daemon is stopping".to_string()))
+            };
+            match r {
+                Ok(t) => out.push_str(&t),
+                Err(e) => {
+                    warn!(map = %name, "kernel NBD device not resized: {e}");
+                    return Err(format!(
+                        "map {name} resized from {old} to {new} bytes, but its kernel NBD device was not: {e}"
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The published snapshot.
     pub fn published(&self) -> Arc<Published> {
         self.published.load_full()
@@ -756,6 +836,38 @@ fn spawn_hotplug(daemon: Arc<Daemon>) -> JoinHandle<()> {
 
 /// Installs the signal handlers now (so a signal right after READY=1 is
 /// handled, not fatal), then serves them on a task.
+/// `auto_resize`: every `polling_interval`, each running map's usable
+/// paths are asked their size; a new size they all report is applied if
+/// the keyword allows it ([`resize`]). Does nothing under `never`.
+fn spawn_size_watch(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let cfg = daemon.config();
+            let every = Duration::from_secs(u64::from(cfg.polling_interval().max(1)));
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            let mode = daemon.config().auto_resize();
+            if mode == config::AutoResize::Never {
+                continue;
+            }
+            let names: Vec<String> = daemon
+                .published
+                .load()
+                .maps
+                .iter()
+                .map(|m| m.engine.info().name.clone())
+                .collect();
+            for name in names {
+                if let Err(e) = daemon.resize_map(&name, Some(mode)).await {
+                    warn!(map = %name, "auto_resize: {e}");
+                }
+            }
+        }
+    })
+}
+
 fn spawn_signal_handler(daemon: Arc<Daemon>) -> JoinHandle<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let handlers = (
@@ -1149,6 +1261,12 @@ impl control::server::Handler for Daemon {
                     }
                 }
             }
+            Command::ResizeMap { map } => match self.resize_map(&map, None).await {
+                Ok(t) => Response::text(t),
+                Err(e) => Response::error(e),
+            },
+            Command::AddPath { path } => self.ask(|reply| Msg::AddPath { path, reply }).await,
+            Command::DelPath { path } => self.ask(|reply| Msg::DelPath { path, reply }).await,
             Command::Reconfigure => match self.reconfigure().await {
                 Ok(summary) => Response::text(format!("ok: {summary}")),
                 Err(e) => Response::error(e),

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use super::assemble::{self, MapPlan};
+use super::assemble::{self, MapPlan, PathPlan};
 use super::hotplug::Uevent;
 use super::kernel::{Devices, KernelSettings};
 use super::lifecycle::{self, First, Polling, Prepared, TaskGuard, JOIN_WAIT};
@@ -56,6 +56,23 @@ pub enum Msg {
     Detach {
         map: String,
         force: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `resize map NAME` changed a map's size: its kernel NBD device
+    /// gets the new size too.
+    KernelResize {
+        map: String,
+        size: u64,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `add path NAME`.
+    AddPath {
+        path: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `del path NAME`.
+    DelPath {
+        path: String,
         reply: oneshot::Sender<Result<String, String>>,
     },
     /// `shutdown --detach`: detach every device (then the daemon stops).
@@ -336,6 +353,18 @@ impl Supervisor {
                 let settings = KernelSettings::from_config(&self.config);
                 self.kernel.conn_lost(&map, gen, export, settings).await;
                 self.publish();
+            }
+            Msg::AddPath { path, reply } => {
+                let r = self.add_path(&path).await;
+                let _ = reply.send(r);
+            }
+            Msg::DelPath { path, reply } => {
+                let r = self.del_path(&path);
+                let _ = reply.send(r);
+            }
+            Msg::KernelResize { map, size, reply } => {
+                let r = self.kernel.resize(&map, size).await;
+                let _ = reply.send(r);
             }
             Msg::DetachAll(reply) => {
                 let errors = self.kernel.detach_all(false).await;
@@ -642,7 +671,7 @@ impl Supervisor {
             let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
             p.map(|p| (m, p))
         });
-        let Some((mut mplan, pplan)) = found else {
+        let Some((mplan, pplan)) = found else {
             let why = skipped
                 .iter()
                 .find(|s| s.path == name)
@@ -651,6 +680,15 @@ impl Supervisor {
             self.publish();
             return;
         };
+        self.join_planned(mplan, pplan).await;
+        self.publish();
+    }
+
+    /// Prepares a planned path and joins it to its map by WWID: the
+    /// running map, a waiting one (which starts over with it), or a new
+    /// map of this path alone. Returns the map's name.
+    async fn join_planned(&mut self, mut mplan: MapPlan, pplan: PathPlan) -> String {
+        let name = pplan.decl.name.clone();
         let prepared = lifecycle::prepare(pplan.clone(), JOIN_WAIT).await;
         if let Some(rt) = self
             .maps
@@ -658,6 +696,7 @@ impl Supervisor {
             .find(|m| m.plan.wwid == pplan.decl.wwid)
         {
             rt.add_path(prepared, &self.env);
+            rt.plan.name.clone()
         } else if let Some(i) = self
             .pending
             .iter()
@@ -665,16 +704,100 @@ impl Supervisor {
         {
             // A waiting map: start over with the new path too.
             let mut plan = self.pending.remove(i).plan;
+            let map = plan.name.clone();
             plan.paths.push(pplan);
             let paths = plan.paths.clone();
             let prepared = lifecycle::prepare_all(paths, JOIN_WAIT).await;
             self.start_or_wait(plan, prepared);
+            map
         } else {
             mplan.paths.retain(|p| p.decl.name == name);
-            info!(path = %name, map = %mplan.name, "hotplug: new map");
+            info!(path = %name, map = %mplan.name, "new map");
+            let map = mplan.name.clone();
             self.start_or_wait(mplan, vec![prepared]);
+            map
         }
+    }
+
+    /// `add path NAME`: a path declared in the configuration that is not
+    /// running (`del path`), or a SCSI disk (with SCSI discovery on),
+    /// joins its map as hotplug would. The blacklist applies.
+    async fn add_path(&mut self, name: &str) -> Result<String, String> {
+        if let Some(m) = self.maps.iter().find(|m| m.paths.contains_key(name)) {
+            return Err(format!("path {name} is already in map {}", m.plan.name));
+        }
+        if let Some(m) = self
+            .pending
+            .iter()
+            .find(|m| m.plan.paths.iter().any(|p| p.decl.name == name))
+        {
+            return Err(format!(
+                "path {name} is already in map {}, which waits for its size",
+                m.plan.name
+            ));
+        }
+        if self.config.path(name).is_none() {
+            if scsi_options(&self.opts, &self.config).is_none() {
+                return Err(format!(
+                    "no path named {name:?} in the configuration's paths section \
+                     (and SCSI discovery is off)"
+                ));
+            }
+            self.hotplug_add(name).await;
+            return match self.maps.iter().find(|m| m.paths.contains_key(name)) {
+                Some(m) => Ok(format!("ok: path {name} added to map {}\n", m.plan.name)),
+                None if self
+                    .pending
+                    .iter()
+                    .any(|m| m.plan.paths.iter().any(|p| p.decl.name == name)) =>
+                {
+                    Ok(format!(
+                        "ok: path {name} added; its map waits for its size\n"
+                    ))
+                }
+                None => Err(format!(
+                    "path {name} not added: not a usable SCSI disk, or blacklisted (see the log)"
+                )),
+            };
+        }
+        let cfg = self.config.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let friendly = bindings::friendly_names(&cfg);
+            assemble::plan_with(&cfg, &friendly, &[])
+        })
+        .await
+        .map_err(|e| format!("planning failed: {e}"))?;
+        let (plans, skipped) = planned;
+        let found = plans.into_iter().find_map(|m| {
+            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
+            p.map(|p| (m, p))
+        });
+        let Some((mplan, pplan)) = found else {
+            let why = skipped
+                .iter()
+                .find(|s| s.path == name)
+                .map_or("not used".to_string(), |s| s.reason.clone());
+            return Err(format!("path {name} not added: {why}"));
+        };
+        let map = self.join_planned(mplan, pplan).await;
         self.publish();
+        info!(path = %name, map = %map, "path added (operator)");
+        Ok(format!("ok: path {name} added to map {map}\n"))
+    }
+
+    /// `del path NAME`: the path leaves its map (IO moves to the others;
+    /// the last path may go, and the map then follows no_path_retry).
+    fn del_path(&mut self, name: &str) -> Result<String, String> {
+        let Some(m) = self.maps.iter_mut().find(|m| m.paths.contains_key(name)) else {
+            return Err(format!("no running path named {name:?}"));
+        };
+        let map = m.plan.name.clone();
+        m.remove_path(name);
+        self.publish();
+        info!(path = %name, map = %map, "path deleted (operator)");
+        Ok(format!(
+            "ok: path {name} removed from map {map} (until `add path {name}` or a reconfigure)\n"
+        ))
     }
 
     /// Makes the current maps what `show`, control commands and the NBD

@@ -247,11 +247,16 @@ pub struct MapInfo {
     pub wwid: String,
     pub vendor: String,
     pub product: String,
+    /// The LUN's size in bytes. In [`MapEngine::info`] it is the size the
+    /// map started with; [`MapEngine::size`] and snapshots give the size
+    /// now (`resize map` changes it).
     pub size: u64,
 }
 
 struct Inner {
     info: MapInfo,
+    /// The map's size now in bytes (`resize map`, `auto_resize`).
+    size: AtomicU64,
     /// The largest logical block size of the map's paths: the export's
     /// minimum block size.
     block_size: u32,
@@ -346,6 +351,7 @@ impl MapEngine {
                 .map(|(p, dev)| spawn_path(weak.clone(), &info.name, &p.info.name, dev))
                 .collect();
             Inner {
+                size: AtomicU64::new(info.size),
                 info,
                 block_size,
                 clock,
@@ -370,6 +376,23 @@ impl MapEngine {
         &self.inner.info
     }
 
+    /// The map's size in bytes now.
+    pub fn size(&self) -> u64 {
+        self.inner.size.load(Ordering::Acquire)
+    }
+
+    /// Changes the map's size (`resize map`); returns the size before.
+    /// New NBD sessions are told the new size; IO past the end fails
+    /// from now on (a write with `NoSpc`, anything else with `Inval`, as
+    /// NBD asks), also for sessions that negotiated a larger size.
+    pub fn set_size(&self, size: u64) -> u64 {
+        let old = self.inner.size.swap(size, Ordering::AcqRel);
+        if old != size {
+            info!(map = %self.inner.info.name, "resized from {old} to {size} bytes");
+        }
+        old
+    }
+
     pub fn now(&self) -> Time {
         self.inner.clock.now()
     }
@@ -382,7 +405,10 @@ impl MapEngine {
     pub fn snapshot(&self) -> MapSnapshot {
         let st = self.inner.state.lock();
         MapSnapshot {
-            info: self.inner.info.clone(),
+            info: MapInfo {
+                size: self.size(),
+                ..self.inner.info.clone()
+            },
             map: st.map.clone(),
             held: st.held.len(),
             group_switches: st.group_switches,
@@ -692,6 +718,10 @@ impl Inner {
 
     /// Routes a request to a path, holds it, or fails it.
     fn dispatch(&self, mut req: Request, attempts: u32) {
+        if let Some(e) = past_end(&req, self.size.load(Ordering::Acquire)) {
+            req.complete(Err(e));
+            return;
+        }
         let now = if self.learns.load(Ordering::Relaxed) {
             self.epoch.elapsed()
         } else {
@@ -1113,6 +1143,21 @@ fn do_io(dev: &PathDev, req: &mut Request) -> Result<(), TransportError> {
     }
 }
 
+/// The error for a request that reaches past the map's end (`size`):
+/// NBD's ENOSPC for writes, EINVAL for the rest. A session negotiated
+/// before a shrink still sends such requests; its own bound check only
+/// knows the size it was told.
+fn past_end(req: &Request, size: u64) -> Option<IoError> {
+    if req.op == Op::Flush {
+        return None;
+    }
+    match req.offset.checked_add(u64::from(req.len)) {
+        Some(end) if end <= size => None,
+        _ if req.op.is_write() => Some(IoError::NoSpc),
+        _ => Some(IoError::Inval),
+    }
+}
+
 impl Export for MapEngine {
     fn name(&self) -> &str {
         &self.inner.info.name
@@ -1124,7 +1169,7 @@ impl Export for MapEngine {
     }
 
     fn size(&self) -> u64 {
-        self.inner.info.size
+        self.inner.size.load(Ordering::Acquire)
     }
 
     /// What all of the map's usable paths can do (all of its paths when

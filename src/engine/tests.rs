@@ -265,6 +265,29 @@ fn reads_and_writes_reach_the_shared_lun() {
 }
 
 #[test]
+fn a_shrunk_map_fails_io_past_its_new_end_as_nbd_asks() {
+    let mut r = Setup::multibus(2).start();
+    let size = r.engine.size();
+    assert_eq!(r.engine.set_size(size / 2), size);
+    assert_eq!(r.engine.size(), size / 2);
+    assert_eq!(Export::size(&r.engine), size / 2);
+    assert_eq!(r.engine.snapshot().info.size, size / 2);
+    let end = size / 2;
+    let w = r.write(end, 0x11);
+    assert_eq!(r.result(w), Err(IoError::NoSpc));
+    let c = r.read(end - u64::from(BLOCK) / 2);
+    assert_eq!(r.result(c), Err(IoError::Inval));
+    assert_eq!(r.ios(), vec![0, 0], "no path saw them");
+    // Inside the new end, and past it again after growing back.
+    let c = r.read(end - u64::from(BLOCK));
+    r.result(c).expect("read inside");
+    r.engine.set_size(size);
+    let w = r.write(end, 0x22);
+    r.result(w).expect("write after growing");
+    assert_eq!(r.lun.contents(end, 2), vec![0x22, 0x22]);
+}
+
+#[test]
 fn a_path_error_fails_the_path_and_the_request_succeeds_on_another() {
     let mut r = Setup::multibus(2).start();
     r.scripts[0].fail_next_path_error();

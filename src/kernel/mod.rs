@@ -134,6 +134,33 @@ impl Nbd {
         }
     }
 
+    /// `NBD_CMD_RECONFIGURE` with a new size: the device's capacity
+    /// changes (the kernel tells its users with a uevent). `backend` as
+    /// for [`Nbd::reconfigure`].
+    pub fn resize(
+        &mut self,
+        index: u32,
+        size: u64,
+        backend: Option<&str>,
+    ) -> Result<(), KernelNbdError> {
+        let seq = self.sock.next_seq();
+        let mut r = self.sock.request(
+            seq,
+            &netlink::resize(self.family, seq, index, size, backend),
+        );
+        if matches!(r, Err(GenlError::Errno(libc::EINVAL))) && backend.is_some() {
+            let seq = self.sock.next_seq();
+            r = self
+                .sock
+                .request(seq, &netlink::resize(self.family, seq, index, size, None));
+        }
+        match r {
+            Ok(_) => Ok(()),
+            Err(GenlError::Errno(libc::EINVAL)) => Err(KernelNbdError::NotConfigured(index)),
+            Err(e) => Err(kernel("resize", e)),
+        }
+    }
+
     /// `NBD_CMD_DISCONNECT`.
     pub fn disconnect(&mut self, index: u32) -> Result<(), KernelNbdError> {
         let seq = self.sock.next_seq();

@@ -240,6 +240,19 @@ pub fn reconfigure(
     b.finish()
 }
 
+/// `NBD_CMD_RECONFIGURE` with only a new size (`NBD_ATTR_SIZE_BYTES`):
+/// the kernel sets the device's capacity (Linux 5.13+; older kernels
+/// ignore the attribute).
+pub fn resize(family: u16, seq: u32, index: u32, size: u64, backend: Option<&str>) -> Vec<u8> {
+    let mut b = MsgBuilder::new(family, seq, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
+    b.u32(NBD_ATTR_INDEX, index);
+    if let Some(id) = backend {
+        b.str(NBD_ATTR_BACKEND_IDENTIFIER, id);
+    }
+    b.u64(NBD_ATTR_SIZE_BYTES, size);
+    b.finish()
+}
+
 /// `NBD_CMD_DISCONNECT`.
 pub fn disconnect(family: u16, seq: u32, index: u32) -> Vec<u8> {
     let mut b = MsgBuilder::new(family, seq, NBD_CMD_DISCONNECT, NBD_GENL_VERSION);
@@ -590,6 +603,21 @@ mod tests {
         let m = reconfigure(0x22, 2, 0, &[7], None, None);
         let types: Vec<u16> = attrs(&m[20..]).map(|a| a.unwrap().0).collect();
         assert_eq!(types, vec![NBD_ATTR_INDEX, NBD_ATTR_SOCKETS]);
+        let m = resize(0x22, 5, 3, 1 << 30, Some("umpath/lun0"));
+        assert_eq!(m[16], NBD_CMD_RECONFIGURE);
+        let a: Vec<(u16, Vec<u8>)> = attrs(&m[20..])
+            .map(|a| a.unwrap())
+            .map(|(t, p)| (t, p.to_vec()))
+            .collect();
+        assert_eq!(
+            a.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![
+                NBD_ATTR_INDEX,
+                NBD_ATTR_BACKEND_IDENTIFIER,
+                NBD_ATTR_SIZE_BYTES
+            ]
+        );
+        assert_eq!(a[2].1, (1u64 << 30).to_ne_bytes().to_vec());
         let m = disconnect(0x22, 3, 4);
         assert_eq!(m.len(), 28);
         assert_eq!(m[16], NBD_CMD_DISCONNECT);
