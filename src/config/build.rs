@@ -653,6 +653,22 @@ impl Builder<'_> {
                 ok = false;
             }
         }
+        if let Some((tpg, span)) = extra.get("tpg") {
+            if tpg.parse::<u16>().is_err() {
+                self.diags.error(
+                    span,
+                    format!("path '{name}': tpg {tpg:?} is not a target port group (0 to 65535)"),
+                );
+                ok = false;
+            }
+        }
+        if let Some((node, span)) = extra.get("node_name") {
+            if node.trim().is_empty() {
+                self.diags
+                    .error(span, format!("path '{name}': node_name is empty"));
+                ok = false;
+            }
+        }
         if transport == "nbd" {
             match extra.get("uri") {
                 None => {

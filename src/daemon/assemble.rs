@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::config::{Config, PathDecl, PathIdentity, PathSettings, Span};
 use crate::discovery::ScsiDevice;
 use crate::model::{MapPolicy, PathInfo};
+use crate::prio::DetectFacts;
 
 /// A path to be set up.
 #[derive(Debug, Clone)]
@@ -108,8 +109,8 @@ pub fn path_info(d: &PathDecl) -> PathInfo {
         revision: d.revision.clone(),
         wwid: d.wwid.clone(),
         serial: d.serial.clone(),
-        node_name: None,
-        tpg: None,
+        node_name: d.node_name().map(str::to_string),
+        tpg: d.tpg(),
         transport: match (&d.file, d.extra.get("uri")) {
             (Some(f), _) => format!("{} {}", d.transport, f.display()),
             (None, Some((uri, _))) => format!("{} {uri}", d.transport),
@@ -169,7 +170,13 @@ pub fn plan_with(
             });
             continue;
         }
-        let settings = cfg.resolve(&id);
+        let mut settings = cfg.resolve(&id);
+        // detect_prio: a declared path is no SCSI device, so only a
+        // discovered disk can have its prioritizer detected.
+        let facts = scsi
+            .as_ref()
+            .map_or(DECLARED_FACTS, ScsiDevice::detect_facts);
+        settings.apply_detect_prio(&facts);
         let mut info = path_info(d);
         if let Some(s) = &scsi {
             info.transport = format!("{SCSI_TRANSPORT} {} {}", s.devnode.display(), s.hctl);
@@ -201,7 +208,37 @@ pub fn plan_with(
             }
         }
     }
+    for m in &mut maps {
+        detect_pgpolicy(cfg, m);
+    }
     (maps, skipped)
+}
+
+/// What `detect_prio` knows of a declared (`file`, `nbd`) path.
+const DECLARED_FACTS: DetectFacts = DetectFacts {
+    scsi: false,
+    tpgs: None,
+    rdac: false,
+    sysfs_access_state: false,
+};
+
+/// `detect_pgpolicy` on an assembled map: when every path uses an ALUA
+/// prioritizer, each path's `path_grouping_policy` becomes
+/// `group_by_prio` (or `group_by_tpg`), "storage device autodetected",
+/// and the map's grouping follows its first path, as
+/// [`map_policy`] does.
+pub fn detect_pgpolicy(cfg: &Config, m: &mut MapPlan) {
+    // A declared path cannot run an ALUA prioritizer whatever it says.
+    let all_alua = !m.paths.is_empty()
+        && m.paths
+            .iter()
+            .all(|p| p.scsi.is_some() && p.settings.uses_alua_prio());
+    for p in &mut m.paths {
+        p.settings.apply_detect_pgpolicy(all_alua);
+    }
+    if let Some(first) = m.paths.first() {
+        m.policy = map_policy(cfg, &first.settings);
+    }
 }
 
 #[cfg(test)]
