@@ -877,17 +877,19 @@ impl PathSettings {
     /// map [uses an ALUA prioritizer](PathSettings::uses_alua_prio):
     /// `group_by_prio` (or `group_by_tpg`) with [`Origin::Autodetected`];
     /// `group_by_tpg` on a map that is not all ALUA falls back to
-    /// `failover` ([`Origin::Fallback`]). Returns true if the setting
-    /// changed.
-    pub fn apply_detect_pgpolicy(&mut self, all_alua: bool) -> bool {
+    /// `failover` ([`Origin::Fallback`]), unless `tpg_declared` (every
+    /// path is a declared one with a `tpg` key: umpath groups those by
+    /// the declared groups). Returns true if the setting changed.
+    pub fn apply_detect_pgpolicy(&mut self, all_alua: bool, tpg_declared: bool) -> bool {
         let configured = self.path_grouping_policy.value;
+        let detect = self.detect_pgpolicy.value && all_alua;
         let value = crate::policy::grouping::detect_pgpolicy(
             configured,
-            self.detect_pgpolicy.value,
+            detect,
             self.detect_pgpolicy_use_tpg.value,
-            all_alua,
+            all_alua || tpg_declared,
         );
-        let origin = if self.detect_pgpolicy.value && all_alua {
+        let origin = if detect {
             Origin::Autodetected
         } else if value != configured {
             Origin::Fallback { why: TPG_FALLBACK }

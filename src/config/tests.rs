@@ -1910,13 +1910,13 @@ fn detect_pgpolicy_groups_alua_maps_by_prio_or_tpg() {
     let c = ok("defaults {\n path_grouping_policy multibus\n}\n");
     let mut s = c.resolve(&id("V", "P", "", "w"));
     assert!(s.detect_pgpolicy.value && !s.detect_pgpolicy_use_tpg.value);
-    assert!(s.apply_detect_pgpolicy(true));
+    assert!(s.apply_detect_pgpolicy(true, false));
     assert_eq!(s.path_grouping_policy.value, GroupingPolicy::GroupByPrio);
     assert!(s
         .to_string()
         .contains("path_grouping_policy = group_by_prio (setting: storage device autodetected)"));
     let mut s = c.resolve(&id("V", "P", "", "w"));
-    assert!(!s.apply_detect_pgpolicy(false));
+    assert!(!s.apply_detect_pgpolicy(false, false));
     assert_eq!(s.path_grouping_policy.value, GroupingPolicy::Multibus);
 
     let c = ok("overrides {\n detect_pgpolicy_use_tpg yes\n}\n");
@@ -1925,18 +1925,25 @@ fn detect_pgpolicy_groups_alua_maps_by_prio_or_tpg() {
         s.detect_pgpolicy_use_tpg.origin,
         Origin::Overrides { line: 2, .. }
     ));
-    s.apply_detect_pgpolicy(true);
+    s.apply_detect_pgpolicy(true, false);
     assert_eq!(s.path_grouping_policy.value, GroupingPolicy::GroupByTpg);
     assert_eq!(s.path_grouping_policy.origin, Origin::Autodetected);
 
     // group_by_tpg without ALUA on every path: failover, as multipathd.
     let c = ok("defaults {\n detect_pgpolicy no\n path_grouping_policy group_by_tpg\n}\n");
     let mut s = c.resolve(&id("V", "P", "", "w"));
-    assert!(s.apply_detect_pgpolicy(false));
+    let mut declared = s.clone();
+    assert!(s.apply_detect_pgpolicy(false, false));
     assert_eq!(s.path_grouping_policy.value, GroupingPolicy::Failover);
     assert_eq!(
         s.path_grouping_policy.origin.to_string(),
         "(setting: emergency fallback - not all paths use alua prio)"
+    );
+    // Declared paths that all declare their tpg keep group_by_tpg.
+    assert!(!declared.apply_detect_pgpolicy(false, true));
+    assert_eq!(
+        declared.path_grouping_policy.value,
+        GroupingPolicy::GroupByTpg
     );
 }
 
@@ -1947,7 +1954,7 @@ fn explain_live_shows_what_the_device_decided() {
     let ident = id("V", "P", "", "w");
     let mut s = c.resolve(&ident);
     s.apply_detect_prio(&scsi_facts(Some(Tpgs::Implicit), false));
-    s.apply_detect_pgpolicy(true);
+    s.apply_detect_pgpolicy(true, false);
     let text = c.explain_live_text(&ident, &s);
     assert!(
         text.contains("prio = alua (setting: storage device autodetected)\n"),

@@ -224,17 +224,22 @@ const DECLARED_FACTS: DetectFacts = DetectFacts {
 
 /// `detect_pgpolicy` on an assembled map: when every path uses an ALUA
 /// prioritizer, each path's `path_grouping_policy` becomes
-/// `group_by_prio` (or `group_by_tpg`), "storage device autodetected",
-/// and the map's grouping follows its first path, as
-/// [`map_policy`] does.
+/// `group_by_prio` (or `group_by_tpg`), "storage device autodetected";
+/// `group_by_tpg` on a map that is neither all ALUA nor all declared
+/// paths with a `tpg` falls back to `failover`. The map's grouping
+/// follows its first path, as [`map_policy`] does.
 pub fn detect_pgpolicy(cfg: &Config, m: &mut MapPlan) {
     // A declared path cannot run an ALUA prioritizer whatever it says.
     let all_alua = !m.paths.is_empty()
         && m.paths
             .iter()
             .all(|p| p.scsi.is_some() && p.settings.uses_alua_prio());
+    let tpg_declared = !m.paths.is_empty()
+        && m.paths
+            .iter()
+            .all(|p| p.scsi.is_none() && p.info.tpg.is_some());
     for p in &mut m.paths {
-        p.settings.apply_detect_pgpolicy(all_alua);
+        p.settings.apply_detect_pgpolicy(all_alua, tpg_declared);
     }
     if let Some(first) = m.paths.first() {
         m.policy = map_policy(cfg, &first.settings);
