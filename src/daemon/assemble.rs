@@ -329,4 +329,91 @@ paths {
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].path, "hidden");
     }
+
+    /// A discovered disk of LUN `wwid` with target port group support
+    /// `tpgs`.
+    fn disk(name: &str, wwid: &str, tpgs: Option<crate::scsi::Tpgs>) -> ScsiDevice {
+        ScsiDevice {
+            name: name.to_string(),
+            hctl: "1:0:0:1".to_string(),
+            devnode: std::path::PathBuf::from(format!("/dev/{name}")),
+            dev: String::new(),
+            vendor: "ACME".to_string(),
+            product: "disk".to_string(),
+            revision: "4.0".to_string(),
+            device_type: 0,
+            state: "running".to_string(),
+            timeout_secs: None,
+            size_bytes: None,
+            logical_block_size: None,
+            serial: String::new(),
+            wwid: wwid.to_string(),
+            wwid_source: String::new(),
+            wwid_error: None,
+            tpg: Some(1),
+            tpgs,
+            sysfs_access_state: false,
+            node_name: None,
+        }
+    }
+
+    #[test]
+    fn detect_prio_and_detect_pgpolicy_on_discovered_alua_disks() {
+        use crate::config::Origin;
+        use crate::scsi::Tpgs;
+        let cfg = Config::parse_str("defaults {\n path_grouping_policy multibus\n}\n", "t.conf")
+            .expect("valid config");
+        let devs = [
+            disk("sdb", "3600alua", Some(Tpgs::Implicit)),
+            disk("sdc", "3600alua", Some(Tpgs::Explicit)),
+            disk("sdd", "3600plain", Some(Tpgs::None)),
+        ];
+        let (maps, _) = plan_with(&cfg, &HashMap::new(), &devs);
+        let alua = maps
+            .iter()
+            .find(|m| m.wwid == "3600alua")
+            .expect("alua map");
+        assert_eq!(alua.policy.grouping, GroupingPolicy::GroupByPrio);
+        for p in &alua.paths {
+            assert_eq!(p.settings.prio.value, "alua");
+            assert_eq!(p.settings.prio.origin, Origin::Autodetected);
+            assert_eq!(p.settings.path_grouping_policy.origin, Origin::Autodetected);
+        }
+        let plain = maps
+            .iter()
+            .find(|m| m.wwid == "3600plain")
+            .expect("plain map");
+        assert_eq!(plain.policy.grouping, GroupingPolicy::Multibus);
+        assert_eq!(plain.paths[0].settings.prio.value, "const");
+        assert!(matches!(
+            plain.paths[0].settings.path_grouping_policy.origin,
+            Origin::Defaults { line: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn alua_from_the_hwtable_falls_back_to_const_without_tpgs() {
+        let cfg = Config::parse_str("", "t.conf").expect("valid config");
+        let mut d = disk("sdb", "3600lio", Some(crate::scsi::Tpgs::None));
+        d.vendor = "LIO-ORG".to_string();
+        let (maps, _) = plan_with(&cfg, &HashMap::new(), &[d]);
+        let s = &maps[0].paths[0].settings;
+        assert_eq!(s.prio.value, "const");
+        assert_eq!(
+            s.prio.origin.to_string(),
+            "(setting: emergency fallback - alua failed)"
+        );
+    }
+
+    #[test]
+    fn declared_node_name_and_tpg_reach_path_info() {
+        let cfg = Config::parse_str(
+            "paths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  node_name n1\n  tpg 3\n }\n}\n",
+            "t.conf",
+        )
+        .expect("valid config");
+        let (maps, _) = plan(&cfg, &HashMap::new());
+        let info = &maps[0].paths[0].info;
+        assert_eq!((info.node_name.as_deref(), info.tpg), (Some("n1"), Some(3)));
+    }
 }
