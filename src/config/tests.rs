@@ -2020,3 +2020,14 @@ fn declared_node_name_and_tpg_are_checked() {
     let e = err(&format!("{base}  tpg x\n }}\n}}\n"));
     assert_eq!(errors(&e).len(), 1);
 }
+
+#[test]
+fn a_scsi_prioritizer_on_a_declared_path_is_warned_about_with_its_origin() {
+    let c = ok("overrides {\n prio alua\n}\npaths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n }\n}\n");
+    assert_eq!(
+        warnings(&c),
+        vec![(5, "path 'p0': prioritizer 'alua' (setting: multipath.conf overrides section, multipath.conf:2) needs a SCSI device, and this path is transport file; its priority stays 1".to_string())]
+    );
+    let c = ok("overrides {\n prio const\n}\npaths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n }\n}\n");
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+}
