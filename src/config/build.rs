@@ -653,6 +653,22 @@ impl Builder<'_> {
                 ok = false;
             }
         }
+        if let Some((tpg, span)) = extra.get("tpg") {
+            if tpg.parse::<u16>().is_err() {
+                self.diags.error(
+                    span,
+                    format!("path '{name}': tpg {tpg:?} is not a target port group (0 to 65535)"),
+                );
+                ok = false;
+            }
+        }
+        if let Some((node, span)) = extra.get("node_name") {
+            if node.trim().is_empty() {
+                self.diags
+                    .error(span, format!("path '{name}': node_name is empty"));
+                ok = false;
+            }
+        }
         if transport == "nbd" {
             match extra.get("uri") {
                 None => {
@@ -857,6 +873,44 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    /// A declared (`file`, `nbd`) path whose prioritizer needs a SCSI
+    /// device (`alua`, `sysfs`, `weightedpath hbtl|wwn`): a warning at the
+    /// path, naming where `prio` was set. The path runs with priority 1
+    /// (multipath-tools would fall back to `const` silently for `alua`;
+    /// `detect_prio` never applies to a declared path).
+    fn report_scsi_prio_on_declared_paths(&mut self) {
+        let mut found = Vec::new();
+        for p in &self.cfg.paths {
+            let id = p.identity();
+            if self.cfg.blacklisted(&id).is_some() {
+                continue;
+            }
+            let s = self.cfg.resolve(&id);
+            if let Ok(prio) = s.prioritizer() {
+                if prio.needs().scsi() {
+                    found.push((
+                        p.span.clone(),
+                        p.name.clone(),
+                        p.transport.clone(),
+                        prio,
+                        s.prio.origin,
+                    ));
+                }
+            }
+        }
+        for (span, name, transport, prio, origin) in found {
+            self.diags.warning(
+                &span,
+                format!(
+                    "path '{name}': prioritizer '{prio}' {origin} needs a SCSI device, and this \
+                     path is transport {transport}; its priority stays 1"
+                ),
+            );
+        }
+    }
+}
+
 fn is_attr(item: &Item, key: &str) -> bool {
     matches!(item, Item::Attr(a) if a.key == key)
 }
@@ -892,6 +946,7 @@ pub(crate) fn build(docs: &[Document], diags: &mut Diags) -> Config {
     b.check_prio_args();
     b.check_marginal_pathgroups();
     b.report_blacklisted_paths();
+    b.report_scsi_prio_on_declared_paths();
     b.cfg
 }
 

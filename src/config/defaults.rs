@@ -24,6 +24,12 @@ pub const NO_PATH_RETRY: NoPathRetry = NoPathRetry::Fail;
 pub const PRIO: &str = "const";
 /// `prio_args`.
 pub const PRIO_ARGS: &str = "";
+/// `detect_prio yes`.
+pub const DETECT_PRIO: bool = true;
+/// `detect_pgpolicy yes`.
+pub const DETECT_PGPOLICY: bool = true;
+/// `detect_pgpolicy_use_tpg no`.
+pub const DETECT_PGPOLICY_USE_TPG: bool = false;
 /// `features`.
 pub const FEATURES: &str = "0";
 /// `user_friendly_names`.

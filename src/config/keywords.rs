@@ -614,10 +614,10 @@ pub static KEYWORDS: &[Keyword] = &[
     kw("type", &[PC], Kind::NonEmpty, None, No(SCSI)),
     // --- devices, overrides, defaults ---
     kw("retain_attached_hw_handler", DHO, Kind::YesNo, Some("yes"), No(KERNEL)),
-    kw("detect_prio", DHO, Kind::YesNo, Some("yes"), No(NOT_YET)),
+    kw("detect_prio", DHO, Kind::YesNo, Some("yes"), Sup),
     kw("detect_checker", DHO, Kind::YesNo, Some("yes"), No(NOT_YET)),
-    kw("detect_pgpolicy", DHO, Kind::YesNo, Some("yes"), No(NOT_YET)),
-    kw("detect_pgpolicy_use_tpg", DHO, Kind::YesNo, Some("no"), No(NOT_YET)),
+    kw("detect_pgpolicy", DHO, Kind::YesNo, Some("yes"), Sup),
+    kw("detect_pgpolicy_use_tpg", DHO, Kind::YesNo, Some("no"), Sup),
     kw("all_tg_pt", DHO, Kind::YesNo, Some("no"), No(NOT_YET)),
     kw("recheck_wwid", DHO, Kind::YesNo, Some("no"), No(NOT_YET)),
     // --- defaults only ---

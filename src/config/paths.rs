@@ -23,7 +23,14 @@ use super::sections::PathIdentity;
 
 /// Transports umpath knows, with the extra keywords each one takes (kept
 /// in [`PathDecl::extra`]).
-pub const TRANSPORTS: &[(&str, &[&str])] = &[("file", &["fault"]), ("nbd", &["uri", "fault"])];
+///
+/// `node_name` (the target's name, for `group_by_node_name`) and `tpg`
+/// (the path's ALUA target port group, 0 to 65535, for `group_by_tpg`)
+/// declare what a SCSI path would report.
+pub const TRANSPORTS: &[(&str, &[&str])] = &[
+    ("file", &["fault", "node_name", "tpg"]),
+    ("nbd", &["uri", "fault", "node_name", "tpg"]),
+];
 
 /// The transport used when a path names none.
 pub const DEFAULT_TRANSPORT: &str = "file";
@@ -57,6 +64,17 @@ pub struct PathDecl {
 }
 
 impl PathDecl {
+    /// The declared `node_name`, if any.
+    pub fn node_name(&self) -> Option<&str> {
+        self.extra.get("node_name").map(|(v, _)| v.as_str())
+    }
+
+    /// The declared `tpg`, if any and valid (the load rejects an invalid
+    /// one with file:line).
+    pub fn tpg(&self) -> Option<u16> {
+        self.extra.get("tpg").and_then(|(v, _)| v.parse().ok())
+    }
+
     /// The identity used for property selection and blacklisting.
     pub fn identity(&self) -> PathIdentity<'_> {
         PathIdentity {

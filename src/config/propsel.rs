@@ -19,7 +19,7 @@ use std::fmt;
 
 use crate::policy::shaky::{MarginalPathgroups, ShakyConfig, ShakyKeywords};
 use crate::policy::{CheckerKind, Failback, GroupingPolicy, NoPathRetry, RrWeight, SelectorKind};
-use crate::prio::{PrioConfigError, Prioritizer};
+use crate::prio::{DetectFacts, PrioConfigError, PrioSource, Prioritizer};
 
 use super::data::Config;
 use super::defaults;
@@ -57,7 +57,20 @@ pub enum Origin {
     },
     /// The built-in default.
     Builtin,
+    /// Chosen from what the storage device reports (`detect_prio`,
+    /// `detect_pgpolicy`), whatever the configuration said.
+    Autodetected,
+    /// The configured value cannot work on this device and multipath-tools'
+    /// fallback replaced it; `why` is multipath-tools' wording.
+    Fallback {
+        why: &'static str,
+    },
 }
+
+/// `why` of the `alua` prioritizer's fallback to `const`.
+pub const ALUA_FALLBACK: &str = "alua failed";
+/// `why` of `group_by_tpg`'s fallback to `failover`.
+pub const TPG_FALLBACK: &str = "not all paths use alua prio";
 
 impl fmt::Display for Origin {
     /// Like `multipath -v3`'s "(setting: ...)" notes, with file:line.
@@ -103,6 +116,8 @@ impl fmt::Display for Origin {
                 )
             }
             Origin::Builtin => f.write_str("(setting: multipath internal)"),
+            Origin::Autodetected => f.write_str("(setting: storage device autodetected)"),
+            Origin::Fallback { why } => write!(f, "(setting: emergency fallback - {why})"),
         }
     }
 }
@@ -171,7 +186,31 @@ pub struct PathSettings {
     /// usual precedence), `max_polling_interval` and `marginal_pathgroups`
     /// (see [`ShakyConfig::from_keywords`]).
     pub shaky: ShakyConfig,
+    /// The shaky/marginal keywords as selected, for listing:
+    /// `san_path_err_*`, `marginal_path_*` (value as written, "no" when
+    /// unset) and `marginal_pathgroups` (defaults only).
+    pub shaky_keywords: Vec<(&'static str, Setting<String>)>,
+    /// Replace `prio` with the prioritizer the device reports support for
+    /// (see [`PathSettings::apply_detect_prio`]).
+    pub detect_prio: Setting<bool>,
+    /// Group a map whose paths all use an ALUA prioritizer by priority
+    /// (see [`PathSettings::apply_detect_pgpolicy`]).
+    pub detect_pgpolicy: Setting<bool>,
+    /// With `detect_pgpolicy`: group by target port group instead.
+    pub detect_pgpolicy_use_tpg: Setting<bool>,
 }
+
+/// The shaky and marginal path keywords listed by
+/// [`PathSettings::entries`], in `multipath -t` order.
+pub const SHAKY_KEYWORDS: [&str; 7] = [
+    "san_path_err_threshold",
+    "san_path_err_forget_rate",
+    "san_path_err_recovery_time",
+    "marginal_path_err_sample_time",
+    "marginal_path_err_rate_threshold",
+    "marginal_path_err_recheck_gap_time",
+    "marginal_path_double_failed_time",
+];
 
 /// Precedence of an origin: level (higher is stronger) and, within the
 /// multipaths and devices levels, the position in precedence order (lower
@@ -527,8 +566,52 @@ impl Config {
             self.marginal_pathgroups(),
         );
 
+        let boolean = |t: &Typed| match t {
+            Typed::Bool(b) => Some(*b),
+            _ => None,
+        };
+        let (detect_prio, _) = self.select(&app, "detect_prio", boolean, defaults::DETECT_PRIO);
+        let (detect_pgpolicy, _) =
+            self.select(&app, "detect_pgpolicy", boolean, defaults::DETECT_PGPOLICY);
+        let (detect_pgpolicy_use_tpg, _) = self.select(
+            &app,
+            "detect_pgpolicy_use_tpg",
+            boolean,
+            defaults::DETECT_PGPOLICY_USE_TPG,
+        );
+        let mut shaky_keywords: Vec<(&'static str, Setting<String>)> = SHAKY_KEYWORDS
+            .iter()
+            .map(|&k| {
+                let s = match self.find(&app, k) {
+                    Some(f) => Setting {
+                        value: super::render::value_text(k, &f.asg.value).0,
+                        origin: f.origin,
+                    },
+                    None => Setting::builtin("no".to_string()),
+                };
+                (k, s)
+            })
+            .collect();
+        shaky_keywords.push((
+            "marginal_pathgroups",
+            match self.defaults.get("marginal_pathgroups") {
+                Some(a) => Setting {
+                    value: a.text.clone(),
+                    origin: Origin::Defaults {
+                        file: a.span.file.to_string(),
+                        line: a.span.line,
+                    },
+                },
+                None => Setting::builtin("off".to_string()),
+            },
+        ));
+
         PathSettings {
             shaky,
+            shaky_keywords,
+            detect_prio,
+            detect_pgpolicy,
+            detect_pgpolicy_use_tpg,
             path_grouping_policy,
             path_selector,
             rr_min_io,
@@ -747,6 +830,78 @@ impl PathSettings {
         Prioritizer::parse(&self.prio.value, &self.prio_args.value)
     }
 
+    /// `detect_prio` (multipath-tools' `select_prio`): with `facts` about
+    /// the device, `prio` and `prio_args` become what
+    /// [`crate::prio::select`] picks, with origin [`Origin::Autodetected`]
+    /// when detection chose them, or `const` with
+    /// [`Origin::Fallback`] when `alua` meets a SCSI LUN without target
+    /// port groups. Returns true if the settings changed.
+    ///
+    /// Left alone: a `prio`/`prio_args` that does not parse (the load
+    /// reported it), and `alua` on a path that is not SCSI (the load and
+    /// `check-config` report it with file:line, and the path keeps
+    /// priority 1 with a warning, rather than falling back silently).
+    pub fn apply_detect_prio(&mut self, facts: &DetectFacts) -> bool {
+        let Ok(configured) = self.prioritizer() else {
+            return false;
+        };
+        let (p, source) = crate::prio::select(configured, self.detect_prio.value, facts);
+        let origin = match source {
+            PrioSource::Configured => return false,
+            PrioSource::AluaFallback if !facts.scsi => return false,
+            PrioSource::AluaFallback => Origin::Fallback { why: ALUA_FALLBACK },
+            PrioSource::Autodetected => Origin::Autodetected,
+        };
+        self.prio = Setting {
+            value: p.name().to_string(),
+            origin: origin.clone(),
+        };
+        self.prio_args = Setting {
+            value: p.args(),
+            origin,
+        };
+        true
+    }
+
+    /// The prioritizer is ALUA-aware (`alua` or `sysfs`), which is what
+    /// `detect_pgpolicy` asks of every path of a map.
+    pub fn uses_alua_prio(&self) -> bool {
+        matches!(
+            self.prioritizer(),
+            Ok(Prioritizer::Alua { .. } | Prioritizer::Sysfs { .. })
+        )
+    }
+
+    /// `detect_pgpolicy` and `detect_pgpolicy_use_tpg` (multipath-tools'
+    /// `select_pgpolicy`), `all_alua` being true when every path of the
+    /// map [uses an ALUA prioritizer](PathSettings::uses_alua_prio):
+    /// `group_by_prio` (or `group_by_tpg`) with [`Origin::Autodetected`];
+    /// `group_by_tpg` on a map that is not all ALUA falls back to
+    /// `failover` ([`Origin::Fallback`]), unless `tpg_declared` (every
+    /// path is a declared one with a `tpg` key: umpath groups those by
+    /// the declared groups). Returns true if the setting changed.
+    pub fn apply_detect_pgpolicy(&mut self, all_alua: bool, tpg_declared: bool) -> bool {
+        let configured = self.path_grouping_policy.value;
+        let detect = self.detect_pgpolicy.value && all_alua;
+        let value = crate::policy::grouping::detect_pgpolicy(
+            configured,
+            detect,
+            self.detect_pgpolicy_use_tpg.value,
+            all_alua || tpg_declared,
+        );
+        let origin = if detect {
+            Origin::Autodetected
+        } else if value != configured {
+            Origin::Fallback { why: TPG_FALLBACK }
+        } else {
+            return false;
+        };
+        let new = Setting { value, origin };
+        let changed = new != self.path_grouping_policy;
+        self.path_grouping_policy = new;
+        changed
+    }
+
     /// Every effective property as (keyword, value, origin), in the order
     /// `multipath -t` prints them.
     pub fn entries(&self) -> Vec<(&'static str, String, &Origin)> {
@@ -774,11 +929,17 @@ impl PathSettings {
             ),
             e("prio", &self.prio),
             e("prio_args", &self.prio_args),
+            yes_no("detect_prio", &self.detect_prio),
+            yes_no("detect_pgpolicy", &self.detect_pgpolicy),
+            yes_no("detect_pgpolicy_use_tpg", &self.detect_pgpolicy_use_tpg),
             e("features", &self.features),
             e("user_friendly_names", &self.user_friendly_names),
             e("alias_prefix", &self.alias_prefix),
             e("uid_attribute", &self.uid_attribute),
         ];
+        for (k, s) in &self.shaky_keywords {
+            v.push(e(k, s));
+        }
         if let Some(a) = &self.alias {
             v.push(e("alias", a));
         }
@@ -787,6 +948,16 @@ impl PathSettings {
         }
         v.push(e("repeat_count (umpath)", &self.repeat_count));
         v
+    }
+
+    /// The entries of [`PathSettings::entries`] whose origin is a
+    /// detection or a fallback (what the device, not the configuration,
+    /// decided), for [`Config::explain_live`].
+    pub fn detected(&self) -> Vec<(&'static str, String, &Origin)> {
+        self.entries()
+            .into_iter()
+            .filter(|(_, _, o)| matches!(o, Origin::Autodetected | Origin::Fallback { .. }))
+            .collect()
     }
 
     /// The entries as JSON objects with `keyword`, `value` and `origin`.
@@ -798,6 +969,12 @@ impl PathSettings {
                 .collect(),
         )
     }
+}
+
+/// A yes/no setting as an entry, written as multipath.conf writes it.
+fn yes_no<'a>(k: &'static str, s: &'a Setting<bool>) -> (&'static str, String, &'a Origin) {
+    let v = if s.value { "yes" } else { "no" };
+    (k, v.to_string(), &s.origin)
 }
 
 impl fmt::Display for PathSettings {

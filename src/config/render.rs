@@ -15,7 +15,7 @@ use crate::policy::{Failback, NoPathRetry};
 use super::data::Config;
 use super::keywords::{lookup, Section, Typed, KEYWORDS};
 use super::parse::quote_value;
-use super::propsel::Origin;
+use super::propsel::{Origin, PathSettings};
 use super::sections::{AttrMap, Blacklist, PathIdentity};
 
 /// Keywords of the `defaults` section in print order, and whether they
@@ -513,30 +513,74 @@ impl Config {
         out
     }
 
+    /// [`Config::explain`] for a live path: the properties the device
+    /// decided (`detect_prio`, `detect_pgpolicy` and their fallbacks,
+    /// see [`PathSettings::detected`]) are shown as `live` has them, with
+    /// their "storage device autodetected" or "emergency fallback"
+    /// origin.
+    pub fn explain_live(&self, id: &PathIdentity<'_>, live: &PathSettings) -> Vec<Explained> {
+        let mut out = self.explain(id);
+        for (k, v, o) in live.detected() {
+            match out.iter_mut().find(|e| e.keyword == k) {
+                Some(e) => {
+                    e.value = v;
+                    e.origin = o.clone();
+                }
+                None => out.push(Explained {
+                    keyword: k,
+                    value: v,
+                    origin: o.clone(),
+                }),
+            }
+        }
+        out
+    }
+
     /// [`Config::explain`] as text: `keyword = value (setting: ...)` per
     /// line.
     pub fn explain_text(&self, id: &PathIdentity<'_>) -> String {
-        let mut out = String::new();
-        for e in self.explain(id) {
-            let _ = writeln!(out, "{} = {} {}", e.keyword, e.value, e.origin);
-        }
-        out
+        explained_text(&self.explain(id))
+    }
+
+    /// [`Config::explain_live`] as text.
+    pub fn explain_live_text(&self, id: &PathIdentity<'_>, live: &PathSettings) -> String {
+        explained_text(&self.explain_live(id, live))
+    }
+
+    /// [`Config::explain_live`] as JSON.
+    pub fn explain_live_json(
+        &self,
+        id: &PathIdentity<'_>,
+        live: &PathSettings,
+    ) -> serde_json::Value {
+        explained_json(self.explain_live(id, live))
     }
 
     /// [`Config::explain`] as JSON: an array of objects with `keyword`,
     /// `value` and `origin`.
     pub fn explain_json(&self, id: &PathIdentity<'_>) -> serde_json::Value {
-        serde_json::Value::Array(
-            self.explain(id)
-                .into_iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "keyword": e.keyword,
-                        "value": e.value,
-                        "origin": e.origin.to_string(),
-                    })
-                })
-                .collect(),
-        )
+        explained_json(self.explain(id))
     }
+}
+
+fn explained_text(list: &[Explained]) -> String {
+    let mut out = String::new();
+    for e in list {
+        let _ = writeln!(out, "{} = {} {}", e.keyword, e.value, e.origin);
+    }
+    out
+}
+
+fn explained_json(list: Vec<Explained>) -> serde_json::Value {
+    serde_json::Value::Array(
+        list.into_iter()
+            .map(|e| {
+                serde_json::json!({
+                    "keyword": e.keyword,
+                    "value": e.value,
+                    "origin": e.origin.to_string(),
+                })
+            })
+            .collect(),
+    )
 }

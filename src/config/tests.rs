@@ -1831,3 +1831,203 @@ fn delay_checks_map_with_max_polling_interval_and_fpin_warns() {
         "{w:?}"
     );
 }
+
+// ---- detect_prio / detect_pgpolicy (issue 12) ----
+
+fn scsi_facts(tpgs: Option<crate::scsi::Tpgs>, sysfs: bool) -> crate::prio::DetectFacts {
+    crate::prio::DetectFacts {
+        scsi: true,
+        tpgs,
+        rdac: false,
+        sysfs_access_state: sysfs,
+    }
+}
+
+#[test]
+fn detect_prio_replaces_the_configured_prio_and_says_so() {
+    use crate::scsi::Tpgs;
+    let c = ok("defaults {\n prio weightedpath\n prio_args \"devname sda 5\"\n}\n");
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    assert!(s.detect_prio.value);
+    assert_eq!(s.detect_prio.origin, Origin::Builtin);
+    assert!(s.apply_detect_prio(&scsi_facts(Some(Tpgs::Implicit), false)));
+    assert_eq!(s.prio.value, "alua");
+    assert_eq!(s.prio_args.value, "");
+    assert_eq!(s.prio.origin, Origin::Autodetected);
+    let text = s.to_string();
+    assert!(
+        text.contains("prio = alua (setting: storage device autodetected)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("detect_prio = yes (setting: multipath internal)"),
+        "{text}"
+    );
+    // access_state readable: sysfs.
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    s.apply_detect_prio(&scsi_facts(Some(Tpgs::Both), true));
+    assert_eq!(s.prio.value, "sysfs");
+    // No target port groups: the configured prioritizer stays.
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    assert!(!s.apply_detect_prio(&scsi_facts(Some(Tpgs::None), true)));
+    assert_eq!(s.prio.value, "weightedpath");
+    assert!(matches!(s.prio.origin, Origin::Defaults { line: 2, .. }));
+}
+
+#[test]
+fn detect_prio_off_keeps_prio_and_alua_falls_back_on_a_lun_without_tpgs() {
+    use crate::scsi::Tpgs;
+    let c = ok("defaults {\n detect_prio no\n prio alua\n}\n");
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    assert!(!s.detect_prio.value);
+    assert!(matches!(
+        s.detect_prio.origin,
+        Origin::Defaults { line: 2, .. }
+    ));
+    assert!(!s.apply_detect_prio(&scsi_facts(Some(Tpgs::Implicit), true)));
+    assert_eq!(s.prio.value, "alua");
+    assert!(s.apply_detect_prio(&scsi_facts(Some(Tpgs::None), true)));
+    assert_eq!(s.prio.value, "const");
+    assert_eq!(
+        s.prio.origin.to_string(),
+        "(setting: emergency fallback - alua failed)"
+    );
+    // A declared (file) path: not SCSI; alua is left for the load to
+    // report, detect_prio does nothing.
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    let file = crate::prio::DetectFacts {
+        scsi: false,
+        tpgs: None,
+        rdac: false,
+        sysfs_access_state: false,
+    };
+    assert!(!s.apply_detect_prio(&file));
+    assert_eq!(s.prio.value, "alua");
+}
+
+#[test]
+fn detect_pgpolicy_groups_alua_maps_by_prio_or_tpg() {
+    let c = ok("defaults {\n path_grouping_policy multibus\n}\n");
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    assert!(s.detect_pgpolicy.value && !s.detect_pgpolicy_use_tpg.value);
+    assert!(s.apply_detect_pgpolicy(true, false));
+    assert_eq!(s.path_grouping_policy.value, GroupingPolicy::GroupByPrio);
+    assert!(s
+        .to_string()
+        .contains("path_grouping_policy = group_by_prio (setting: storage device autodetected)"));
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    assert!(!s.apply_detect_pgpolicy(false, false));
+    assert_eq!(s.path_grouping_policy.value, GroupingPolicy::Multibus);
+
+    let c = ok("overrides {\n detect_pgpolicy_use_tpg yes\n}\n");
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    assert!(matches!(
+        s.detect_pgpolicy_use_tpg.origin,
+        Origin::Overrides { line: 2, .. }
+    ));
+    s.apply_detect_pgpolicy(true, false);
+    assert_eq!(s.path_grouping_policy.value, GroupingPolicy::GroupByTpg);
+    assert_eq!(s.path_grouping_policy.origin, Origin::Autodetected);
+
+    // group_by_tpg without ALUA on every path: failover, as multipathd.
+    let c = ok("defaults {\n detect_pgpolicy no\n path_grouping_policy group_by_tpg\n}\n");
+    let mut s = c.resolve(&id("V", "P", "", "w"));
+    let mut declared = s.clone();
+    assert!(s.apply_detect_pgpolicy(false, false));
+    assert_eq!(s.path_grouping_policy.value, GroupingPolicy::Failover);
+    assert_eq!(
+        s.path_grouping_policy.origin.to_string(),
+        "(setting: emergency fallback - not all paths use alua prio)"
+    );
+    // Declared paths that all declare their tpg keep group_by_tpg.
+    assert!(!declared.apply_detect_pgpolicy(false, true));
+    assert_eq!(
+        declared.path_grouping_policy.value,
+        GroupingPolicy::GroupByTpg
+    );
+}
+
+#[test]
+fn explain_live_shows_what_the_device_decided() {
+    use crate::scsi::Tpgs;
+    let c = ok("defaults {\n prio const\n}\n");
+    let ident = id("V", "P", "", "w");
+    let mut s = c.resolve(&ident);
+    s.apply_detect_prio(&scsi_facts(Some(Tpgs::Implicit), false));
+    s.apply_detect_pgpolicy(true, false);
+    let text = c.explain_live_text(&ident, &s);
+    assert!(
+        text.contains("prio = alua (setting: storage device autodetected)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "path_grouping_policy = group_by_prio (setting: storage device autodetected)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("detect_prio = yes (setting: multipath internal)\n"),
+        "{text}"
+    );
+    // Nothing detected: the same as explain.
+    let plain = c.resolve(&ident);
+    assert_eq!(c.explain_live_text(&ident, &plain), c.explain_text(&ident));
+}
+
+#[test]
+fn entries_list_the_shaky_keywords_with_their_origins() {
+    let c =
+        ok("defaults {\n marginal_pathgroups on\n}\noverrides {\n san_path_err_threshold 3\n}\n");
+    let s = c.resolve(&id("V", "P", "", "w"));
+    let text = s.to_string();
+    assert!(
+        text.contains("san_path_err_threshold = 3 (setting: multipath.conf overrides section, multipath.conf:5)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("marginal_path_err_sample_time = no (setting: multipath internal)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "marginal_pathgroups = on (setting: multipath.conf defaults section, multipath.conf:2)"
+        ),
+        "{text}"
+    );
+    for k in crate::config::propsel::SHAKY_KEYWORDS {
+        assert!(text.contains(&format!("{k} = ")), "{k}: {text}");
+    }
+}
+
+#[test]
+fn declared_node_name_and_tpg_are_checked() {
+    let base = "paths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n";
+    let c = ok(&format!(
+        "{base}  node_name \"iqn.2003-01.org:t1\"\n  tpg 7\n }}\n}}\n"
+    ));
+    let p = &c.paths()[0];
+    assert_eq!(p.node_name(), Some("iqn.2003-01.org:t1"));
+    assert_eq!(p.tpg(), Some(7));
+    let e = err(&format!("{base}  tpg 70000\n }}\n}}\n"));
+    assert_eq!(
+        errors(&e),
+        vec![(
+            8,
+            "path 'p0': tpg \"70000\" is not a target port group (0 to 65535)".to_string()
+        )]
+    );
+    let e = err(&format!("{base}  tpg x\n }}\n}}\n"));
+    assert_eq!(errors(&e).len(), 1);
+}
+
+#[test]
+fn a_scsi_prioritizer_on_a_declared_path_is_warned_about_with_its_origin() {
+    let c = ok("overrides {\n prio alua\n}\npaths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n }\n}\n");
+    assert_eq!(
+        warnings(&c),
+        vec![(5, "path 'p0': prioritizer 'alua' (setting: multipath.conf overrides section, multipath.conf:2) needs a SCSI device, and this path is transport file; its priority stays 1".to_string())]
+    );
+    let c = ok("overrides {\n prio const\n}\npaths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n }\n}\n");
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+}

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::config::{Config, PathDecl, PathIdentity, PathSettings, Span};
 use crate::discovery::ScsiDevice;
 use crate::model::{MapPolicy, PathInfo};
+use crate::prio::DetectFacts;
 
 /// A path to be set up.
 #[derive(Debug, Clone)]
@@ -108,8 +109,8 @@ pub fn path_info(d: &PathDecl) -> PathInfo {
         revision: d.revision.clone(),
         wwid: d.wwid.clone(),
         serial: d.serial.clone(),
-        node_name: None,
-        tpg: None,
+        node_name: d.node_name().map(str::to_string),
+        tpg: d.tpg(),
         transport: match (&d.file, d.extra.get("uri")) {
             (Some(f), _) => format!("{} {}", d.transport, f.display()),
             (None, Some((uri, _))) => format!("{} {uri}", d.transport),
@@ -169,7 +170,13 @@ pub fn plan_with(
             });
             continue;
         }
-        let settings = cfg.resolve(&id);
+        let mut settings = cfg.resolve(&id);
+        // detect_prio: a declared path is no SCSI device, so only a
+        // discovered disk can have its prioritizer detected.
+        let facts = scsi
+            .as_ref()
+            .map_or(DECLARED_FACTS, ScsiDevice::detect_facts);
+        settings.apply_detect_prio(&facts);
         let mut info = path_info(d);
         if let Some(s) = &scsi {
             info.transport = format!("{SCSI_TRANSPORT} {} {}", s.devnode.display(), s.hctl);
@@ -201,7 +208,42 @@ pub fn plan_with(
             }
         }
     }
+    for m in &mut maps {
+        detect_pgpolicy(cfg, m);
+    }
     (maps, skipped)
+}
+
+/// What `detect_prio` knows of a declared (`file`, `nbd`) path.
+const DECLARED_FACTS: DetectFacts = DetectFacts {
+    scsi: false,
+    tpgs: None,
+    rdac: false,
+    sysfs_access_state: false,
+};
+
+/// `detect_pgpolicy` on an assembled map: when every path uses an ALUA
+/// prioritizer, each path's `path_grouping_policy` becomes
+/// `group_by_prio` (or `group_by_tpg`), "storage device autodetected";
+/// `group_by_tpg` on a map that is neither all ALUA nor all declared
+/// paths with a `tpg` falls back to `failover`. The map's grouping
+/// follows its first path, as [`map_policy`] does.
+pub fn detect_pgpolicy(cfg: &Config, m: &mut MapPlan) {
+    // A declared path cannot run an ALUA prioritizer whatever it says.
+    let all_alua = !m.paths.is_empty()
+        && m.paths
+            .iter()
+            .all(|p| p.scsi.is_some() && p.settings.uses_alua_prio());
+    let tpg_declared = !m.paths.is_empty()
+        && m.paths
+            .iter()
+            .all(|p| p.scsi.is_none() && p.info.tpg.is_some());
+    for p in &mut m.paths {
+        p.settings.apply_detect_pgpolicy(all_alua, tpg_declared);
+    }
+    if let Some(first) = m.paths.first() {
+        m.policy = map_policy(cfg, &first.settings);
+    }
 }
 
 #[cfg(test)]
@@ -286,5 +328,92 @@ paths {
         assert_eq!(o.policy.repeat, 1);
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].path, "hidden");
+    }
+
+    /// A discovered disk of LUN `wwid` with target port group support
+    /// `tpgs`.
+    fn disk(name: &str, wwid: &str, tpgs: Option<crate::scsi::Tpgs>) -> ScsiDevice {
+        ScsiDevice {
+            name: name.to_string(),
+            hctl: "1:0:0:1".to_string(),
+            devnode: std::path::PathBuf::from(format!("/dev/{name}")),
+            dev: String::new(),
+            vendor: "ACME".to_string(),
+            product: "disk".to_string(),
+            revision: "4.0".to_string(),
+            device_type: 0,
+            state: "running".to_string(),
+            timeout_secs: None,
+            size_bytes: None,
+            logical_block_size: None,
+            serial: String::new(),
+            wwid: wwid.to_string(),
+            wwid_source: String::new(),
+            wwid_error: None,
+            tpg: Some(1),
+            tpgs,
+            sysfs_access_state: false,
+            node_name: None,
+        }
+    }
+
+    #[test]
+    fn detect_prio_and_detect_pgpolicy_on_discovered_alua_disks() {
+        use crate::config::Origin;
+        use crate::scsi::Tpgs;
+        let cfg = Config::parse_str("defaults {\n path_grouping_policy multibus\n}\n", "t.conf")
+            .expect("valid config");
+        let devs = [
+            disk("sdb", "3600alua", Some(Tpgs::Implicit)),
+            disk("sdc", "3600alua", Some(Tpgs::Explicit)),
+            disk("sdd", "3600plain", Some(Tpgs::None)),
+        ];
+        let (maps, _) = plan_with(&cfg, &HashMap::new(), &devs);
+        let alua = maps
+            .iter()
+            .find(|m| m.wwid == "3600alua")
+            .expect("alua map");
+        assert_eq!(alua.policy.grouping, GroupingPolicy::GroupByPrio);
+        for p in &alua.paths {
+            assert_eq!(p.settings.prio.value, "alua");
+            assert_eq!(p.settings.prio.origin, Origin::Autodetected);
+            assert_eq!(p.settings.path_grouping_policy.origin, Origin::Autodetected);
+        }
+        let plain = maps
+            .iter()
+            .find(|m| m.wwid == "3600plain")
+            .expect("plain map");
+        assert_eq!(plain.policy.grouping, GroupingPolicy::Multibus);
+        assert_eq!(plain.paths[0].settings.prio.value, "const");
+        assert!(matches!(
+            plain.paths[0].settings.path_grouping_policy.origin,
+            Origin::Defaults { line: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn alua_from_the_hwtable_falls_back_to_const_without_tpgs() {
+        let cfg = Config::parse_str("", "t.conf").expect("valid config");
+        let mut d = disk("sdb", "3600lio", Some(crate::scsi::Tpgs::None));
+        d.vendor = "LIO-ORG".to_string();
+        let (maps, _) = plan_with(&cfg, &HashMap::new(), &[d]);
+        let s = &maps[0].paths[0].settings;
+        assert_eq!(s.prio.value, "const");
+        assert_eq!(
+            s.prio.origin.to_string(),
+            "(setting: emergency fallback - alua failed)"
+        );
+    }
+
+    #[test]
+    fn declared_node_name_and_tpg_reach_path_info() {
+        let cfg = Config::parse_str(
+            "paths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  node_name n1\n  tpg 3\n }\n}\n",
+            "t.conf",
+        )
+        .expect("valid config");
+        let (maps, _) = plan(&cfg, &HashMap::new());
+        let info = &maps[0].paths[0].info;
+        assert_eq!((info.node_name.as_deref(), info.tpg), (Some("n1"), Some(3)));
     }
 }

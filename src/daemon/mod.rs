@@ -1139,7 +1139,12 @@ impl control::server::Handler for Daemon {
                             .into_iter()
                             .filter_map(|n| {
                                 let d = p.config.path(n)?;
-                                Some((n.to_string(), p.config.explain_json(&d.identity())))
+                                let live = p.path(n).map(|(_, pp)| pp.settings.load_full());
+                                let v = match live {
+                                    Some(l) => p.config.explain_live_json(&d.identity(), &l),
+                                    None => p.config.explain_json(&d.identity()),
+                                };
+                                Some((n.to_string(), v))
                             })
                             .collect();
                         Response::json(serde_json::Value::Object(v))
@@ -1213,10 +1218,18 @@ impl control::server::Handler for Daemon {
                         wwid: &i.wwid,
                     };
                     let cfg = self.config();
-                    if json {
-                        Response::json(cfg.explain_json(&ident))
-                    } else {
-                        Response::text(cfg.explain_text(&ident))
+                    // What the device decided (detect_prio,
+                    // detect_pgpolicy) is shown as the path runs it.
+                    let live = self
+                        .published
+                        .load()
+                        .path(&path)
+                        .map(|(_, pp)| pp.settings.load_full());
+                    match (live, json) {
+                        (Some(l), true) => Response::json(cfg.explain_live_json(&ident, &l)),
+                        (Some(l), false) => Response::text(cfg.explain_live_text(&ident, &l)),
+                        (None, true) => Response::json(cfg.explain_json(&ident)),
+                        (None, false) => Response::text(cfg.explain_text(&ident)),
                     }
                 }
             },

@@ -103,6 +103,10 @@ pub struct ScsiDevice {
     /// the raw INQUIRY data could not be read.
     #[serde(skip)]
     pub tpgs: Option<Tpgs>,
+    /// The kernel's `access_state` attribute of the device can be read
+    /// (the kernel's ALUA device handler is attached).
+    #[serde(skip)]
+    pub sysfs_access_state: bool,
     /// The target's name ([`target_node_name`]): SAS address, FC node
     /// name or iSCSI target name.
     pub node_name: Option<String>,
@@ -126,6 +130,19 @@ impl ScsiDevice {
             product: &self.product,
             revision: &self.revision,
             wwid: &self.wwid,
+        }
+    }
+
+    /// What `detect_prio` looks at ([`crate::prio::detect`]). umpath
+    /// does not read VPD page 0xc9, so an RDAC array is not recognised
+    /// (it then gets `sysfs` rather than `alua` when `access_state` is
+    /// readable).
+    pub fn detect_facts(&self) -> crate::prio::DetectFacts {
+        crate::prio::DetectFacts {
+            scsi: true,
+            tpgs: self.tpgs,
+            rdac: false,
+            sysfs_access_state: self.sysfs_access_state,
         }
     }
 
@@ -348,6 +365,7 @@ pub fn read_device(
         .as_deref()
         .and_then(|p| vpd::target_port_group(p).ok().flatten());
     let node_name = target_node_name(&opts.sysfs, hctl, dir);
+    let sysfs_access_state = std::fs::read_to_string(dir.join("access_state")).is_ok();
     let serial = pg80
         .as_deref()
         .and_then(|p| vpd::unit_serial(p).ok())
@@ -393,6 +411,7 @@ pub fn read_device(
         wwid_error,
         tpg,
         tpgs,
+        sysfs_access_state,
         node_name,
     }))
 }
