@@ -317,6 +317,41 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
     );
     vm.sh_ok("umount /mnt/lun0");
 
+    step("the LUN grows: resize map lun0 grows nbd0");
+    let grown = IMAGE_SIZE + (64 << 20);
+    for node in ["drive0", "drive1"] {
+        vm.qmp(
+            "block_resize",
+            serde_json::json!({ "node-name": node, "size": grown }),
+        );
+    }
+    vm.sh_ok("for d in /sys/block/sd*/device/rescan; do echo 1 > $d; done");
+    vm.wait_for("the disks' new size", Duration::from_secs(15), || {
+        vm.sh_ok("cat /sys/block/sda/size /sys/block/sdb/size")
+            .lines()
+            .all(|l| l.trim() == (grown / 512).to_string())
+    });
+    let out = vm.sh_ok("umpath resize map lun0 2>&1");
+    eprintln!("{out}");
+    assert_eq!(
+        vm.sh_ok("cat /sys/block/nbd0/size").trim(),
+        (grown / 512).to_string(),
+        "the kernel device has the new size: {out}"
+    );
+    // Past the old end, through the kernel device, and back.
+    let tail_sum = vm.sh_ok(&format!(
+        "dd if=/tmp/pat of=/dev/umpath/lun0 bs=1M count=1 seek={} oflag=direct conv=fsync status=none && \
+         dd if=/dev/umpath/lun0 bs=1M count=1 skip={} iflag=direct status=none | md5sum | cut -d' ' -f1",
+        IMAGE_SIZE >> 20,
+        IMAGE_SIZE >> 20
+    ));
+    assert_eq!(
+        tail_sum.trim(),
+        vm.sh_ok("head -c 1048576 /tmp/pat | md5sum | cut -d' ' -f1")
+            .trim(),
+        "data past the old end"
+    );
+
     step("detach");
     let out = vm.sh_ok("umpath detach lun0 2>&1");
     assert!(out.contains("detached"), "{out}");
@@ -341,7 +376,7 @@ fn vm_kernel_nbd_attach_restart_failover_detach() {
     vm.wait_for(
         "nbd0 attached by the config",
         Duration::from_secs(15),
-        || vm.sh_ok("cat /sys/block/nbd0/size").trim() == (IMAGE_SIZE / 512).to_string(),
+        || vm.sh_ok("cat /sys/block/nbd0/size").trim() == (grown / 512).to_string(),
     );
     assert_eq!(map_device(&vm), "/dev/nbd0");
     let out = vm.sh_ok("umpath shutdown --detach 2>&1");

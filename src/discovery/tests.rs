@@ -35,6 +35,13 @@ impl FakeDev<'_> {
         fs::write(dir.join("vendor"), format!("{}\n", self.vendor)).unwrap();
         fs::write(dir.join("model"), format!("{}\n", self.model)).unwrap();
         fs::write(dir.join("rev"), "2.5+\n").unwrap();
+        // Standard INQUIRY as QEMU's scsi-hd sends it: SPC-3, TPGS 00b
+        // (no ALUA), so detect_prio leaves the configured prioritizer.
+        let mut inq = vec![0u8, 0, 5, 0x02, 31, 0, 0, 0x02];
+        inq.extend_from_slice(format!("{:8.8}", self.vendor).as_bytes());
+        inq.extend_from_slice(format!("{:16.16}", self.model).as_bytes());
+        inq.extend_from_slice(b"2.5+");
+        fs::write(dir.join("inquiry"), &inq).unwrap();
         fs::write(dir.join("type"), "0\n").unwrap();
         fs::write(dir.join("state"), "running\n").unwrap();
         fs::write(dir.join("timeout"), "30\n").unwrap();
@@ -248,7 +255,8 @@ fn target_port_group_and_tpgs() {
     inq[16..32].copy_from_slice(b"QUANTASTOR      ");
     inq[32..36].copy_from_slice(b"2.5+");
     fs::write(dir.join("inquiry"), &inq).unwrap();
-    FakeDev::quantastor("4:0:0:1", "sde").create(root.path());
+    let plain = FakeDev::quantastor("4:0:0:1", "sde").create(root.path());
+    fs::remove_file(plain.join("inquiry")).unwrap();
     let found = discover(&opts(root.path()));
     assert!(found.errors.is_empty(), "{:?}", found.errors);
     let (a, b) = (&found.devices[0], &found.devices[1]);
