@@ -460,6 +460,19 @@ impl MapEngine {
         self.inner.apply(|m| m.set_path_prio(path, prio, now));
     }
 
+    /// Marks the path marginal (`marginal_pathgroups on`) or clears the
+    /// mark ([`Map::set_marginal`]: regroups, marginal groups last).
+    pub fn set_marginal(&self, path: PathId, marginal: bool) {
+        let now = self.now();
+        self.inner.apply(|m| m.set_marginal(path, marginal, now));
+    }
+
+    /// Until when the shaky/marginal detectors hold something against the
+    /// path, for `show paths` ([`Map::set_held_until`]).
+    pub fn set_held_until(&self, path: PathId, until: Option<Time>) {
+        self.inner.state.lock().map.set_held_until(path, until);
+    }
+
     /// How long a check of the path took (for its check latency histogram).
     pub fn check_duration(&self, path: PathId, d: Duration) {
         let st = self.inner.state.lock();
@@ -952,6 +965,20 @@ fn describe_event(e: &MapEvent, map: &Map) -> String {
             format!("path {} priority: {from} -> {to}", pname(*path))
         }
         MapEvent::Regrouped { groups } => format!("paths regrouped into {groups} group(s)"),
+        MapEvent::MarginalChanged {
+            path,
+            marginal: true,
+        } => format!(
+            "path {} is marginal: moved to a marginal path group",
+            pname(*path)
+        ),
+        MapEvent::MarginalChanged {
+            path,
+            marginal: false,
+        } => format!(
+            "path {} is no longer marginal: back in a normal path group",
+            pname(*path)
+        ),
     }
 }
 
