@@ -74,6 +74,7 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
                 "dm_state": p.dm.as_str(),
                 "admin_failed": p.admin_failed,
                 "prio": p.prio,
+                "prio_changes": c.prio_changes,
                 "group": group.map(|g| g + 1),
                 "ios": c.ios,
                 "errors": c.errors,
