@@ -75,3 +75,64 @@ fn alua_on_a_file_path_keeps_priority_1_and_says_so_once() {
     assert_eq!(d.log_text().matches(warning).count(), 1, "{}", d.log_text());
     assert_eq!(d.path_json("p0")["prio"], 1);
 }
+
+/// Bad input: a path whose priority flips 50/1 at every check (the
+/// `fault path NAME prio flip A B` test hook), under group_by_prio and
+/// failback immediate. The map regroups and moves IO at every flip, as
+/// multipathd reloads it; a verifying client sees no error, and the log
+/// says it once instead of at every check (the changes are counted).
+#[test]
+fn a_priority_flipping_at_every_check_loses_no_io_and_logs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 64 << 20);
+    let cfg = seed_config(
+        "    polling_interval 1\n    max_polling_interval 1",
+        &[
+            file_path("p0", &img),
+            file_path("p1", &img),
+            file_path("p2", &img),
+        ],
+    )
+    .replace(
+        "multipaths {",
+        "overrides {\n    path_grouping_policy group_by_prio\n    failback immediate\n}\nmultipaths {",
+    );
+    let d = Daemon::start_in(dir, &cfg);
+    d.wait_path("p2", "ready", Duration::from_secs(10), |p| {
+        p["state"] == "ready"
+    });
+    let fio = fio_verify(
+        &d.uri("lun0"),
+        "8M",
+        "300",
+        4,
+        &["--time_based".into(), "--runtime=9".into()],
+    );
+    d.ctl_ok(&["fault", "path", "p0", "prio", "flip", "50", "1"]);
+    assert_eq!(d.path_json("p0")["fault"], "prio flip 50 1");
+    d.wait_path("p0", "flipping", Duration::from_secs(15), |p| {
+        p["prio_changes"].as_u64().unwrap_or(0) >= 6
+    });
+    let ios0 = d.ios("p0");
+    let ios1 = d.ios("p1");
+    fio_ok(fio, &d);
+    assert!(ios0 > 0 && ios1 > 0, "IO moves with the priority");
+    for p in d.paths_json() {
+        assert_eq!(p["errors"], 0, "{p}");
+    }
+    let log = d.log_text();
+    assert!(
+        log.matches("path p0 priority:").count() <= 1,
+        "priority changes logged once per 30 s:\n{log}"
+    );
+    assert!(
+        log.matches("paths regrouped").count() <= 1,
+        "regroups logged once per 30 s:\n{log}"
+    );
+    // Cleared: the prioritizer (const) answers again.
+    d.ctl_ok(&["fault", "path", "p0", "clear"]);
+    d.wait_path("p0", "const again", Duration::from_secs(5), |p| {
+        p["prio"] == 1 && p["fault"].is_null()
+    });
+}

@@ -38,7 +38,7 @@ use crate::prio::{PathFacts, Prioritizer};
 use crate::transport::fault::FaultSpec;
 use crate::transport::nbd::NbdTransport;
 use crate::transport::{PathDev, Transport};
-use crate::units::Prio;
+use crate::units::{Prio, Time};
 
 /// Default check timeout when neither the config nor the device says.
 pub const DEFAULT_CHECKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -261,6 +261,9 @@ async fn checker_loop(ctx: CheckerCtx, first: Option<JoinHandle<FirstCheck>>) {
     let mut prio = PrioTracker::default();
     let mut health = HealthTracker::default();
     let mut last = CheckState::Unchecked;
+    // A path that joined with its first check done carries IO from the
+    // start: an IO failure before its next check counts for the detectors.
+    health.carried = first.is_none() && engine.path_is_active(id);
     if let Some(task) = first {
         let f = tokio::select! {
             _ = shutdown.changed() => return,
@@ -365,6 +368,12 @@ struct HealthTracker {
     /// The last check's verdict let the path carry IO.
     carried: bool,
     sampler: Option<Sampler>,
+    /// Whether the path was last marked marginal in the map
+    /// (`marginal_pathgroups on`); `None` before the first verdict (a
+    /// checker restarted on a map that already has the mark sets it anew).
+    marked: Option<bool>,
+    /// The `held_until` last handed to the engine (`None`: nothing yet).
+    shown_until: Option<Option<Time>>,
 }
 
 /// An IO-error sample running on a blocking thread.
@@ -401,6 +410,26 @@ impl HealthTracker {
                 let c = self.health.sampled(&s.shaky, now, errors, reads);
                 log_change(name, c);
             }
+        }
+        self.show_until(engine, id);
+    }
+
+    /// Hands the standing's "held until" to the engine for `show paths`
+    /// when it changed.
+    fn show_until(&mut self, engine: &MapEngine, id: PathId) {
+        let until = self.health.standing().held_until();
+        if self.shown_until != Some(until) {
+            self.shown_until = Some(until);
+            engine.set_held_until(id, until);
+        }
+    }
+
+    /// Marks the path marginal in the map (its own group, after the
+    /// normal ones) or clears the mark, when that changes.
+    fn mark(&mut self, engine: &MapEngine, id: PathId, marginal: bool) {
+        if self.marked != Some(marginal) {
+            self.marked = Some(marginal);
+            engine.set_marginal(id, marginal);
         }
     }
 
@@ -441,13 +470,18 @@ impl HealthTracker {
             self.sampler = Some(start_sampler(dev.clone(), until.elapsed_since(now)));
         }
         log_change(name, change);
+        self.show_until(engine, id);
         match verdict {
             Verdict::Pass | Verdict::PassMarginal => {
                 self.carried = true;
+                // Marked before the check is reported, so that a path
+                // coming back marginal lands in a marginal group at once.
+                self.mark(engine, id, verdict == Verdict::PassMarginal);
                 engine.check_result(id, state, message);
             }
             Verdict::Hold => {
                 self.carried = false;
+                self.mark(engine, id, false);
                 let standing = self.health.standing();
                 let held = if matches!(standing, Standing::Shaky { .. }) {
                     CheckState::Shaky
@@ -524,6 +558,11 @@ impl PrioTracker {
         // As multipathd: only a path that is up (or a ghost) is asked;
         // a down path keeps its last priority.
         if !matches!(state, CheckState::Up | CheckState::Ghost) {
+            return;
+        }
+        // A `fault path NAME prio ...` test hook replaces the prioritizer.
+        if let Some(p) = checker.dev().faults.prio() {
+            engine.set_path_prio(id, Prio(p));
             return;
         }
         if let Some(h) = &self.stuck {

@@ -74,6 +74,7 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
                 "dm_state": p.dm.as_str(),
                 "admin_failed": p.admin_failed,
                 "prio": p.prio,
+                "prio_changes": c.prio_changes,
                 "group": group.map(|g| g + 1),
                 "ios": c.ios,
                 "errors": c.errors,
@@ -82,6 +83,8 @@ pub fn paths_json(maps: &[MapSnapshot]) -> Value {
                 "failures": p.failures,
                 "reason": p.reason,
                 "fault": c.fault,
+                "marginal": p.marginal,
+                "held_until_ms": p.held_until.map(|t| t.0),
             }));
         }
     }
@@ -103,6 +106,7 @@ pub fn maps_json(maps: &[MapSnapshot], extra: &BTreeMap<String, MapExtra>) -> Va
                             "policy": pol.selector.to_string(),
                             "prio": g.prio,
                             "status": g.status.as_str(),
+                            "marginal": g.marginal,
                             "paths": g.members.iter().map(|&id| s.map.paths()[id.index()].info.name.clone()).collect::<Vec<_>>(),
                         })
                     })
@@ -677,7 +681,7 @@ fn path_row(s: &MapSnapshot, id: PathId, extra: Option<&PathExtra>) -> Vec<Strin
             'p' => p.prio.to_string(),
             'S' => human_size(s.info.size),
             'z' => i.serial.clone(),
-            'M' => "normal".to_string(),
+            'M' => if p.marginal { "marginal" } else { "normal" }.to_string(),
             'm' => s.info.name.clone(),
             'n' => i.node_name.clone().unwrap_or_else(|| "[undef]".into()),
             'G' => "--".to_string(),

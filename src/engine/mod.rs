@@ -85,6 +85,10 @@ pub struct PathRt {
     check_latency: Histogram,
     /// Times the path was reinstated.
     reinstatements: AtomicU64,
+    /// Times the path's priority changed.
+    prio_changes: AtomicU64,
+    /// Rate limit of the log lines a priority change causes.
+    prio_log: Mutex<LogLimit>,
     /// What the IO threads are working on, for the io_timeout watchdog.
     inflight: Inflight,
     /// IO threads are started when requests need them (up to
@@ -168,6 +172,13 @@ impl State {
             MapEvent::PathFailed { path, .. } | MapEvent::CheckerChanged { path, .. } => {
                 Some(*path)
             }
+            MapEvent::PrioChanged { path, .. } => {
+                if let Some(p) = self.paths.get(path.index()) {
+                    p.prio_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(*path)
+            }
+            MapEvent::MarginalChanged { path, .. } => Some(*path),
             MapEvent::GroupSwitched { from, to, .. } => {
                 if from.is_some() && to.is_some() {
                     self.group_switches += 1;
@@ -325,6 +336,8 @@ pub struct PathCounters {
     pub io_latency: HistogramSnapshot,
     pub check_latency: HistogramSnapshot,
     pub reinstatements: u64,
+    /// Times the path's priority changed.
+    pub prio_changes: u64,
     pub in_flight: u32,
     /// Requests past io_timeout whose original has not ended yet.
     pub stuck: usize,
@@ -425,6 +438,7 @@ impl MapEngine {
                     io_latency: p.io_latency.snapshot(),
                     check_latency: p.check_latency.snapshot(),
                     reinstatements: p.reinstatements.load(Ordering::Relaxed),
+                    prio_changes: p.prio_changes.load(Ordering::Relaxed),
                     in_flight: p.in_flight(),
                     stuck: p.inflight.stuck(),
                     fault: p.dev.faults.describe(),
@@ -481,9 +495,30 @@ impl MapEngine {
     /// the model takes it ([`Map::set_path_prio`]: regroups under
     /// group_by_prio, may fail back), and the events are logged like a
     /// check's. An unchanged priority changes nothing.
+    ///
+    /// A priority that changes at every check (a flapping prioritizer)
+    /// regroups and switches every time, as multipathd does, but its log
+    /// lines are rate-limited per path: at info at most once per
+    /// [`PRIO_LOG_EVERY`] (with how many were left out meanwhile), the
+    /// others at debug. The events are all kept (`show stats`) and counted
+    /// (`prio_changes`).
     pub fn set_path_prio(&self, path: PathId, prio: Prio) {
         let now = self.now();
-        self.inner.apply(|m| m.set_path_prio(path, prio, now));
+        self.inner
+            .apply_limited(Some(path), |st| st.map.set_path_prio(path, prio, now));
+    }
+
+    /// Marks the path marginal (`marginal_pathgroups on`) or clears the
+    /// mark ([`Map::set_marginal`]: regroups, marginal groups last).
+    pub fn set_marginal(&self, path: PathId, marginal: bool) {
+        let now = self.now();
+        self.inner.apply(|m| m.set_marginal(path, marginal, now));
+    }
+
+    /// Until when the shaky/marginal detectors hold something against the
+    /// path, for `show paths` ([`Map::set_held_until`]).
+    pub fn set_held_until(&self, path: PathId, until: Option<Time>) {
+        self.inner.state.lock().map.set_held_until(path, until);
     }
 
     /// How long a check of the path took (for its check latency histogram).
@@ -662,7 +697,13 @@ impl Inner {
 
     /// [`Inner::apply`] for changes that also touch the path runtimes.
     fn apply_state(&self, f: impl FnOnce(&mut State) -> Vec<MapEvent>) {
-        let (events, redispatch, fail) = {
+        self.apply_limited(None, f);
+    }
+
+    /// [`Inner::apply_state`]; with `limit`, the events' log lines count
+    /// against that path's [`LogLimit`].
+    fn apply_limited(&self, limit: Option<PathId>, f: impl FnOnce(&mut State) -> Vec<MapEvent>) {
+        let (events, redispatch, fail, loud) = {
             let mut st = self.state.lock();
             let events = f(&mut st);
             let mut redispatch = Vec::new();
@@ -677,16 +718,26 @@ impl Inner {
                 }
             }
             let names: Vec<String> = events.iter().map(|e| describe_event(e, &st.map)).collect();
+            let mut loud = Loud::Yes;
             if !events.is_empty() {
                 let now = self.clock.now();
                 for (e, text) in events.iter().zip(&names) {
                     st.note_event(e, text, now);
                 }
+                if let Some(rt) = limit.and_then(|p| st.paths.get(p.index())) {
+                    loud = rt.prio_log.lock().admit(now);
+                }
             }
-            (names, redispatch, fail)
+            (names, redispatch, fail, loud)
         };
         for e in &events {
-            info!(map = %self.info.name, "{e}");
+            match loud {
+                Loud::Yes => info!(map = %self.info.name, "{e}"),
+                Loud::AfterSuppressed(n) => {
+                    info!(map = %self.info.name, "{e} ({n} similar line(s) left out in the last {} s)", PRIO_LOG_EVERY.as_secs())
+                }
+                Loud::No => debug!(map = %self.info.name, "{e}"),
+            }
         }
         if !fail.is_empty() {
             warn!(map = %self.info.name, requests = fail.len(), "failing held IO with EIO: no usable path");
@@ -982,6 +1033,61 @@ fn describe_event(e: &MapEvent, map: &Map) -> String {
             format!("path {} priority: {from} -> {to}", pname(*path))
         }
         MapEvent::Regrouped { groups } => format!("paths regrouped into {groups} group(s)"),
+        MapEvent::MarginalChanged {
+            path,
+            marginal: true,
+        } => format!(
+            "path {} is marginal: moved to a marginal path group",
+            pname(*path)
+        ),
+        MapEvent::MarginalChanged {
+            path,
+            marginal: false,
+        } => format!(
+            "path {} is no longer marginal: back in a normal path group",
+            pname(*path)
+        ),
+    }
+}
+
+/// How often a path's priority changes are logged at info at most
+/// ([`MapEngine::set_path_prio`]).
+pub const PRIO_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a batch of log lines goes out at info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loud {
+    /// Yes.
+    Yes,
+    /// Yes, saying that this many batches were left out before it.
+    AfterSuppressed(u64),
+    /// No: at debug.
+    No,
+}
+
+/// A per-path rate limit of log lines: the first batch, then at most one
+/// per [`PRIO_LOG_EVERY`]; the batches in between are counted.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    last: Option<Time>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Whether a batch at `now` is logged at info.
+    pub fn admit(&mut self, now: Time) -> Loud {
+        let due = self
+            .last
+            .is_none_or(|t| now.elapsed_since(t) >= PRIO_LOG_EVERY);
+        if !due {
+            self.suppressed += 1;
+            return Loud::No;
+        }
+        self.last = Some(now);
+        match std::mem::take(&mut self.suppressed) {
+            0 => Loud::Yes,
+            n => Loud::AfterSuppressed(n),
+        }
     }
 }
 
@@ -1000,6 +1106,8 @@ fn spawn_path(map: Weak<Inner>, map_name: &str, name: &str, dev: Arc<PathDev>) -
         io_latency: Histogram::default(),
         check_latency: Histogram::default(),
         reinstatements: AtomicU64::new(0),
+        prio_changes: AtomicU64::new(0),
+        prio_log: Mutex::new(LogLimit::default()),
         inflight: Inflight::default(),
         workers: Workers {
             running: Arc::new(AtomicUsize::new(0)),

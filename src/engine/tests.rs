@@ -654,3 +654,53 @@ fn counters_for_metrics_bytes_errors_by_class_latency_reinstatements_switches_ev
     r.engine.check_duration(pid(1), Duration::from_millis(3));
     assert_eq!(r.counters(1).check_latency.count(), 1);
 }
+
+/// A priority that flips 50/1 at every check under group_by_prio and
+/// failback immediate: the map regroups each time, IO with requests in
+/// flight across the flips never fails, every change is counted, and the
+/// log lines are limited to one batch per path per `PRIO_LOG_EVERY`.
+#[test]
+fn a_priority_flipping_at_every_check_loses_no_io() {
+    let mut r = Setup {
+        grouping: GroupingPolicy::GroupByPrio,
+        prios: vec![10, 10, 10],
+        ..Setup::multibus(3)
+    }
+    .start();
+    for i in 0..400u64 {
+        let prio = if i % 2 == 0 { Prio(50) } else { Prio(1) };
+        let w = r.write((i % 64) * u64::from(BLOCK), (i % 251) as u8);
+        let rd = r.read(((i + 7) % 64) * u64::from(BLOCK));
+        r.engine.set_path_prio(pid(0), prio);
+        r.clock.advance(Duration::from_millis(500));
+        let mut got = [r.recv(), r.recv()];
+        got.sort_by_key(|c| c.cookie);
+        assert_eq!(got[0].cookie, w);
+        assert_eq!(got[1].cookie, rd);
+        assert!(got.iter().all(|c| c.result.is_ok()), "flip {i}");
+    }
+    let snap = r.engine.snapshot();
+    assert_eq!(snap.paths[0].prio_changes, 400);
+    assert!(snap.paths.iter().all(|c| c.errors == 0));
+    // 400 flips half a second apart (t = 0 .. 199.5 s): logged at info
+    // at 0, 30, ..., 180 s; the 39 flips since are counted, not logged.
+    {
+        let st = r.engine.inner.state.lock();
+        let l = st.paths[0].prio_log.lock();
+        assert_eq!(l.last, Some(Time(180_000)));
+        assert_eq!(l.suppressed, 39);
+    }
+    // IO follows the last priority (1): away from path 0.
+    assert!(!r.serving_paths(4).contains(&0));
+}
+
+#[test]
+fn log_limit_admits_one_batch_per_interval_and_counts_the_rest() {
+    let mut l = LogLimit::default();
+    let s = |x: u64| Time(x * 1000);
+    assert_eq!(l.admit(s(0)), Loud::Yes);
+    assert_eq!(l.admit(s(1)), Loud::No);
+    assert_eq!(l.admit(s(29)), Loud::No);
+    assert_eq!(l.admit(s(30)), Loud::AfterSuppressed(2));
+    assert_eq!(l.admit(s(100)), Loud::Yes);
+}

@@ -58,6 +58,9 @@ pub struct PathGroup {
     /// multipathd computes it ([`crate::policy::grouping::group_prio`]).
     pub prio: Prio,
     pub status: GroupStatus,
+    /// A group of marginal paths (`marginal_pathgroups on`): after every
+    /// normal group, used only when no normal group can be.
+    pub marginal: bool,
     selector: Selector,
 }
 
@@ -109,6 +112,9 @@ pub enum MapEvent {
     /// new number of groups. A [`MapEvent::GroupSwitched`] follows if the
     /// current group's index changed.
     Regrouped { groups: usize },
+    /// The path was marked marginal (`marginal_pathgroups on`) or no
+    /// longer is; a [`MapEvent::Regrouped`] follows.
+    MarginalChanged { path: PathId, marginal: bool },
 }
 
 /// Where a request goes.
@@ -504,11 +510,40 @@ impl Map {
             && self.policy.failback == Failback::Immediate
     }
 
-    /// multipathd's reload under [`Map::reloads_on_prio`]: the paths are
-    /// grouped anew and the best group is taken.
+    /// Marks the path marginal (`marginal_pathgroups on`: the detectors
+    /// hold something against it but it keeps carrying IO) or clears the
+    /// mark. A change regroups the map (marginal paths go to groups after
+    /// every normal group) and takes the best group, as multipathd reloads
+    /// the map then; an unchanged mark changes nothing.
+    pub fn set_marginal(&mut self, id: PathId, marginal: bool, now: Time) -> Vec<MapEvent> {
+        let mut events = Vec::new();
+        let Some(p) = self.paths.get_mut(id.index()).filter(|p| !p.removed) else {
+            return events;
+        };
+        if p.marginal == marginal {
+            return events;
+        }
+        p.marginal = marginal;
+        events.push(MapEvent::MarginalChanged { path: id, marginal });
+        self.reload(now, &mut events);
+        events
+    }
+
+    /// Records until when the detectors hold something against the path
+    /// (`None`: nothing); for display only, no event.
+    pub fn set_held_until(&mut self, id: PathId, until: Option<Time>) {
+        if let Some(p) = self.paths.get_mut(id.index()).filter(|p| !p.removed) {
+            p.held_until = until;
+        }
+    }
+
+    /// Groups the paths anew and takes the best group, as multipathd's
+    /// map reload does: a [`MapEvent::Regrouped`], and a
+    /// [`MapEvent::GroupSwitched`] (whose `from` is the old index) if the
+    /// current group's index changed.
     fn reload(&mut self, now: Time, events: &mut Vec<MapEvent>) {
-        let start = events.len();
         let before = self.current;
+        let start = events.len();
         self.regroup();
         self.current = None;
         events.push(MapEvent::Regrouped {
@@ -668,7 +703,10 @@ impl Map {
         let keys = self.group_keys();
         let fresh = group_paths(self.policy.grouping, &keys);
         fresh.len() != self.groups.len()
-            || fresh.iter().zip(&self.groups).any(|(f, g)| f != &g.members)
+            || fresh
+                .iter()
+                .zip(&self.groups)
+                .any(|(f, g)| f.members != g.members || f.marginal != g.marginal)
     }
 
     fn after_change(&mut self, trigger: Trigger, now: Time, events: &mut Vec<MapEvent>) {
@@ -697,6 +735,7 @@ impl Map {
             .iter()
             .map(|g| GroupView {
                 prio: g.prio,
+                marginal: g.marginal,
                 usable: g
                     .members
                     .iter()
@@ -780,6 +819,7 @@ impl Map {
                 serial: &p.info.serial,
                 node_name: p.info.node_name.as_deref(),
                 tpg: p.info.tpg,
+                marginal: p.marginal,
             })
             .collect()
     }
@@ -789,10 +829,11 @@ impl Map {
         let policy = &self.policy;
         self.groups = group_paths(policy.grouping, &keys)
             .into_iter()
-            .map(|members| PathGroup {
-                members,
+            .map(|g| PathGroup {
+                members: g.members,
                 prio: Prio(0),
                 status: GroupStatus::Enabled,
+                marginal: g.marginal,
                 selector: Selector::new(policy.selector, policy.repeat, policy.rr_weight),
             })
             .collect();
@@ -1607,5 +1648,173 @@ mod tests {
         let routes = route_n(&mut m, 8);
         let on0 = routes.iter().filter(|r| **r == Route::Path(pid(0))).count();
         assert_eq!(on0, 4, "{routes:?}");
+    }
+
+    fn routes(m: &mut Map, n: usize) -> Vec<PathId> {
+        (0..n)
+            .map(|_| match m.route(&NoLoad) {
+                Route::Path(p) => p,
+                r => panic!("no path: {r:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn marginal_paths_get_their_own_groups_last() {
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            paths(3),
+            policy(
+                GroupingPolicy::Multibus,
+                Failback::Manual,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(m.groups().len(), 1);
+        let ev = m.set_marginal(pid(0), true, T0);
+        assert_eq!(
+            ev[..2],
+            [
+                MapEvent::MarginalChanged {
+                    path: pid(0),
+                    marginal: true
+                },
+                MapEvent::Regrouped { groups: 2 }
+            ]
+        );
+        assert!(m.path(pid(0)).unwrap().marginal);
+        let g = m.groups();
+        assert_eq!(g[0].members, vec![pid(1), pid(2)]);
+        assert!(!g[0].marginal);
+        assert_eq!(g[1].members, vec![pid(0)]);
+        assert!(g[1].marginal);
+        assert_eq!(m.current_group(), Some(0));
+        assert_eq!(g[1].status, GroupStatus::Enabled);
+        // IO stays off the marginal path while a normal one is usable.
+        assert!(routes(&mut m, 10).iter().all(|&p| p != pid(0)));
+        // Unchanged: nothing.
+        assert!(m.set_marginal(pid(0), true, T0).is_empty());
+        // No normal path usable: the marginal group carries IO.
+        m.fail_path(pid(1), "EIO", T0);
+        m.fail_path(pid(2), "EIO", T0);
+        assert_eq!(m.current_group(), Some(1));
+        assert_eq!(routes(&mut m, 3), vec![pid(0); 3]);
+        // A normal path back: IO leaves the marginal group (failback
+        // manual keeps it there, as the kernel does)...
+        m.check_result(pid(1), CheckState::Up, "", T0);
+        assert_eq!(m.current_group(), Some(1));
+        // ... until the mark is cleared: the map reloads with one group.
+        let ev = m.set_marginal(pid(0), false, T0);
+        assert!(ev.contains(&MapEvent::Regrouped { groups: 1 }));
+        assert_eq!(m.groups().len(), 1);
+        assert!(!m.groups()[0].marginal);
+        assert_eq!(m.current_group(), Some(0));
+        // Removed or unknown paths: nothing.
+        assert!(m.set_marginal(pid(9), true, T0).is_empty());
+    }
+
+    #[test]
+    fn marginal_group_ranks_below_a_worse_normal_group_under_immediate() {
+        let mut ps = paths(2);
+        ps[0].prio = Prio(50);
+        ps[1].prio = Prio(1);
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Immediate,
+                NoPathRetry::Fail,
+            ),
+            T0,
+        );
+        assert_eq!(m.groups()[0].members, vec![pid(0)]);
+        m.set_marginal(pid(0), true, T0);
+        assert_eq!(m.groups()[0].members, vec![pid(1)]);
+        assert_eq!(m.groups()[1].members, vec![pid(0)]);
+        assert_eq!(m.current_group(), Some(0));
+        // A check of the marginal path does not fail back to it.
+        m.check_result(pid(0), CheckState::Up, "", T0);
+        assert_eq!(m.current_group(), Some(0));
+        assert_eq!(routes(&mut m, 4), vec![pid(1); 4]);
+        m.set_held_until(pid(0), Some(Time(5000)));
+        assert_eq!(m.path(pid(0)).unwrap().held_until, Some(Time(5000)));
+        m.set_held_until(pid(0), None);
+        assert_eq!(m.path(pid(0)).unwrap().held_until, None);
+    }
+
+    /// A path whose priority flips 50/1 at every check, under
+    /// group_by_prio + failback immediate: the map regroups and switches
+    /// at every flip (as multipathd reloads), every request still goes to
+    /// a usable path, and each flip causes a bounded number of events.
+    #[test]
+    fn a_priority_flipping_every_check_keeps_io_on_usable_paths() {
+        let mut ps = paths(3);
+        for p in &mut ps {
+            p.prio = Prio(10);
+        }
+        let (mut m, _) = Map::new(
+            "m".into(),
+            "w".into(),
+            ps,
+            policy(
+                GroupingPolicy::GroupByPrio,
+                Failback::Immediate,
+                NoPathRetry::Queue,
+            ),
+            T0,
+        );
+        let mut events = 0usize;
+        let mut switches = 0usize;
+        for i in 0..1000u64 {
+            let now = Time(i * 1000);
+            let prio = if i % 2 == 0 { Prio(50) } else { Prio(1) };
+            // The path's check passes, then its prioritizer answers.
+            let mut ev = m.check_result(pid(0), CheckState::Up, "", now);
+            ev.extend(m.set_path_prio(pid(0), prio, now));
+            // Another path fails and comes back now and then.
+            if i % 97 == 0 {
+                ev.extend(m.fail_path(pid(1), "EIO", now));
+            }
+            if i % 97 == 3 {
+                ev.extend(m.check_result(pid(1), CheckState::Up, "", now));
+            }
+            assert!(ev.len() <= 6, "check {i}: {ev:?}");
+            assert!(!ev.iter().any(|e| matches!(
+                e,
+                MapEvent::QueueingStarted { .. }
+                    | MapEvent::QueueExhausted
+                    | MapEvent::FailingStarted
+            )));
+            events += ev.len();
+            let mut on_flipper = 0;
+            for _ in 0..8 {
+                match m.route(&NoLoad) {
+                    Route::Path(p) => {
+                        assert!(m.path(p).unwrap().usable(), "check {i}");
+                        on_flipper += usize::from(p == pid(0));
+                    }
+                    r => panic!("check {i}: {r:?}"),
+                }
+            }
+            // IO follows the priority: all on the flipping path while it
+            // is the best, none while it is the worst.
+            if prio == Prio(50) {
+                assert_eq!(on_flipper, 8, "check {i}");
+                switches += 1;
+            } else {
+                assert_eq!(on_flipper, 0, "check {i}");
+            }
+            // The group IO goes to is the best one.
+            let cur = m.current_group().unwrap();
+            assert!(m.groups().iter().all(|g| g.prio <= m.groups()[cur].prio));
+        }
+        // A priority change and a regroup per flip, a few more around
+        // the path failures.
+        assert!(events <= 1000 * 3 + 60, "{events}");
+        assert_eq!(switches, 500);
     }
 }

@@ -127,6 +127,14 @@ pub struct Path {
     /// The device went away (hotplug): the path is a tombstone that keeps
     /// its id, carries no IO and is left out of groups and listings.
     pub removed: bool,
+    /// Marginal under `marginal_pathgroups on`: the path carries IO but
+    /// sits in a group after every normal group
+    /// ([`crate::model::Map::set_marginal`]).
+    pub marginal: bool,
+    /// Until when the shaky/marginal detectors hold something against the
+    /// path (shaky until, sampled until, marginal until its recheck);
+    /// `None` when nothing is held. Shown by `show paths`; steers nothing.
+    pub held_until: Option<Time>,
 }
 
 impl Path {
@@ -142,6 +150,8 @@ impl Path {
             since: Time(0),
             failures: 0,
             removed: false,
+            marginal: false,
+            held_until: None,
         }
     }
 

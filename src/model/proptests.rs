@@ -1,7 +1,10 @@
 //! Property test of the map state machine: random sequences of check
 //! results, IO errors, priority changes, admin commands and time, checked
 //! against a small reference model of dm-multipath's failover and
-//! multipathd's (0.9.4) group selection, written here from the rules alone.
+//! multipathd's (0.9.4) group selection, written here from the rules alone,
+//! marginal paths (`marginal_pathgroups on`) included: marking or clearing
+//! one regroups the map, marginal paths in groups after every normal group,
+//! and a normal group with a usable path is always preferred.
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ enum Op {
     AdminReinstate(usize),
     Switch(usize),
     Advance(u64),
+    Marginal(usize, bool),
 }
 
 fn op(n: usize) -> impl Strategy<Value = Op> {
@@ -32,6 +36,7 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         1 => (0..n).prop_map(Op::AdminReinstate),
         1 => (0..n).prop_map(Op::Switch),
         2 => (0u64..4000).prop_map(Op::Advance),
+        1 => (0..n, any::<bool>()).prop_map(|(p, m)| Op::Marginal(p, m)),
     ]
 }
 
@@ -42,12 +47,17 @@ struct RPath {
     active: bool,
     admin: bool,
     prio: i32,
+    /// The grouping key (serial, target port group).
+    key: u8,
+    marginal: bool,
 }
 
-/// The reference: fixed groups (no policy here regroups at run time), the
+/// The reference: the groups (formed anew only when a path's marginal
+/// mark changes: no policy here regroups on a priority change), the
 /// current group and the deferred failback deadline.
 struct Reference {
     failback: Failback,
+    grouping: GroupingPolicy,
     paths: Vec<RPath>,
     groups: Vec<Vec<usize>>,
     current: Option<usize>,
@@ -70,6 +80,48 @@ impl Reference {
         }
     }
 
+    fn is_marginal(&self, g: usize) -> bool {
+        self.groups[g].iter().any(|&p| self.paths[p].marginal)
+    }
+
+    /// group_paths with the marginal paths split out, then
+    /// sort_pathgroups: normal groups first, each kind by priority, then
+    /// usable paths, descending, ties in discovery order.
+    fn regroup(&mut self) {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for marginal in [false, true] {
+            let members: Vec<usize> = (0..self.paths.len())
+                .filter(|&p| self.paths[p].marginal == marginal)
+                .collect();
+            let mut part: Vec<Vec<usize>> = Vec::new();
+            for p in members {
+                let joins = match self.grouping {
+                    GroupingPolicy::Failover => None,
+                    GroupingPolicy::Multibus => (!part.is_empty()).then_some(0),
+                    _ => part
+                        .iter()
+                        .position(|g| self.paths[g[0]].key == self.paths[p].key),
+                };
+                match joins {
+                    Some(i) => part[i].push(p),
+                    None => part.push(vec![p]),
+                }
+            }
+            let first = groups.len();
+            groups.extend(part);
+            self.groups = groups.clone();
+            let mut order: Vec<usize> = (first..groups.len()).collect();
+            order.sort_by_key(|&g| {
+                let (prio, n) = self.stats(g);
+                (std::cmp::Reverse(prio), std::cmp::Reverse(n))
+            });
+            let sorted: Vec<Vec<usize>> = order.iter().map(|&g| groups[g].clone()).collect();
+            groups.truncate(first);
+            groups.extend(sorted);
+        }
+        self.groups = groups;
+    }
+
     /// select_path_group.
     fn best(&self) -> Option<usize> {
         let mut best: Option<usize> = None;
@@ -82,7 +134,8 @@ impl Reference {
                 None => true,
                 Some(b) => {
                     let (bp, bn) = self.stats(b);
-                    prio > bp || (prio == bp && n > bn)
+                    let (m, bm) = (self.is_marginal(g), self.is_marginal(b));
+                    (bm && !m) || (m == bm && (prio > bp || (prio == bp && n > bn)))
                 }
             };
             if better {
@@ -193,6 +246,15 @@ impl Reference {
                     self.evaluate(None, false);
                 }
             }
+            // A reload: regroup and take the best group.
+            Op::Marginal(p, marginal) => {
+                if self.paths[p].marginal != marginal {
+                    self.paths[p].marginal = marginal;
+                    self.regroup();
+                    self.deadline = None;
+                    self.current = self.best();
+                }
+            }
         }
     }
 }
@@ -223,6 +285,9 @@ fn apply_map(m: &mut Map, op: &Op, now: &mut u64) {
         Op::Advance(ms) => {
             *now += ms;
             m.tick(Time(*now));
+        }
+        Op::Marginal(p, marginal) => {
+            m.set_marginal(id(p), marginal, t);
         }
     }
 }
@@ -292,31 +357,42 @@ proptest! {
             polling_interval: Duration::from_secs(1),
         };
         let (mut m, _) = Map::new("m".into(), "w".into(), paths, policy, Time(0));
-        let groups: Vec<Vec<usize>> = m
-            .groups()
-            .iter()
-            .map(|g| g.members.iter().map(|id| id.index()).collect())
-            .collect();
         let mut r = Reference {
             failback: fb,
+            grouping,
             paths: facts
                 .iter()
-                .map(|&(prio, _)| RPath { up: true, active: true, admin: false, prio })
+                .map(|&(prio, key)| RPath {
+                    up: true,
+                    active: true,
+                    admin: false,
+                    prio,
+                    key,
+                    marginal: false,
+                })
                 .collect(),
-            groups,
+            groups: Vec::new(),
             current: None,
             deadline: None,
             now: 0,
         };
+        r.regroup();
         r.current = r.best();
         prop_assert_eq!(m.current_group(), r.current);
         let mut now = 0;
         for (step, o) in ops.iter().enumerate() {
             apply_map(&mut m, o, &mut now);
             r.apply(o);
+            let groups: Vec<Vec<usize>> = m
+                .groups()
+                .iter()
+                .map(|g| g.members.iter().map(|id| id.index()).collect())
+                .collect();
+            prop_assert_eq!(&groups, &r.groups, "step {} {:?}", step, o);
             prop_assert_eq!(m.current_group(), r.current, "step {} {:?}", step, o);
             for (g, grp) in m.groups().iter().enumerate() {
                 prop_assert_eq!(grp.prio.0, r.stats(g).0, "group {} prio", g);
+                prop_assert_eq!(grp.marginal, r.is_marginal(g), "group {} marginal", g);
             }
             // The current group carries IO whenever some path can.
             let any = (0..r.groups.len()).any(|g| r.stats(g).1 > 0);

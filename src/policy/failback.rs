@@ -43,11 +43,16 @@ pub struct GroupView {
     pub prio: Prio,
     /// Usable paths in the group.
     pub usable: usize,
+    /// A group of marginal paths (`marginal_pathgroups on`).
+    pub marginal: bool,
 }
 
 /// The best group (multipathd's `select_path_group`): the first group with
 /// a usable path, replaced by a later one only with a strictly higher
-/// priority, or an equal priority and strictly more usable paths.
+/// priority, or an equal priority and strictly more usable paths. A
+/// normal group with a usable path beats every marginal group, whatever
+/// their priorities: marginal groups are used only when no normal group
+/// can be.
 pub fn best_group(groups: &[GroupView]) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, g) in groups.iter().enumerate() {
@@ -58,7 +63,7 @@ pub fn best_group(groups: &[GroupView]) -> Option<usize> {
             None => best = Some(i),
             Some(b) => {
                 let bg = groups[b];
-                if (g.prio, g.usable) > (bg.prio, bg.usable) {
+                if (!g.marginal, g.prio, g.usable) > (!bg.marginal, bg.prio, bg.usable) {
                     best = Some(i);
                 }
             }
@@ -195,7 +200,20 @@ mod tests {
         GroupView {
             prio: Prio(prio),
             usable,
+            marginal: false,
         }
+    }
+
+    #[test]
+    fn a_usable_normal_group_beats_any_marginal_group() {
+        let mut m = g(50, 2);
+        m.marginal = true;
+        assert_eq!(best_group(&[m, g(1, 1)]), Some(1));
+        assert_eq!(best_group(&[g(1, 1), m]), Some(0));
+        assert_eq!(best_group(&[g(1, 0), m]), Some(1));
+        let mut m2 = g(10, 1);
+        m2.marginal = true;
+        assert_eq!(best_group(&[g(1, 0), m2, m]), Some(2));
     }
 
     const T0: Time = Time(0);

@@ -12,6 +12,11 @@
 //! * Groups are then ordered best first (`sort_pathgroups`): higher
 //!   priority first, on equal priority more usable paths first, and on a
 //!   full tie the earlier group first (a stable sort).
+//! * **Marginal paths** (`marginal_pathgroups on`, see
+//!   [`super::shaky`]) are grouped apart: the normal paths are grouped by
+//!   the policy and ordered, then the marginal ones likewise, and their
+//!   groups come after every normal group, as multipathd's `group_paths`
+//!   and `sort_pathgroups` do. A group is marginal when its paths are.
 //! * An unknown key (no node name, no target port group) is a key like any
 //!   other: all paths that do not know it share one group, as in
 //!   multipathd where they compare equal as empty strings / ids.
@@ -40,6 +45,17 @@ pub struct GroupKey<'a> {
     pub node_name: Option<&'a str>,
     /// ALUA target port group; `None` if unknown.
     pub tpg: Option<u16>,
+    /// The path is marginal (`marginal_pathgroups on`): it goes to a
+    /// group after every normal group.
+    pub marginal: bool,
+}
+
+/// A group [`group_paths`] formed: its members, and whether they are
+/// marginal paths (such groups come after every normal group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouped {
+    pub members: Vec<PathId>,
+    pub marginal: bool,
 }
 
 /// A group's priority and usable paths, as multipathd's
@@ -53,8 +69,32 @@ pub fn group_prio(members: impl IntoIterator<Item = (Prio, bool)>) -> (Prio, usi
     (Prio::average(usable.iter().copied()), usable.len())
 }
 
-/// Splits paths into groups per `policy` and orders them best first.
-pub fn group_paths(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Vec<PathId>> {
+/// Splits paths into groups per `policy` and orders them best first:
+/// the normal paths' groups, then the marginal paths' groups, each part
+/// grouped and ordered by the policy on its own.
+pub fn group_paths(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Grouped> {
+    let (marginal, normal): (Vec<GroupKey<'_>>, Vec<GroupKey<'_>>) =
+        paths.iter().cloned().partition(|p| p.marginal);
+    let mut out: Vec<Grouped> = group_part(policy, &normal)
+        .into_iter()
+        .map(|members| Grouped {
+            members,
+            marginal: false,
+        })
+        .collect();
+    out.extend(
+        group_part(policy, &marginal)
+            .into_iter()
+            .map(|members| Grouped {
+                members,
+                marginal: true,
+            }),
+    );
+    out
+}
+
+/// Groups and orders paths of one kind (all normal or all marginal).
+fn group_part(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Vec<PathId>> {
     let groups: Vec<Vec<&GroupKey<'_>>> = match policy {
         GroupingPolicy::Multibus => {
             if paths.is_empty() {
@@ -142,14 +182,56 @@ mod tests {
             serial,
             node_name: None,
             tpg: None,
+            marginal: false,
         }
     }
 
     fn groups(policy: GroupingPolicy, paths: &[GroupKey<'_>]) -> Vec<Vec<usize>> {
         group_paths(policy, paths)
             .into_iter()
-            .map(|g| g.into_iter().map(PathId::index).collect())
+            .map(|g| g.members.into_iter().map(PathId::index).collect())
             .collect()
+    }
+
+    #[test]
+    fn marginal_paths_get_groups_after_every_normal_group() {
+        let mut paths = [
+            key(0, 50, "a"),
+            key(1, 10, "a"),
+            key(2, 50, "a"),
+            key(3, 10, "a"),
+            key(4, 1, "a"),
+        ];
+        paths[0].marginal = true;
+        paths[2].marginal = true;
+        paths[1].marginal = true;
+        let g = group_paths(GroupingPolicy::GroupByPrio, &paths);
+        let shape: Vec<(Vec<usize>, bool)> = g
+            .iter()
+            .map(|g| (g.members.iter().map(|p| p.index()).collect(), g.marginal))
+            .collect();
+        // Normal: 10 (path 3) then 1 (path 4); marginal: 50 (0, 2) then 10 (1).
+        assert_eq!(
+            shape,
+            vec![
+                (vec![3], false),
+                (vec![4], false),
+                (vec![0, 2], true),
+                (vec![1], true),
+            ]
+        );
+        // Multibus: one group of each kind.
+        assert_eq!(
+            groups(GroupingPolicy::Multibus, &paths),
+            vec![vec![3, 4], vec![0, 1, 2]]
+        );
+        // All marginal: only marginal groups.
+        for p in &mut paths {
+            p.marginal = true;
+        }
+        let g = group_paths(GroupingPolicy::Multibus, &paths);
+        assert_eq!(g.len(), 1);
+        assert!(g[0].marginal);
     }
 
     #[test]

@@ -202,6 +202,18 @@ pub enum Standing {
 }
 
 impl Standing {
+    /// Until when something is held against the path: the end of a shaky
+    /// path's recovery time, of an IO-error sample, or a marginal path's
+    /// next sample; `None` when nothing is, or when it waits for its next
+    /// passing check (suspect).
+    pub fn held_until(&self) -> Option<Time> {
+        match *self {
+            Standing::Shaky { until, .. } | Standing::Sampling { until } => Some(until),
+            Standing::Marginal { recheck_at, .. } => Some(recheck_at),
+            Standing::Normal | Standing::Suspect => None,
+        }
+    }
+
     /// A short word for `show paths`: `shaky`, `marginal` or `normal`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -862,11 +874,15 @@ mod tests {
             )
         );
         assert_eq!(h.passed(&cfg, t(5), 1), (Verdict::PassMarginal, None));
+        assert_eq!(h.standing().held_until(), Some(t(124)));
         // No reads at all counts as all failed.
         assert!(matches!(
             h.sampled(&cfg, t(124), 0, 0),
             Some(Change::Marginal { rate: 1000, .. })
         ));
+        assert!(h.standing().held_until().is_some_and(|r| r > t(124)));
+        assert_eq!(Standing::Normal.held_until(), None);
+        assert_eq!(Standing::Suspect.held_until(), None);
     }
 
     #[test]

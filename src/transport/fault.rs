@@ -21,6 +21,11 @@
 //! `all`, the default), separated by spaces or commas: `error write`,
 //! `delay 50 read`, `flaky 30 read,write`, `clear check`.
 //!
+//! A test hook of another kind overrides the path's priority instead of
+//! failing IO: `prio N` (the prioritizer's answer is replaced by N) and
+//! `prio flip A B` (A, then B, then A... at each priority query: a
+//! prioritizer that flips at every check), until `clear`.
+//!
 //! The IO path reads the faults without locking (one [`ArcSwap`] load);
 //! only hung or delayed IO and changes to the faults take a lock.
 
@@ -50,6 +55,17 @@ pub enum Fault {
     Hang,
     /// Fail IO with EIO with probability `percent`/100.
     Flaky { percent: u8 },
+    /// Not an IO fault: override the path's priority ([`Faults::prio`]).
+    Prio(PrioFault),
+}
+
+/// A priority override (`prio N`, `prio flip A B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrioFault {
+    /// Always this priority.
+    Fixed(i32),
+    /// The first, then the second, alternating at each query.
+    Flip(i32, i32),
 }
 
 impl fmt::Display for Fault {
@@ -60,6 +76,8 @@ impl fmt::Display for Fault {
             Fault::Delay(d) => write!(f, "delay {}", d.as_millis()),
             Fault::Hang => f.write_str("hang"),
             Fault::Flaky { percent } => write!(f, "flaky {percent}"),
+            Fault::Prio(PrioFault::Fixed(p)) => write!(f, "prio {p}"),
+            Fault::Prio(PrioFault::Flip(a, b)) => write!(f, "prio flip {a} {b}"),
         }
     }
 }
@@ -200,7 +218,7 @@ pub struct FaultSpec {
 pub enum FaultParseError {
     #[error("empty fault command (expected error, delay <ms>, hang, flaky <percent> or clear)")]
     Empty,
-    #[error("unknown fault {0:?} (expected error, delay <ms>, hang, flaky <percent> or clear)")]
+    #[error("unknown fault {0:?} (expected error, delay <ms>, hang, flaky <percent>, prio <n>, prio flip <a> <b> or clear)")]
     UnknownFault(String),
     #[error("{fault} needs a number ({what})")]
     MissingNumber {
@@ -259,6 +277,32 @@ impl FaultSpec {
                         value: v.to_string(),
                     })?;
                 Fault::Flaky { percent }
+            }
+            "prio" => {
+                let number = |v: Option<&str>| {
+                    let v = v.ok_or(FaultParseError::MissingNumber {
+                        fault: "prio",
+                        what: "priority",
+                    })?;
+                    v.parse::<i32>().map_err(|_| FaultParseError::BadNumber {
+                        fault: "prio",
+                        what: "priority",
+                        value: v.to_string(),
+                    })
+                };
+                let first = words.next();
+                let prio = if first.is_some_and(|w| w.eq_ignore_ascii_case("flip")) {
+                    PrioFault::Flip(number(words.next())?, number(words.next())?)
+                } else {
+                    PrioFault::Fixed(number(first)?)
+                };
+                if let Some(w) = words.next() {
+                    return Err(FaultParseError::UnknownTarget(w.to_string()));
+                }
+                return Ok(FaultSpec {
+                    fault: Fault::Prio(prio),
+                    targets: FaultTargets::ALL,
+                });
             }
             _ => return Err(FaultParseError::UnknownFault(name.to_string())),
         };
@@ -354,6 +398,8 @@ pub struct Faults {
     changed: Condvar,
     /// splitmix64 state for [`Fault::Flaky`].
     rng: AtomicU64,
+    /// The priority override and how many times it was asked.
+    prio: Mutex<Option<(PrioFault, u64)>>,
 }
 
 impl fmt::Debug for Faults {
@@ -386,6 +432,7 @@ impl Faults {
             generation: Mutex::new(0),
             changed: Condvar::new(),
             rng: AtomicU64::new(seed),
+            prio: Mutex::new(None),
         }
     }
 
@@ -404,14 +451,42 @@ impl Faults {
         self.changed.notify_all();
     }
 
-    /// Apply a parsed command.
+    /// Apply a parsed command. `clear` on every target also removes a
+    /// priority override.
     pub fn apply(&self, spec: FaultSpec) {
-        self.set(spec.targets, spec.fault);
+        match spec.fault {
+            Fault::Prio(p) => *self.prio.lock() = Some((p, 0)),
+            fault => {
+                if fault == Fault::None && spec.targets == FaultTargets::ALL {
+                    *self.prio.lock() = None;
+                }
+                self.set(spec.targets, fault);
+            }
+        }
     }
 
-    /// Remove every fault (releasing hung IO).
+    /// Remove every fault (releasing hung IO) and the priority override.
     pub fn clear(&self) {
+        *self.prio.lock() = None;
         self.set(FaultTargets::ALL, Fault::None);
+    }
+
+    /// The priority the path must report instead of its prioritizer's, if
+    /// a `prio` fault is set; a `prio flip` alternates at each call.
+    pub fn prio(&self) -> Option<i32> {
+        let mut slot = self.prio.lock();
+        let (fault, asked) = slot.as_mut()?;
+        *asked += 1;
+        Some(match *fault {
+            PrioFault::Fixed(p) => p,
+            PrioFault::Flip(a, b) => {
+                if *asked % 2 == 1 {
+                    a
+                } else {
+                    b
+                }
+            }
+        })
     }
 
     /// The fault currently set for `kind`.
@@ -438,6 +513,12 @@ impl Faults {
                 }),
             }
         }
+        if let Some((p, _)) = *self.prio.lock() {
+            specs.push(FaultSpec {
+                fault: Fault::Prio(p),
+                targets: FaultTargets::ALL,
+            });
+        }
         if specs.is_empty() {
             return None;
         }
@@ -451,7 +532,8 @@ impl Faults {
         loop {
             let fault = self.get(kind);
             match fault {
-                Fault::None => return Ok(()),
+                // Priority overrides are never set on a target.
+                Fault::None | Fault::Prio(_) => return Ok(()),
                 Fault::Error => return Err(FaultError { kind, fault }),
                 Fault::Flaky { percent } => {
                     return if self.roll(percent) {
@@ -572,6 +654,15 @@ mod tests {
         assert_eq!(spec("hang check").fault, Fault::Hang);
         assert_eq!(spec("hang check").targets, FaultTargets::CHECKS);
         assert_eq!(spec("flaky 30").fault, Fault::Flaky { percent: 30 });
+        assert_eq!(spec("prio 50").fault, Fault::Prio(PrioFault::Fixed(50)));
+        assert_eq!(
+            spec("prio flip 50 1").fault,
+            Fault::Prio(PrioFault::Flip(50, 1))
+        );
+        assert!(FaultSpec::parse("prio").is_err());
+        assert!(FaultSpec::parse("prio flip 50").is_err());
+        assert!(FaultSpec::parse("prio x").is_err());
+        assert!(FaultSpec::parse("prio 5 read").is_err());
         assert_eq!(
             spec("  flaky 30 read,write ").targets,
             FaultTargets::READS.union(FaultTargets::WRITES)
@@ -758,5 +849,25 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn prio_override_flips_and_clears() {
+        let f = Faults::new(1);
+        assert_eq!(f.prio(), None);
+        f.apply(FaultSpec::parse("prio flip 50 1").unwrap());
+        assert_eq!(f.get(IoKindForFault::Read), Fault::None);
+        assert_eq!(f.describe().as_deref(), Some("prio flip 50 1"));
+        let got: Vec<i32> = (0..4).filter_map(|_| f.prio()).collect();
+        assert_eq!(got, vec![50, 1, 50, 1]);
+        assert!(f.before_io(IoKindForFault::Check).is_ok());
+        f.apply(FaultSpec::parse("prio 7").unwrap());
+        assert_eq!((f.prio(), f.prio()), (Some(7), Some(7)));
+        // Clearing one target keeps it; `clear` removes it.
+        f.apply(FaultSpec::parse("clear read").unwrap());
+        assert_eq!(f.prio(), Some(7));
+        f.apply(FaultSpec::parse("clear").unwrap());
+        assert_eq!(f.prio(), None);
+        assert_eq!(f.describe(), None);
     }
 }
