@@ -23,6 +23,9 @@
 //! 4. `failback manual` (reconfigure): B comes back optimized; as with
 //!    multipathd the groups are not re-formed and IO stays on A's group
 //!    until `umpath switchgroup map NAME group 2` moves it.
+//! 5. Transitions that take 3 s (`implicit_trans_secs`): both ports pass
+//!    through transitioning while IO runs on B; then A is optimized, B a
+//!    ghost, IO on A.
 //!
 //! The QEMU disks (vendor OSNEXUS) are blacklisted.
 
@@ -251,6 +254,23 @@ fn alua_groups_follow_the_target() {
     step(&format!("umpath switchgroup map {map} group 2"));
     vm.sh_ok(&format!("umpath switchgroup map {map} group 2"));
     wait_io_only_on(&vm, &fio, &b, &a, "switchgroup moved IO to B");
+
+    // 5. Transitions that take 3 s: B (IO's group) and A both pass
+    //    through transitioning (IO and TUR get NOT READY 04/0A), then A
+    //    is optimized and B standby. IO waits (no_path_retry queues) or
+    //    moves; fio sees no error.
+    step("transitions take 3 s; A -> optimized, B -> standby");
+    vm.sh_ok(&lio::set_transition_script(3000));
+    let t = Instant::now();
+    vm.sh_ok(&lio::set_states_script(Alua::Optimized, Alua::Standby));
+    step(&format!("both ports transitioned in {:.1?}", t.elapsed()));
+    vm.wait_path(
+        &b,
+        "a ghost after its transition",
+        Duration::from_secs(30),
+        |p| p["state"] == "ghost",
+    );
+    wait_io_only_on(&vm, &fio, &a, &b, "after the transitions: IO on A");
 
     let runs = fio.finish(&vm);
     step(&format!("{runs} fio runs, all verified"));

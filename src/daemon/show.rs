@@ -753,7 +753,7 @@ fn map_row(s: &MapSnapshot, extra: Option<&MapExtra>, now: crate::units::Time) -
             't' => "active".to_string(),
             'S' => human_size(s.info.size),
             'f' => extra.map_or_else(|| "0".into(), |e| e.features.clone()),
-            'x' => "0".to_string(),
+            'x' => s.stats.map_failures.to_string(),
             'h' => extra.map_or_else(|| "0".into(), |e| e.hwhandler.clone()),
             'A' => String::new(),
             '0' => s
@@ -764,7 +764,9 @@ fn map_row(s: &MapSnapshot, extra: Option<&MapExtra>, now: crate::units::Time) -
                 .sum::<u64>()
                 .to_string(),
             '1' => s.group_switches.to_string(),
-            '2' | '3' | '4' => "0".to_string(),
+            '2' => s.stats.map_loads.to_string(),
+            '3' => s.stats.total_q_time.as_secs().to_string(),
+            '4' => s.stats.q_timeouts.to_string(),
             's' => match first {
                 Some(i) if !i.vendor.is_empty() && !i.product.is_empty() => {
                     format!("{},{}", i.vendor, i.product)

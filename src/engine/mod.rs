@@ -156,9 +156,43 @@ struct State {
     events: VecDeque<EventRecord>,
     /// Times IO moved to another path group.
     group_switches: u64,
+    /// multipathd's map statistics (`show maps stats`).
+    stats: MapStats,
+    /// Since when the map queues with no usable path.
+    queueing_since: Option<Time>,
+}
+
+/// multipathd's per-map statistics, as `show maps stats` prints them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapStats {
+    /// Loads of the map's table: the assembly, each reconfigure and each
+    /// regroup (multipathd's `map_loads`).
+    pub map_loads: u64,
+    /// Times the map lost its last usable path (`failures`).
+    pub map_failures: u64,
+    /// Time spent queueing with no usable path (`total_q_time`), the
+    /// current stretch included.
+    pub total_q_time: Duration,
+    /// Times no_path_retry N ran out and queued IO failed (`q_timeouts`).
+    pub q_timeouts: u64,
 }
 
 impl State {
+    /// Statistics at `now` (an ongoing queueing stretch counted so far).
+    fn stats_at(&self, now: Time) -> MapStats {
+        let mut s = self.stats;
+        if let Some(since) = self.queueing_since {
+            s.total_q_time += Duration::from_millis(now.0.saturating_sub(since.0));
+        }
+        s
+    }
+
+    fn end_queueing(&mut self, now: Time) {
+        if let Some(since) = self.queueing_since.take() {
+            self.stats.total_q_time += Duration::from_millis(now.0.saturating_sub(since.0));
+        }
+    }
+
     /// Counts an event (reinstatements, group switches) and keeps it
     /// among the recent ones.
     fn note_event(&mut self, e: &MapEvent, text: &str, now: Time) {
@@ -179,13 +213,35 @@ impl State {
                 Some(*path)
             }
             MapEvent::MarginalChanged { path, .. } => Some(*path),
+            MapEvent::Regrouped { .. } => {
+                self.stats.map_loads += 1;
+                None
+            }
+            MapEvent::QueueingStarted { .. } => {
+                self.stats.map_failures += 1;
+                self.queueing_since.get_or_insert(now);
+                None
+            }
+            MapEvent::FailingStarted => {
+                self.stats.map_failures += 1;
+                self.end_queueing(now);
+                None
+            }
+            MapEvent::QueueExhausted => {
+                self.stats.q_timeouts += 1;
+                self.end_queueing(now);
+                None
+            }
+            MapEvent::Resumed => {
+                self.end_queueing(now);
+                None
+            }
             MapEvent::GroupSwitched { from, to, .. } => {
                 if from.is_some() && to.is_some() {
                     self.group_switches += 1;
                 }
                 None
             }
-            _ => None,
         };
         if self.events.len() >= RECENT_EVENTS {
             self.events.pop_front();
@@ -303,6 +359,8 @@ pub struct MapSnapshot {
     pub held: usize,
     /// Times IO moved to another path group.
     pub group_switches: u64,
+    /// multipathd's map statistics.
+    pub stats: MapStats,
     /// Recent events, oldest first.
     pub events: Vec<EventRecord>,
 }
@@ -378,6 +436,11 @@ impl MapEngine {
                     closed: false,
                     events: VecDeque::new(),
                     group_switches: 0,
+                    stats: MapStats {
+                        map_loads: 1,
+                        ..MapStats::default()
+                    },
+                    queueing_since: None,
                 }),
                 closed_tx: watch::Sender::new(false),
             }
@@ -425,6 +488,7 @@ impl MapEngine {
             map: st.map.clone(),
             held: st.held.len(),
             group_switches: st.group_switches,
+            stats: st.stats_at(self.now()),
             events: st.events.iter().cloned().collect(),
             paths: st
                 .paths
@@ -613,6 +677,7 @@ impl MapEngine {
             learns.store(map.wants_completions(), Ordering::Relaxed);
             events
         });
+        self.inner.state.lock().stats.map_loads += 1;
     }
 
     /// Time passed: no_path_retry deadlines, deferred failback, and the

@@ -355,6 +355,39 @@ fn no_path_retry_fail_fails_io_at_once() {
     assert_eq!(r.engine.snapshot().held, 0);
 }
 
+/// `show maps stats`: map_loads, failures, total_q_time, q_timeouts.
+#[test]
+fn map_statistics_count_loads_failures_queueing_time_and_timeouts() {
+    let r = Setup::multibus(2)
+        .no_path_retry(NoPathRetry::Retries(3))
+        .start();
+    let stats = || r.engine.snapshot().stats;
+    assert_eq!(stats().map_loads, 1, "the assembly");
+    assert_eq!(stats().total_q_time, Duration::ZERO);
+    r.engine.admin_fail(pid(0));
+    r.engine.admin_fail(pid(1));
+    assert_eq!(stats().map_failures, 1);
+    // Queueing so far counts while it lasts.
+    r.advance_and_tick(2000);
+    assert_eq!(stats().total_q_time, Duration::from_secs(2));
+    r.advance_and_tick(1000);
+    // The 3 intervals ran out.
+    assert_eq!(stats().q_timeouts, 1);
+    assert_eq!(stats().total_q_time, Duration::from_secs(3));
+    r.advance_and_tick(5000);
+    assert_eq!(stats().total_q_time, Duration::from_secs(3), "not queueing");
+    r.engine.admin_reinstate(pid(1));
+    r.engine.admin_fail(pid(1));
+    assert_eq!(stats().map_failures, 2);
+    r.advance_and_tick(1500);
+    r.engine.admin_reinstate(pid(0));
+    assert_eq!(stats().total_q_time, Duration::from_millis(4500));
+    assert_eq!(stats().q_timeouts, 1);
+    let policy = r.engine.snapshot().map.policy().clone();
+    r.engine.reconfigure(policy);
+    assert_eq!(stats().map_loads, 2, "a reconfigure loads the map");
+}
+
 #[test]
 fn no_path_retry_n_holds_io_for_n_polling_intervals_then_fails_it() {
     let mut r = Setup::multibus(2)

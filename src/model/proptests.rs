@@ -52,9 +52,11 @@ struct RPath {
     marginal: bool,
 }
 
-/// The reference: the groups (formed anew only when a path's marginal
-/// mark changes: no policy here regroups on a priority change), the
-/// current group and the deferred failback deadline.
+/// The reference: the groups (formed anew when a path's marginal mark
+/// changes, and under group_by_prio with failback immediate when a
+/// priority changes or a path comes back into groups formed while it was
+/// down: multipathd's reloads), the current group and the deferred
+/// failback deadline.
 struct Reference {
     failback: Failback,
     grouping: GroupingPolicy,
@@ -98,6 +100,9 @@ impl Reference {
                 let joins = match self.grouping {
                     GroupingPolicy::Failover => None,
                     GroupingPolicy::Multibus => (!part.is_empty()).then_some(0),
+                    GroupingPolicy::GroupByPrio => part
+                        .iter()
+                        .position(|g| self.paths[g[0]].prio == self.paths[p].prio),
                     _ => part
                         .iter()
                         .position(|g| self.paths[g[0]].key == self.paths[p].key),
@@ -120,6 +125,18 @@ impl Reference {
             groups.extend(sorted);
         }
         self.groups = groups;
+    }
+
+    /// multipathd reloads the map on a priority change.
+    fn reloads(&self) -> bool {
+        self.grouping == GroupingPolicy::GroupByPrio && self.failback == Failback::Immediate
+    }
+
+    /// A reload: regroup and take the best group.
+    fn reload(&mut self) {
+        self.regroup();
+        self.deadline = None;
+        self.current = self.best();
     }
 
     /// select_path_group.
@@ -194,6 +211,15 @@ impl Reference {
                 self.paths[p].up = true;
                 if !self.paths[p].active && !self.paths[p].admin {
                     self.paths[p].active = true;
+                    if self.reloads() {
+                        let before = self.groups.clone();
+                        self.regroup();
+                        if self.groups != before {
+                            self.deadline = None;
+                            self.current = self.best();
+                            return;
+                        }
+                    }
                 }
                 let up = (new_up && self.paths[p].active).then(|| {
                     let g = self.group_of(p);
@@ -232,7 +258,11 @@ impl Reference {
             Op::SetPrio(p, v) => {
                 if self.paths[p].prio != v {
                     self.paths[p].prio = v;
-                    self.evaluate(None, false);
+                    if self.reloads() {
+                        self.reload();
+                    } else {
+                        self.evaluate(None, false);
+                    }
                 }
             }
             Op::Switch(g) => {
@@ -246,13 +276,10 @@ impl Reference {
                     self.evaluate(None, false);
                 }
             }
-            // A reload: regroup and take the best group.
             Op::Marginal(p, marginal) => {
                 if self.paths[p].marginal != marginal {
                     self.paths[p].marginal = marginal;
-                    self.regroup();
-                    self.deadline = None;
-                    self.current = self.best();
+                    self.reload();
                 }
             }
         }
@@ -307,6 +334,7 @@ fn grouping() -> impl Strategy<Value = GroupingPolicy> {
         Just(GroupingPolicy::Multibus),
         Just(GroupingPolicy::GroupBySerial),
         Just(GroupingPolicy::GroupByTpg),
+        Just(GroupingPolicy::GroupByPrio),
     ]
 }
 

@@ -65,3 +65,26 @@ pub fn set_state_script(group: char, state: Alua) -> String {
         state as u8
     )
 }
+
+/// Script making state changes of both port groups pass through
+/// transitioning for `ms` milliseconds (LIO's `trans_delay_msecs`, with
+/// `implicit_trans_secs` reported to initiators to match): IO and TEST
+/// UNIT READY get NOT READY, ASC/ASCQ 04/0A meanwhile. A state write
+/// then blocks for that long.
+pub fn set_transition_script(ms: u32) -> String {
+    format!(
+        "for g in a b; do echo {ms} > {BACKSTORE}/alua/tpg_$g/trans_delay_msecs && \
+         echo {} > {BACKSTORE}/alua/tpg_$g/implicit_trans_secs; done",
+        ms.div_ceil(1000)
+    )
+}
+
+/// Script setting both groups' states at once (each write in the
+/// background, as a transition delay makes it block).
+pub fn set_states_script(a: Alua, b: Alua) -> String {
+    format!(
+        "echo {} > {BACKSTORE}/alua/tpg_a/alua_access_state & \
+         echo {} > {BACKSTORE}/alua/tpg_b/alua_access_state & wait",
+        a as u8, b as u8
+    )
+}
