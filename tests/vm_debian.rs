@@ -768,16 +768,35 @@ fn alua_states_shown_like_multipathd() {
             um_views[i], dm_views[i]
         ));
     }
-    // The order of the groups is compared apart: multipathd's depends on
-    // which path its checker sees first after a change while a path is
-    // down (seen both ways in CI for the last step); umpath's is always
-    // by priority (docs/ARCHITECTURE.md, differences from multipathd).
-    let unordered = |v: &[AluaView]| -> Vec<AluaView> {
+    // Compared apart, as multipathd's own answer depends on timing:
+    // - the order of the groups: multipathd's depends on which path its
+    //   checker sees first after a change while a path is down (seen both
+    //   ways for the last step); umpath's is always by priority
+    //   (docs/ARCHITECTURE.md, differences from multipathd);
+    // - a failed path's priority, and so its group: multipathd keeps the
+    //   last one read, which may be from before or after the port went
+    //   unavailable (50 or 0 both seen). Failed paths are compared by
+    //   state alone.
+    let unordered = |v: &[AluaView]| -> Vec<(AluaView, Vec<String>)> {
         v.iter()
             .map(|groups| {
-                let mut g = groups.clone();
+                let mut failed = Vec::new();
+                let mut g: AluaView = groups
+                    .iter()
+                    .map(|(prio, status, paths)| {
+                        let (down, up): (Vec<String>, Vec<String>) =
+                            paths.iter().cloned().partition(|p| p.contains(" failed "));
+                        failed
+                            .extend(down.iter().map(|p| {
+                                p.rsplit_once(' ').map_or(p.clone(), |x| x.0.to_string())
+                            }));
+                        (prio.clone(), status.clone(), up)
+                    })
+                    .filter(|(_, _, up)| !up.is_empty())
+                    .collect();
                 g.sort_by(|a, b| a.2.cmp(&b.2));
-                g
+                failed.sort();
+                (g, failed)
             })
             .collect()
     };
