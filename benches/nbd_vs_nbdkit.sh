@@ -5,7 +5,8 @@
 #   benches/nbd_vs_nbdkit.sh [RUNTIME_SECONDS]   (default 10 per workload)
 #
 # Needs: fio (with the nbd engine), nbdkit, a release build of umpath
-# (built here if missing).
+# (built here if missing). benches/table.sh is the full table (more jobs,
+# qemu-nbd, nbd-server, the local limit, CPU per IO); this is the quick check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-10}
