@@ -33,10 +33,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-    BufWriter, ReadHalf, WriteHalf,
+    ReadHalf, WriteHalf,
 };
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::server::TlsStream;
@@ -47,13 +46,12 @@ use super::proto::{self, *};
 use super::ratelog::RateLog;
 use super::tls::{HandshakeError, Identity, Peer, Security, TlsMode};
 use super::unaligned::Unaligned;
+use super::wire::{self, Batch};
 use crate::export::{Completion, Export, ExportSet, IoError, Op, ReplySender, Request};
 
 /// Socket read buffer (request headers and small write payloads; big
 /// payloads bypass it).
 const READ_BUF: usize = 64 * 1024;
-/// Reply write buffer (batched replies; big read payloads bypass it).
-const WRITE_BUF: usize = 64 * 1024;
 /// Write payloads are read (and charged to the budget) this much at a time.
 const PAYLOAD_CHUNK: usize = 256 * 1024;
 /// Buffers kept per connection for reuse...
@@ -1124,36 +1122,46 @@ fn complete(tx: &ReplySender, cookie: u64, result: Result<(), IoError>, buf: Vec
     });
 }
 
+/// Turns completions into replies: waits for one, takes every other one
+/// already queued (up to a [`Batch`]'s bounds), writes them all with one
+/// vectored write straight from the request buffers, then frees their
+/// slots. On a write error it closes the connection and only gives back
+/// what the requests still in flight hold.
 async fn writer_loop<W: AsyncWrite + Unpin>(
-    w: W,
+    mut w: W,
     mut rx: UnboundedReceiver<Completion>,
     sh: Arc<Shared>,
     structured: bool,
     stall: Duration,
 ) -> io::Result<()> {
-    let mut w = BufWriter::with_capacity(WRITE_BUF, w);
+    let mut batch: Batch<(u64, SlotInfo)> = Batch::default();
+    let mut staging = Vec::new();
     let r = async {
-        loop {
-            let c = match rx.try_recv() {
-                Ok(c) => c,
-                Err(TryRecvError::Empty) => {
-                    // Nothing more queued right now: push out what we have.
-                    guarded(w.flush(), &sh, stall).await?;
-                    match rx.recv().await {
-                        Some(c) => c,
-                        None => break,
-                    }
+        while let Some(c) = rx.recv().await {
+            add_reply(&mut batch, &sh, c, structured);
+            while !batch.is_full() {
+                match rx.try_recv() {
+                    Ok(c) => add_reply(&mut batch, &sh, c, structured),
+                    Err(_) => break,
                 }
-                Err(TryRecvError::Disconnected) => break,
-            };
-            let Some(info) = sh.lookup(c.cookie) else {
-                error!(cookie = c.cookie, "export completed an unknown request");
+            }
+            if batch.is_empty() {
                 continue;
+            }
+            let r = {
+                let mut slices = batch.slices();
+                guarded(
+                    wire::write_all(&mut w, &mut slices, &mut staging),
+                    &sh,
+                    stall,
+                )
+                .await
             };
-            guarded(write_reply(&mut w, &info, &c, structured), &sh, stall).await?;
-            sh.release(c.cookie, &info, c.buf);
+            for ((cookie, info), buf) in batch.drain() {
+                sh.release(cookie, &info, buf);
+            }
+            r?;
         }
-        guarded(w.flush(), &sh, stall).await?;
         guarded(w.shutdown(), &sh, stall).await
     }
     .await;
@@ -1169,6 +1177,17 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         }
     }
     r
+}
+
+/// Adds the reply to one completion to `batch` (nothing for a cookie that
+/// is not in flight).
+fn add_reply(batch: &mut Batch<(u64, SlotInfo)>, sh: &Shared, c: Completion, structured: bool) {
+    let Some(info) = sh.lookup(c.cookie) else {
+        error!(cookie = c.cookie, "export completed an unknown request");
+        return;
+    };
+    let payload = encode_reply(batch.heads_mut(), &info, &c, structured);
+    batch.push((c.cookie, info), c.buf, payload);
 }
 
 /// Runs a write to the client, failing with `TimedOut` if it does not
@@ -1216,12 +1235,10 @@ async fn guarded<F: Future<Output = io::Result<()>>>(
     }
 }
 
-async fn write_reply<W: AsyncWrite + Unpin>(
-    w: &mut BufWriter<W>,
-    info: &SlotInfo,
-    c: &Completion,
-    structured: bool,
-) -> io::Result<()> {
+/// Appends the reply's header (and a structured error's message) to
+/// `out`; returns how many bytes of the completion's buffer follow it as
+/// the payload.
+fn encode_reply(out: &mut Vec<u8>, info: &SlotInfo, c: &Completion, structured: bool) -> usize {
     let len = info.len as usize;
     let mut result = c.result;
     // An export must hand back at least `len` bytes for a read.
@@ -1231,21 +1248,21 @@ async fn write_reply<W: AsyncWrite + Unpin>(
     }
     match result {
         Ok(()) if info.is_read && len > 0 => {
-            let data = &c.buf[..len];
             if structured {
                 let hdr = encode_offset_data_header(info.cookie, info.offset, info.len, true);
-                w.write_all(&hdr).await?;
+                out.extend_from_slice(&hdr);
             } else {
-                w.write_all(&encode_simple_reply(0, info.cookie)).await?;
+                out.extend_from_slice(&encode_simple_reply(0, info.cookie));
             }
-            w.write_all(data).await
+            len
         }
         Ok(()) => {
             if structured {
-                w.write_all(&encode_none_chunk(info.cookie)).await
+                out.extend_from_slice(&encode_none_chunk(info.cookie));
             } else {
-                w.write_all(&encode_simple_reply(0, info.cookie)).await
+                out.extend_from_slice(&encode_simple_reply(0, info.cookie));
             }
+            0
         }
         Err(e) => {
             let errno = e.nbd_errno();
@@ -1257,11 +1274,12 @@ async fn write_reply<W: AsyncWrite + Unpin>(
                 };
                 let msg = error_message(msg);
                 let hdr = encode_error_chunk_header(info.cookie, errno, msg.len() as u16);
-                w.write_all(&hdr).await?;
-                w.write_all(msg.as_bytes()).await
+                out.extend_from_slice(&hdr);
+                out.extend_from_slice(msg.as_bytes());
             } else {
-                w.write_all(&encode_simple_reply(errno, info.cookie)).await
+                out.extend_from_slice(&encode_simple_reply(errno, info.cookie));
             }
+            0
         }
     }
 }
@@ -1376,6 +1394,93 @@ mod tests {
         assert!(v.capacity() >= 30 && v.capacity() <= 100);
         grow(&mut v, 100, 100);
         assert_eq!((v.len(), v.capacity()), (100, 100));
+    }
+
+    /// Runs the writer over `reads` ready read completions of `len` bytes
+    /// each (payload byte = index) and returns the fake stream.
+    async fn write_ready_reads(reads: usize, len: u32, structured: bool) -> wire::testing::Trickle {
+        let sh = Arc::new(shared(256, 1 << 30));
+        let (tx, rx) = mpsc::unbounded_channel();
+        for i in 0..reads {
+            let (slot, _) = sh
+                .try_admit(SlotInfo {
+                    is_read: true,
+                    cookie: 1000 + i as u64,
+                    offset: 4096 * i as u64,
+                    len,
+                    cost: len as usize,
+                    ..SlotInfo::default()
+                })
+                .unwrap();
+            complete(&tx, u64::from(slot), Ok(()), vec![i as u8; len as usize]);
+        }
+        drop(tx);
+        let mut w = wire::testing::Trickle::new(usize::MAX, true);
+        writer_loop(&mut w, rx, sh.clone(), structured, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(sh.table.lock().bytes, 0, "every slot released");
+        w
+    }
+
+    #[tokio::test]
+    async fn ready_replies_go_out_in_one_write() {
+        let w = write_ready_reads(20, 4096, false).await;
+        assert_eq!(w.calls, 1);
+        let mut rest = &w.out[..];
+        for i in 0..20u8 {
+            let r = SimpleReply::decode(&rest[..SIMPLE_REPLY_LEN]).unwrap();
+            assert_eq!((r.errno, r.cookie), (0, 1000 + u64::from(i)));
+            let data = &rest[SIMPLE_REPLY_LEN..SIMPLE_REPLY_LEN + 4096];
+            assert!(data.iter().all(|&b| b == i));
+            rest = &rest[SIMPLE_REPLY_LEN + 4096..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded_by_count_and_bytes() {
+        let w = write_ready_reads(100, 4096, true).await;
+        assert_eq!(w.calls, 2, "64 replies, then 36");
+        assert_eq!(w.out.len(), 100 * (OFFSET_DATA_HEADER_LEN + 4096));
+        let w = write_ready_reads(8, 1 << 20, false).await;
+        assert_eq!(w.calls, 2, "4 MiB per write");
+        assert_eq!(w.out.len(), 8 * (SIMPLE_REPLY_LEN + (1 << 20)));
+    }
+
+    #[tokio::test]
+    async fn writer_survives_a_trickling_client() {
+        let sh = Arc::new(shared(8, 1 << 30));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (a, _) = sh
+            .try_admit(SlotInfo {
+                is_read: true,
+                cookie: 7,
+                len: 3,
+                cost: 3,
+                ..SlotInfo::default()
+            })
+            .unwrap();
+        let (b, _) = sh
+            .try_admit(SlotInfo {
+                cookie: 8,
+                msg: "bad offset",
+                ..SlotInfo::default()
+            })
+            .unwrap();
+        complete(&tx, u64::from(a), Ok(()), vec![1, 2, 3]);
+        complete(&tx, u64::from(b), Err(IoError::Inval), Vec::new());
+        drop(tx);
+        let mut w = wire::testing::Trickle::new(5, true);
+        writer_loop(&mut w, rx, sh, true, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut want = encode_offset_data_header(7, 0, 3, true).to_vec();
+        want.extend_from_slice(&[1, 2, 3]);
+        want.extend_from_slice(&encode_error_chunk_header(8, 22, 10));
+        want.extend_from_slice(b"bad offset");
+        assert_eq!(w.out, want);
+        assert_eq!(w.calls, want.len().div_ceil(5));
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@
 //!
 //! Module dependencies run one way: `server` (listeners, accept loop)
 //! uses `conn` (one connection: handshake, reader, writer, its
-//! [`Limits`]), which uses `proto`, `tls` (TLS and per-export allow-lists) and
-//! `unaligned`; `proto`, `tls`, `uri` and `memexport` use nothing else in
+//! [`Limits`]), which uses `proto`, `tls` (TLS and per-export allow-lists),
+//! `unaligned` and `wire` (replies batched into vectored writes); `proto`, `tls`, `uri` and `memexport` use nothing else in
 //! `nbd`.
 
 mod budget;
@@ -21,6 +21,7 @@ pub mod server;
 pub mod tls;
 mod unaligned;
 pub mod uri;
+mod wire;
 
 pub use conn::{serve_negotiated, Limits};
 pub use server::{NbdServer, ServerConfig};
