@@ -72,6 +72,10 @@ struct Opened {
     caps: TransportCaps,
     /// Cleared when a trim answered "not supported".
     trim_ok: AtomicBool,
+    /// Cleared when `preadv2(RWF_NOWAIT)` answered "not supported" (tmpfs,
+    /// some network filesystems): cached reads are not tried again on
+    /// this handle, where each try would cost a failed syscall.
+    nowait_ok: AtomicBool,
 }
 
 /// Why the transport is not open: the last open error, kept in a form that
@@ -173,6 +177,7 @@ fn open_io(path: &Path) -> io::Result<Opened> {
         rdev: meta.rdev(),
         failed: AtomicBool::new(false),
         trim_ok: AtomicBool::new(caps.trim),
+        nowait_ok: AtomicBool::new(true),
         caps,
     })
 }
@@ -562,7 +567,7 @@ impl FileTransport {
     pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
         let o = self.io.load();
         let o = o.as_ref()?;
-        if o.failed.load(Ordering::Relaxed) {
+        if o.failed.load(Ordering::Relaxed) || !o.nowait_ok.load(Ordering::Relaxed) {
             return None;
         }
         let off = libc::off_t::try_from(offset).ok()?;
@@ -574,6 +579,13 @@ impl FileTransport {
         // `buf.len()` bytes and outlives the call; the fd is open for as
         // long as `o` (an Arc of the handle) lives.
         let n = unsafe { libc::preadv2(o.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let errno = io::Error::last_os_error().raw_os_error();
+            if matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+                o.nowait_ok.store(false, Ordering::Relaxed);
+            }
+            return None;
+        }
         (usize::try_from(n).ok()? == buf.len()).then_some(())
     }
 
@@ -789,6 +801,37 @@ mod tests {
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         f.write_all(&data).unwrap();
         (dir, path)
+    }
+
+    /// tmpfs answers RWF_NOWAIT with EOPNOTSUPP: one try, then cached
+    /// reads are not attempted on that handle (reads still work).
+    #[test]
+    fn cached_reads_stop_trying_where_nowait_is_not_supported() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("lun0.img");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let t = FileTransport::open(&path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let first = t.read_cached(&mut buf, 0);
+        let nowait =
+            t.io.load()
+                .as_ref()
+                .map(|o| o.nowait_ok.load(Ordering::Relaxed));
+        if first.is_none() {
+            assert_eq!(nowait, Some(false), "an unsupported NOWAIT is remembered");
+            assert_eq!(t.read_cached(&mut buf, 0), None);
+        }
+        t.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(buf, vec![7u8; 4096]);
+        // A regular file on a filesystem that supports it keeps trying.
+        let (_d, disk) = image(8192);
+        let t = FileTransport::open(&disk).unwrap();
+        let _ = t.read_cached(&mut buf, 0);
+        let nowait =
+            t.io.load()
+                .as_ref()
+                .map(|o| o.nowait_ok.load(Ordering::Relaxed));
+        assert_ne!(nowait, None);
     }
 
     #[test]
