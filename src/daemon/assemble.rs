@@ -354,6 +354,7 @@ paths {
             tpgs,
             sysfs_access_state: false,
             node_name: None,
+            wwn: None,
         }
     }
 

@@ -690,7 +690,7 @@ pub fn static_facts(plan: &PathPlan) -> PathFacts {
         ),
         hbtl: plan.scsi.as_ref().map(|s| s.hctl.clone()),
         serial: Some(plan.info.serial.clone()).filter(|s| !s.is_empty()),
-        wwn: None,
+        wwn: plan.scsi.as_ref().and_then(|s| s.wwn.clone()),
         ..PathFacts::default()
     }
 }

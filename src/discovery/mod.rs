@@ -110,6 +110,9 @@ pub struct ScsiDevice {
     /// The target's name ([`target_node_name`]): SAS address, FC node
     /// name or iSCSI target name.
     pub node_name: Option<String>,
+    /// An FC path's port names ([`fc_port_names`]), what
+    /// `weightedpath wwn` matches.
+    pub wwn: Option<String>,
 }
 
 impl ScsiDevice {
@@ -365,6 +368,7 @@ pub fn read_device(
         .as_deref()
         .and_then(|p| vpd::target_port_group(p).ok().flatten());
     let node_name = target_node_name(&opts.sysfs, hctl, dir);
+    let wwn = fc_port_names(&opts.sysfs, hctl);
     let sysfs_access_state = std::fs::read_to_string(dir.join("access_state")).is_ok();
     let serial = pg80
         .as_deref()
@@ -413,6 +417,7 @@ pub fn read_device(
         tpgs,
         sysfs_access_state,
         node_name,
+        wwn,
     }))
 }
 
@@ -468,6 +473,26 @@ pub fn target_node_name(sysfs: &Path, hctl: &str, dir: &Path) -> Option<String> 
             .join(session)
             .join("targetname"),
     )
+}
+
+/// An FC path's port names as multipath-tools' `weightedpath wwn` matches
+/// them: `host_wwnn:host_wwpn:target_wwnn:target_wwpn`, from
+/// `/sys/class/fc_host/hostH/{node_name,port_name}` and
+/// `/sys/class/fc_transport/targetH:C:T/{node_name,port_name}`. `None` for
+/// a path that is not on an FC host.
+pub fn fc_port_names(sysfs: &Path, hctl: &str) -> Option<String> {
+    let [h, c, t, _] = parse_hctl(hctl)?;
+    let host = sysfs.join("class/fc_host").join(format!("host{h}"));
+    let target = sysfs
+        .join("class/fc_transport")
+        .join(format!("target{h}:{c}:{t}"));
+    Some(format!(
+        "{}:{}:{}:{}",
+        attr(&host.join("node_name"))?,
+        attr(&host.join("port_name"))?,
+        attr(&target.join("node_name"))?,
+        attr(&target.join("port_name"))?
+    ))
 }
 
 /// Pages 0x83 and 0x80, each if the device has it.

@@ -316,6 +316,43 @@ fn node_name_from_fc_iscsi_and_sas() {
             ("sde", None),
         ]
     );
+    // weightedpath wwn: only the FC path, once the host's and the
+    // target's port names are all there.
+    assert!(found.devices.iter().all(|d| d.wwn.is_none()));
+    write(
+        r.join("class/fc_transport/target1:0:2/port_name"),
+        "0x50060e8016b3c110
+",
+    );
+    write(
+        r.join("class/fc_host/host1/node_name"),
+        "0x20000024ff3a0001
+",
+    );
+    assert_eq!(fc_port_names(r, "1:0:2:1"), None, "no host port name yet");
+    write(
+        r.join("class/fc_host/host1/port_name"),
+        "0x21000024ff3a0001
+",
+    );
+    let found = discover(&opts(r));
+    let wwn: Vec<(&str, Option<&str>)> = found
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.wwn.as_deref()))
+        .collect();
+    assert_eq!(
+        wwn,
+        vec![
+            ("sdd", None),
+            (
+                "sdb",
+                Some("0x20000024ff3a0001:0x21000024ff3a0001:0x50060e8016b3c100:0x50060e8016b3c110")
+            ),
+            ("sdc", None),
+            ("sde", None),
+        ]
+    );
     // An empty attribute is no name.
     write(r.join("class/fc_transport/target1:0:2/node_name"), "\n");
     assert_eq!(
