@@ -458,10 +458,7 @@ impl HealthTracker {
             return;
         }
         let others = if cfg.enabled() || self.health.is_held() {
-            let snap = engine.snapshot();
-            snap.live_paths()
-                .filter(|(pid, p, _)| *pid != id && p.usable())
-                .count()
+            engine.usable_paths_besides(id)
         } else {
             0
         };

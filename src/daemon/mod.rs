@@ -848,7 +848,7 @@ fn spawn_size_watch(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) ->
                 _ = shutdown.changed() => break,
                 () = tokio::time::sleep(every) => {}
             }
-            let mode = daemon.config().auto_resize();
+            let mode = cfg.auto_resize();
             if mode == config::AutoResize::Never {
                 continue;
             }

@@ -188,9 +188,8 @@ impl State {
     }
 
     fn end_queueing(&mut self, now: Time) {
-        if let Some(since) = self.queueing_since.take() {
-            self.stats.total_q_time += Duration::from_millis(now.0.saturating_sub(since.0));
-        }
+        self.stats = self.stats_at(now);
+        self.queueing_since = None;
     }
 
     /// Counts an event (reinstatements, group switches) and keeps it
@@ -594,6 +593,18 @@ impl MapEngine {
     }
 
     /// May IO go down this path now?
+    /// How many of the map's other paths can carry IO now (the shaky
+    /// detectors never hold out a map's last usable path).
+    pub fn usable_paths_besides(&self, path: PathId) -> usize {
+        self.inner
+            .state
+            .lock()
+            .map
+            .iter_paths()
+            .filter(|(id, p)| *id != path && !p.removed && p.usable())
+            .count()
+    }
+
     pub fn path_is_active(&self, path: PathId) -> bool {
         self.inner
             .state
@@ -672,12 +683,12 @@ impl MapEngine {
     pub fn reconfigure(&self, policy: MapPolicy) {
         let now = self.now();
         let learns = &self.inner.learns;
-        self.inner.apply(|map| {
-            let events = map.reconfigure(policy, now);
-            learns.store(map.wants_completions(), Ordering::Relaxed);
+        self.inner.apply_state(|st| {
+            st.stats.map_loads += 1;
+            let events = st.map.reconfigure(policy, now);
+            learns.store(st.map.wants_completions(), Ordering::Relaxed);
             events
         });
-        self.inner.state.lock().stats.map_loads += 1;
     }
 
     /// Time passed: no_path_retry deadlines, deferred failback, and the
@@ -1342,7 +1353,7 @@ impl Export for MapEngine {
     }
 
     fn size(&self) -> u64 {
-        self.inner.size.load(Ordering::Acquire)
+        MapEngine::size(self)
     }
 
     /// What all of the map's usable paths can do (all of its paths when
