@@ -168,6 +168,8 @@ pub enum DaemonError {
     NbdTls(#[from] TlsError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("IO engine: {0}")]
+    IoEngine(String),
     #[error("{0}")]
     Access(String),
     #[error("{0}")]
@@ -227,6 +229,21 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     match crate::resources::raise_nofile_limit() {
         Ok((before, after)) => info!("descriptor limit (RLIMIT_NOFILE): {after} (was {before})"),
         Err(e) => warn!("cannot read or raise the descriptor limit: {e}"),
+    }
+    // The IO engine is chosen once, before any map: a forced io_uring
+    // the kernel refuses stops the start here.
+    let wish = crate::engine::uring::EngineWish::from_env().map_err(DaemonError::IoEngine)?;
+    let engine = crate::engine::uring::io_engine();
+    match engine {
+        crate::engine::uring::EngineKind::Threads { why }
+            if wish == crate::engine::uring::EngineWish::Uring =>
+        {
+            return Err(DaemonError::IoEngine(format!(
+                "UMPATH_IO_ENGINE=uring, but {why}; unset it (or set threads) to run on IO threads"
+            )));
+        }
+        crate::engine::uring::EngineKind::Threads { .. } => warn!("IO engine: {engine}"),
+        crate::engine::uring::EngineKind::Uring { .. } => info!("IO engine: {engine}"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1168,15 +1185,17 @@ impl control::server::Handler for Daemon {
                                 "waiting_maps": p.pending.len(),
                                 "paths": paths,
                                 "uptime_ms": uptime_ms,
+                                "io_engine": engine_json(),
                             }))
                         } else {
                             Response::text(format!(
-                                "config        {}\nmaps          {}\nwaiting maps  {}\npaths         {}\nuptime        {}\n",
+                                "config        {}\nmaps          {}\nwaiting maps  {}\npaths         {}\nuptime        {}\nio engine     {}\n",
                                 self.opts.config.display(),
                                 p.maps.len(),
                                 p.pending.len(),
                                 paths,
                                 show::human_duration(Duration::from_millis(uptime_ms)),
+                                engine_text(),
                             ))
                         }
                     }
@@ -1312,5 +1331,36 @@ impl control::server::Handler for Daemon {
                 self.ask(|reply| Msg::Detach { map, force, reply }).await
             }
         }
+    }
+}
+
+/// `show status`'s IO engine line: which engine, why, and where the
+/// requests went.
+fn engine_text() -> String {
+    let (ring, threads) = crate::engine::uring::request_counts();
+    format!(
+        "{}; {ring} request(s) on rings, {threads} on IO threads",
+        crate::engine::uring::io_engine()
+    )
+}
+
+/// `show status --json`'s `io_engine`.
+fn engine_json() -> serde_json::Value {
+    use crate::engine::uring::EngineKind;
+    let (ring, threads) = crate::engine::uring::request_counts();
+    match crate::engine::uring::io_engine() {
+        EngineKind::Uring { rings, entries } => json!({
+            "kind": "io_uring",
+            "rings": rings,
+            "ring_entries": entries,
+            "ring_requests": ring,
+            "thread_requests": threads,
+        }),
+        EngineKind::Threads { why } => json!({
+            "kind": "threads",
+            "why": why,
+            "ring_requests": ring,
+            "thread_requests": threads,
+        }),
     }
 }

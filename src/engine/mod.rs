@@ -22,6 +22,7 @@ pub mod histogram;
 mod inflight;
 #[cfg(test)]
 mod tests;
+pub mod uring;
 
 pub use clock::Clock;
 use histogram::{Histogram, HistogramSnapshot};
@@ -910,11 +911,41 @@ impl Inner {
         let job = Job {
             req,
             id,
-            path: path.clone(),
+            path,
             attempts,
             ticket,
             started,
         };
+        if let Some(job) = self.try_ring(job) {
+            self.to_workers(job);
+        }
+    }
+
+    /// Hands a job to the io_uring engine if it runs and can take it;
+    /// gives it back otherwise (see [`uring`] for what stays on threads).
+    fn try_ring(&self, job: Job) -> Option<Job> {
+        let Some(rings) = uring::rings() else {
+            return Some(job);
+        };
+        let Some(raw) = job.path.dev.raw_io(job.req.op != Op::Read) else {
+            return Some(job);
+        };
+        if !uring::eligible(&job, &raw) {
+            return Some(job);
+        }
+        let map = job.path.workers.map.clone();
+        match rings.submit(uring::RingOp::new(job, raw, map)) {
+            Ok(()) => None,
+            Err(op) => Some(op.job),
+        }
+    }
+
+    /// Queues a job to its path's IO threads (starting one if needed).
+    fn to_workers(&self, job: Job) {
+        uring::count_thread_request();
+        let path = job.path.clone();
+        let id = job.id;
+        let attempts = job.attempts;
         let unsent = match &*path.tx.read() {
             Some(tx) => tx.send(job).err().map(|e| e.into_inner()),
             None => Some(job),

@@ -59,7 +59,7 @@ const ZERO_CHUNK: u64 = 1 << 20;
 
 /// An open IO handle and what it refers to.
 #[derive(Debug)]
-struct Opened {
+pub(crate) struct Opened {
     file: File,
     blkdev: bool,
     dev: u64,
@@ -426,6 +426,31 @@ pub(crate) fn blk_discard(file: &File, offset: u64, len: u64) -> io::Result<()> 
 }
 
 impl FileTransport {
+    /// The IO handle as a raw descriptor for an engine that submits IO
+    /// itself ([`super::RawIo`]); `None` while not open.
+    pub(crate) fn raw_io(&self) -> Option<super::RawIo> {
+        let o = self.io.load_full()?;
+        Some(super::RawIo {
+            fd: o.file.as_raw_fd(),
+            align: 1,
+            mem_align: 1,
+            handle: super::RawHandle::File(o),
+        })
+    }
+
+    /// What an IO error on a raw handle means ([`FileTransport::read_at`]'s
+    /// classification; a path error marks the handle for reopening).
+    pub(crate) fn raw_error(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        e: io::Error,
+    ) -> TransportError {
+        self.io_error(o, op, offset, len, e)
+    }
+
     /// A transport for `path`, opened now if possible. If the open fails,
     /// the transport is "not open" (IO fails saying why) until
     /// [`FileTransport::reopen`] succeeds.

@@ -449,6 +449,35 @@ impl Transport {
         }
     }
 
+    /// The IO handle as a raw descriptor, for transports whose reads,
+    /// writes and flushes are plain file IO on one descriptor (`file`,
+    /// `scsi`); `None` for the others and while not open.
+    pub fn raw_io(&self, write: bool) -> Option<RawIo> {
+        match self {
+            Transport::File(t) => t.raw_io(),
+            Transport::Scsi(t) => t.raw_io(write),
+            Transport::Nbd(_) | Transport::Memory(_) => None,
+        }
+    }
+
+    /// The error for an IO on `raw` that failed with `e` (a negative
+    /// result from the kernel, or a short transfer), classified as the
+    /// transport's own IO would be.
+    pub fn raw_error(
+        &self,
+        raw: &RawIo,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        e: io::Error,
+    ) -> TransportError {
+        match (self, &raw.handle) {
+            (Transport::File(t), RawHandle::File(o)) => t.raw_error(o, op, offset, len, e),
+            (Transport::Scsi(t), RawHandle::Scsi(o)) => t.raw_error(o, op, offset, len, e),
+            _ => TransportError::new(op, offset, len, self.target(), ErrorClass::Path, e),
+        }
+    }
+
     /// A human description, e.g. `"file /var/lib/umpath/lun0.img"`.
     pub fn describe(&self) -> String {
         match self {
@@ -523,6 +552,48 @@ impl Transport {
             Transport::Scsi(t) => t.probe(len),
             Transport::Memory(t) => t.probe(len),
         }
+    }
+}
+
+/// A path's open IO handle as a raw descriptor, for an engine that hands
+/// reads, writes and flushes to the kernel itself (the io_uring engine)
+/// instead of calling [`Transport::read_at`] on a thread. It keeps the
+/// handle open while it lives, so IO in flight on it survives a reopen.
+pub struct RawIo {
+    fd: std::os::fd::RawFd,
+    /// Offsets and lengths must be multiples of this (O_DIRECT: the
+    /// logical block size; 1 for buffered IO).
+    align: usize,
+    /// Buffer addresses must be multiples of this.
+    mem_align: usize,
+    handle: RawHandle,
+}
+
+enum RawHandle {
+    File(Arc<file::Opened>),
+    Scsi(Arc<scsi::Opened>),
+}
+
+impl fmt::Debug for RawIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawIo")
+            .field("fd", &self.fd)
+            .field("align", &self.align)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawIo {
+    /// The descriptor; open for as long as `self` lives.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    /// Whether a transfer of `len` bytes at `offset` from memory at
+    /// `addr` can go to the handle as it is (O_DIRECT alignment); if not,
+    /// the transport's own read/write (with its bounce buffer) must do it.
+    pub fn accepts(&self, addr: usize, len: usize, offset: u64) -> bool {
+        addr % self.mem_align == 0 && len % self.align == 0 && offset % self.align as u64 == 0
     }
 }
 
@@ -604,6 +675,21 @@ impl PathDev {
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
         self.fault(IoKindForFault::Write, IoOp::Write, offset, buf.len() as u64)?;
         self.transport.write_at(buf, offset, fua)
+    }
+
+    /// The raw IO handle for a read (`write` false) or a write or flush,
+    /// if no fault is set for that kind of IO (a fault must see every IO,
+    /// so such IO goes through [`PathDev::read_at`] and friends).
+    pub fn raw_io(&self, write: bool) -> Option<RawIo> {
+        let kind = if write {
+            IoKindForFault::Write
+        } else {
+            IoKindForFault::Read
+        };
+        if !matches!(self.faults.get(kind), Fault::None | Fault::Prio(_)) {
+            return None;
+        }
+        self.transport.raw_io(write)
     }
 
     /// Counts as a write for faults.

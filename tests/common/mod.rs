@@ -68,6 +68,72 @@ pub struct Launch {
     /// Where the sockets go, relative to DIR (default DIR itself); the
     /// daemon creates the directory.
     pub socket_dir: Option<&'static str>,
+    /// Extra environment of the daemon (e.g. `UMPATH_IO_ENGINE`).
+    pub env: Vec<(String, String)>,
+    /// A seccomp filter makes `io_uring_setup` fail with EPERM in the
+    /// daemon, as a container's default profile does.
+    pub deny_io_uring: bool,
+}
+
+/// Installs a seccomp filter that fails `io_uring_setup` with EPERM and
+/// allows everything else (x86_64 numbers; the tests run there).
+///
+/// # Safety
+/// Meant for `pre_exec`: only async-signal-safe calls.
+pub unsafe fn deny_io_uring() -> std::io::Result<()> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let nr = libc::SYS_io_uring_setup as u32;
+    let filter = [
+        // A = seccomp_data.nr (offset 0)
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: nr,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: plain prctl calls; `prog` and `filter` outlive them (the
+    // kernel copies the program).
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl Daemon {
@@ -121,10 +187,11 @@ impl Daemon {
             .arg(nbd_socket)
             .args(&launch.args)
             .env("UMPATH_LOG", "info")
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(logf);
-        let (nofile, umask) = (launch.nofile, launch.umask);
-        if nofile.is_some() || umask.is_some() {
+        let (nofile, umask, deny) = (launch.nofile, launch.umask, launch.deny_io_uring);
+        if nofile.is_some() || umask.is_some() || deny {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit and umask are async-signal-safe; the
             // closure touches nothing but its copied arguments.
@@ -141,6 +208,9 @@ impl Daemon {
                     }
                     if let Some(m) = umask {
                         libc::umask(m as libc::mode_t);
+                    }
+                    if deny {
+                        deny_io_uring()?;
                     }
                     Ok(())
                 });

@@ -90,7 +90,7 @@ pub fn classify(op: IoOp, errno: Option<i32>) -> ErrorClass {
 
 /// An open IO handle.
 #[derive(Debug)]
-struct Opened {
+pub(crate) struct Opened {
     file: File,
     blkdev: bool,
     /// Opened read-only (the device is write protected).
@@ -155,6 +155,36 @@ fn up(v: u64, a: u64) -> Option<u64> {
 }
 
 impl ScsiTransport {
+    /// The O_DIRECT IO handle as a raw descriptor for an engine that
+    /// submits IO itself ([`super::RawIo`]); `None` while not open, and
+    /// for writes on a write-protected disk (the IO threads answer those).
+    pub(crate) fn raw_io(&self, write: bool) -> Option<super::RawIo> {
+        let o = self.io.load_full()?;
+        if write && o.read_only {
+            return None;
+        }
+        let bs = self.block_size();
+        Some(super::RawIo {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&o.file),
+            align: bs,
+            mem_align: MEM_ALIGN.max(bs),
+            handle: super::RawHandle::Scsi(o),
+        })
+    }
+
+    /// What an IO error on a raw handle means (the classification of
+    /// [`ScsiTransport::read_at`]).
+    pub(crate) fn raw_error(
+        &self,
+        o: &Opened,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        e: io::Error,
+    ) -> TransportError {
+        self.io_error(o, op, offset, len, e)
+    }
+
     /// A transport for the disk; opened now if possible, else "not open"
     /// until a check reopens it.
     pub fn new(target: ScsiTarget) -> ScsiTransport {
