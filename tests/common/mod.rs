@@ -68,6 +68,14 @@ pub struct Launch {
     /// Where the sockets go, relative to DIR (default DIR itself); the
     /// daemon creates the directory.
     pub socket_dir: Option<&'static str>,
+    /// Extra environment for the daemon (e.g. `UMPATH_IO_ENGINE`).
+    pub env: Vec<(String, String)>,
+    /// A command line the daemon runs under (`unshare ... sh -c '...
+    /// exec "$0" "$@"'`): the daemon's binary and arguments follow it.
+    pub wrapper: Vec<String>,
+    /// Forbid `io_uring_setup` (EPERM) with a seccomp filter, as a
+    /// container's profile does (x86_64 only).
+    pub deny_io_uring: bool,
 }
 
 impl Daemon {
@@ -111,7 +119,15 @@ impl Daemon {
             .append(true)
             .open(log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--control-socket")
             .arg(control_socket)
             .arg("daemon")
@@ -124,6 +140,9 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(logf);
         let (nofile, umask) = (launch.nofile, launch.umask);
+        if launch.deny_io_uring {
+            deny_io_uring(&mut cmd);
+        }
         if nofile.is_some() || umask.is_some() {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit and umask are async-signal-safe; the
@@ -289,6 +308,63 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Makes `io_uring_setup` fail with EPERM in the command's process (a
+/// seccomp filter installed before exec, with no_new_privs), the way a
+/// container's seccomp profile forbids io_uring.
+#[cfg(target_arch = "x86_64")]
+fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const NR_IO_URING_SETUP: u32 = 425;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let filter = [
+        stmt(ld, 4), // seccomp_data.arch
+        jeq(AUDIT_ARCH_X86_64, 0, 3),
+        stmt(ld, 0), // seccomp_data.nr
+        jeq(NR_IO_URING_SETUP, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: prctl with a filter that lives in the closure (copied into
+    // the child); both calls are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn deny_io_uring(_cmd: &mut Command) {
+    panic!("deny_io_uring: only x86_64 has the seccomp filter here");
 }
 
 /// `qemu-io -f raw -c CMD... URI-of-lun0`, not started yet.
