@@ -109,11 +109,7 @@ fn a_forced_io_uring_that_is_refused_stops_the_start() {
         .arg("--nbd-socket")
         .arg(dir.path().join("n.sock"))
         .env("UMPATH_IO_ENGINE", "uring");
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the filter install only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(|| deny_io_uring());
-    }
+    deny_io_uring(&mut cmd);
     let out = cmd.output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

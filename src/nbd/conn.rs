@@ -52,7 +52,8 @@ use crate::export::{Completion, Export, ExportSet, IoError, Op, ReplySender, Req
 /// Socket read buffer (request headers and small write payloads; big
 /// payloads bypass it).
 const READ_BUF: usize = 64 * 1024;
-/// Write payloads are read (and charged to the budget) this much at a time.
+/// Write payloads are read (the buffer grown) this much at a time; the
+/// budget is charged the whole payload once its first bytes arrive.
 const PAYLOAD_CHUNK: usize = 256 * 1024;
 /// Buffers kept per connection for reuse...
 const POOL_COUNT: usize = 16;
@@ -1079,9 +1080,13 @@ async fn read_payload<R: AsyncRead + Unpin>(
                 Ok(Err(e)) => return Err(ReaderEnd::Io(e)),
             }
         }
-        if *charged < end {
-            sh.charge(end - *charged, shutdown).await?;
-            *charged = end;
+        // The whole payload at once: payloads charged a chunk at a time
+        // could share the budget out among many half-read writes, none of
+        // which could finish (found by tests/limits.rs, 16 clients of
+        // 4 MiB writes on a 32 MiB budget).
+        if *charged < payload {
+            sh.charge(payload - *charged, shutdown).await?;
+            *charged = payload;
         }
         grow(buf, end, payload);
         while got < end {

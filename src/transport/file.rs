@@ -20,7 +20,8 @@
 //! * Size: the file's length, or `BLKGETSIZE64` for a block device.
 //!
 //! Error classes: see [`ErrorClass`]; for files everything is a path error
-//! except "not supported" from trim and write-zeroes.
+//! except "not supported" from trim and write-zeroes and a full
+//! filesystem (`ENOSPC`, `EDQUOT`) under a write, a LUN error.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -143,8 +144,18 @@ pub(crate) fn is_unsupported(e: &io::Error) -> bool {
 /// The error class of a failed operation on a file (see [`ErrorClass`]).
 fn classify(op: IoOp, e: &io::Error) -> ErrorClass {
     let notsup = matches!(e.raw_os_error(), Some(n) if n == libc::EOPNOTSUPP || n == libc::ENOTSUP);
+    // A full filesystem (or quota) under a write is the LUN's state, as
+    // BLK_STS_NOSPC is for dm-multipath: every path to the file sees it,
+    // so failing the path would only turn ENOSPC into EIO or queueing.
+    let nospace = matches!(e.raw_os_error(), Some(n) if n == libc::ENOSPC || n == libc::EDQUOT);
+    let writes = matches!(
+        op,
+        IoOp::Write | IoOp::Flush | IoOp::WriteZeroes | IoOp::Trim
+    );
     if notsup && matches!(op, IoOp::Trim | IoOp::WriteZeroes) {
         ErrorClass::Unsupported
+    } else if nospace && writes {
+        ErrorClass::Lun
     } else {
         ErrorClass::Path
     }
@@ -1075,6 +1086,11 @@ mod tests {
             classify(IoOp::Read, &errno_error(libc::ENOSPC)),
             ErrorClass::Path
         );
+        for op in [IoOp::Write, IoOp::Flush, IoOp::WriteZeroes, IoOp::Trim] {
+            for errno in [libc::ENOSPC, libc::EDQUOT] {
+                assert_eq!(classify(op, &errno_error(errno)), ErrorClass::Lun);
+            }
+        }
     }
 
     #[test]

@@ -68,72 +68,14 @@ pub struct Launch {
     /// Where the sockets go, relative to DIR (default DIR itself); the
     /// daemon creates the directory.
     pub socket_dir: Option<&'static str>,
-    /// Extra environment of the daemon (e.g. `UMPATH_IO_ENGINE`).
+    /// Extra environment for the daemon (e.g. `UMPATH_IO_ENGINE`).
     pub env: Vec<(String, String)>,
-    /// A seccomp filter makes `io_uring_setup` fail with EPERM in the
-    /// daemon, as a container's default profile does.
+    /// A command line the daemon runs under (`unshare ... sh -c '...
+    /// exec "$0" "$@"'`): the daemon's binary and arguments follow it.
+    pub wrapper: Vec<String>,
+    /// Forbid `io_uring_setup` (EPERM) with a seccomp filter, as a
+    /// container's profile does (x86_64 only).
     pub deny_io_uring: bool,
-}
-
-/// Installs a seccomp filter that fails `io_uring_setup` with EPERM and
-/// allows everything else (x86_64 numbers; the tests run there).
-///
-/// # Safety
-/// Meant for `pre_exec`: only async-signal-safe calls.
-pub unsafe fn deny_io_uring() -> std::io::Result<()> {
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let nr = libc::SYS_io_uring_setup as u32;
-    let filter = [
-        // A = seccomp_data.nr (offset 0)
-        libc::sock_filter {
-            code: LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: nr,
-        },
-        libc::sock_filter {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: RET_ERRNO | libc::EPERM as u32,
-        },
-        libc::sock_filter {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: RET_ALLOW,
-        },
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: plain prctl calls; `prog` and `filter` outlive them (the
-    // kernel copies the program).
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &prog as *const libc::sock_fprog,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 impl Daemon {
@@ -177,7 +119,15 @@ impl Daemon {
             .append(true)
             .open(log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--control-socket")
             .arg(control_socket)
             .arg("daemon")
@@ -187,11 +137,13 @@ impl Daemon {
             .arg(nbd_socket)
             .args(&launch.args)
             .env("UMPATH_LOG", "info")
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(logf);
-        let (nofile, umask, deny) = (launch.nofile, launch.umask, launch.deny_io_uring);
-        if nofile.is_some() || umask.is_some() || deny {
+        let (nofile, umask) = (launch.nofile, launch.umask);
+        if launch.deny_io_uring {
+            deny_io_uring(&mut cmd);
+        }
+        if nofile.is_some() || umask.is_some() {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit and umask are async-signal-safe; the
             // closure touches nothing but its copied arguments.
@@ -208,9 +160,6 @@ impl Daemon {
                     }
                     if let Some(m) = umask {
                         libc::umask(m as libc::mode_t);
-                    }
-                    if deny {
-                        deny_io_uring()?;
                     }
                     Ok(())
                 });
@@ -359,6 +308,63 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Makes `io_uring_setup` fail with EPERM in the command's process (a
+/// seccomp filter installed before exec, with no_new_privs), the way a
+/// container's seccomp profile forbids io_uring.
+#[cfg(target_arch = "x86_64")]
+pub fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const NR_IO_URING_SETUP: u32 = 425;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let filter = [
+        stmt(ld, 4), // seccomp_data.arch
+        jeq(AUDIT_ARCH_X86_64, 0, 3),
+        stmt(ld, 0), // seccomp_data.nr
+        jeq(NR_IO_URING_SETUP, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: prctl with a filter that lives in the closure (copied into
+    // the child); both calls are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn deny_io_uring(_cmd: &mut Command) {
+    panic!("deny_io_uring: only x86_64 has the seccomp filter here");
 }
 
 /// `qemu-io -f raw -c CMD... URI-of-lun0`, not started yet.
