@@ -3,10 +3,11 @@
 //!
 //! * Data: `pread`/`pwrite` with `O_DIRECT` on the block device node (see
 //!   "SCSI paths" in docs/ARCHITECTURE.md for why not SG_IO). O_DIRECT
-//!   needs the offset, the length and the memory aligned; the engine's
-//!   buffers are not, so IO goes through a per-thread aligned bounce
-//!   buffer ([`bounce`]) in chunks of at most [`CHUNK`] bytes, unless the
-//!   caller's buffer already is aligned. Offsets and lengths that are not
+//!   needs the offset, the length and the memory aligned; request
+//!   buffers ([`crate::export::IoBuf`]) are 4 KiB aligned, so an aligned
+//!   request is read or written in place. Anything else goes through a
+//!   per-thread aligned bounce buffer ([`bounce`]) in chunks of at most
+//!   [`CHUNK`] bytes. Offsets and lengths that are not
 //!   multiples of the logical block size (the engine advertises it as the
 //!   export's minimum block size, so clients should not send them) are
 //!   read through the covering blocks; writes read-modify-write the
