@@ -210,16 +210,16 @@ def direct_image(w, img):
     Returns (path, note, scratch dir to remove or None)."""
     ft = fs_type(w)
     if ft not in ("tmpfs", "ramfs"):
-        return img, f"O_DIRECT column: the same image, on {ft}", None
+        return img, f"the same image, on {ft}", None
     base = os.environ.get("DIRECT_DIR", OUT)
     dft = fs_type(base)
     if dft in ("tmpfs", "ramfs"):
-        return None, f"O_DIRECT column: n/a (BENCH_DIR and DIRECT_DIR {base} are {dft})", None
+        return None, f"n/a (BENCH_DIR and DIRECT_DIR {base} are {dft})", None
     d = tempfile.mkdtemp(prefix="umpath-table-direct.", dir=base)
     dimg = os.path.join(d, "lun0.img")
     log(f"BENCH_DIR is {ft}: copying the image to {d} ({dft}) for the O_DIRECT column")
     shutil.copyfile(img, dimg)
-    return dimg, f"O_DIRECT column: a copy of the image in {base} ({dft}; BENCH_DIR is {ft})", d
+    return dimg, f"a copy of the image in {base} ({dft}; BENCH_DIR is {ft})", d
 
 
 def start_servers(w, img, direct_img):
