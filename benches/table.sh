@@ -32,6 +32,11 @@
 #   UMPATH_DIRECT_LINE a path keyword that makes a `file` path use O_DIRECT
 #                      (default "direct yes"); if `umpath check-config`
 #                      does not accept it, the O_DIRECT column is n/a
+#   DIRECT_DIR=DIR     where the O_DIRECT column's image goes when BENCH_DIR
+#                      is tmpfs or ramfs (no O_DIRECT, or one that is a
+#                      page-cache copy): a copy of the image on this
+#                      disk-backed directory (default: $OUT); the table
+#                      says which directory and filesystem it used
 #   ALLOW_MISSING=1    run without missing peers (their columns are n/a)
 #   KEEP=1             keep the scratch directory
 # Needs: python3, fio (with the nbd engine), nbdkit, qemu-nbd, nbd-server.
@@ -194,11 +199,37 @@ class Server:
         return f"nbd+unix:///lun0?socket={self.sock}"
 
 
-def start_servers(w, img):
+def fs_type(path):
+    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
+def direct_image(w, img):
+    """The image the O_DIRECT column serves: `img` itself when its
+    filesystem is disk-backed, else a copy under DIRECT_DIR (default OUT).
+    Returns (path, note, scratch dir to remove or None)."""
+    ft = fs_type(w)
+    if ft not in ("tmpfs", "ramfs"):
+        return img, f"the same image, on {ft}", None
+    base = os.environ.get("DIRECT_DIR", OUT)
+    dft = fs_type(base)
+    if dft in ("tmpfs", "ramfs"):
+        return None, f"n/a (BENCH_DIR and DIRECT_DIR {base} are {dft})", None
+    d = tempfile.mkdtemp(prefix="umpath-table-direct.", dir=base)
+    dimg = os.path.join(d, "lun0.img")
+    log(f"BENCH_DIR is {ft}: copying the image to {d} ({dft}) for the O_DIRECT column")
+    shutil.copyfile(img, dimg)
+    return dimg, f"a copy of the image in {base} ({dft}; BENCH_DIR is {ft})", d
+
+
+def start_servers(w, img, direct_img):
     servers = {}
     notes = {}
 
-    def umpath(name, extra):
+    def umpath(name, extra, img=img):
+        if img is None:
+            notes[name] = "n/a: no disk-backed directory for the O_DIRECT image"
+            return
         cfg = os.path.join(w, f"{name}.conf")
         with open(cfg, "w") as f:
             f.write(umpath_config(img, extra))
@@ -222,7 +253,7 @@ def start_servers(w, img):
         servers[name] = Server(name, p.pid, sock, p)
 
     umpath("umpath", "")
-    umpath("umpath-direct", f"        {DIRECT_LINE}\n")
+    umpath("umpath-direct", f"        {DIRECT_LINE}\n", direct_img)
 
     if shutil.which("nbdkit"):
         sock = os.path.join(w, "nbdkit.sock")
@@ -317,12 +348,15 @@ def main():
     w = tempfile.mkdtemp(prefix="umpath-table.", dir=os.environ.get("BENCH_DIR", "/tmp"))
     img = os.path.join(w, "lun0.img")
     servers = {}
+    direct_dir = None
     try:
         log(f"writing a 1 GiB image of random data in {w}")
         with open(img, "wb") as f:
             for _ in range(SIZE >> 24):
                 f.write(os.urandom(1 << 24))
-        servers, notes = start_servers(w, img)
+        direct_img, direct_note, direct_dir = direct_image(w, img)
+        servers, notes = start_servers(w, img, direct_img)
+        notes.setdefault("direct-image", direct_note)
         with open(img, "rb") as f:  # warm the page cache
             while f.read(1 << 24):
                 pass
@@ -367,6 +401,8 @@ def main():
             log(f"kept {w}")
         else:
             shutil.rmtree(w, ignore_errors=True)
+            if direct_dir:
+                shutil.rmtree(direct_dir, ignore_errors=True)
 
 
 results, notes, servers = main()

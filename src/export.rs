@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+pub use crate::iobuf::IoBuf;
+
 /// Where completions go: one channel per client connection.
 pub type ReplySender = tokio::sync::mpsc::UnboundedSender<Completion>;
 
@@ -52,8 +54,9 @@ pub struct Request {
     pub cookie: u64,
     /// For reads the export fills `buf[..len]`; for writes it holds the
     /// payload in `buf[..len]`. `buf.len() >= len` always holds for reads
-    /// and writes; other operations may pass an empty buffer.
-    pub buf: Vec<u8>,
+    /// and writes; other operations may pass an empty buffer. Its memory
+    /// is aligned ([`IoBuf`]), so O_DIRECT paths use it without a copy.
+    pub buf: IoBuf,
     pub reply: ReplySender,
 }
 
@@ -78,7 +81,7 @@ pub struct Completion {
     pub cookie: u64,
     pub result: Result<(), IoError>,
     /// The request's buffer, returned for reuse (and carrying read data).
-    pub buf: Vec<u8>,
+    pub buf: IoBuf,
 }
 
 /// Errors a client can see; they map one to one onto NBD error codes.

@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod iobuf;
 pub mod kernel;
 pub mod model;
 pub mod nbd;

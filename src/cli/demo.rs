@@ -22,7 +22,7 @@ use crate::control::server::Handler;
 use crate::control::Command;
 use crate::daemon::{self, Daemon};
 use crate::error::{Error, Result};
-use crate::export::{Completion, Export, Op, Request};
+use crate::export::{Completion, Export, IoBuf, Op, Request};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -228,7 +228,7 @@ async fn drill_load(d: Arc<Daemon>) {
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut n: u64 = 0;
-    let mut free: Vec<Vec<u8>> = Vec::new();
+    let mut free: Vec<IoBuf> = Vec::new();
     loop {
         tick.tick().await;
         while let Ok(c) = rx.try_recv() {
@@ -246,7 +246,7 @@ async fn drill_load(d: Arc<Daemon>) {
         // A cheap spread of offsets (Knuth's multiplicative hash).
         let block = n.wrapping_mul(2_654_435_761) % (size / u64::from(BS));
         n += 1;
-        let buf = free.pop().unwrap_or_else(|| vec![0u8; BS as usize]);
+        let buf = free.pop().unwrap_or_else(|| IoBuf::zeroed(BS as usize));
         m.engine.submit(Request {
             op: Op::Read,
             offset: block * u64::from(BS),

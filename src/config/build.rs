@@ -662,6 +662,15 @@ impl Builder<'_> {
                 ok = false;
             }
         }
+        if let Some((direct, span)) = extra.get("direct") {
+            if !matches!(direct.as_str(), "yes" | "no") {
+                self.diags.error(
+                    span,
+                    format!("path '{name}': direct {direct:?} is not 'yes' or 'no'"),
+                );
+                ok = false;
+            }
+        }
         if let Some((node, span)) = extra.get("node_name") {
             if node.trim().is_empty() {
                 self.diags

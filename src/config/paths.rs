@@ -11,6 +11,7 @@
 //!         revision  "0001"
 //!         wwid      "36000c29abcdef001"
 //!         serial    "QS0001"
+//!         direct    no
 //!     }
 //! }
 //! ```
@@ -26,9 +27,10 @@ use super::sections::PathIdentity;
 ///
 /// `node_name` (the target's name, for `group_by_node_name`) and `tpg`
 /// (the path's ALUA target port group, 0 to 65535, for `group_by_tpg`)
-/// declare what a SCSI path would report.
+/// declare what a SCSI path would report. `direct yes|no` (default no)
+/// opens a `file` path's IO handle with O_DIRECT.
 pub const TRANSPORTS: &[(&str, &[&str])] = &[
-    ("file", &["fault", "node_name", "tpg"]),
+    ("file", &["fault", "node_name", "tpg", "direct"]),
     ("nbd", &["uri", "fault", "node_name", "tpg"]),
 ];
 
@@ -73,6 +75,12 @@ impl PathDecl {
     /// one with file:line).
     pub fn tpg(&self) -> Option<u16> {
         self.extra.get("tpg").and_then(|(v, _)| v.parse().ok())
+    }
+
+    /// `direct yes`: the path's IO bypasses the page cache (O_DIRECT).
+    /// Default (absent, or `no`): buffered.
+    pub fn direct(&self) -> bool {
+        self.extra.get("direct").is_some_and(|(v, _)| v == "yes")
     }
 
     /// The identity used for property selection and blacklisting.

@@ -2022,6 +2022,26 @@ fn declared_node_name_and_tpg_are_checked() {
 }
 
 #[test]
+fn declared_direct_is_yes_or_no_and_shown() {
+    let base = "paths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n";
+    let c = ok(&format!("{base} }}\n}}\n"));
+    assert!(!c.paths()[0].direct(), "default no");
+    let c = ok(&format!("{base}  direct yes\n }}\n}}\n"));
+    assert!(c.paths()[0].direct());
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    let c = ok(&format!("{base}  direct no\n }}\n}}\n"));
+    assert!(!c.paths()[0].direct());
+    let e = err(&format!("{base}  direct maybe\n }}\n}}\n"));
+    assert_eq!(
+        errors(&e),
+        vec![(
+            8,
+            "path 'p0': direct \"maybe\" is not 'yes' or 'no'".to_string()
+        )]
+    );
+}
+
+#[test]
 fn a_scsi_prioritizer_on_a_declared_path_is_warned_about_with_its_origin() {
     let c = ok("overrides {\n prio alua\n}\npaths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n }\n}\n");
     assert_eq!(

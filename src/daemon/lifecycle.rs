@@ -186,6 +186,7 @@ pub fn open_path(p: &PathPlan) -> PathDev {
             )),
             _ => Transport::file(PathBuf::new()),
         },
+        (None, _) if d.direct() => Transport::file_direct(d.file.clone().unwrap_or_default()),
         (None, _) => Transport::file(d.file.clone().unwrap_or_default()),
     };
     let dev = PathDev::new(transport);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::export::{Op, ReplySender, Request};
+use crate::export::{IoBuf, Op, ReplySender, Request};
 use crate::units::Time;
 
 /// Where a registered request sits.
@@ -136,7 +136,7 @@ impl Inflight {
                 len: e.len,
                 fua: e.fua,
                 cookie: e.cookie,
-                buf: vec![0u8; if e.op == Op::Read { e.len as usize } else { 0 }],
+                buf: IoBuf::zeroed(if e.op == Op::Read { e.len as usize } else { 0 }),
                 reply: e.reply.clone(),
             });
             out.push(Expired {
@@ -172,7 +172,7 @@ mod tests {
             len: 512,
             fua: false,
             cookie: 7,
-            buf: vec![0; 512],
+            buf: IoBuf::zeroed(512),
             reply: tx.clone(),
         }
     }

@@ -144,7 +144,7 @@ impl Rig {
             len: BLOCK,
             fua: false,
             cookie: self.cookie,
-            buf,
+            buf: buf.into(),
             reply: self.tx.clone(),
         });
         self.cookie
@@ -171,7 +171,7 @@ impl Rig {
     fn result(&mut self, cookie: u64) -> Result<Vec<u8>, IoError> {
         let c = self.recv();
         assert_eq!(c.cookie, cookie, "completions out of order");
-        c.result.map(|()| c.buf)
+        c.result.map(|()| c.buf.to_vec())
     }
 
     /// True if no completion is waiting.

@@ -47,7 +47,7 @@ use super::ratelog::RateLog;
 use super::tls::{HandshakeError, Identity, Peer, Security, TlsMode};
 use super::unaligned::Unaligned;
 use super::wire::{self, Batch};
-use crate::export::{Completion, Export, ExportSet, IoError, Op, ReplySender, Request};
+use crate::export::{Completion, Export, ExportSet, IoBuf, IoError, Op, ReplySender, Request};
 
 /// Socket read buffer (request headers and small write payloads; big
 /// payloads bypass it).
@@ -602,7 +602,7 @@ struct SlotInfo {
 /// [`POOL_BYTES`] per connection, none above [`POOL_MAX_BUF`], and all
 /// pools together within the budget's pool limit.
 struct BufPool {
-    bufs: Vec<Vec<u8>>,
+    bufs: Vec<IoBuf>,
     bytes: usize,
     budget: Arc<Budget>,
 }
@@ -618,9 +618,9 @@ impl BufPool {
 
     /// A buffer for `len` bytes: a pooled one big enough if there is one
     /// (else the biggest, to grow), else a new empty one.
-    fn take(&mut self, len: usize) -> Vec<u8> {
+    fn take(&mut self, len: usize) -> IoBuf {
         if len == 0 || self.bufs.is_empty() {
-            return Vec::new();
+            return IoBuf::new();
         }
         let i = self
             .bufs
@@ -633,7 +633,7 @@ impl BufPool {
         v
     }
 
-    fn put(&mut self, v: Vec<u8>) {
+    fn put(&mut self, v: IoBuf) {
         let cap = v.capacity();
         if cap == 0
             || cap > POOL_MAX_BUF
@@ -696,7 +696,7 @@ impl Shared {
 
     /// Take a slot and a (possibly too short) buffer if the budget allows.
     /// A request bigger than the whole budget is admitted alone.
-    fn try_admit(&self, info: SlotInfo) -> Option<(u32, Vec<u8>)> {
+    fn try_admit(&self, info: SlotInfo) -> Option<(u32, IoBuf)> {
         let mut t = self.table.lock();
         let &idx = t.free.last()?;
         if t.bytes + info.cost > self.max_bytes && t.bytes != 0 {
@@ -713,7 +713,7 @@ impl Shared {
     }
 
     /// Wait for a slot; `None` if the writer died.
-    async fn admit(&self, info: SlotInfo) -> Option<(u32, Vec<u8>)> {
+    async fn admit(&self, info: SlotInfo) -> Option<(u32, IoBuf)> {
         loop {
             if self.is_dead.load(Ordering::Acquire) {
                 return None;
@@ -738,7 +738,7 @@ impl Shared {
         s.active.then_some(*s)
     }
 
-    fn release(&self, cookie: u64, info: &SlotInfo, buf: Vec<u8>) {
+    fn release(&self, cookie: u64, info: &SlotInfo, buf: IoBuf) {
         {
             let mut t = self.table.lock();
             let idx = cookie as usize;
@@ -1056,7 +1056,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
 /// make progress within `deadline`.
 async fn read_payload<R: AsyncRead + Unpin>(
     rd: &mut BufReader<R>,
-    buf: &mut Vec<u8>,
+    buf: &mut IoBuf,
     payload: usize,
     sh: &Shared,
     deadline: Duration,
@@ -1108,7 +1108,7 @@ async fn read_payload<R: AsyncRead + Unpin>(
 
 /// Makes `buf` at least `need` long, growing its capacity geometrically
 /// but never beyond `max`.
-fn grow(buf: &mut Vec<u8>, need: usize, max: usize) {
+fn grow(buf: &mut IoBuf, need: usize, max: usize) {
     if buf.len() >= need {
         return;
     }
@@ -1119,7 +1119,7 @@ fn grow(buf: &mut Vec<u8>, need: usize, max: usize) {
     buf.resize(need, 0);
 }
 
-fn complete(tx: &ReplySender, cookie: u64, result: Result<(), IoError>, buf: Vec<u8>) {
+fn complete(tx: &ReplySender, cookie: u64, result: Result<(), IoError>, buf: IoBuf) {
     let _ = tx.send(Completion {
         cookie,
         result,
@@ -1177,7 +1177,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         drop(w);
         while let Some(c) = rx.recv().await {
             if let Some(info) = sh.lookup(c.cookie) {
-                sh.release(c.cookie, &info, Vec::new());
+                sh.release(c.cookie, &info, IoBuf::new());
             }
         }
     }
@@ -1321,7 +1321,7 @@ mod tests {
         assert!(sh.try_admit(info(0)).is_none(), "slot budget");
         assert_ne!(a, b);
         assert!(sh.lookup(u64::from(a)).is_some());
-        sh.release(u64::from(a), &info(600), vec![0; 600]);
+        sh.release(u64::from(a), &info(600), IoBuf::from(vec![0; 600]));
         assert!(sh.lookup(u64::from(a)).is_none());
         assert!(sh.lookup(99).is_none());
         // The released buffer is reused at its grown length.
@@ -1334,7 +1334,7 @@ mod tests {
         let sh = shared(4, 100);
         let (a, _) = sh.try_admit(info(1000)).unwrap();
         assert!(sh.try_admit(info(1)).is_none());
-        sh.release(u64::from(a), &info(1000), Vec::new());
+        sh.release(u64::from(a), &info(1000), IoBuf::new());
         assert!(sh.try_admit(info(1)).is_some());
     }
 
@@ -1347,7 +1347,7 @@ mod tests {
         sh.set_charged(a, 1000);
         assert_eq!(budget.used(), 1000);
         let i = sh.lookup(u64::from(a)).unwrap();
-        sh.release(u64::from(a), &i, Vec::new());
+        sh.release(u64::from(a), &i, IoBuf::new());
         assert_eq!(budget.used(), 0);
         // What a connection still holds when it ends goes back too.
         assert!(sh.budget.try_take(&sh.held, 500));
@@ -1360,14 +1360,14 @@ mod tests {
         let budget = Arc::new(Budget::new(1 << 30));
         let mut p = BufPool::new(budget.clone());
         for _ in 0..(POOL_COUNT + 4) {
-            p.put(vec![0; 10]);
+            p.put(IoBuf::from(vec![0; 10]));
         }
         assert_eq!(p.bufs.len(), POOL_COUNT);
         let mut p = BufPool::new(budget.clone());
-        p.put(vec![0; POOL_MAX_BUF + 1]);
+        p.put(IoBuf::from(vec![0; POOL_MAX_BUF + 1]));
         assert!(p.bufs.is_empty(), "big buffers are freed");
         for _ in 0..4 {
-            p.put(vec![0; POOL_MAX_BUF]);
+            p.put(IoBuf::from(vec![0; POOL_MAX_BUF]));
         }
         assert_eq!(p.bytes, POOL_BYTES);
         assert_eq!(p.bufs.len(), POOL_BYTES / POOL_MAX_BUF);
@@ -1382,17 +1382,17 @@ mod tests {
         let budget = Arc::new(Budget::new(16 * 1024 * 1024)); // pool limit 1 MiB
         let mut a = BufPool::new(budget.clone());
         let mut b = BufPool::new(budget.clone());
-        a.put(vec![0; 768 * 1024]);
-        b.put(vec![0; 512 * 1024]);
+        a.put(IoBuf::from(vec![0; 768 * 1024]));
+        b.put(IoBuf::from(vec![0; 512 * 1024]));
         assert_eq!((a.bufs.len(), b.bufs.len()), (1, 0));
         drop(a);
-        b.put(vec![0; 512 * 1024]);
+        b.put(IoBuf::from(vec![0; 512 * 1024]));
         assert_eq!(b.bufs.len(), 1);
     }
 
     #[test]
     fn grow_is_geometric_and_capped() {
-        let mut v = Vec::new();
+        let mut v = IoBuf::new();
         grow(&mut v, 10, 100);
         assert_eq!(v.len(), 10);
         grow(&mut v, 30, 100);
@@ -1417,7 +1417,12 @@ mod tests {
                     ..SlotInfo::default()
                 })
                 .unwrap();
-            complete(&tx, u64::from(slot), Ok(()), vec![i as u8; len as usize]);
+            complete(
+                &tx,
+                u64::from(slot),
+                Ok(()),
+                IoBuf::from(vec![i as u8; len as usize]),
+            );
         }
         drop(tx);
         let mut w = wire::testing::Trickle::new(usize::MAX, true);
@@ -1473,8 +1478,8 @@ mod tests {
                 ..SlotInfo::default()
             })
             .unwrap();
-        complete(&tx, u64::from(a), Ok(()), vec![1, 2, 3]);
-        complete(&tx, u64::from(b), Err(IoError::Inval), Vec::new());
+        complete(&tx, u64::from(a), Ok(()), IoBuf::from(vec![1, 2, 3]));
+        complete(&tx, u64::from(b), Err(IoError::Inval), IoBuf::new());
         drop(tx);
         let mut w = wire::testing::Trickle::new(5, true);
         writer_loop(&mut w, rx, sh, true, Duration::from_secs(5))
@@ -1495,7 +1500,7 @@ mod tests {
         let sh2 = sh.clone();
         let waiter = tokio::spawn(async move { sh2.admit(info(1)).await.map(|x| x.0) });
         tokio::task::yield_now().await;
-        sh.release(u64::from(a), &info(1), Vec::new());
+        sh.release(u64::from(a), &info(1), IoBuf::new());
         assert_eq!(waiter.await.unwrap(), Some(a));
         let sh3 = sh.clone();
         let waiter = tokio::spawn(async move { sh3.admit(info(1)).await.map(|x| x.0) });

@@ -325,7 +325,7 @@ mod tests {
             len,
             fua: false,
             cookie,
-            buf,
+            buf: buf.into(),
             reply: tx.clone(),
         }
     }

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::proto::Action;
-use crate::export::{Completion, Export, IoError, Op, ReplySender, Request};
+use crate::export::{Completion, Export, IoBuf, IoError, Op, ReplySender, Request};
 
 type RmwLock = Arc<AsyncMutex<()>>;
 
@@ -126,7 +126,7 @@ impl Unaligned {
 
     /// Run `action` (already checked against bounds) in a task and answer
     /// on `reply` with `cookie` and `buf`, like an export would.
-    pub(crate) fn submit(&self, action: Action, cookie: u64, buf: Vec<u8>, reply: ReplySender) {
+    pub(crate) fn submit(&self, action: Action, cookie: u64, buf: IoBuf, reply: ReplySender) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut buf = buf;
@@ -149,7 +149,7 @@ impl Unaligned {
                         s.ws,
                         s.we - s.ws,
                         fua,
-                        vec![0; (s.we - s.ws) as usize],
+                        IoBuf::zeroed((s.we - s.ws) as usize),
                     )
                     .await?;
                 let at = (offset - s.ws) as usize;
@@ -162,10 +162,12 @@ impl Unaligned {
             Action::Write { offset, len, fua } => {
                 let s = self.split(offset, len);
                 let _guard = self.lock.lock().await;
-                let mut tmp = vec![0; (s.we - s.ws) as usize];
+                let mut tmp = IoBuf::zeroed((s.we - s.ws) as usize);
                 for (b, e) in [s.head, s.tail].into_iter().flatten() {
                     let n = (e - b) as usize;
-                    let got = self.call(Op::Read, b, e - b, false, vec![0; n]).await?;
+                    let got = self
+                        .call(Op::Read, b, e - b, false, IoBuf::zeroed(n))
+                        .await?;
                     let at = (b - s.ws) as usize;
                     tmp[at..at + n].copy_from_slice(got.get(..n).ok_or(IoError::Io)?);
                 }
@@ -179,7 +181,7 @@ impl Unaligned {
                 let s = self.split(offset, len);
                 let (is, ie) = s.inner;
                 if is < ie {
-                    self.call(Op::Trim, is, ie - is, fua, Vec::new()).await?;
+                    self.call(Op::Trim, is, ie - is, fua, IoBuf::new()).await?;
                 }
                 Ok(())
             }
@@ -198,7 +200,7 @@ impl Unaligned {
                 let _guard = self.lock.lock().await;
                 for (b, e) in [s.head, s.tail].into_iter().flatten() {
                     let mut blk = self
-                        .call(Op::Read, b, e - b, false, vec![0; (e - b) as usize])
+                        .call(Op::Read, b, e - b, false, IoBuf::zeroed((e - b) as usize))
                         .await?;
                     let zs = (offset.max(b) - b) as usize;
                     let ze = (end.min(e) - b) as usize;
@@ -211,7 +213,7 @@ impl Unaligned {
                         no_hole,
                         fast: false,
                     };
-                    self.call(op, is, ie - is, fua, Vec::new()).await?;
+                    self.call(op, is, ie - is, fua, IoBuf::new()).await?;
                 }
                 Ok(())
             }
@@ -228,8 +230,8 @@ impl Unaligned {
         offset: u64,
         len: u64,
         fua: bool,
-        buf: Vec<u8>,
-    ) -> Result<Vec<u8>, IoError> {
+        buf: IoBuf,
+    ) -> Result<IoBuf, IoError> {
         let len = u32::try_from(len).map_err(|_| IoError::Inval)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         self.export.submit(Request {
@@ -301,7 +303,7 @@ mod tests {
             len: 600,
             fua: false,
         };
-        u.submit(w, 7, vec![0x11; 600], tx.clone());
+        u.submit(w, 7, IoBuf::from(vec![0x11; 600]), tx.clone());
         let c = rx.recv().await.unwrap();
         assert_eq!((c.cookie, c.result), (7, Ok(())));
         let d = m.contents();
@@ -316,7 +318,7 @@ mod tests {
                 fua: false,
             },
             8,
-            vec![0; 4],
+            IoBuf::zeroed(4),
             tx.clone(),
         );
         let c = rx.recv().await.unwrap();
@@ -329,7 +331,7 @@ mod tests {
             no_hole: false,
             fast: false,
         };
-        u.submit(z, 9, Vec::new(), tx.clone());
+        u.submit(z, 9, IoBuf::new(), tx.clone());
         assert_eq!(rx.recv().await.unwrap().result, Ok(()));
         let d = m.contents();
         assert!(d[..10].iter().all(|&b| b == 0xaa));
@@ -343,7 +345,7 @@ mod tests {
             no_hole: false,
             fast: true,
         };
-        u.submit(fz, 10, Vec::new(), tx.clone());
+        u.submit(fz, 10, IoBuf::new(), tx.clone());
         assert_eq!(rx.recv().await.unwrap().result, Err(IoError::NotSup));
 
         m.fill(0, &[0xbb; 4096]);
@@ -352,7 +354,7 @@ mod tests {
             len: 1000,
             fua: false,
         };
-        u.submit(t, 11, Vec::new(), tx);
+        u.submit(t, 11, IoBuf::new(), tx);
         assert_eq!(rx.recv().await.unwrap().result, Ok(()));
         let d = m.contents();
         assert!(d[..512].iter().all(|&b| b == 0xbb));

@@ -21,6 +21,8 @@ use std::pin::Pin;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::export::IoBuf;
+
 /// Replies gathered into one write at most.
 pub(crate) const MAX_BATCH_REPLIES: usize = 64;
 /// Payload bytes gathered into one write at most (a single bigger reply is
@@ -37,7 +39,7 @@ struct Item<T> {
     head_end: usize,
     /// Payload bytes, taken from the front of `buf`.
     payload: usize,
-    buf: Vec<u8>,
+    buf: IoBuf,
     tag: T,
 }
 
@@ -69,7 +71,7 @@ impl<T> Batch<T> {
     /// Ends a reply: its header is what was appended to
     /// [`Batch::heads_mut`] since the previous reply, its payload is
     /// `buf[..payload]` (`payload <= buf.len()`; 0 for none).
-    pub(crate) fn push(&mut self, tag: T, buf: Vec<u8>, payload: usize) {
+    pub(crate) fn push(&mut self, tag: T, buf: IoBuf, payload: usize) {
         let payload = payload.min(buf.len());
         self.payload_bytes += payload;
         self.items.push(Item {
@@ -113,7 +115,7 @@ impl<T> Batch<T> {
     }
 
     /// Empties the batch, handing back each reply's tag and buffer.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (T, Vec<u8>)> + '_ {
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (T, IoBuf)> + '_ {
         self.heads.clear();
         self.payload_bytes = 0;
         self.items.drain(..).map(|it| (it.tag, it.buf))
@@ -272,7 +274,7 @@ mod tests {
             b.heads_mut().extend_from_slice(h);
             want.extend_from_slice(h);
             want.extend_from_slice(&buf[..payload]);
-            b.push(i as u32, buf, payload);
+            b.push(i as u32, buf.into(), payload);
         }
         (b, want)
     }
@@ -294,11 +296,11 @@ mod tests {
     fn trailing_headers_are_written() {
         let mut b: Batch<()> = Batch::default();
         b.heads_mut().extend_from_slice(b"one");
-        b.push((), vec![1, 2], 2);
+        b.push((), IoBuf::from(vec![1, 2]), 2);
         b.heads_mut().extend_from_slice(b"two");
-        b.push((), Vec::new(), 0);
+        b.push((), IoBuf::new(), 0);
         b.heads_mut().extend_from_slice(b"three");
-        b.push((), Vec::new(), 0);
+        b.push((), IoBuf::new(), 0);
         let got: Vec<u8> = b.slices().iter().flat_map(|x| x.iter().copied()).collect();
         assert_eq!(got, b"one\x01\x02twothree");
         let back: Vec<_> = b.drain().collect();
@@ -340,9 +342,9 @@ mod tests {
         // A big payload is written directly, small pieces around it staged.
         let mut b: Batch<()> = Batch::default();
         b.heads_mut().extend_from_slice(b"h1");
-        b.push((), vec![7; STAGING * 2], STAGING * 2);
+        b.push((), IoBuf::from(vec![7; STAGING * 2]), STAGING * 2);
         b.heads_mut().extend_from_slice(b"h2");
-        b.push((), Vec::new(), 0);
+        b.push((), IoBuf::new(), 0);
         let mut w = Trickle::new(usize::MAX, false);
         write_all(&mut w, &mut b.slices(), &mut staging)
             .await
@@ -362,13 +364,13 @@ mod tests {
     fn batch_bounds() {
         let mut b: Batch<()> = Batch::default();
         for _ in 0..MAX_BATCH_REPLIES - 1 {
-            b.push((), Vec::new(), 0);
+            b.push((), IoBuf::new(), 0);
         }
         assert!(!b.is_full());
-        b.push((), Vec::new(), 0);
+        b.push((), IoBuf::new(), 0);
         assert!(b.is_full());
         b.drain().for_each(drop);
-        b.push((), vec![0; MAX_BATCH_BYTES], MAX_BATCH_BYTES);
+        b.push((), IoBuf::zeroed(MAX_BATCH_BYTES), MAX_BATCH_BYTES);
         assert!(b.is_full(), "payload bytes bound the batch too");
     }
 }

@@ -13,6 +13,14 @@
 //!   the old handle).
 //! * IO is buffered (`pread`/`pwrite`), looping on short transfers. A read
 //!   that hits end of file is an error, never silent zeroes.
+//! * With `direct yes` ([`FileTransport::with_direct`]) the IO handle is
+//!   opened with `O_DIRECT`: requests aligned to the logical block size
+//!   (`BLKSSZGET` on a block device, statx's `STATX_DIOALIGN` on a file,
+//!   else `st_blksize` within 512..=4096) go straight from the request's
+//!   buffer (an aligned [`crate::export::IoBuf`]); others through an
+//!   aligned bounce buffer ([`super::bounce`]). The page-cache read fast
+//!   path ([`FileTransport::read_cached`]) is off. A filesystem that
+//!   refuses `O_DIRECT` fails the open with a message saying so.
 //! * FUA is a write followed by `fdatasync`; flush is `fdatasync`.
 //! * Trim punches a hole (`fallocate(PUNCH_HOLE|KEEP_SIZE)`) in a regular
 //!   file and issues `BLKDISCARD` on a block device.
@@ -29,12 +37,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use nix::fcntl::{fallocate, FallocateFlags};
 
+use super::bounce;
 use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
 
 /// Block device ioctls (linux/fs.h).
@@ -77,6 +86,11 @@ pub(crate) struct Opened {
     /// some network filesystems): cached reads are not tried again on
     /// this handle, where each try would cost a failed syscall.
     nowait_ok: AtomicBool,
+    /// Opened with O_DIRECT.
+    direct: bool,
+    /// With `direct`: the alignment O_DIRECT needs for offsets and
+    /// lengths (1 when not direct).
+    block_size: usize,
 }
 
 /// Why the transport is not open: the last open error, kept in a form that
@@ -117,6 +131,11 @@ pub struct FileTransport {
     last_open_error: ArcSwapOption<OpenFailure>,
     /// O_DIRECT was refused for the checker's probe; probe buffered.
     direct_refused: AtomicBool,
+    /// `direct yes`: the IO handle uses O_DIRECT.
+    direct: bool,
+    /// The direct handle's logical block size, kept from the last open
+    /// (512 before one); 1 when not direct.
+    block_size: AtomicUsize,
 }
 
 impl fmt::Debug for FileTransport {
@@ -161,12 +180,68 @@ fn classify(op: IoOp, e: &io::Error) -> ErrorClass {
     }
 }
 
-fn open_io(path: &Path) -> io::Result<Opened> {
+/// The error for a filesystem that refuses O_DIRECT at open (EINVAL),
+/// naming the file; other errors are returned as they are.
+fn direct_open_error(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() != Some(libc::EINVAL) {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{}: cannot open with O_DIRECT ({e}): direct yes needs a filesystem with \
+             O_DIRECT (tmpfs has none)",
+            path.display()
+        ),
+    )
+}
+
+/// Largest logical block size believed from a filesystem for O_DIRECT.
+const MAX_DIRECT_BLOCK: usize = 64 * 1024;
+
+/// The offset and length alignment O_DIRECT needs on a regular file:
+/// statx's `STATX_DIOALIGN` (Linux 6.1+), else the filesystem's preferred
+/// IO size (`st_blksize`) within 512..=4096 (a multiple of the real
+/// requirement on the usual filesystems, so always accepted).
+fn file_dio_align(file: &File, blksize: u64) -> usize {
+    let fallback = usize::try_from(blksize).unwrap_or(4096).clamp(512, 4096);
+    // SAFETY: `statx` is a plain C struct of integers, for which all
+    // zero bytes are a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open for the lifetime of `file`; the path is an
+    // empty NUL-terminated string, as AT_EMPTY_PATH asks; `stx` is a live,
+    // writable statx the kernel fills.
+    let r = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if r != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return fallback;
+    }
+    (stx.stx_dio_offset_align as usize)
+        .next_power_of_two()
+        .min(MAX_DIRECT_BLOCK)
+}
+
+fn open_io(path: &Path, direct: bool) -> io::Result<Opened> {
+    let flags = libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if direct {
+                direct_open_error(path, e)
+            } else {
+                e
+            }
+        })?;
     let meta = file.metadata()?;
     let ft = meta.file_type();
     if !ft.is_file() && !ft.is_block_device() {
@@ -180,6 +255,11 @@ fn open_io(path: &Path) -> io::Result<Opened> {
     } else {
         regular_file_caps(&file, meta.len())
     };
+    let block_size = match (direct, ft.is_block_device()) {
+        (false, _) => 1,
+        (true, true) => blk_sector_size(&file)?,
+        (true, false) => file_dio_align(&file, meta.blksize()),
+    };
     Ok(Opened {
         file,
         blkdev: ft.is_block_device(),
@@ -188,7 +268,9 @@ fn open_io(path: &Path) -> io::Result<Opened> {
         rdev: meta.rdev(),
         failed: AtomicBool::new(false),
         trim_ok: AtomicBool::new(caps.trim),
-        nowait_ok: AtomicBool::new(true),
+        nowait_ok: AtomicBool::new(!direct),
+        direct,
+        block_size,
         caps,
     })
 }
@@ -441,10 +523,15 @@ impl FileTransport {
     /// itself ([`super::RawIo`]); `None` while not open.
     pub(crate) fn raw_io(&self) -> Option<super::RawIo> {
         let o = self.io.load_full()?;
+        let (align, mem_align) = if o.direct {
+            (o.block_size, bounce::MEM_ALIGN.max(o.block_size))
+        } else {
+            (1, 1)
+        };
         Some(super::RawIo {
             fd: o.file.as_raw_fd(),
-            align: 1,
-            mem_align: 1,
+            align,
+            mem_align,
             handle: super::RawHandle::File(o),
         })
     }
@@ -466,7 +553,13 @@ impl FileTransport {
     /// the transport is "not open" (IO fails saying why) until
     /// [`FileTransport::reopen`] succeeds.
     pub fn new(path: impl Into<PathBuf>) -> FileTransport {
-        let t = FileTransport::unopened(path.into());
+        FileTransport::with_direct(path, false)
+    }
+
+    /// Like [`FileTransport::new`]; with `direct` the IO handle uses
+    /// O_DIRECT (`direct yes`, see the module docs).
+    pub fn with_direct(path: impl Into<PathBuf>, direct: bool) -> FileTransport {
+        let t = FileTransport::unopened(path.into(), direct);
         if let Err(e) = t.reopen() {
             tracing::warn!(path = %t.target, "file path not open: {e}");
         }
@@ -475,28 +568,55 @@ impl FileTransport {
 
     /// Like [`FileTransport::new`], but fails if the file cannot be opened.
     pub fn open(path: impl Into<PathBuf>) -> Result<FileTransport, TransportError> {
-        let t = FileTransport::unopened(path.into());
+        FileTransport::open_with(path, false)
+    }
+
+    /// Like [`FileTransport::with_direct`], but fails if the file cannot
+    /// be opened.
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        direct: bool,
+    ) -> Result<FileTransport, TransportError> {
+        let t = FileTransport::unopened(path.into(), direct);
         t.reopen()?;
         Ok(t)
     }
 
-    fn unopened(path: PathBuf) -> FileTransport {
+    fn unopened(path: PathBuf, direct: bool) -> FileTransport {
         FileTransport {
             target: path.display().to_string(),
             path,
             io: ArcSwapOption::empty(),
             last_open_error: ArcSwapOption::empty(),
             direct_refused: AtomicBool::new(false),
+            direct,
+            block_size: AtomicUsize::new(if direct { 512 } else { 1 }),
         }
+    }
+
+    /// True for `direct yes` (the IO handle uses O_DIRECT).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The alignment of offsets and lengths IO goes straight to the file
+    /// with: the logical block size for a direct handle (from its last
+    /// open), 1 for buffered IO.
+    pub fn block_size(&self) -> usize {
+        self.block_size.load(Ordering::Relaxed).max(1)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// `"file <path>"`.
+    /// `"file <path>"` (`"file <path> (direct)"` with O_DIRECT).
     pub fn describe(&self) -> String {
-        format!("file {}", self.target)
+        if self.direct {
+            format!("file {} (direct)", self.target)
+        } else {
+            format!("file {}", self.target)
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -592,18 +712,25 @@ impl FileTransport {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
         let len = buf.len() as u64;
         let o = self.handle(IoOp::Read, offset, len)?;
-        read_full(&o.file, buf, offset).map_err(|e| self.io_error(&o, IoOp::Read, offset, len, e))
+        let r = if !o.direct
+            || bounce::aligned(buf.as_ptr() as usize, buf.len(), offset, o.block_size)
+        {
+            read_full(&o.file, buf, offset)
+        } else {
+            bounce::read(&o.file, buf, offset, o.block_size)
+        };
+        r.map_err(|e| self.io_error(&o, IoOp::Read, offset, len, e))
     }
 
     /// Reads `buf` from the page cache without blocking, if all of it is
     /// there: `Some(())` when done, `None` when the read would have to
     /// wait for the device (or anything else is off: not open, partial,
     /// an error), so the caller reads the normal way on an IO thread,
-    /// where errors are classified.
+    /// where errors are classified. Always `None` on a direct handle.
     pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> Option<()> {
         let o = self.io.load();
         let o = o.as_ref()?;
-        if o.failed.load(Ordering::Relaxed) || !o.nowait_ok.load(Ordering::Relaxed) {
+        if o.direct || o.failed.load(Ordering::Relaxed) || !o.nowait_ok.load(Ordering::Relaxed) {
             return None;
         }
         let off = libc::off_t::try_from(offset).ok()?;
@@ -629,8 +756,14 @@ impl FileTransport {
         let len = buf.len() as u64;
 
         let o = self.handle(IoOp::Write, offset, len)?;
-        write_full(&o.file, buf, offset)
-            .and_then(|()| if fua { o.file.sync_data() } else { Ok(()) })
+        let r = if !o.direct
+            || bounce::aligned(buf.as_ptr() as usize, buf.len(), offset, o.block_size)
+        {
+            write_full(&o.file, buf, offset)
+        } else {
+            bounce::write(&o.file, buf, offset, o.block_size)
+        };
+        r.and_then(|()| if fua { o.file.sync_data() } else { Ok(()) })
             .map_err(|e| self.io_error(&o, IoOp::Write, offset, len, e))
     }
 
@@ -694,15 +827,20 @@ impl FileTransport {
 
     fn write_zero_buffers(&self, o: &Opened, offset: u64, len: u64) -> io::Result<()> {
         let chunk = len.min(ZERO_CHUNK);
-        // `chunk` is at most ZERO_CHUNK, so it fits in usize.
-        let zeroes = vec![0u8; chunk as usize];
+        // `chunk` is at most ZERO_CHUNK, so it fits in usize; aligned
+        // memory for a direct handle.
+        let zeroes = crate::export::IoBuf::zeroed(chunk as usize);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(chunk) as usize;
             let at = offset
                 .checked_add(done)
                 .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
-            write_full(&o.file, &zeroes[..n], at)?;
+            if o.direct && !bounce::aligned(zeroes.as_ptr() as usize, n, at, o.block_size) {
+                bounce::write(&o.file, &zeroes[..n], at, o.block_size)?;
+            } else {
+                write_full(&o.file, &zeroes[..n], at)?;
+            }
             done += n as u64;
         }
         Ok(())
@@ -712,8 +850,11 @@ impl FileTransport {
     /// handle (if any) is kept and the error is remembered for IO on a
     /// transport that is not open.
     pub fn reopen(&self) -> Result<(), TransportError> {
-        match open_io(&self.path) {
+        match open_io(&self.path, self.direct) {
             Ok(o) => {
+                if self.direct {
+                    self.block_size.store(o.block_size, Ordering::Relaxed);
+                }
                 self.io.store(Some(Arc::new(o)));
                 self.last_open_error.store(None);
                 Ok(())
@@ -1115,5 +1256,150 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = FileTransport::new(dir.path());
         assert!(!t.is_open());
+    }
+}
+
+/// `direct yes`: the file transport's contract (what every transport
+/// does: sized reads and writes, FUA, flush, trim, write-zeroes, errors
+/// past the end) over an O_DIRECT handle, on the test directory's
+/// filesystem (ext4/xfs under /tmp), aligned and through the bounce.
+#[cfg(test)]
+mod direct_tests {
+    use super::*;
+    use crate::transport::Transport;
+
+    fn pattern(at: u64, n: usize) -> Vec<u8> {
+        (0..n).map(|i| ((at as usize + i) % 251) as u8).collect()
+    }
+
+    fn direct_image(len: usize) -> (tempfile::TempDir, PathBuf, FileTransport) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun0.img");
+        std::fs::write(&path, pattern(0, len)).unwrap();
+        let t = FileTransport::open_with(&path, true).unwrap();
+        (dir, path, t)
+    }
+
+    #[test]
+    fn opens_direct_with_a_block_size() {
+        let (_d, path, t) = direct_image(1 << 20);
+        assert!(t.is_direct());
+        let bs = t.block_size();
+        assert!(
+            bs.is_power_of_two() && (512..=MAX_DIRECT_BLOCK).contains(&bs),
+            "{bs}"
+        );
+        assert!(t.describe().ends_with("(direct)"));
+        assert_eq!(Transport::File(t).block_size() as usize, bs);
+        let buffered = FileTransport::open(&path).unwrap();
+        assert_eq!((buffered.is_direct(), buffered.block_size()), (false, 1));
+    }
+
+    #[test]
+    fn aligned_and_unaligned_reads_and_writes() {
+        let len = 3 << 20;
+        let (_d, path, t) = direct_image(len);
+        let bs = t.block_size() as u64;
+        // Aligned, straight from an aligned request buffer.
+        let mut b = crate::export::IoBuf::zeroed(8192);
+        t.read_at(&mut b, 4096).unwrap();
+        assert_eq!(b.to_vec(), pattern(4096, 8192));
+        // Unaligned offset, length and memory; one larger than a chunk.
+        for (at, n) in [
+            (1u64, 100usize),
+            (bs - 3, 7),
+            (12_345, 70_000),
+            (bs, 1 + (1 << 20)),
+            (100, (2 << 20) + 300),
+        ] {
+            let mut buf = vec![0u8; n + 1];
+            t.read_at(&mut buf[1..], at).unwrap();
+            assert_eq!(&buf[1..], &pattern(at, n)[..], "read {at}+{n}");
+        }
+        for (at, n, v) in [(5u64, 10usize, 0xa1u8), (bs * 3 + 1, 1 << 20, 0xb2)] {
+            let data = vec![v; n + 1];
+            t.write_at(&data[1..], at, false).unwrap();
+            let mut back = vec![0u8; n + 2];
+            t.read_at(&mut back, at - 1).unwrap();
+            assert_eq!(back[0], pattern(at - 1, 1)[0], "byte before {at}");
+            assert!(back[1..=n].iter().all(|&x| x == v), "written {at}+{n}");
+            assert_eq!(back[n + 1], pattern(at + n as u64, 1)[0], "byte after");
+        }
+        // Aligned write with FUA, read back through the page cache.
+        let mut w = crate::export::IoBuf::zeroed(4096);
+        w.fill(0x5c);
+        t.write_at(&w, 8192, true).unwrap();
+        t.flush().unwrap();
+        let disk = std::fs::read(&path).unwrap();
+        assert!(disk[8192..12288].iter().all(|&x| x == 0x5c));
+        assert!(disk[5..15].iter().all(|&x| x == 0xa1));
+    }
+
+    #[test]
+    fn no_cached_reads_and_zeroes_and_trim_work() {
+        let (_d, _p, t) = direct_image(1 << 20);
+        let mut b = crate::export::IoBuf::zeroed(4096);
+        assert_eq!(
+            t.read_cached(&mut b, 0),
+            None,
+            "direct handles never read cached"
+        );
+        // Slow zeroes (no unmap, and then the zero buffers) and fast ones.
+        t.write_zeroes(10, 9000, false, false).unwrap();
+        t.write_zeroes(65536, 65536, true, false).unwrap();
+        let mut back = vec![0u8; 1 << 20];
+        t.read_at(&mut back, 0).unwrap();
+        assert_eq!(&back[..10], &pattern(0, 10)[..]);
+        assert!(back[10..9010].iter().all(|&x| x == 0));
+        assert_eq!(back[9010], pattern(9010, 1)[0]);
+        assert!(back[65536..131072].iter().all(|&x| x == 0));
+        if t.caps().trim {
+            t.trim(0, 4096).unwrap();
+        }
+        // Past the end: an error, never silent zeroes.
+        let mut b = vec![0u8; 4096];
+        let e = t.read_at(&mut b, (1 << 20) - 100).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Path);
+    }
+
+    #[test]
+    fn write_zero_buffers_bounce_unaligned_ranges() {
+        let (_d, _p, t) = direct_image(1 << 20);
+        let o = t.io.load_full().unwrap();
+        t.write_zero_buffers(&o, 3, 5000).unwrap();
+        let mut back = vec![0u8; 8192];
+        t.read_at(&mut back, 0).unwrap();
+        assert_eq!(&back[..3], &pattern(0, 3)[..]);
+        assert!(back[3..5003].iter().all(|&x| x == 0));
+        assert_eq!(&back[5003..], &pattern(5003, 8192 - 5003)[..]);
+    }
+
+    #[test]
+    fn a_refused_o_direct_names_the_file_and_the_filesystem() {
+        let p = Path::new("/srv/x/lun0.img");
+        let e = direct_open_error(p, errno_error(libc::EINVAL));
+        assert_eq!(
+            e.to_string(),
+            "/srv/x/lun0.img: cannot open with O_DIRECT (Invalid argument (os error 22)): \
+             direct yes needs a filesystem with O_DIRECT (tmpfs has none)"
+        );
+        // Other errors pass through unchanged.
+        let e = direct_open_error(p, errno_error(libc::ENOENT));
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        // On a filesystem that refuses it (tmpfs before Linux 6.6) the
+        // transport stays "not open" and IO says why.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("lun0.img");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let t = FileTransport::with_direct(&path, true);
+        if !t.is_open() {
+            let mut b = vec![0u8; 512];
+            let msg = t.read_at(&mut b, 0).unwrap_err().to_string();
+            assert!(
+                msg.contains("direct yes needs a filesystem with O_DIRECT"),
+                "{msg}"
+            );
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
     }
 }

@@ -17,6 +17,7 @@
 //! and an [`ErrorClass`] telling the engine whether to fail the path and
 //! retry elsewhere, or hand the error to the client.
 
+pub mod bounce;
 pub mod fault;
 pub mod file;
 pub mod memory;
@@ -333,6 +334,12 @@ impl Transport {
         Transport::File(file::FileTransport::new(path))
     }
 
+    /// A `file` transport with `direct yes`: its IO handle uses O_DIRECT
+    /// (see [`file::FileTransport::with_direct`]).
+    pub fn file_direct(path: impl Into<std::path::PathBuf>) -> Transport {
+        Transport::File(file::FileTransport::with_direct(path, true))
+    }
+
     /// The LUN's size in bytes.
     pub fn size(&self) -> Result<u64, TransportError> {
         match self {
@@ -422,10 +429,12 @@ impl Transport {
 
     /// The logical block size: IO offsets and lengths should be multiples
     /// of it (the engine advertises the largest of its paths' as the
-    /// export's minimum block size). 1 for files.
+    /// export's minimum block size). 1 for files, but for `direct yes`
+    /// ones.
     pub fn block_size(&self) -> u32 {
         match self {
-            Transport::File(_) | Transport::Nbd(_) => 1,
+            Transport::File(t) => u32::try_from(t.block_size()).unwrap_or(u32::MAX),
+            Transport::Nbd(_) => 1,
             Transport::Scsi(t) => u32::try_from(t.block_size()).unwrap_or(u32::MAX),
             Transport::Memory(t) => t.lun().block_size(),
         }

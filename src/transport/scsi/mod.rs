@@ -3,10 +3,11 @@
 //!
 //! * Data: `pread`/`pwrite` with `O_DIRECT` on the block device node (see
 //!   "SCSI paths" in docs/ARCHITECTURE.md for why not SG_IO). O_DIRECT
-//!   needs the offset, the length and the memory aligned; the engine's
-//!   buffers are not, so IO goes through a per-thread aligned bounce
-//!   buffer ([`bounce`]) in chunks of at most [`CHUNK`] bytes, unless the
-//!   caller's buffer already is aligned. Offsets and lengths that are not
+//!   needs the offset, the length and the memory aligned; request
+//!   buffers ([`crate::export::IoBuf`]) are 4 KiB aligned, so an aligned
+//!   request is read or written in place. Anything else goes through a
+//!   per-thread aligned bounce buffer ([`bounce`]) in chunks of at most
+//!   [`CHUNK`] bytes. Offsets and lengths that are not
 //!   multiples of the logical block size (the engine advertises it as the
 //!   export's minimum block size, so clients should not send them) are
 //!   read through the covering blocks; writes read-modify-write the
@@ -22,7 +23,6 @@
 //!   and out-of-space errors belong to the LUN; everything else may be the
 //!   path.
 
-pub mod bounce;
 pub mod sgio;
 
 use std::fmt;
@@ -36,17 +36,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
+use super::bounce;
 use super::file::{self, blk_sector_size, blk_size, errno_error, read_full, write_full};
 use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
 use crate::prio::{AluaFacts, SysfsAlua};
 use crate::scsi::tur::{self, TurResult};
 
-/// Largest piece of one request moved through the bounce buffer at once.
-pub const CHUNK: usize = 1 << 20;
-
-/// Memory alignment used for O_DIRECT buffers (at least the logical block
-/// size).
-pub const MEM_ALIGN: usize = 4096;
+pub use super::bounce::{CHUNK, MEM_ALIGN};
 
 /// The error class of a failed operation on a SCSI disk, from the errno
 /// the block layer turned the SCSI outcome into (`blk_status_to_errno`),
@@ -144,14 +140,6 @@ impl fmt::Debug for ScsiTransport {
             .field("open", &self.is_open())
             .finish_non_exhaustive()
     }
-}
-
-/// Rounds `v` down / up to a multiple of `a`.
-fn down(v: u64, a: u64) -> u64 {
-    v - v % a
-}
-fn up(v: u64, a: u64) -> Option<u64> {
-    v.checked_add(a - 1).map(|x| down(x, a))
 }
 
 impl ScsiTransport {
@@ -433,8 +421,7 @@ impl ScsiTransport {
     }
 
     fn aligned(&self, buf_addr: usize, len: usize, offset: u64) -> bool {
-        let bs = self.block_size();
-        buf_addr % MEM_ALIGN.max(bs) == 0 && len % bs == 0 && offset % bs as u64 == 0
+        bounce::aligned(buf_addr, len, offset, self.block_size())
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), TransportError> {
@@ -446,35 +433,9 @@ impl ScsiTransport {
         let r = if self.aligned(buf.as_ptr() as usize, buf.len(), offset) {
             read_full(&o.file, buf, offset)
         } else {
-            self.read_bounced(&o.file, buf, offset)
+            bounce::read(&o.file, buf, offset, self.block_size())
         };
         r.map_err(|e| self.io_error(&o, IoOp::Read, offset, len, e))
-    }
-
-    /// Reads through the aligned bounce buffer, a chunk at a time, over
-    /// the blocks covering `[offset, offset + buf.len())`.
-    fn read_bounced(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let bs = self.block_size() as u64;
-        let chunk = down(CHUNK as u64, bs).max(bs);
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
-        let mut at = down(offset, bs);
-        let stop = up(end, bs).ok_or_else(|| errno_error(libc::EOVERFLOW))?;
-        bounce::with(chunk as usize, MEM_ALIGN.max(bs as usize), |b| {
-            while at < stop {
-                let n = chunk.min(stop - at);
-                let piece = &mut b[..n as usize];
-                read_full(file, piece, at)?;
-                // The part of this chunk that the caller asked for.
-                let from = offset.max(at);
-                let to = end.min(at + n);
-                let src = &piece[(from - at) as usize..(to - at) as usize];
-                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
-                at += n;
-            }
-            Ok(())
-        })
     }
 
     /// A write on a read-only handle: the LUN is write protected.
@@ -501,38 +462,10 @@ impl ScsiTransport {
         let r = if self.aligned(buf.as_ptr() as usize, buf.len(), offset) {
             write_full(&o.file, buf, offset)
         } else {
-            self.write_bounced(&o.file, buf, offset)
+            bounce::write(&o.file, buf, offset, self.block_size())
         };
         r.and_then(|()| if fua { o.file.sync_data() } else { Ok(()) })
             .map_err(|e| self.io_error(&o, IoOp::Write, offset, len, e))
-    }
-
-    /// Writes through the aligned bounce buffer; a chunk only partly
-    /// covered by the request (an unaligned head or tail) is read first.
-    fn write_bounced(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-        let bs = self.block_size() as u64;
-        let chunk = down(CHUNK as u64, bs).max(bs);
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .ok_or_else(|| errno_error(libc::EOVERFLOW))?;
-        let mut at = down(offset, bs);
-        let stop = up(end, bs).ok_or_else(|| errno_error(libc::EOVERFLOW))?;
-        bounce::with(chunk as usize, MEM_ALIGN.max(bs as usize), |b| {
-            while at < stop {
-                let n = chunk.min(stop - at);
-                let piece = &mut b[..n as usize];
-                let from = offset.max(at);
-                let to = end.min(at + n);
-                if from > at || to < at + n {
-                    read_full(file, piece, at)?;
-                }
-                piece[(from - at) as usize..(to - at) as usize]
-                    .copy_from_slice(&buf[(from - offset) as usize..(to - offset) as usize]);
-                write_full(file, piece, at)?;
-                at += n;
-            }
-            Ok(())
-        })
     }
 
     pub fn flush(&self) -> Result<(), TransportError> {
