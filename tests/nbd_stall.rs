@@ -59,13 +59,12 @@ impl Drop for Kit {
 /// times out (checker_timeout, 2 s, as io_timeout) and are then reissued
 /// on the other path: no write should wait much longer than that.
 ///
-/// Today the worst write takes two timeouts (about 4 s): the requests
-/// queued to the path's IO threads behind the stuck ones are still sent
-/// to the stopped server after the path failed, and wait a timeout of
-/// their own. The queueing is in `src/engine` (`worker` runs every job
-/// it dequeues on its path), which the io_uring engine replaces.
+/// Found by the bench: the worst write took two timeouts (about 4 s),
+/// because the requests queued to the path's IO threads behind the stuck
+/// ones were still sent to the stopped server after the path failed, and
+/// waited a timeout of their own. An IO thread now routes a queued job
+/// elsewhere when its path has failed.
 #[test]
-#[ignore = "engine bug (issue 13): a request queued to a failed path's IO threads is still issued on it; the worst latency is 2x the timeout"]
 fn a_stopped_upstream_stalls_writes_one_timeout_not_two() {
     need("fio");
     let dir = tempfile::tempdir().unwrap();

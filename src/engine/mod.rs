@@ -971,6 +971,16 @@ impl Inner {
         }
     }
 
+    /// True if the path is failed (or gone) now.
+    fn path_failed(&self, id: PathId) -> bool {
+        !self
+            .state
+            .lock()
+            .map
+            .path(id)
+            .is_some_and(|p| p.usable() && !p.removed)
+    }
+
     /// A worker finished a job.
     fn finished(&self, job: Job, result: Result<(), TransportError>) {
         let Job {
@@ -1293,7 +1303,15 @@ fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>, running: Arc<A
     loop {
         match rx.recv_timeout(WORKER_IDLE) {
             Ok(mut job) => {
-                let result = do_io(&dev, &mut job.req);
+                // A job queued behind others on a path that failed
+                // meanwhile (its IO hung or errored) is not sent down
+                // it: it goes elsewhere as after a path error, without
+                // waiting for the path's own timeout a second time.
+                let failed = map.upgrade().map(|inner| inner.path_failed(job.id));
+                let result = match failed {
+                    Some(true) => Err(not_sent(&dev, &job.req)),
+                    _ => do_io(&dev, &mut job.req),
+                };
                 match map.upgrade() {
                     Some(inner) => inner.finished(job, result),
                     None => job.req.complete(Err(IoError::Shutdown)),
@@ -1314,6 +1332,26 @@ fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>, running: Arc<A
             }
         }
     }
+}
+
+/// The error of a job its path's IO thread did not send because the path
+/// had failed since the job was queued (a path error: it is routed again).
+fn not_sent(dev: &PathDev, req: &Request) -> TransportError {
+    let op = match req.op {
+        Op::Read => IoOp::Read,
+        Op::Write => IoOp::Write,
+        Op::Flush => IoOp::Flush,
+        Op::Trim => IoOp::Trim,
+        Op::WriteZeroes { .. } => IoOp::WriteZeroes,
+    };
+    TransportError::new(
+        op,
+        req.offset,
+        u64::from(req.len),
+        dev.transport.target(),
+        ErrorClass::Path,
+        std::io::Error::other("not sent: the path failed while the request was queued"),
+    )
 }
 
 /// A front-end handed over a buffer shorter than its request (a bug, not
