@@ -527,7 +527,10 @@ impl MapEngine {
         // syscall: outside the map lock.)
         let no_thread = if state.is_usable() {
             let rt = self.inner.state.lock().paths.get(path.index()).cloned();
-            rt.and_then(|p| p.ensure_workers().err())
+            // Under io_uring a path whose IO goes to the rings needs no
+            // thread of its own: none is started for it here.
+            rt.filter(|p| uring::rings().is_none() || p.dev.transport.raw_io(true).is_none())
+                .and_then(|p| p.ensure_workers().err())
                 .map(|e| format!("cannot start an IO thread: {e}"))
         } else {
             None

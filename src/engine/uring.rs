@@ -55,6 +55,10 @@ pub const MAX_RINGS: usize = 4;
 /// as many, and a ring takes at most that many requests at once.
 pub const RING_ENTRIES: u32 = 512;
 
+/// io-wq workers per ring for IO on regular files and block devices that
+/// the kernel cannot do without blocking (buffered file IO).
+pub const IOWQ_BOUNDED_WORKERS: u32 = 64;
+
 /// The environment variable that picks the engine: `auto` (the default:
 /// io_uring if the kernel allows it), `uring` (io_uring or fail at start)
 /// or `threads`.
@@ -334,6 +338,16 @@ impl Ring {
             if !probe.is_supported(code) {
                 return Err(RingError::Missing(name));
             }
+        }
+        // Buffered file IO the kernel cannot do without blocking runs on
+        // io-wq workers; a hung device parks one per request in flight
+        // on it. Room for that beside the healthy paths' IO (the default
+        // is 4 per core); workers start on demand and retire when idle.
+        let mut max = [IOWQ_BOUNDED_WORKERS, 0];
+        if let Err(e) = uring.submitter().register_iowq_max_workers(&mut max) {
+            tracing::debug!(
+                "io_uring: io-wq worker limit not set ({e}); the kernel's default holds"
+            );
         }
         let cap = uring.params().cq_entries() as usize;
         Ok(Ring {

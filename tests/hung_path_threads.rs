@@ -1,0 +1,217 @@
+//! A path whose device really hangs (no fault injection: a file on a FUSE
+//! mount whose NBD server is paused) holds no umpath IO thread under the
+//! io_uring engine, while the IO thread engine parks a thread on it; in
+//! both, reads move to the other path after io_timeout and the hung path
+//! comes back when the device does (issue 13, item 2).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SIZE: u64 = 16 << 20;
+
+/// nbdkit (file plugin, pause filter) on the image, seen as a file through
+/// nbdfuse; torn down on drop.
+struct Fused {
+    kit: Child,
+    fuse: Child,
+    dir: PathBuf,
+    ctl: PathBuf,
+}
+
+impl Fused {
+    fn start(work: &Path, image: &Path) -> Fused {
+        for b in ["nbdkit", "nbdfuse", "fusermount3"] {
+            need(b);
+        }
+        let sock = work.join("kit.sock");
+        let ctl = work.join("pause.sock");
+        let kit = Command::new("nbdkit")
+            .args(["--foreground", "--exit-with-parent", "--unix"])
+            .arg(&sock)
+            .arg("--filter=pause")
+            .arg("file")
+            .arg(image)
+            .arg(format!("pause-control={}", ctl.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nbdkit");
+        wait_for(&sock, "nbdkit's socket");
+        let dir = work.join("fuse");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fuse = Command::new("nbdfuse")
+            .arg(&dir)
+            .arg("--unix")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nbdfuse");
+        wait_for(&dir.join("nbd"), "nbdfuse's file");
+        Fused {
+            kit,
+            fuse,
+            dir,
+            ctl,
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("nbd")
+    }
+
+    /// Sends a pause-filter command and waits for its answer. A pause is
+    /// answered once the requests before it are done.
+    fn control(&self, c: u8) {
+        let mut s = UnixStream::connect(&self.ctl).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&[c]).unwrap();
+        let mut a = [0u8; 1];
+        s.read_exact(&mut a).unwrap();
+        assert_eq!(a[0], c.to_ascii_uppercase());
+    }
+}
+
+impl Drop for Fused {
+    fn drop(&mut self) {
+        let _ = UnixStream::connect(&self.ctl).and_then(|mut s| s.write_all(b"r"));
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.dir)
+            .status();
+        let _ = self.fuse.kill();
+        let _ = self.fuse.wait();
+        let _ = self.kit.kill();
+        let _ = self.kit.wait();
+    }
+}
+
+fn wait_for(p: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{what} did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Thread names of a process.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+struct Seen {
+    /// umpath IO threads of the hung path while it hung.
+    io_threads: usize,
+    /// umpath IO threads of any path then.
+    all_io_threads: usize,
+    /// Kernel io_uring workers of the daemon while the path hung.
+    kernel_workers: usize,
+}
+
+/// Runs the scenario on one engine: p0 (the FUSE file) carries IO, its
+/// device is paused, reads are verified through the export, then the
+/// device resumes and p0 must come back.
+fn scenario(engine: &str) -> Seen {
+    need("qemu-io");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    let image = work.join("lun0.img");
+    std::fs::write(&image, vec![0x5au8; SIZE as usize]).unwrap();
+    let fused = Fused::start(&work, &image);
+    let cfg = format!(
+        "defaults {{\n    polling_interval 1\n    io_timeout 2\n    checker_timeout 2\n}}\ndevices {{\n{SEED_STANZA}}}\nmultipaths {{\n    multipath {{\n        wwid \"{WWID}\"\n        alias lun0\n        path_grouping_policy failover\n    }}\n}}\npaths {{\n{}{}}}\n",
+        file_path("p0", &fused.file()),
+        file_path("p1", &image)
+    );
+    let d = Daemon::start_with(
+        dir,
+        &cfg,
+        Launch {
+            env: vec![("UMPATH_IO_ENGINE".into(), engine.into())],
+            ..Launch::default()
+        },
+    );
+    // p0's group is the active one: reads go there first.
+    run_ok(&mut qemu_io(&d, &["read -P 0x5a 0 1M"]));
+    assert!(d.ios("p0") > 0, "p0 carries IO");
+    fused.control(b'p');
+    let pid = d.child.id();
+    // Reads of data not yet cached anywhere: each waits on the hung p0
+    // until io_timeout, then is reissued on p1.
+    let reader = qemu_io(&d, &["read -P 0x5a 4M 64k", "read -P 0x5a 8M 1M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let names = thread_names(pid);
+    let seen = Seen {
+        io_threads: names.iter().filter(|n| n.as_str() == "io-p0").count(),
+        all_io_threads: names.iter().filter(|n| n.starts_with("io-")).count(),
+        kernel_workers: names.iter().filter(|n| n.starts_with("iou-wrk")).count(),
+    };
+    let out = reader.wait_with_output().unwrap();
+    assert!(
+        out.status.success()
+            && !String::from_utf8_lossy(&out.stdout).contains("Pattern verification failed"),
+        "reads through the export failed ({engine}): {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
+    d.wait_path("p0", "failed", Duration::from_secs(10), |p| {
+        p["dm_state"] == "failed"
+    });
+    assert!(
+        d.log_text().contains("io_timeout"),
+        "p0 failed by the io_timeout watchdog:\n{}",
+        d.log_text()
+    );
+    fused.control(b'r');
+    d.wait_path("p0", "active again", Duration::from_secs(15), |p| {
+        p["dm_state"] == "active"
+    });
+    run_ok(&mut qemu_io(&d, &["read -P 0x5a 0 16M"]));
+    drop(d);
+    drop(fused);
+    seen
+}
+
+#[test]
+fn a_hung_device_holds_no_io_thread_under_io_uring() {
+    let seen = scenario("uring");
+    assert_eq!(
+        seen.io_threads, 0,
+        "no umpath IO thread waits on the hung path"
+    );
+    assert_eq!(seen.all_io_threads, 0, "no path has an IO thread");
+    // The kernel parks the hung requests (buffered FUSE reads are punted
+    // to io-wq): at most one worker per request in flight on the path.
+    assert!(
+        seen.kernel_workers <= 8,
+        "{} io-wq workers",
+        seen.kernel_workers
+    );
+}
+
+#[test]
+fn the_thread_engine_parks_a_thread_on_a_hung_device() {
+    let seen = scenario("threads");
+    assert!(
+        seen.io_threads >= 1,
+        "the IO thread engine waits on the hung path in a thread of its own"
+    );
+    assert_eq!(seen.kernel_workers, 0);
+}
