@@ -95,7 +95,7 @@ JOBS = [
 ]
 if ONLY:
     JOBS = [j for j in JOBS if j[0] in ONLY]
-SERVERS = ["umpath", "umpath-direct", "nbdkit", "qemu-nbd", "nbd-server"]
+SERVERS = ["umpath", "umpath-threads", "umpath-direct", "nbdkit", "qemu-nbd", "nbd-server"]
 PEERS = ["nbdkit", "qemu-nbd", "nbd-server"]
 LOCAL = ["psync", "io_uring"]
 
@@ -226,7 +226,7 @@ def start_servers(w, img, direct_img):
     servers = {}
     notes = {}
 
-    def umpath(name, extra, img=img):
+    def umpath(name, extra, img=img, engine=None):
         if img is None:
             notes[name] = "n/a: no disk-backed directory for the O_DIRECT image"
             return
@@ -246,6 +246,8 @@ def start_servers(w, img, direct_img):
         sock = os.path.join(w, f"{name}.sock")
         ctl = os.path.join(w, f"{name}.ctl")
         env = dict(os.environ, UMPATH_LOG=os.environ.get("UMPATH_LOG", "warn"))
+        if engine:
+            env["UMPATH_IO_ENGINE"] = engine
         p = subprocess.Popen([UMPATH, "--control-socket", ctl, "daemon", "--config", cfg,
                               "--nbd-socket", sock], env=env, stdout=subprocess.DEVNULL,
                              stderr=open(os.path.join(w, f"{name}.log"), "wb"))
@@ -253,6 +255,8 @@ def start_servers(w, img, direct_img):
         servers[name] = Server(name, p.pid, sock, p)
 
     umpath("umpath", "")
+    # The same map on the IO thread engine (the fallback), side by side.
+    umpath("umpath-threads", "", engine="threads")
     umpath("umpath-direct", f"        {DIRECT_LINE}\n", direct_img)
 
     if shutil.which("nbdkit"):
@@ -416,8 +420,10 @@ def iops(row, k):
 
 
 have_direct = "umpath-direct" in servers
-cols = ["umpath"] + (["umpath-direct"] if have_direct else []) + PEERS + LOCAL
-head = (["job"] + [("umpath O_DIRECT" if c == "umpath-direct" else f"local {c}" if c in LOCAL else c)
+cols = ["umpath", "umpath-threads"] + (["umpath-direct"] if have_direct else []) + PEERS + LOCAL
+NAMES = {"umpath": "umpath (io_uring)", "umpath-threads": "umpath (threads)",
+         "umpath-direct": "umpath O_DIRECT"}
+head = (["job"] + [(NAMES[c] if c in NAMES else f"local {c}" if c in LOCAL else c)
                    for c in cols] + ["umpath / best NBD server", "umpath / local limit"])
 if have_direct:
     head += ["umpath O_DIRECT / best NBD server"]
@@ -437,7 +443,7 @@ for jid, label, *_ in JOBS:
     lines.append("| " + " | ".join(cells) + " |")
     summary[jid] = {"umpath_vs_best_server": r_peer, "umpath_vs_local_limit": r_local}
 
-cpu_cols = [c for c in ["umpath"] + (["umpath-direct"] if have_direct else []) + PEERS if c in servers]
+cpu_cols = [c for c in ["umpath", "umpath-threads"] + (["umpath-direct"] if have_direct else []) + PEERS if c in servers]
 instr = any("instructions_per_io" in (results[j[0]].get(c) or {}) for j in JOBS for c in cpu_cols)
 cpu_lines = ["| job | " + " | ".join(f"{c} CPU µs/IO" for c in cpu_cols) + " | umpath / nbdkit |"
              + (" umpath / nbdkit (instructions) |" if instr else ""),
@@ -460,6 +466,17 @@ md += ["", "Server CPU time per IO (utime+stime from /proc after the ramp, child
 md += cpu_lines
 if not PERF:
     md += ["", "(`perf stat -e instructions` not available here: CPU time only.)"]
+# Multi-connection scaling: 4 connections at QD32 against one.
+scaling = {}
+for c in ("umpath", "umpath-threads", "nbdkit"):
+    one = iops(results.get("4k-randread-qd32", {}), c)
+    four = iops(results.get("4k-randread-qd32-4conn", {}), c)
+    if isinstance(one, float) and isinstance(four, float) and one > 0:
+        scaling[c] = round(four / one, 2)
+if scaling:
+    md += ["", "4k randread QD32, 4 connections / 1 connection: "
+           + ", ".join(f"{NAMES.get(c, c)} {v:.2f}x" for c, v in scaling.items())
+           + f" ({os.cpu_count()} CPUs shared by fio and the server)."]
 for n in notes.values():
     md += ["", f"umpath O_DIRECT: {n}"]
 text = "\n".join(md) + "\n"
@@ -469,6 +486,7 @@ with open(os.path.join(OUT, "table.md"), "w") as f:
 with open(os.path.join(OUT, "table.json"), "w") as f:
     json.dump({"runtime_s": RUNTIME, "ramp_s": RAMP, "date": time.strftime("%Y-%m-%d"),
                "cpus": os.cpu_count(), "perf_instructions": PERF, "notes": notes,
+               "four_conn_scaling": scaling,
                "jobs": {j[0]: {"label": j[1], "results": results[j[0]], **summary[j[0]]} for j in JOBS}},
               f, indent=2)
 log(f"written {OUT}/table.md and {OUT}/table.json")

@@ -31,16 +31,28 @@ fn verify(d: &Daemon) {
     fio_ok(fio, d);
 }
 
+/// A map of two `direct yes` file paths (O_DIRECT on the image).
+fn direct_daemon() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, 64 << 20);
+    let direct = |name: &str| {
+        file_path(name, &img).replace("        file ", "        direct yes\n        file ")
+    };
+    let cfg = seed_config("    polling_interval 1", &[direct("p0"), direct("p1")]);
+    Daemon::start_in(dir, &cfg)
+}
+
 #[test]
-fn file_paths_run_on_io_uring_without_io_threads() {
-    let d = two_path_daemon(Launch::default());
+fn direct_paths_run_on_io_uring_without_io_threads() {
+    let d = direct_daemon();
     let e = engine(&d);
     assert_eq!(e["kind"], "io_uring", "{e}");
     assert!(e["rings"].as_u64().unwrap() >= 1, "{e}");
     verify(&d);
     let e = engine(&d);
-    // 2048 writes of 4 KiB (the verify reads hit the page cache inline).
-    assert!(e["ring_requests"].as_u64().unwrap() >= 2048, "{e}");
+    // 2048 writes and 2048 verify reads of 4 KiB, all on the rings.
+    assert!(e["ring_requests"].as_u64().unwrap() >= 4096, "{e}");
     assert_eq!(e["thread_requests"], 0, "{e}");
     let pid = d.child.id();
     assert_eq!(threads_named(pid, "io-"), 0, "no per-path IO thread");
@@ -51,6 +63,17 @@ fn file_paths_run_on_io_uring_without_io_threads() {
         "{text}"
     );
     assert!(d.log_text().contains("IO engine: io_uring"));
+}
+
+/// Buffered file paths: writes go to the path's IO threads (io_uring
+/// would punt each to an io-wq worker, slower), uncached reads to rings.
+#[test]
+fn buffered_writes_stay_on_io_threads() {
+    let d = two_path_daemon(Launch::default());
+    verify(&d);
+    let e = engine(&d);
+    assert_eq!(e["kind"], "io_uring", "{e}");
+    assert!(e["thread_requests"].as_u64().unwrap() >= 2048, "{e}");
 }
 
 #[test]

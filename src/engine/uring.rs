@@ -265,9 +265,20 @@ impl RingOp {
 }
 
 /// Whether the ring engine can run this request as it is on `raw`.
+///
+/// Writes and flushes on a buffered handle are not: the kernel cannot
+/// write to the page cache of most filesystems without blocking (ext4
+/// and tmpfs refuse `RWF_NOWAIT` writes), so io_uring punts each one to
+/// an io-wq worker, which measured 1.8x slower than the per-path IO
+/// threads at 4k QD32 (`benches/table.sh`). Such a path's writes keep
+/// its own IO threads (at most [`super::WORKERS_PER_PATH`], started on
+/// demand), so a hung one still holds only its own.
 pub(super) fn eligible(job: &Job, raw: &RawIo) -> bool {
     let req = &job.req;
     let len = req.len as usize;
+    if raw.buffered() && req.op != Op::Read {
+        return false;
+    }
     match req.op {
         Op::Read | Op::Write => {
             len > 0

@@ -598,6 +598,12 @@ impl RawIo {
         self.fd
     }
 
+    /// True for a buffered handle (no O_DIRECT): its IO goes through the
+    /// page cache.
+    pub fn buffered(&self) -> bool {
+        self.align == 1
+    }
+
     /// Whether a transfer of `len` bytes at `offset` from memory at
     /// `addr` can go to the handle as it is (O_DIRECT alignment); if not,
     /// the transport's own read/write (with its bounce buffer) must do it.
