@@ -7,6 +7,8 @@
 #     /proc/PID/stat; % of one core),
 #   - RSS (VmRSS) and thread count (Threads) from /proc/PID/status,
 #   - `show paths --json` latency (control socket, median of 5; and size),
+#   - threads under IO: fio 4k random writes at depth 4 on IO_MAPS maps at
+#     once (default 64) for IO_SECONDS (default 5), the most threads seen,
 #   - a reconfigure that changes one map (adds a 5th path to map 0),
 #   - SIGTERM to exit,
 # and prints a markdown table on stdout (progress on stderr).
@@ -14,7 +16,9 @@
 #   benches/scale.sh [N ...]            (default: 10 100 1000)
 #
 # Environment: IDLE_SECONDS (default 30), READY_TIMEOUT (seconds to wait
-# for READY=1 per N, default 600), KEEP=1 keeps the scratch directories.
+# for READY=1 per N, default 600), KEEP=1 keeps the scratch directories,
+# DIRECT=1 declares the paths `direct yes` (O_DIRECT: all IO on io_uring's
+# rings), UMPATH_IO_ENGINE=threads runs the IO thread engine.
 # Needs: python3, a Rust toolchain (the release binary is built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +35,11 @@ NS = [int(x) for x in sys.argv[2:]]
 IDLE = float(os.environ.get("IDLE_SECONDS", "30"))
 READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT", "600"))
 KEEP = os.environ.get("KEEP") == "1"
+# Paths with O_DIRECT (`direct yes`): all their IO on io_uring's rings.
+DIRECT = os.environ.get("DIRECT") == "1"
+# Threads under IO: fio writes to this many maps at once, for this long.
+IO_MAPS = int(os.environ.get("IO_MAPS", "64"))
+IO_SECONDS = float(os.environ.get("IO_SECONDS", "5"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 STANZA = """    device {
@@ -53,7 +62,8 @@ def wwid(i):
     return "36000c29a%08x" % i
 
 def path_entry(name, img, i):
-    return (f"    path {{\n        name {name}\n        transport file\n        file {img}\n"
+    direct = "        direct yes\n" if DIRECT else ""
+    return (f"    path {{\n        name {name}\n        transport file\n{direct}        file {img}\n"
             f"        vendor \"OSNEXUS\"\n        product \"QUANTASTOR\"\n        revision \"0001\"\n"
             f"        wwid \"{wwid(i)}\"\n        serial \"S{i:08x}\"\n    }}\n")
 
@@ -154,6 +164,28 @@ def one(n):
         st = proc_status(proc.pid)
         row["rss_mib"] = "%.1f" % (int(st["VmRSS"].split()[0]) / 1024)
         row["threads"] = st.get("Threads")
+        # Threads under IO: 4k random writes at depth 4 on IO_MAPS maps at
+        # once (one fio job, one NBD connection, per map).
+        if IO_MAPS > 0 and shutil.which("fio"):
+            k = min(n, IO_MAPS)
+            args = ["fio", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=4",
+                    "--size=1M", "--time_based", f"--runtime={IO_SECONDS:g}",
+                    "--group_reporting", "--output-format=json"]
+            for i in range(k):
+                args += [f"--name=m{i:04d}", f"--uri=nbd+unix:///m{i:04d}?socket={nbd_sock}"]
+            fio = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            most = 0
+            while fio.poll() is None:
+                most = max(most, int(proc_status(proc.pid).get("Threads", "0")))
+                time.sleep(0.2)
+            out, err = fio.communicate()
+            try:
+                j = json.loads(out[out.index("{"):])["jobs"][0]
+                row["io"] = f"{k} maps, {j['write']['iops']:,.0f} IOPS, {j['error']} errors"
+            except (ValueError, KeyError, IndexError):
+                row["io"] = f"fio failed: {err.strip()[:200]}"
+            row["threads_io"] = str(most)
+            log(f"N={n}: threads under IO on {k} maps: {most} ({row['io']})")
         lat = []
         size = 0
         for _ in range(5):
@@ -192,7 +224,8 @@ def one(n):
 
 COLS = [("n", "maps"), ("paths", "paths"), ("ready_s", "start-up to READY (s)"),
         ("idle_cpu_pct", "idle CPU (% of a core)"), ("rss_mib", "RSS (MiB)"),
-        ("threads", "threads"), ("show_paths_ms", "show paths --json (ms, median of 5)"),
+        ("threads", "threads"), ("threads_io", "threads under IO (most)"), ("io", "IO"),
+        ("show_paths_ms", "show paths --json (ms, median of 5)"),
         ("show_paths_kib", "its size (KiB)"), ("show_maps_ms", "show maps --json (ms)"),
         ("reconfigure_ms", "reconfigure changing one map (ms)"),
         ("threads_after_reconf", "threads after it"), ("sigterm_s", "SIGTERM to exit (s)"),
