@@ -55,6 +55,17 @@ STANZA = """    device {
     }
 """
 
+def raise_nofile():
+    # 4 paths per map reserve 4 descriptors each (IO handle, checker,
+    # reopen, slack): 1000 maps need more than a 20,000 hard limit leaves
+    # for NBD clients. Root may raise the hard limit; others keep theirs.
+    import resource
+    want = 262144
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        pass
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -132,7 +143,8 @@ def one(n):
         logf = open(os.path.join(w, "daemon.log"), "wb")
         t0 = time.monotonic()
         proc = subprocess.Popen([UMPATH, "--control-socket", ctl_sock, "daemon", "--config", cfg,
-                                 "--nbd-socket", nbd_sock], env=env, stdout=subprocess.DEVNULL, stderr=logf)
+                                 "--nbd-socket", nbd_sock], env=env, stdout=subprocess.DEVNULL, stderr=logf,
+                                preexec_fn=raise_nofile)
         ready = None
         ns.settimeout(1.0)
         while time.monotonic() - t0 < READY_TIMEOUT:
@@ -182,6 +194,8 @@ def one(n):
             try:
                 j = json.loads(out[out.index("{"):])["jobs"][0]
                 row["io"] = f"{k} maps, {j['write']['iops']:,.0f} IOPS, {j['error']} errors"
+                if j["write"]["iops"] == 0:
+                    log(f"fio did no IO: {err.strip()[:500]}")
             except (ValueError, KeyError, IndexError):
                 row["io"] = f"fio failed: {err.strip()[:200]}"
             row["threads_io"] = str(most)
