@@ -123,36 +123,28 @@ fn a_forced_io_uring_that_is_refused_stops_the_start() {
     make_image(&img, 1 << 20);
     let cfg = dir.path().join("multipath.conf");
     std::fs::write(&cfg, seed_config("", &[file_path("p0", &img)])).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--control-socket")
-        .arg(dir.path().join("c.sock"))
-        .arg("daemon")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--nbd-socket")
-        .arg(dir.path().join("n.sock"))
-        .env("UMPATH_IO_ENGINE", "uring");
-    deny_io_uring(&mut cmd);
-    let out = cmd.output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The daemon with `engine` asked for, run to its exit (it must fail).
+    let daemon = |engine: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--control-socket")
+            .arg(dir.path().join("c.sock"))
+            .arg("daemon")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--nbd-socket")
+            .arg(dir.path().join("n.sock"))
+            .env("UMPATH_IO_ENGINE", engine);
+        deny_io_uring(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = daemon("uring");
     assert!(
         err.contains("IO engine: UMPATH_IO_ENGINE=uring, but io_uring unavailable"),
         "{err}"
     );
     // A value that means nothing is refused with the choices.
-    let out = Command::new(BIN)
-        .arg("--control-socket")
-        .arg(dir.path().join("c.sock"))
-        .arg("daemon")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--nbd-socket")
-        .arg(dir.path().join("n.sock"))
-        .env("UMPATH_IO_ENGINE", "fast")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = daemon("fast");
     assert!(err.contains("expected auto, uring or threads"), "{err}");
 }

@@ -536,19 +536,6 @@ impl FileTransport {
         })
     }
 
-    /// What an IO error on a raw handle means ([`FileTransport::read_at`]'s
-    /// classification; a path error marks the handle for reopening).
-    pub(crate) fn raw_error(
-        &self,
-        o: &Opened,
-        op: IoOp,
-        offset: u64,
-        len: u64,
-        e: io::Error,
-    ) -> TransportError {
-        self.io_error(o, op, offset, len, e)
-    }
-
     /// A transport for `path`, opened now if possible. If the open fails,
     /// the transport is "not open" (IO fails saying why) until
     /// [`FileTransport::reopen`] succeeds.
@@ -684,7 +671,7 @@ impl FileTransport {
 
     /// Turn an IO error on `o` into a [`TransportError`], marking the
     /// handle for reopening if it is a path error.
-    fn io_error(
+    pub(crate) fn io_error(
         &self,
         o: &Opened,
         op: IoOp,

@@ -481,8 +481,8 @@ impl Transport {
         e: io::Error,
     ) -> TransportError {
         match (self, &raw.handle) {
-            (Transport::File(t), RawHandle::File(o)) => t.raw_error(o, op, offset, len, e),
-            (Transport::Scsi(t), RawHandle::Scsi(o)) => t.raw_error(o, op, offset, len, e),
+            (Transport::File(t), RawHandle::File(o)) => t.io_error(o, op, offset, len, e),
+            (Transport::Scsi(t), RawHandle::Scsi(o)) => t.io_error(o, op, offset, len, e),
             _ => TransportError::new(op, offset, len, self.target(), ErrorClass::Path, e),
         }
     }

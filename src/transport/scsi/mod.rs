@@ -160,19 +160,6 @@ impl ScsiTransport {
         })
     }
 
-    /// What an IO error on a raw handle means (the classification of
-    /// [`ScsiTransport::read_at`]).
-    pub(crate) fn raw_error(
-        &self,
-        o: &Opened,
-        op: IoOp,
-        offset: u64,
-        len: u64,
-        e: io::Error,
-    ) -> TransportError {
-        self.io_error(o, op, offset, len, e)
-    }
-
     /// A transport for the disk; opened now if possible, else "not open"
     /// until a check reopens it.
     pub fn new(target: ScsiTarget) -> ScsiTransport {
@@ -291,7 +278,7 @@ impl ScsiTransport {
         ))
     }
 
-    fn io_error(
+    pub(crate) fn io_error(
         &self,
         o: &Opened,
         op: IoOp,
