@@ -66,6 +66,18 @@ impl Drop for Kit {
 /// elsewhere when its path has failed.
 #[test]
 fn a_stopped_upstream_stalls_writes_one_timeout_not_two() {
+    stopped_upstream(2);
+}
+
+/// The same with checker_timeout 30 (its default) and io_timeout 2: an
+/// `nbd` path's socket timeout is the smaller of the two, so held writes
+/// are released after io_timeout, not after 30 s.
+#[test]
+fn io_timeout_bounds_an_nbd_paths_socket_timeout() {
+    stopped_upstream(30);
+}
+
+fn stopped_upstream(checker_timeout: u32) {
     need("fio");
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("lun0.img");
@@ -81,7 +93,7 @@ fn a_stopped_upstream_stalls_writes_one_timeout_not_two() {
         );
     }
     let config = format!(
-        "defaults {{\n    polling_interval 1\n    io_timeout 2\n    checker_timeout 2\n}}\ndevices {{\n{SEED_STANZA}}}\nmultipaths {{\n    multipath {{\n        wwid \"{WWID}\"\n        alias lun0\n        path_grouping_policy failover\n    }}\n}}\npaths {{\n{paths}}}\n"
+        "defaults {{\n    polling_interval 1\n    io_timeout 2\n    checker_timeout {checker_timeout}\n}}\ndevices {{\n{SEED_STANZA}}}\nmultipaths {{\n    multipath {{\n        wwid \"{WWID}\"\n        alias lun0\n        path_grouping_policy failover\n    }}\n}}\npaths {{\n{paths}}}\n"
     );
     let d = Daemon::start_in(dir, &config);
     let fio = Command::new("fio")

@@ -26,6 +26,9 @@ pub struct PathPlan {
     pub settings: PathSettings,
     /// Set for a discovered SCSI disk.
     pub scsi: Option<ScsiDevice>,
+    /// The configuration's io_timeout (`None`: no limit), which bounds an
+    /// `nbd` path's socket timeout.
+    pub io_timeout: Option<std::time::Duration>,
 }
 
 /// The transport name of discovered SCSI disks.
@@ -188,6 +191,10 @@ pub fn plan_with(
             info,
             settings,
             scsi,
+            io_timeout: match cfg.io_timeout() {
+                0 => None,
+                secs => Some(std::time::Duration::from_secs(u64::from(secs))),
+            },
         };
         match maps.iter_mut().find(|m| m.wwid == d.wwid) {
             Some(m) => m.paths.push(path),

@@ -171,6 +171,15 @@ pub async fn first_check(checker: PathChecker, timeout: Duration) -> FirstCheck 
     FirstCheck { result, size }
 }
 
+/// An `nbd` path's socket timeout: checker_timeout (else 30 s), and no
+/// longer than io_timeout. A write stuck past io_timeout is held until
+/// its original ends, which for an NBD request is this timeout: with 30 s
+/// here and io_timeout 2, a stopped server would hold writes 30 s.
+fn nbd_timeout(p: &PathPlan) -> Duration {
+    let checker = configured_checker_timeout(&p.settings).unwrap_or(DEFAULT_CHECKER_TIMEOUT);
+    p.io_timeout.map_or(checker, |io| checker.min(io))
+}
+
 /// The transport a declared path names. Config validation guarantees the
 /// keys each transport needs; a missing one still yields a path that is
 /// down with the reason, never a panic. Opening is lazy: the first check
@@ -180,10 +189,7 @@ pub fn open_path(p: &PathPlan) -> PathDev {
     let transport = match (&p.scsi, d.transport.as_str()) {
         (Some(s), _) => Transport::scsi(s.target()),
         (None, "nbd") => match d.extra.get("uri").map(|(u, _)| NbdUri::parse(u)) {
-            Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(
-                uri,
-                configured_checker_timeout(&p.settings).unwrap_or(DEFAULT_CHECKER_TIMEOUT),
-            )),
+            Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(uri, nbd_timeout(p))),
             _ => Transport::file(PathBuf::new()),
         },
         (None, _) if d.direct() => Transport::file_direct(d.file.clone().unwrap_or_default()),
