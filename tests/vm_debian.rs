@@ -550,6 +550,12 @@ fn dm_multipath_side_by_side() {
     let um_groups = group_paths(&first_map());
     step(&format!("umpath: {um_name} {um_selector} {um_groups:?}"));
     step(&format!("umpath stall: {um_stall}"));
+    // The SCSI paths' IO went to io_uring (the guest's 6.1 kernel has it).
+    let status = g.sh_ok("umpath show status --json");
+    let engine: Value = serde_json::from_str::<Value>(&status).unwrap()["io_engine"].clone();
+    step(&format!("umpath io engine: {engine}"));
+    assert_eq!(engine["kind"], "io_uring", "{engine}");
+    assert!(engine["ring_requests"].as_u64().unwrap_or(0) > 1000, "{engine}");
 
     step("umpath away longer than the dead-connection timeout");
     // Written and acknowledged before the daemon goes: never lost.

@@ -230,6 +230,13 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         Ok((before, after)) => info!("descriptor limit (RLIMIT_NOFILE): {after} (was {before})"),
         Err(e) => warn!("cannot read or raise the descriptor limit: {e}"),
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("umpath")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    // Ring completions are handled on this runtime (see engine::uring).
+    crate::engine::uring::reap_on(rt.handle().clone());
     // The IO engine is chosen once, before any map: a forced io_uring
     // the kernel refuses stops the start here.
     let wish = crate::engine::uring::EngineWish::from_env().map_err(DaemonError::IoEngine)?;
@@ -245,11 +252,6 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         crate::engine::uring::EngineKind::Threads { .. } => warn!("IO engine: {engine}"),
         crate::engine::uring::EngineKind::Uring { .. } => info!("IO engine: {engine}"),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("umpath")
-        .build()
-        .map_err(DaemonError::Runtime)?;
     let r = rt.block_on(async move {
         let (daemon, servers) = Daemon::start(opts).await?;
         daemon.wait(servers).await;
@@ -1349,9 +1351,14 @@ fn engine_json() -> serde_json::Value {
     use crate::engine::uring::EngineKind;
     let (ring, threads) = crate::engine::uring::request_counts();
     match crate::engine::uring::io_engine() {
-        EngineKind::Uring { rings, entries } => json!({
+        EngineKind::Uring {
+            rings,
+            entries,
+            on_runtime,
+        } => json!({
             "kind": "io_uring",
             "rings": rings,
+            "completions_on_runtime": on_runtime,
             "ring_entries": entries,
             "ring_requests": ring,
             "thread_requests": threads,

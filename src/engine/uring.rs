@@ -67,8 +67,13 @@ pub const ENGINE_ENV: &str = "UMPATH_IO_ENGINE";
 /// Which IO engine this process runs, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineKind {
-    /// io_uring, with this many rings (one completion thread each).
-    Uring { rings: usize, entries: u32 },
+    /// io_uring, with this many rings; completions handled on the
+    /// daemon's runtime (`on_runtime`) or on one thread per ring.
+    Uring {
+        rings: usize,
+        entries: u32,
+        on_runtime: bool,
+    },
     /// Per-path IO threads only, for the reason given.
     Threads { why: String },
 }
@@ -76,9 +81,18 @@ pub enum EngineKind {
 impl std::fmt::Display for EngineKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EngineKind::Uring { rings, entries } => write!(
+            EngineKind::Uring {
+                rings,
+                entries,
+                on_runtime,
+            } => write!(
                 f,
-                "io_uring ({rings} ring(s) of {entries} entries, one completion thread each)"
+                "io_uring ({rings} ring(s) of {entries} entries, completions {})",
+                if *on_runtime {
+                    "on the runtime"
+                } else {
+                    "on a thread per ring"
+                }
             ),
             EngineKind::Threads { why } => write!(f, "threads ({why})"),
         }
@@ -135,6 +149,19 @@ pub(super) fn count_thread_request() {
     THREAD_REQUESTS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The runtime whose tasks handle completions, if the process set one
+/// ([`reap_on`]) before the engine was made.
+static REAPER: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// Completions are to be handled by tasks on this runtime (the daemon's):
+/// a ring signals an eventfd the runtime's reactor waits on, so a
+/// completion and the reply it wakes run on one worker, without a
+/// completion thread between them. Call before anything submits IO;
+/// without it (tools, tests) each ring has a completion thread.
+pub fn reap_on(handle: tokio::runtime::Handle) {
+    let _ = REAPER.set(handle);
+}
+
 /// The process's engine: made on first use.
 struct Engine {
     kind: EngineKind,
@@ -162,6 +189,7 @@ fn engine() -> &'static Engine {
                 kind: EngineKind::Uring {
                     rings: r.rings.len(),
                     entries: RING_ENTRIES,
+                    on_runtime: r.on_runtime,
                 },
                 rings: Some(Arc::new(r)),
             },
@@ -202,6 +230,8 @@ pub enum RingError {
 pub(super) struct Rings {
     rings: Vec<Arc<Ring>>,
     next: AtomicUsize,
+    /// Completions are handled by tasks on [`REAPER`]'s runtime.
+    on_runtime: bool,
 }
 
 struct Ring {
@@ -214,6 +244,10 @@ struct Ring {
     in_flight: AtomicUsize,
     /// At most this many at once (the completion queue's size).
     cap: usize,
+    /// A submission failed (EBUSY): entries wait in the queue for the
+    /// next `io_uring_enter` (the completion thread's wait does one; the
+    /// runtime's task does one when this is set).
+    needs_enter: std::sync::atomic::AtomicBool,
 }
 
 /// One request on a ring: the job, the handle it runs on, how far it got.
@@ -295,8 +329,22 @@ impl Rings {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         let count = cores.clamp(1, MAX_RINGS);
         let mut rings = Vec::with_capacity(count);
+        let mut on_runtime = REAPER.get().is_some();
         for i in 0..count {
             let ring = Arc::new(Ring::new()?);
+            if on_runtime {
+                match ring.clone().reap_on_runtime() {
+                    Ok(()) => {
+                        rings.push(ring);
+                        continue;
+                    }
+                    Err(e) if i == 0 => {
+                        warn!("io_uring: completions on a thread per ring ({e})");
+                        on_runtime = false;
+                    }
+                    Err(e) => return Err(RingError::Setup(e)),
+                }
+            }
             let r = ring.clone();
             thread::Builder::new()
                 .name(format!("uring-{i}"))
@@ -307,6 +355,7 @@ impl Rings {
         Ok(Rings {
             rings,
             next: AtomicUsize::new(0),
+            on_runtime,
         })
     }
 
@@ -367,6 +416,7 @@ impl Ring {
             cq: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             cap,
+            needs_enter: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -414,6 +464,7 @@ impl Ring {
                     if !matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) {
                         warn!("io_uring submit: {e}");
                     }
+                    self.needs_enter.store(true, Ordering::Release);
                     return;
                 }
             }
@@ -436,23 +487,76 @@ impl Ring {
                     thread::sleep(std::time::Duration::from_millis(10));
                 }
             }
-            {
-                let _g = self.cq.lock();
-                // SAFETY: the completion queue is only ever touched under
-                // `self.cq`.
-                let cq = unsafe { self.uring.completion_shared() };
-                done.extend(cq.map(|c| (c.user_data(), c.result())));
+            self.reap(&mut done);
+        }
+    }
+
+    /// Registers an eventfd the ring signals on each completion and
+    /// starts the task on [`REAPER`]'s runtime that waits on it.
+    fn reap_on_runtime(self: Arc<Self>) -> io::Result<()> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let handle = REAPER
+            .get()
+            .ok_or_else(|| io::Error::other("no runtime set"))?;
+        let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        self.uring
+            .submitter()
+            .register_eventfd(std::os::fd::AsRawFd::as_raw_fd(&efd))?;
+        let afd = {
+            let _rt = handle.enter();
+            // SAFETY: the EventFd owns its descriptor, which stays open
+            // and the same for as long as the AsyncFd holds it.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    efd,
+                    tokio::io::Interest::READABLE,
+                )
             }
-            for (user_data, res) in done.drain(..) {
-                if user_data == 0 {
-                    continue;
+            .map_err(|e| io::Error::other(e.to_string()))?
+        };
+        handle.spawn(async move {
+            let mut done: Vec<(u64, i32)> = Vec::with_capacity(64);
+            loop {
+                let mut ready = match afd.readable().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!("io_uring: waiting for completions: {e}");
+                        return;
+                    }
+                };
+                // Consume the signal before reaping: a completion posted
+                // after the reap signals again.
+                let _ = afd.get_ref().read();
+                ready.clear_ready();
+                self.reap(&mut done);
+                if self.needs_enter.swap(false, Ordering::AcqRel) {
+                    self.enter();
                 }
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                // SAFETY: every entry submitted carries a pointer from
-                // `Box::into_raw` of a `RingOp`, and each completes once.
-                let op = unsafe { Box::from_raw(user_data as *mut RingOp) };
-                self.completed(op, res);
             }
+        });
+        Ok(())
+    }
+
+    /// Takes the finished entries off the completion queue and handles
+    /// them (outside the queue's lock).
+    fn reap(&self, done: &mut Vec<(u64, i32)>) {
+        {
+            let _g = self.cq.lock();
+            // SAFETY: the completion queue is only ever touched under
+            // `self.cq`.
+            let cq = unsafe { self.uring.completion_shared() };
+            done.extend(cq.map(|c| (c.user_data(), c.result())));
+        }
+        for (user_data, res) in done.drain(..) {
+            if user_data == 0 {
+                continue;
+            }
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            // SAFETY: every entry submitted carries a pointer from
+            // `Box::into_raw` of a `RingOp`, and each completes once.
+            let op = unsafe { Box::from_raw(user_data as *mut RingOp) };
+            self.completed(op, res);
         }
     }
 
@@ -550,8 +654,10 @@ mod tests {
         let k = EngineKind::Uring {
             rings: 2,
             entries: 512,
+            on_runtime: true,
         };
         assert!(k.to_string().starts_with("io_uring (2 ring(s)"), "{k}");
+        assert!(k.to_string().contains("completions on the runtime"), "{k}");
         let k = EngineKind::Threads {
             why: "UMPATH_IO_ENGINE=threads".into(),
         };
