@@ -555,7 +555,10 @@ fn dm_multipath_side_by_side() {
     let engine: Value = serde_json::from_str::<Value>(&status).unwrap()["io_engine"].clone();
     step(&format!("umpath io engine: {engine}"));
     assert_eq!(engine["kind"], "io_uring", "{engine}");
-    assert!(engine["ring_requests"].as_u64().unwrap_or(0) > 1000, "{engine}");
+    assert!(
+        engine["ring_requests"].as_u64().unwrap_or(0) > 1000,
+        "{engine}"
+    );
 
     step("umpath away longer than the dead-connection timeout");
     // Written and acknowledged before the daemon goes: never lost.

@@ -1,18 +1,22 @@
 //! The io_uring IO engine: reads, writes and flushes on `file` and `scsi`
 //! paths go to the kernel as io_uring submissions made on the submitting
-//! thread (an NBD connection's task), and come back on a completion
-//! thread, without a hand-off to a per-path IO thread.
+//! thread (an NBD connection's task), and come back to a task on the
+//! daemon's runtime (or a completion thread), without a hand-off to a
+//! per-path IO thread.
 //!
 //! ```text
 //!  dispatch (connection task) ──push SQE, io_uring_enter──▶ kernel
-//!                                                             │
-//!  Inner::finished ◀── completion thread (one per ring) ◀── CQE
+//!                                                             │ CQE
+//!  Inner::finished ◀── reaper task (ring eventfd readable) ◀──┘
+//!                      or, without a runtime: a completion thread per ring
 //! ```
 //!
 //! * **Rings**: one per core (at most [`MAX_RINGS`]), made once per
-//!   process, each with one completion thread; so the engine's threads
-//!   are bounded by the cores, not by the paths. A request picks a ring
-//!   round-robin.
+//!   process. In the daemon ([`reap_on`]) each ring signals an eventfd the
+//!   runtime's reactor waits on, and a task reaps it, so a completion and
+//!   the reply it wakes run on one worker; elsewhere each ring has a
+//!   completion thread. Either way the engine's threads are bounded by the
+//!   cores, not by the paths. A request picks a ring round-robin.
 //! * **A hung path holds no thread**: its requests sit in the kernel
 //!   (the block layer for O_DIRECT, an io-wq kernel worker for buffered
 //!   file IO) until they end; io_timeout and the write-hold rule work on
@@ -453,8 +457,10 @@ impl Ring {
     }
 
     /// Hands pushed entries to the kernel. An error leaves them in the
-    /// queue for the completion thread's next `io_uring_enter`, which also
-    /// submits (it is woken by completions, and EBUSY means some wait).
+    /// queue for the next `io_uring_enter` of whoever reaps the ring (a
+    /// completion thread's wait submits too; the reaper task enters when
+    /// `needs_enter` is set), which completions wake: EBUSY means some
+    /// are waiting.
     fn enter(&self) {
         loop {
             match self.uring.submit() {
@@ -508,10 +514,7 @@ impl Ring {
             // SAFETY: the EventFd owns its descriptor, which stays open
             // and the same for as long as the AsyncFd holds it.
             unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    efd,
-                    tokio::io::Interest::READABLE,
-                )
+                tokio::io::unix::AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE)
             }
             .map_err(|e| io::Error::other(e.to_string()))?
         };
