@@ -168,19 +168,28 @@ fn scenario(engine: &str) -> Seen {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    let names = thread_names(pid);
-    let stuck = |prefixes: &[&str]| {
-        names
-            .iter()
-            .filter(|(n, w)| prefixes.iter().any(|p| n.starts_with(p)) && in_fuse(w))
-            .count()
-    };
-    let seen = Seen {
-        stuck_threads: stuck(&["io-", "uring-"]),
-        stuck_other: stuck(&["umpath"]),
-        stuck_kernel_workers: stuck(&["iou-wrk"]),
-        names: names.clone(),
+    // The hung original stays hung until the device resumes (its read is
+    // reissued elsewhere after io_timeout): wait until something waits
+    // on the device, then look at who does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let names = thread_names(pid);
+        let stuck = |prefixes: &[&str]| {
+            names
+                .iter()
+                .filter(|(n, w)| prefixes.iter().any(|p| n.starts_with(p)) && in_fuse(w))
+                .count()
+        };
+        let seen = Seen {
+            stuck_threads: stuck(&["io-", "uring-"]),
+            stuck_other: stuck(&["umpath"]),
+            stuck_kernel_workers: stuck(&["iou-wrk"]),
+            names: names.clone(),
+        };
+        if seen.stuck_threads + seen.stuck_kernel_workers > 0 || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     };
     let out = reader.wait_with_output().unwrap();
     assert!(
