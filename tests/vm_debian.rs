@@ -471,8 +471,8 @@ fn stall_figures(job: &Value) -> Value {
 /// `disk` hot-unplugged) against `dev`; `both_active` says when the two
 /// paths are back.
 fn stall_runs(g: &Guest, dev: &str, disk: &str, both_active: &dyn Fn() -> bool) -> Value {
-    let baseline = fio_stall(g, dev, 12, || {});
-    let offline = fio_stall(g, dev, 16, || {
+    let baseline = fio_stall(g, dev, 8, || {});
+    let offline = fio_stall(g, dev, 11, || {
         g.sh_ok(&format!("echo offline > /sys/block/{disk}/device/state"));
     });
     g.sh_ok(&format!("echo running > /sys/block/{disk}/device/state"));
@@ -482,7 +482,7 @@ fn stall_runs(g: &Guest, dev: &str, disk: &str, both_active: &dyn Fn() -> bool) 
         both_active,
     );
     let (id, hba, drive) = g.qdev_of(disk);
-    let unplug = fio_stall(g, dev, 16, || {
+    let unplug = fio_stall(g, dev, 11, || {
         g.qmp("device_del", serde_json::json!({ "id": id }));
     });
     g.qmp_event("DEVICE_DELETED", Duration::from_secs(60), |d| {
