@@ -562,21 +562,7 @@ struct Nbdkit(Child);
 
 impl Nbdkit {
     fn spawn(socket: &Path, image: &Path) -> Nbdkit {
-        need("nbdkit");
-        Nbdkit(
-            Command::new("nbdkit")
-                .arg("--foreground")
-                .arg("--exit-with-parent")
-                .arg("--unix")
-                .arg(socket)
-                .arg("--exportname=lun0")
-                .arg("file")
-                .arg(image)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nbdkit"),
-        )
+        Nbdkit(spawn_nbdkit(socket, &[Path::new("file"), image]))
     }
 }
 

@@ -33,18 +33,17 @@ impl Fused {
         }
         let sock = work.join("kit.sock");
         let ctl = work.join("pause.sock");
-        let kit = Command::new("nbdkit")
-            .args(["--foreground", "--exit-with-parent", "--unix"])
-            .arg(&sock)
-            .arg("--filter=pause")
-            .arg("file")
-            .arg(image)
-            .arg(format!("pause-control={}", ctl.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nbdkit");
-        wait_for(&sock, "nbdkit's socket");
+        let pause = format!("pause-control={}", ctl.display());
+        let kit = spawn_nbdkit(
+            &sock,
+            &[
+                "--filter=pause".as_ref(),
+                "file".as_ref(),
+                image.as_os_str(),
+                pause.as_ref(),
+            ],
+        );
+        wait_for_path(&sock, "nbdkit");
         let dir = work.join("fuse");
         std::fs::create_dir_all(&dir).unwrap();
         let fuse = Command::new("nbdfuse")
@@ -55,7 +54,7 @@ impl Fused {
             .stderr(Stdio::null())
             .spawn()
             .expect("nbdfuse");
-        wait_for(&dir.join("nbd"), "nbdfuse's file");
+        wait_for_path(&dir.join("nbd"), "nbdfuse");
         Fused {
             kit,
             fuse,
@@ -91,14 +90,6 @@ impl Drop for Fused {
         let _ = self.fuse.wait();
         let _ = self.kit.kill();
         let _ = self.kit.wait();
-    }
-}
-
-fn wait_for(p: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !p.exists() {
-        assert!(Instant::now() < deadline, "{what} did not appear");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

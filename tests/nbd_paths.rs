@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,28 +47,9 @@ impl Nbdkit {
     /// An nbdkit on `socket` with this plugin (and filters) and its
     /// parameters.
     fn with_args(socket: &Path, args: &[String]) -> Nbdkit {
-        need("nbdkit");
         let _ = std::fs::remove_file(socket);
-        let child = Command::new("nbdkit")
-            .arg("--foreground")
-            .arg("--exit-with-parent")
-            .arg("--unix")
-            .arg(socket)
-            .arg("--exportname=lun0")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nbdkit");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "nbdkit did not create {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_nbdkit(socket, args);
+        wait_for_path(socket, "nbdkit");
         Nbdkit {
             child,
             socket: socket.to_path_buf(),

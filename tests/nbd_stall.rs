@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -17,24 +17,8 @@ struct Kit(Child);
 
 impl Kit {
     fn start(socket: &Path, image: &Path) -> Kit {
-        need("nbdkit");
-        let child = Command::new("nbdkit")
-            .arg("--foreground")
-            .arg("--exit-with-parent")
-            .arg("--unix")
-            .arg(socket)
-            .arg("--exportname=lun0")
-            .arg("file")
-            .arg(image)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nbdkit");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "nbdkit did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_nbdkit(socket, &[Path::new("file"), image]);
+        wait_for_path(socket, "nbdkit");
         Kit(child)
     }
 

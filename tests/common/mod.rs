@@ -40,6 +40,37 @@ pub fn seed_config(defaults: &str, paths: &[String]) -> String {
     )
 }
 
+/// `nbdkit --foreground --exit-with-parent --unix SOCKET
+/// --exportname=lun0 ARGS...` (plugin, filters, parameters), started with
+/// its output discarded; it may not listen yet ([`wait_for_path`]).
+pub fn spawn_nbdkit<S: AsRef<std::ffi::OsStr>>(socket: &Path, args: &[S]) -> Child {
+    need("nbdkit");
+    Command::new("nbdkit")
+        .arg("--foreground")
+        .arg("--exit-with-parent")
+        .arg("--unix")
+        .arg(socket)
+        .arg("--exportname=lun0")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nbdkit")
+}
+
+/// Waits up to 10 s for `path` to exist (a server's socket, a FUSE file).
+pub fn wait_for_path(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not create {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn make_image(path: &Path, size: u64) {
     let f = std::fs::File::create(path).expect("create image");
     f.set_len(size).expect("size image");
