@@ -596,7 +596,6 @@ impl MapEngine {
         }
     }
 
-    /// May IO go down this path now?
     /// How many of the map's other paths can carry IO now (the shaky
     /// detectors never hold out a map's last usable path).
     pub fn usable_paths_besides(&self, path: PathId) -> usize {
@@ -609,6 +608,7 @@ impl MapEngine {
             .count()
     }
 
+    /// May IO go down this path now?
     pub fn path_is_active(&self, path: PathId) -> bool {
         self.inner
             .state
@@ -1340,13 +1340,7 @@ fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>, running: Arc<A
 /// The error of a job its path's IO thread did not send because the path
 /// had failed since the job was queued (a path error: it is routed again).
 fn not_sent(dev: &PathDev, req: &Request) -> TransportError {
-    let op = match req.op {
-        Op::Read => IoOp::Read,
-        Op::Write => IoOp::Write,
-        Op::Flush => IoOp::Flush,
-        Op::Trim => IoOp::Trim,
-        Op::WriteZeroes { .. } => IoOp::WriteZeroes,
-    };
+    let op = io_op(req.op);
     TransportError::new(
         op,
         req.offset,
@@ -1355,6 +1349,17 @@ fn not_sent(dev: &PathDev, req: &Request) -> TransportError {
         ErrorClass::Path,
         std::io::Error::other("not sent: the path failed while the request was queued"),
     )
+}
+
+/// The transport operation a request is.
+fn io_op(op: Op) -> IoOp {
+    match op {
+        Op::Read => IoOp::Read,
+        Op::Write => IoOp::Write,
+        Op::Flush => IoOp::Flush,
+        Op::Trim => IoOp::Trim,
+        Op::WriteZeroes { .. } => IoOp::WriteZeroes,
+    }
 }
 
 /// A front-end handed over a buffer shorter than its request (a bug, not

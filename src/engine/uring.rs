@@ -566,10 +566,12 @@ impl Ring {
     /// One completion: done, continued (a short transfer), or failed.
     fn completed(&self, mut op: Box<RingOp>, res: i32) {
         let req = &op.job.req;
-        let (io_op, len) = match req.op {
-            Op::Read => (IoOp::Read, req.len as usize),
-            Op::Write => (IoOp::Write, req.len as usize),
-            _ => (IoOp::Flush, 0),
+        // Only reads, writes and flushes reach a ring ([`eligible`]).
+        let io_op = super::io_op(req.op);
+        let len = if io_op == IoOp::Flush {
+            0
+        } else {
+            req.len as usize
         };
         let result = if res < 0 {
             let e = io::Error::from_raw_os_error(-res);
