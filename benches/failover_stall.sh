@@ -10,8 +10,12 @@
 #   benches/failover_stall.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo nextest run --test vm_debian --no-capture --retries 0 dm_multipath_side_by_side >/dev/null
-f=target/vm-runs/debian-dm/stall.json
+cargo build --release --quiet --bin umpath
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+# The guest runs the release build (the test build is unoptimised).
+UMPATH_VM_BIN="$target/release/umpath" \
+  cargo nextest run --test vm_debian --no-capture --retries 0 dm_multipath_side_by_side >/dev/null
+f=$target/vm-runs/debian-dm/stall.json
 python3 - "$f" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the full Debian 12 guest of the Debian VM tests (tests/vm_debian.rs):
 # a debootstrap'ed root (systemd, udev, nbd-client, open-iscsi,
-# multipath-tools, fio, e2fsprogs, qemu-guest-agent, the cloud kernel and its
+# multipath-tools, fio, e2fsprogs, nbdkit (the guest benchmark's NBD peer),
+# qemu-guest-agent, the cloud kernel and its
 # initramfs) in an ext4 disk image, plus the kernel and initramfs to boot it.
 # Needs root (debootstrap chroots) and Debian's archive.
 #
@@ -61,7 +62,7 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 
 PACKAGES=(
   systemd systemd-sysv udev kmod iproute2 procps util-linux
-  nbd-client open-iscsi multipath-tools fio e2fsprogs
+  nbd-client open-iscsi multipath-tools fio e2fsprogs nbdkit
   qemu-guest-agent initramfs-tools linux-image-cloud-amd64 man-db
 )
 

@@ -641,6 +641,123 @@ fn dm_multipath_side_by_side() {
     }
 }
 
+/// One fio job of the guest benchmark: 4 KiB direct IO on `dev`.
+fn guest_fio(g: &Guest, dev: &str, rw: &str, qd: u32, secs: u32) -> Value {
+    let engine = if qd == 1 { "psync" } else { "libaio" };
+    let out = g.sh_ok_timeout(
+        &format!(
+            "fio --name=b --filename={dev} --rw={rw} --bs=4k --direct=1 --ioengine={engine} \
+             --iodepth={qd} --time_based --runtime={secs} --output-format=json"
+        ),
+        Duration::from_secs(u64::from(secs) + 120),
+    );
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("fio json: {e}: {out}"));
+    let job = &v["jobs"][0];
+    let side = if rw.contains("write") {
+        "write"
+    } else {
+        "read"
+    };
+    assert_eq!(job["error"], 0, "fio on {dev} ({rw} QD{qd}): {job}");
+    serde_json::json!({
+        "iops": job[side]["iops"].as_f64().unwrap_or(0.0).round(),
+        "mean_us": (job[side]["lat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1e3).round(),
+    })
+}
+
+/// The guest benchmark's jobs: (name, fio rw, queue depth).
+const GUEST_JOBS: [(&str, &str, u32); 4] = [
+    ("4k randread QD1", "randread", 1),
+    ("4k randread QD8", "randread", 8),
+    ("4k randread QD32", "randread", 32),
+    ("4k randwrite QD8", "randwrite", 8),
+];
+
+fn guest_jobs(g: &Guest, dev: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    for (name, rw, qd) in GUEST_JOBS {
+        m.insert(name.to_string(), guest_fio(g, dev, rw, qd, 6));
+    }
+    Value::Object(m)
+}
+
+/// A benchmark, not a test (benches/guest_vs_dm.sh runs it with the
+/// release build): on the guest's two virtio-scsi paths to one LUN, the
+/// same fio jobs through umpath (the kernel NBD client on umpath's
+/// export), through nbdkit's file plugin on one path (the kernel NBD
+/// client again: what any NBD server pays), through dm-multipath, and on
+/// one path's disk alone. Figures go to TARGET/vm-runs/debian-bench/
+/// throughput.json.
+#[test]
+#[ignore = "benchmark: run by benches/guest_vs_dm.sh"]
+fn guest_throughput() {
+    let g = Guest::boot(GuestOptions {
+        name: "debian-bench".into(),
+        lun_size: LUN_SIZE,
+    });
+    let enable = install(&g);
+    let conf = format!(
+        "defaults {{\n    polling_interval 2\n    user_friendly_names no\n    find_multipaths no\n    \
+         umpath_scsi_discovery yes\n    umpath_nbd_device auto\n}}\n\
+         blacklist {{\n    devnode \"^vd[a-z]\"\n}}\n\
+         devices {{\n{}}}\n",
+        umpath::config::QUANTASTOR_DEVICE
+    );
+    put(&g, "/etc/multipath.conf", &conf);
+    g.sh_ok("modprobe nbd; modprobe dm-multipath");
+    let mut figures = serde_json::Map::new();
+
+    step("one path's disk alone");
+    figures.insert("one path (sda)".into(), guest_jobs(&g, "/dev/sda"));
+
+    step("nbdkit (file plugin on sdb) behind the kernel NBD client");
+    g.sh_ok(
+        "nbdkit -U /run/nbdkit.sock -P /run/nbdkit.pid file file=/dev/sdb cache=none && \
+         nbd-client -unix /run/nbdkit.sock /dev/nbd15 -b 4096 >/dev/null 2>&1",
+    );
+    figures.insert("nbdkit".into(), guest_jobs(&g, "/dev/nbd15"));
+    g.sh_ok("nbd-client -d /dev/nbd15 >/dev/null 2>&1; kill $(cat /run/nbdkit.pid)");
+
+    step("umpath");
+    g.sh_ok(&enable);
+    g.wait_for("umpath's kernel device", Duration::from_secs(30), || {
+        g.sh(&format!("test -b /dev/umpath/{WWID}")).rc == 0
+    });
+    figures.insert(
+        "umpath".into(),
+        guest_jobs(&g, &format!("/dev/umpath/{WWID}")),
+    );
+    let status = g.sh_ok("umpath show status --json");
+    let engine = serde_json::from_str::<Value>(&status).unwrap()["io_engine"].clone();
+    step(&format!("umpath io engine: {engine}"));
+    g.sh_ok(&format!(
+        "umpath detach {WWID} && systemctl stop umpathd.service umpathd.socket umpathd-control.socket"
+    ));
+
+    step("dm-multipath");
+    g.sh_ok("systemctl start multipathd");
+    g.wait_for(
+        "multipathd's map with two running paths",
+        Duration::from_secs(60),
+        || {
+            g.sh("multipath -ll 2>/dev/null")
+                .out
+                .matches("active ready running")
+                .count()
+                == 2
+        },
+    );
+    figures.insert(
+        "dm-multipath".into(),
+        guest_jobs(&g, &format!("/dev/mapper/{WWID}")),
+    );
+
+    let figures = Value::Object(figures);
+    let file = g.dir.join("throughput.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    eprintln!("guest throughput ({}):\n{figures:#}", file.display());
+}
+
 /// One daemon's view of the ALUA map: per group (prio, status, paths as
 /// "dev dm_st chk_st prio"), from `show topology` and
 /// `show paths format "%d %p"`, which umpath and multipathd both answer.

@@ -379,6 +379,16 @@ fn run_ok(cmd: &mut Command, what: &str) {
     );
 }
 
+/// The umpath binary the guest installs: the test build, or the one
+/// `UMPATH_VM_BIN` names (benches/failover_stall.sh passes the release
+/// build: the test build is unoptimised, which under TCG costs
+/// milliseconds per request).
+fn umpath_under_test() -> PathBuf {
+    std::env::var_os("UMPATH_VM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_umpath")))
+}
+
 /// The staging disk: an ext4 image (`mkfs.ext4 -d`, no mount needed)
 /// laid out like the source tree, with the umpath under test (stripped)
 /// as `target/release/umpath`.
@@ -390,7 +400,7 @@ fn make_stage(dir: &Path) {
         Command::new("strip")
             .arg("-o")
             .arg(stage.join("target/release/umpath"))
-            .arg(env!("CARGO_BIN_EXE_umpath")),
+            .arg(umpath_under_test()),
         "strip umpath (binutils)",
     );
     for sub in ["systemd", "udev"] {
