@@ -148,3 +148,81 @@ fn a_forced_io_uring_that_is_refused_stops_the_start() {
     let err = daemon("fast");
     assert!(err.contains("expected auto, uring or threads"), "{err}");
 }
+
+/// Sends `reqs` (type, cookie, offset, payload or read length) on `s` in
+/// one write and returns the replies by cookie: (error, read data).
+fn burst(
+    s: &mut std::os::unix::net::UnixStream,
+    reqs: &[(u16, u64, u64, Vec<u8>, u32)],
+) -> std::collections::HashMap<u64, (u32, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut out = Vec::new();
+    for (ty, cookie, offset, payload, len) in reqs {
+        out.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&ty.to_be_bytes());
+        out.extend_from_slice(&cookie.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+        let len = if *ty == 1 { payload.len() as u32 } else { *len };
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    s.write_all(&out).unwrap();
+    let lens: std::collections::HashMap<u64, (u16, u32)> =
+        reqs.iter().map(|r| (r.1, (r.0, r.4))).collect();
+    let mut got = std::collections::HashMap::new();
+    while got.len() < reqs.len() {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(&h[..4], &0x6744_6698u32.to_be_bytes(), "a simple reply");
+        let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
+        let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
+        let (ty, len) = lens[&cookie];
+        let mut data = vec![0u8; if ty == 0 && err == 0 { len as usize } else { 0 }];
+        s.read_exact(&mut data).unwrap();
+        assert!(
+            got.insert(cookie, (err, data)).is_none(),
+            "cookie {cookie} twice"
+        );
+    }
+    got
+}
+
+/// Requests that arrive together are submitted together: one
+/// `io_uring_enter` per batch (at most 32 requests), not per request,
+/// and every request still gets its own right answer.
+#[test]
+fn requests_that_arrive_together_share_a_submission() {
+    let d = direct_daemon();
+    let mut s = nbd_handshake(&d.nbd_socket);
+    let pattern = |i: u64| vec![(i as u8).wrapping_mul(37) ^ 0x5a; 4096];
+    // 24 writes of 4 KiB (all in the reader's buffer at once).
+    let writes: Vec<_> = (0..24u64)
+        .map(|i| (1u16, i, i * 8192, pattern(i), 0u32))
+        .collect();
+    let replies = burst(&mut s, &writes);
+    assert!(replies.values().all(|(e, _)| *e == 0), "{replies:?}");
+    let before = engine(&d);
+    // 64 reads: the 24 written blocks and 40 untouched (zero) ones.
+    let reads: Vec<_> = (0..64u64)
+        .map(|i| (0u16, 100 + i, i * 8192, Vec::new(), 4096u32))
+        .collect();
+    let replies = burst(&mut s, &reads);
+    let after = engine(&d);
+    for i in 0..64u64 {
+        let (err, data) = &replies[&(100 + i)];
+        assert_eq!(*err, 0, "read {i}");
+        let want = if i < 24 { pattern(i) } else { vec![0u8; 4096] };
+        assert!(*data == want, "read {i} returned the wrong data");
+    }
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    let requests = n(&after, "ring_requests") - n(&before, "ring_requests");
+    let calls = n(&after, "ring_submit_calls") - n(&before, "ring_submit_calls");
+    assert_eq!(requests, 64, "{after}");
+    assert!(
+        calls <= 8,
+        "64 reads that arrived together took {calls} submissions (batches of up to 32 expected)"
+    );
+    let text = d.ctl_ok(&["show", "status"]);
+    assert!(text.contains("submission(s)"), "{text}");
+}

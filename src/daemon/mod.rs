@@ -1340,8 +1340,9 @@ impl control::server::Handler for Daemon {
 /// requests went.
 fn engine_text() -> String {
     let (ring, threads) = crate::engine::uring::request_counts();
+    let calls = crate::engine::uring::submit_calls();
     format!(
-        "{}; {ring} request(s) on rings, {threads} on IO threads",
+        "{}; {ring} request(s) on rings in {calls} submission(s), {threads} on IO threads",
         crate::engine::uring::io_engine()
     )
 }
@@ -1361,6 +1362,7 @@ fn engine_json() -> serde_json::Value {
             "completions_on_runtime": on_runtime,
             "ring_entries": entries,
             "ring_requests": ring,
+            "ring_submit_calls": crate::engine::uring::submit_calls(),
             "thread_requests": threads,
         }),
         EngineKind::Threads { why } => json!({

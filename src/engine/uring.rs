@@ -148,6 +148,74 @@ pub fn request_counts() -> (u64, u64) {
     )
 }
 
+/// The `io_uring_enter` calls that submitted requests since the process
+/// started (fewer than the requests when a [`Plug`] batched them).
+static RING_SUBMIT_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many `io_uring_enter` calls submitted requests, for `show status`.
+pub fn submit_calls() -> u64 {
+    RING_SUBMIT_CALLS.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// Set while a [`Plug`] is held on this thread.
+    static PLUGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The rings (a bit per ring index) with entries pushed under the
+    /// plug and not yet handed to the kernel.
+    static DEFERRED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Batches submissions: while a `Plug` is held, requests pushed to a ring
+/// on this thread are not handed to the kernel one by one; dropping the
+/// plug enters each ring that got some, once. One `io_uring_enter` for a
+/// batch lets the block layer plug too, so a device sees one doorbell
+/// for the batch (its notify is a VM exit in a guest).
+///
+/// The plug is per thread and must not be held across an `.await` (the
+/// task could move to another thread and leave the entries unsubmitted):
+/// hold it around synchronous code only, as
+/// `{ let _plug = Plug::new(); for r in batch { export.submit(r) } }`.
+/// Nested plugs enter at the outermost drop.
+pub struct Plug {
+    outer: bool,
+}
+
+impl Plug {
+    /// Starts batching this thread's submissions.
+    #[must_use = "the batch is submitted when the plug is dropped"]
+    pub fn new() -> Plug {
+        Plug {
+            outer: !PLUGGED.with(|p| p.replace(true)),
+        }
+    }
+}
+
+impl Default for Plug {
+    fn default() -> Self {
+        Plug::new()
+    }
+}
+
+impl Drop for Plug {
+    fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
+        PLUGGED.with(|p| p.set(false));
+        let mask = DEFERRED.with(|d| d.replace(0));
+        if mask == 0 {
+            return;
+        }
+        if let Some(rings) = rings() {
+            for (i, ring) in rings.rings.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    ring.enter();
+                }
+            }
+        }
+    }
+}
+
 /// Counts a request handed to IO threads.
 pub(super) fn count_thread_request() {
     THREAD_REQUESTS.fetch_add(1, Ordering::Relaxed);
@@ -370,10 +438,16 @@ impl Rings {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut op = op;
         for i in 0..n {
-            let ring = &self.rings[(start + i) % n];
-            match ring.submit(op) {
+            let idx = (start + i) % n;
+            let ring = &self.rings[idx];
+            match ring.push(op) {
                 Ok(()) => {
                     RING_REQUESTS.fetch_add(1, Ordering::Relaxed);
+                    if PLUGGED.with(|p| p.get()) {
+                        DEFERRED.with(|d| d.set(d.get() | 1 << idx));
+                    } else {
+                        ring.enter();
+                    }
                     return Ok(());
                 }
                 Err(back) => op = back,
@@ -424,7 +498,15 @@ impl Ring {
         })
     }
 
-    fn submit(&self, mut op: Box<RingOp>) -> Result<(), Box<RingOp>> {
+    /// Pushes `op` and hands it to the kernel.
+    fn submit(&self, op: Box<RingOp>) -> Result<(), Box<RingOp>> {
+        self.push(op)?;
+        self.enter();
+        Ok(())
+    }
+
+    /// Pushes `op` to the submission queue; the caller enters the ring.
+    fn push(&self, mut op: Box<RingOp>) -> Result<(), Box<RingOp>> {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.cap {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(op);
@@ -452,7 +534,6 @@ impl Ring {
             // pushed, so nobody else has it.
             return Err(unsafe { Box::from_raw(ptr) });
         }
-        self.enter();
         Ok(())
     }
 
@@ -462,6 +543,7 @@ impl Ring {
     /// `needs_enter` is set), which completions wake: EBUSY means some
     /// are waiting.
     fn enter(&self) {
+        RING_SUBMIT_CALLS.fetch_add(1, Ordering::Relaxed);
         loop {
             match self.uring.submit() {
                 Ok(_) => return,

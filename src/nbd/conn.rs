@@ -899,6 +899,59 @@ fn io_error_message(e: IoError) -> &'static str {
     }
 }
 
+/// Requests read but not yet handed to the export. The reader collects
+/// the requests whose bytes are all buffered and hands them over together
+/// under an engine [`Plug`](crate::engine::uring::Plug): one
+/// `io_uring_enter` (one doorbell for the device) per batch rather than
+/// per request. They are handed over before the reader awaits anything
+/// (their slots and budget may be what it would wait for), at
+/// [`BATCH_MAX`], and when the reader ends.
+struct Pending<'a> {
+    export: &'a Arc<dyn Export>,
+    reqs: Vec<Request>,
+}
+
+/// At most this many requests wait in a [`Pending`] batch.
+const BATCH_MAX: usize = 32;
+
+impl Pending<'_> {
+    fn push(&mut self, req: Request) {
+        self.reqs.push(req);
+        if self.reqs.len() >= BATCH_MAX {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.reqs.is_empty() {
+            return;
+        }
+        let _plug = crate::engine::uring::Plug::new();
+        for req in self.reqs.drain(..) {
+            self.export.submit(req);
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// True if the next request (header and any write payload) is already in
+/// `buf`, so reading it needs no await.
+fn next_request_buffered(buf: &[u8]) -> bool {
+    let Some(h) = buf.get(..REQUEST_HEADER_LEN) else {
+        return false;
+    };
+    // type at 6..8, length at 24..28 (big-endian); only a write carries
+    // a payload.
+    let is_write = u16::from_be_bytes([h[6], h[7]]) == 1;
+    let len = u32::from_be_bytes([h[24], h[25], h[26], h[27]]) as usize;
+    !is_write || buf.len() >= REQUEST_HEADER_LEN + len
+}
+
 async fn reader_loop<R: AsyncRead + Unpin>(
     mut rd: BufReader<R>,
     s: &Session,
@@ -913,7 +966,14 @@ async fn reader_loop<R: AsyncRead + Unpin>(
         .then(|| Unaligned::new(s.export.clone(), p.block_sizes.minimum, p.size));
     let mut hb = [0u8; REQUEST_HEADER_LEN];
     let mut closed = s.export.closed();
+    let mut pending = Pending {
+        export: &s.export,
+        reqs: Vec::new(),
+    };
     loop {
+        if !next_request_buffered(rd.buffer()) {
+            pending.flush();
+        }
         if shutdown_now(&mut shutdown) {
             return ReaderEnd::Shutdown;
         }
@@ -966,20 +1026,30 @@ async fn reader_loop<R: AsyncRead + Unpin>(
         };
         let (slot, mut buf) = match sh.try_admit(info) {
             Some(x) => x,
-            None => tokio::select! {
+            None => {
+                pending.flush();
+                tokio::select! {
                 biased;
                 _ = shutdown_requested(&mut shutdown) => return ReaderEnd::Shutdown,
                 r = sh.admit(info) => match r {
                     Some(x) => x,
                     None => return ReaderEnd::WriterGone,
                 },
-            },
+                }
+            }
         };
         // The server budget: a read's buffer now, a write's payload as it
         // arrives. (A stop here leaves the slot taken: the connection is
         // ending and `Shared` gives its bytes back.)
         let mut charged = 0;
-        if payload > 0 {
+        if payload > 0 && rd.buffer().len() >= payload && sh.budget.try_take(&sh.held, payload) {
+            // All of it is here: no await.
+            grow(&mut buf, payload, payload);
+            buf[..payload].copy_from_slice(&rd.buffer()[..payload]);
+            rd.consume(payload);
+            charged = payload;
+        } else if payload > 0 {
+            pending.flush();
             let r = read_payload(
                 &mut rd,
                 &mut buf,
@@ -996,8 +1066,11 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 return end;
             }
         } else if buf_len > 0 {
-            if let Err(end) = sh.charge(buf_len, &mut shutdown).await {
-                return end;
+            if !sh.budget.try_take(&sh.held, buf_len) {
+                pending.flush();
+                if let Err(end) = sh.charge(buf_len, &mut shutdown).await {
+                    return end;
+                }
             }
             charged = buf_len;
             if buf.len() < buf_len {
@@ -1035,11 +1108,12 @@ async fn reader_loop<R: AsyncRead + Unpin>(
         }
         if let Some(u) = &unaligned {
             if u.needed(offset, len) {
+                pending.flush();
                 u.submit(action, cookie, buf, tx.clone());
                 continue;
             }
         }
-        s.export.submit(Request {
+        pending.push(Request {
             op,
             offset,
             len,
