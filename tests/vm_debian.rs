@@ -467,6 +467,29 @@ fn stall_figures(job: &Value) -> Value {
     })
 }
 
+/// Boots guest `name` with umpath installed the README's way (its
+/// `systemctl enable --now` line returned, not run) and a multipath.conf
+/// that umpath and multipathd both read: the seed's QuantaStor stanza,
+/// WWID names, SCSI discovery, a kernel NBD device per map, plus
+/// `extra_defaults`; nbd and dm-multipath loaded.
+fn beside_dm(name: &str, extra_defaults: &str) -> (Guest, String) {
+    let g = Guest::boot(GuestOptions {
+        name: name.into(),
+        lun_size: LUN_SIZE,
+    });
+    let enable = install(&g);
+    let conf = format!(
+        "defaults {{\n    polling_interval 2\n    user_friendly_names no\n    find_multipaths no\n    \
+         umpath_scsi_discovery yes\n    umpath_nbd_device auto\n{extra_defaults}}}\n\
+         blacklist {{\n    devnode \"^vd[a-z]\"\n}}\n\
+         devices {{\n{}}}\n",
+        umpath::config::QUANTASTOR_DEVICE
+    );
+    put(&g, "/etc/multipath.conf", &conf);
+    g.sh_ok("modprobe nbd; modprobe dm-multipath");
+    (g, enable)
+}
+
 /// Runs the three stall measurements (no fault, path `disk` offline,
 /// `disk` hot-unplugged) against `dev`; `both_active` says when the two
 /// paths are back.
@@ -508,20 +531,7 @@ fn stall_runs(g: &Guest, dev: &str, disk: &str, both_active: &dyn Fn() -> bool) 
 /// benches/failover_stall.sh).
 #[test]
 fn dm_multipath_side_by_side() {
-    let g = Guest::boot(GuestOptions {
-        name: "debian-dm".into(),
-        lun_size: LUN_SIZE,
-    });
-    let enable = install(&g);
-    let conf = format!(
-        "defaults {{\n    polling_interval 2\n    user_friendly_names no\n    find_multipaths no\n    \
-         umpath_scsi_discovery yes\n    umpath_nbd_device auto\n    umpath_nbd_dead_conn_timeout 8\n}}\n\
-         blacklist {{\n    devnode \"^vd[a-z]\"\n}}\n\
-         devices {{\n{}}}\n",
-        umpath::config::QUANTASTOR_DEVICE
-    );
-    put(&g, "/etc/multipath.conf", &conf);
-    g.sh_ok("modprobe nbd; modprobe dm-multipath");
+    let (g, enable) = beside_dm("debian-dm", "    umpath_nbd_dead_conn_timeout 8\n");
 
     step("umpath");
     g.sh_ok(&enable);
@@ -691,20 +701,7 @@ fn guest_jobs(g: &Guest, dev: &str) -> Value {
 #[test]
 #[ignore = "benchmark: run by benches/guest_vs_dm.sh"]
 fn guest_throughput() {
-    let g = Guest::boot(GuestOptions {
-        name: "debian-bench".into(),
-        lun_size: LUN_SIZE,
-    });
-    let enable = install(&g);
-    let conf = format!(
-        "defaults {{\n    polling_interval 2\n    user_friendly_names no\n    find_multipaths no\n    \
-         umpath_scsi_discovery yes\n    umpath_nbd_device auto\n}}\n\
-         blacklist {{\n    devnode \"^vd[a-z]\"\n}}\n\
-         devices {{\n{}}}\n",
-        umpath::config::QUANTASTOR_DEVICE
-    );
-    put(&g, "/etc/multipath.conf", &conf);
-    g.sh_ok("modprobe nbd; modprobe dm-multipath");
+    let (g, enable) = beside_dm("debian-bench", "");
     let mut figures = serde_json::Map::new();
 
     step("one path's disk alone");
