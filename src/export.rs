@@ -83,8 +83,10 @@ impl fmt::Debug for ReplySender {
 /// request, without a hand-off to the connection's writer.
 pub trait DirectReply: Send + Sync + 'static {
     /// Writes the whole reply to `c` now, or takes responsibility for its
-    /// rest, if that needs no waiting; gives `c` back otherwise (the caller
-    /// then sends it through the channel). Must never block.
+    /// rest, if that needs no waiting. Returns what the caller must send
+    /// through the channel: `c` itself when nothing was written, or a
+    /// completion of the front-end's own (a wake-up for its writer), or
+    /// nothing. Must never block.
     fn try_reply(&self, c: Completion) -> Option<Completion>;
 }
 

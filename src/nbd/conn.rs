@@ -1176,7 +1176,8 @@ fn complete(tx: &ReplySender, cookie: u64, result: Result<(), IoError>, buf: IoB
 ///   nothing) it goes through the channel as before. The lock is never
 ///   held across an await or a blocking call.
 /// - A reply the socket took only part of becomes the [`Rest`]: no direct
-///   reply is written after it, the writer is woken and writes it first,
+///   reply is written after it, the writer is woken (a completion with
+///   [`WAKE_COOKIE`] through the channel) and writes it first,
 ///   before any batch, so bytes of two replies never interleave.
 /// - The writer marks itself busy (under the lock) before it writes and
 ///   idle after; it marks the connection closed before its write half
@@ -1190,9 +1191,11 @@ struct Direct {
     sh: Arc<Shared>,
     structured: bool,
     state: Mutex<DirectState>,
-    /// Wakes the writer to write a [`Rest`].
-    wake: Notify,
 }
+
+/// The cookie of the completion a short direct write sends through the
+/// channel to wake the writer for its [`Rest`] (slot numbers are `u32`).
+const WAKE_COOKIE: u64 = u64::MAX;
 
 #[derive(Default)]
 struct DirectState {
@@ -1225,7 +1228,6 @@ impl Direct {
             sh,
             structured,
             state: Mutex::new(DirectState::default()),
-            wake: Notify::new(),
         }
     }
 
@@ -1307,9 +1309,13 @@ impl DirectReply for Direct {
                     cookie: c.cookie,
                     info,
                 });
-                drop(st);
-                self.wake.notify_one();
-                None
+                // The writer takes the rest when this wakes it, if it has
+                // not taken it before.
+                Some(Completion {
+                    cookie: WAKE_COOKIE,
+                    result: Ok(()),
+                    buf: IoBuf::new(),
+                })
             }
         }
     }
@@ -1331,13 +1337,6 @@ impl<W> Drop for Sink<W> {
     }
 }
 
-/// What woke the writer.
-enum Wake {
-    Completion(Option<Completion>),
-    /// A direct reply left a [`Rest`].
-    Rest,
-}
-
 /// Turns completions into replies: waits for one, takes every other one
 /// already queued (up to a [`Batch`]'s bounds), writes them all with one
 /// vectored write straight from the request buffers, then frees their
@@ -1356,13 +1355,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     let direct = sink.direct.clone();
     let r = async {
         loop {
-            let woke = match &direct {
-                Some(d) => tokio::select! {
-                    c = rx.recv() => Wake::Completion(c),
-                    _ = d.wake.notified() => Wake::Rest,
-                },
-                None => Wake::Completion(rx.recv().await),
-            };
+            let next = rx.recv().await;
             if let Some(rest) = direct.as_ref().and_then(|d| d.begin()) {
                 let r = {
                     let mut slices = [
@@ -1379,15 +1372,8 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 sh.release(rest.cookie, &rest.info, rest.buf);
                 r?;
             }
-            let c = match woke {
-                Wake::Completion(Some(c)) => c,
-                Wake::Completion(None) => break,
-                Wake::Rest => {
-                    if let Some(d) = &direct {
-                        d.end();
-                    }
-                    continue;
-                }
+            let Some(c) = next else {
+                break;
             };
             add_reply(&mut batch, &sh, c, structured);
             while !batch.is_full() {
@@ -1440,6 +1426,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 /// Adds the reply to one completion to `batch` (nothing for a cookie that
 /// is not in flight).
 fn add_reply(batch: &mut Batch<(u64, SlotInfo)>, sh: &Shared, c: Completion, structured: bool) {
+    if c.cookie == WAKE_COOKIE {
+        // Only woke the writer for a direct reply's rest (written first).
+        return;
+    }
     let Some(info) = sh.lookup(c.cookie) else {
         error!(cookie = c.cookie, "export completed an unknown request");
         return;
