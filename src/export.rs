@@ -7,12 +7,103 @@
 //! with the completion, so a front-end can recycle them (no per-request
 //! allocation on the hot path).
 
+use std::cell::Cell;
+use std::fmt;
 use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
 
 pub use crate::iobuf::IoBuf;
 
-/// Where completions go: one channel per client connection.
-pub type ReplySender = tokio::sync::mpsc::UnboundedSender<Completion>;
+/// Where completions go: one per client connection. A channel to the
+/// connection's writer, and for plain sockets a [`DirectReply`] that lets
+/// the thread finishing a request write its reply to the client itself
+/// (see [`allow_direct_replies`]).
+#[derive(Clone)]
+pub struct ReplySender {
+    tx: UnboundedSender<Completion>,
+    direct: Option<Arc<dyn DirectReply>>,
+}
+
+impl ReplySender {
+    /// Completions go through `tx` only.
+    pub fn new(tx: UnboundedSender<Completion>) -> ReplySender {
+        ReplySender { tx, direct: None }
+    }
+
+    /// Completions made on a thread that allows it are offered to `direct`
+    /// first; what it does not take goes through `tx`.
+    pub fn with_direct(
+        tx: UnboundedSender<Completion>,
+        direct: Arc<dyn DirectReply>,
+    ) -> ReplySender {
+        ReplySender {
+            tx,
+            direct: Some(direct),
+        }
+    }
+
+    /// Sends `c` through the channel; gives it back if the receiver is
+    /// gone.
+    pub fn send(&self, c: Completion) -> Result<(), Completion> {
+        self.tx.send(c).map_err(|e| e.0)
+    }
+
+    /// Answers with `c`: written to the client at once when the calling
+    /// thread allows direct replies and the connection can take it without
+    /// waiting, else sent through the channel. A closed channel means the
+    /// client went away, which is not the sender's problem.
+    pub fn answer(&self, c: Completion) {
+        let c = match &self.direct {
+            Some(d) if DIRECT_REPLIES.with(Cell::get) => match d.try_reply(c) {
+                None => return,
+                Some(c) => c,
+            },
+            _ => c,
+        };
+        let _ = self.send(c);
+    }
+}
+
+impl From<UnboundedSender<Completion>> for ReplySender {
+    fn from(tx: UnboundedSender<Completion>) -> ReplySender {
+        ReplySender::new(tx)
+    }
+}
+
+impl fmt::Debug for ReplySender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplySender")
+            .field("direct", &self.direct.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection that can take a reply from the thread that completed its
+/// request, without a hand-off to the connection's writer.
+pub trait DirectReply: Send + Sync + 'static {
+    /// Writes the whole reply to `c` now, or takes responsibility for its
+    /// rest, if that needs no waiting. Returns what the caller must send
+    /// through the channel: `c` itself when nothing was written, or a
+    /// completion of the front-end's own (a wake-up for its writer), or
+    /// nothing. Must never block.
+    fn try_reply(&self, c: Completion) -> Option<Completion>;
+}
+
+thread_local! {
+    static DIRECT_REPLIES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Lets completions made on the calling thread be written to clients
+/// directly ([`DirectReply`]), or not (the default). For threads that
+/// exist to do blocking IO (the engine's per-path IO threads) when they
+/// have nothing else queued: waking the connection's writer from there
+/// costs a second thread hop per request. Under load the writer is
+/// cheaper: it batches the replies that are ready together into one
+/// write. Runtime threads keep the writer.
+pub fn allow_direct_replies(allow: bool) {
+    DIRECT_REPLIES.with(|d| d.set(allow));
+}
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +158,7 @@ impl Request {
         let Request {
             cookie, buf, reply, ..
         } = self;
-        let _ = reply.send(Completion {
+        reply.answer(Completion {
             cookie,
             result,
             buf,

@@ -555,3 +555,91 @@ fn memory_pressure_large_writes_wait_and_never_fail() {
     );
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
 }
+
+/// Clients that pipeline writes and 1 MiB reads, read a few bytes of
+/// their replies and vanish mid-reply (on the threads engine the IO
+/// threads write these replies themselves, in pieces when the socket is
+/// full): the daemon stays healthy, and every byte of the request budget
+/// comes back, which a client needing the whole budget at once then
+/// shows (a leak would make its requests wait for ever).
+#[test]
+fn clients_gone_mid_reply_give_the_whole_budget_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, SIZE);
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
+    let d = Daemon::start_with(
+        dir,
+        &cfg,
+        Launch {
+            args: vec!["--nbd-memory-budget".into(), "8".into()],
+            env: vec![("UMPATH_IO_ENGINE".into(), "threads".into())],
+            ..Launch::default()
+        },
+    );
+    for round in 0..12u64 {
+        let mut c = Nbd::new(&d);
+        let mut w = c.s.try_clone().unwrap();
+        // Pipelined without reading: writes of 256 KiB and reads of 1 MiB
+        // whose replies fill the socket.
+        let sender = std::thread::spawn(move || {
+            for k in 0..24u64 {
+                let (command, len) = if k % 2 == 0 {
+                    (Cmd::Write, 256 * 1024)
+                } else {
+                    (Cmd::Read, MIB as u32)
+                };
+                let h = proto::RequestHeader {
+                    flags: 0,
+                    command,
+                    cookie: k,
+                    offset: (k % 16) * 2 * MIB,
+                    len,
+                };
+                let mut sent = w.write_all(&h.encode());
+                if command == Cmd::Write && sent.is_ok() {
+                    sent = w.write_all(&pattern(len as usize, round * 100 + k));
+                }
+                if sent.is_err() {
+                    break; // the reader side went away first
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20 + round * 5));
+        let mut some = vec![0u8; 1000 + round as usize * 3000];
+        let _ = c.s.read(&mut some);
+        c.s.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(c);
+        sender.join().unwrap();
+    }
+    // The whole 8 MiB budget in flight at once, then read back.
+    let mut c = Nbd::new(&d);
+    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut sent = Vec::new();
+    for i in 0..8u64 {
+        let data = pattern(MIB as usize, 5000 + i);
+        sent.push(c.send(Cmd::Write, 32 * MIB + i * MIB, MIB as u32, &data));
+    }
+    let mut got: Vec<u64> = (0..8)
+        .map(|_| {
+            let (cookie, errno) = c.reply();
+            assert_eq!(errno, 0, "{}", d.log_text());
+            cookie
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, sent);
+    for i in 0..8u64 {
+        let back = c.read(32 * MIB + i * MIB, MIB as u32).unwrap();
+        assert_same(
+            &back,
+            &pattern(MIB as usize, 5000 + i),
+            &format!("write {i}"),
+        );
+    }
+    c.usable();
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+}

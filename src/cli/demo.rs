@@ -254,7 +254,7 @@ async fn drill_load(d: Arc<Daemon>) {
             fua: false,
             cookie: n,
             buf,
-            reply: tx.clone(),
+            reply: tx.clone().into(),
         });
     }
 }

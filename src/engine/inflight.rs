@@ -165,7 +165,7 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
-    fn req(op: Op, tx: &ReplySender) -> Request {
+    fn req(op: Op, tx: &tokio::sync::mpsc::UnboundedSender<crate::export::Completion>) -> Request {
         Request {
             op,
             offset: 4096,
@@ -173,7 +173,7 @@ mod tests {
             fua: false,
             cookie: 7,
             buf: IoBuf::zeroed(512),
-            reply: tx.clone(),
+            reply: tx.clone().into(),
         }
     }
 

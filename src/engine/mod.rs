@@ -1306,6 +1306,11 @@ fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>, running: Arc<A
     loop {
         match rx.recv_timeout(WORKER_IDLE) {
             Ok(mut job) => {
+                // With nothing else queued, this thread writes the reply
+                // of the job itself where the connection allows, rather
+                // than waking the connection's writer task; with more
+                // queued, the writer batches the replies.
+                crate::export::allow_direct_replies(rx.is_empty());
                 // A job queued behind others on a path that failed
                 // meanwhile (its IO hung or errored) is not sent down
                 // it: it goes elsewhere as after a path error, without

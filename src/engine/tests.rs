@@ -115,7 +115,7 @@ impl Setup {
             lun,
             devs,
             scripts,
-            tx,
+            tx: tx.into(),
             rx,
             rt,
             cookie: 0,

@@ -25,11 +25,14 @@
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags};
 use parking_lot::Mutex;
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
@@ -47,7 +50,9 @@ use super::ratelog::RateLog;
 use super::tls::{HandshakeError, Identity, Peer, Security, TlsMode};
 use super::unaligned::Unaligned;
 use super::wire::{self, Batch};
-use crate::export::{Completion, Export, ExportSet, IoBuf, IoError, Op, ReplySender, Request};
+use crate::export::{
+    Completion, DirectReply, Export, ExportSet, IoBuf, IoError, Op, ReplySender, Request,
+};
 
 /// Socket read buffer (request headers and small write payloads; big
 /// payloads bypass it).
@@ -157,6 +162,9 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
     fn into_halves(self) -> (Self::Read, Self::Write);
+    /// The socket, when replies can be written to it as they are (no
+    /// TLS): IO threads then write replies themselves ([`Direct`]).
+    fn plain_fd(&self) -> Option<RawFd>;
 }
 
 impl Stream for UnixStream {
@@ -164,6 +172,9 @@ impl Stream for UnixStream {
     type Write = unix::OwnedWriteHalf;
     fn into_halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+    fn plain_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
     }
 }
 
@@ -173,6 +184,9 @@ impl Stream for TcpStream {
     fn into_halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
     }
+    fn plain_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 impl<S: Stream> Stream for TlsStream<S> {
@@ -180,6 +194,9 @@ impl<S: Stream> Stream for TlsStream<S> {
     type Write = WriteHalf<TlsStream<S>>;
     fn into_halves(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
+    }
+    fn plain_fd(&self) -> Option<RawFd> {
+        None
     }
 }
 
@@ -239,9 +256,10 @@ async fn enter<S: Stream>(rd: BufReader<S>, session: Session, env: ConnEnv, tls:
         "transmission started"
     );
     let early = rd.buffer().to_vec();
+    let fd = rd.get_ref().plain_fd();
     let (r, w) = rd.into_inner().into_halves();
     let reader = BufReader::with_capacity(READ_BUF, io::Cursor::new(early).chain(r));
-    transmission(reader, w, session, env).await;
+    transmission(reader, w, fd, session, env).await;
 }
 
 /// Serve one session that is already in transmission: the kernel's NBD
@@ -261,6 +279,7 @@ pub async fn serve_negotiated(
             Vec::new()
         }
     }
+    let fd = stream.as_raw_fd();
     let (r, w) = stream.into_split();
     let s = session(export, false, false);
     // The kernel is one trusted client per device: a budget of its own
@@ -277,7 +296,7 @@ pub async fn serve_negotiated(
         tls_mode: TlsMode::Off,
         peer_addr: None,
     };
-    transmission(BufReader::with_capacity(READ_BUF, r), w, s, env).await;
+    transmission(BufReader::with_capacity(READ_BUF, r), w, Some(fd), s, env).await;
 }
 
 fn is_disconnect(e: &io::Error) -> bool {
@@ -807,7 +826,10 @@ enum ReaderEnd {
     },
 }
 
-async fn transmission<R, W>(reader: BufReader<R>, w: W, s: Session, env: ConnEnv)
+/// Serves one session in transmission. `fd` is the socket under `w` when
+/// replies can be written to it raw (no TLS): IO threads then write the
+/// replies of what they complete themselves ([`Direct`]).
+async fn transmission<R, W>(reader: BufReader<R>, w: W, fd: Option<RawFd>, s: Session, env: ConnEnv)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -815,9 +837,21 @@ where
     let limits = env.limits;
     let shared = Arc::new(Shared::new(limits, env.budget.clone()));
     let (tx, rx) = mpsc::unbounded_channel();
+    let direct = fd.map(|fd| Arc::new(Direct::new(fd, shared.clone(), s.structured)));
+    let tx = match &direct {
+        Some(d) => ReplySender::with_direct(tx, d.clone()),
+        None => ReplySender::new(tx),
+    };
+    let sink = Sink { w, direct };
     let mut writer = AbortOnDrop(tokio::spawn(
-        writer_loop(w, rx, shared.clone(), s.structured, limits.payload_timeout)
-            .instrument(env.span.clone()),
+        writer_loop(
+            sink,
+            rx,
+            shared.clone(),
+            s.structured,
+            limits.payload_timeout,
+        )
+        .instrument(env.span.clone()),
     ));
     let mut requests = 0u64;
     let end = reader_loop(
@@ -1201,13 +1235,190 @@ fn complete(tx: &ReplySender, cookie: u64, result: Result<(), IoError>, buf: IoB
     });
 }
 
+// ---------------------------------------------------------------------------
+// Direct replies
+// ---------------------------------------------------------------------------
+
+/// Replies written by the thread that completed the request (an engine IO
+/// thread), on plain sockets: one thread hop per request instead of two
+/// (IO thread, then the writer task). The writer task and such threads
+/// share the socket:
+///
+/// - A direct reply is written under `state`'s lock with one non-blocking
+///   `sendmsg`, only while the writer is idle and nothing is left over
+///   from an earlier direct reply; otherwise (or when the socket takes
+///   nothing) it goes through the channel as before. The lock is never
+///   held across an await or a blocking call.
+/// - A reply the socket took only part of becomes the [`Rest`]: no direct
+///   reply is written after it, the writer is woken (a completion with
+///   [`WAKE_COOKIE`] through the channel) and writes it first,
+///   before any batch, so bytes of two replies never interleave.
+/// - The writer marks itself busy (under the lock) before it writes and
+///   idle after; it marks the connection closed before its write half
+///   goes away ([`Sink`]'s drop), so no byte is written to a socket that
+///   was shut or to a descriptor that was closed (and maybe reused).
+/// - A direct reply does what the writer does for one: encodes it
+///   (structured or simple), then frees the slot, the pooled buffer and
+///   the budget ([`Shared::release`]) once every byte is written.
+struct Direct {
+    fd: RawFd,
+    sh: Arc<Shared>,
+    structured: bool,
+    state: Mutex<DirectState>,
+}
+
+/// The cookie of the completion a short direct write sends through the
+/// channel to wake the writer for its [`Rest`] (slot numbers are `u32`).
+const WAKE_COOKIE: u64 = u64::MAX;
+
+#[derive(Default)]
+struct DirectState {
+    /// The writer is writing: direct replies go through the channel.
+    busy: bool,
+    /// The connection's write side is gone: nothing more is written.
+    closed: bool,
+    /// The unwritten end of a direct reply; the writer writes it first.
+    rest: Option<Rest>,
+    /// Header bytes of the reply being written (reused).
+    head: Vec<u8>,
+}
+
+/// What a short direct write left: `head[head_done..]`, then
+/// `buf[payload_done..payload]`.
+struct Rest {
+    head: Vec<u8>,
+    head_done: usize,
+    buf: IoBuf,
+    payload: usize,
+    payload_done: usize,
+    cookie: u64,
+    info: SlotInfo,
+}
+
+impl Direct {
+    fn new(fd: RawFd, sh: Arc<Shared>, structured: bool) -> Direct {
+        Direct {
+            fd,
+            sh,
+            structured,
+            state: Mutex::new(DirectState::default()),
+        }
+    }
+
+    /// The writer is about to write: direct replies wait in the channel
+    /// from now on; returns what a short direct write left, to write first.
+    fn begin(&self) -> Option<Rest> {
+        let mut st = self.state.lock();
+        st.busy = true;
+        st.rest.take()
+    }
+
+    /// The writer is idle again.
+    fn end(&self) {
+        self.state.lock().busy = false;
+    }
+
+    /// Nothing more may be written (the writer failed, shut the socket or
+    /// is going away); what a short direct write left is dropped and its
+    /// slot released.
+    fn close(&self) {
+        let rest = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            st.busy = true;
+            st.rest.take()
+        };
+        if let Some(r) = rest {
+            self.sh.release(r.cookie, &r.info, r.buf);
+        }
+    }
+}
+
+impl DirectReply for Direct {
+    fn try_reply(&self, c: Completion) -> Option<Completion> {
+        let mut st = self.state.lock();
+        if st.closed || st.busy || st.rest.is_some() {
+            return Some(c);
+        }
+        // Unknown cookies are the writer's to report.
+        let Some(info) = self.sh.lookup(c.cookie) else {
+            return Some(c);
+        };
+        let mut head = std::mem::take(&mut st.head);
+        head.clear();
+        let payload = encode_reply(&mut head, &info, &c, self.structured);
+        let iov = [
+            io::IoSlice::new(&head),
+            io::IoSlice::new(c.buf.get(..payload).unwrap_or_default()),
+        ];
+        let total = head.len() + payload;
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let sent = loop {
+            match socket::sendmsg::<()>(self.fd, &iov, &[], flags, None) {
+                Err(Errno::EINTR) => continue,
+                r => break r,
+            }
+        };
+        match sent {
+            // Nothing written (full socket, or an error the writer will
+            // meet and handle): the writer sends it.
+            Err(_) | Ok(0) => {
+                st.head = head;
+                Some(c)
+            }
+            Ok(n) if n >= total => {
+                st.head = head;
+                drop(st);
+                self.sh.release(c.cookie, &info, c.buf);
+                None
+            }
+            Ok(n) => {
+                let head_done = n.min(head.len());
+                st.rest = Some(Rest {
+                    head,
+                    head_done,
+                    buf: c.buf,
+                    payload,
+                    payload_done: n - head_done,
+                    cookie: c.cookie,
+                    info,
+                });
+                // The writer takes the rest when this wakes it, if it has
+                // not taken it before.
+                Some(Completion {
+                    cookie: WAKE_COOKIE,
+                    result: Ok(()),
+                    buf: IoBuf::new(),
+                })
+            }
+        }
+    }
+}
+
+/// The writer's half of the socket; marks the connection closed for
+/// direct replies before the half is dropped (whatever drops it: the end
+/// of the writer, an error, an aborted task).
+struct Sink<W> {
+    w: W,
+    direct: Option<Arc<Direct>>,
+}
+
+impl<W> Drop for Sink<W> {
+    fn drop(&mut self) {
+        if let Some(d) = &self.direct {
+            d.close();
+        }
+    }
+}
+
 /// Turns completions into replies: waits for one, takes every other one
 /// already queued (up to a [`Batch`]'s bounds), writes them all with one
 /// vectored write straight from the request buffers, then frees their
-/// slots. On a write error it closes the connection and only gives back
-/// what the requests still in flight hold.
+/// slots. With direct replies ([`Direct`]) it first writes what a short
+/// direct write left. On a write error it closes the connection and only
+/// gives back what the requests still in flight hold.
 async fn writer_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
+    mut sink: Sink<W>,
     mut rx: UnboundedReceiver<Completion>,
     sh: Arc<Shared>,
     structured: bool,
@@ -1215,8 +1426,29 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut batch: Batch<(u64, SlotInfo)> = Batch::default();
     let mut staging = Vec::new();
+    let direct = sink.direct.clone();
     let r = async {
-        while let Some(c) = rx.recv().await {
+        loop {
+            let next = rx.recv().await;
+            if let Some(rest) = direct.as_ref().and_then(|d| d.begin()) {
+                let r = {
+                    let mut slices = [
+                        io::IoSlice::new(&rest.head[rest.head_done..]),
+                        io::IoSlice::new(&rest.buf[rest.payload_done..rest.payload]),
+                    ];
+                    guarded(
+                        wire::write_all(&mut sink.w, &mut slices, &mut staging),
+                        &sh,
+                        stall,
+                    )
+                    .await
+                };
+                sh.release(rest.cookie, &rest.info, rest.buf);
+                r?;
+            }
+            let Some(c) = next else {
+                break;
+            };
             add_reply(&mut batch, &sh, c, structured);
             while !batch.is_full() {
                 match rx.try_recv() {
@@ -1224,31 +1456,38 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                     Err(_) => break,
                 }
             }
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                let r = {
+                    let mut slices = batch.slices();
+                    guarded(
+                        wire::write_all(&mut sink.w, &mut slices, &mut staging),
+                        &sh,
+                        stall,
+                    )
+                    .await
+                };
+                for ((cookie, info), buf) in batch.drain() {
+                    sh.release(cookie, &info, buf);
+                }
+                r?;
             }
-            let r = {
-                let mut slices = batch.slices();
-                guarded(
-                    wire::write_all(&mut w, &mut slices, &mut staging),
-                    &sh,
-                    stall,
-                )
-                .await
-            };
-            for ((cookie, info), buf) in batch.drain() {
-                sh.release(cookie, &info, buf);
+            if let Some(d) = &direct {
+                d.end();
             }
-            r?;
         }
-        guarded(w.shutdown(), &sh, stall).await
+        // Every request is answered (no sender is left): nothing more is
+        // written directly, and the socket is shut.
+        if let Some(d) = &direct {
+            d.close();
+        }
+        guarded(sink.w.shutdown(), &sh, stall).await
     }
     .await;
     if r.is_err() {
         sh.kill();
         // Close our half now; answer nothing more, but give back what the
         // requests still in flight hold as they complete.
-        drop(w);
+        drop(sink);
         while let Some(c) = rx.recv().await {
             if let Some(info) = sh.lookup(c.cookie) {
                 sh.release(c.cookie, &info, IoBuf::new());
@@ -1261,6 +1500,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 /// Adds the reply to one completion to `batch` (nothing for a cookie that
 /// is not in flight).
 fn add_reply(batch: &mut Batch<(u64, SlotInfo)>, sh: &Shared, c: Completion, structured: bool) {
+    if c.cookie == WAKE_COOKIE {
+        // Only woke the writer for a direct reply's rest (written first).
+        return;
+    }
     let Some(info) = sh.lookup(c.cookie) else {
         error!(cookie = c.cookie, "export completed an unknown request");
         return;
@@ -1480,6 +1723,7 @@ mod tests {
     async fn write_ready_reads(reads: usize, len: u32, structured: bool) -> wire::testing::Trickle {
         let sh = Arc::new(shared(256, 1 << 30));
         let (tx, rx) = mpsc::unbounded_channel();
+        let tx = ReplySender::new(tx);
         for i in 0..reads {
             let (slot, _) = sh
                 .try_admit(SlotInfo {
@@ -1500,7 +1744,11 @@ mod tests {
         }
         drop(tx);
         let mut w = wire::testing::Trickle::new(usize::MAX, true);
-        writer_loop(&mut w, rx, sh.clone(), structured, Duration::from_secs(5))
+        let sink = Sink {
+            w: &mut w,
+            direct: None,
+        };
+        writer_loop(sink, rx, sh.clone(), structured, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(sh.table.lock().bytes, 0, "every slot released");
@@ -1536,6 +1784,7 @@ mod tests {
     async fn writer_survives_a_trickling_client() {
         let sh = Arc::new(shared(8, 1 << 30));
         let (tx, rx) = mpsc::unbounded_channel();
+        let tx = ReplySender::new(tx);
         let (a, _) = sh
             .try_admit(SlotInfo {
                 is_read: true,
@@ -1556,7 +1805,11 @@ mod tests {
         complete(&tx, u64::from(b), Err(IoError::Inval), IoBuf::new());
         drop(tx);
         let mut w = wire::testing::Trickle::new(5, true);
-        writer_loop(&mut w, rx, sh, true, Duration::from_secs(5))
+        let sink = Sink {
+            w: &mut w,
+            direct: None,
+        };
+        writer_loop(sink, rx, sh, true, Duration::from_secs(5))
             .await
             .unwrap();
         let mut want = encode_offset_data_header(7, 0, 3, true).to_vec();
@@ -1581,5 +1834,173 @@ mod tests {
         tokio::task::yield_now().await;
         sh.kill();
         assert_eq!(waiter.await.unwrap(), None);
+    }
+
+    /// Admits `n` reads of varied lengths (cookie 1000 + i), each charged
+    /// against the server budget as the reader would.
+    fn admit_reads(sh: &Shared, n: usize) -> Vec<(u32, u32)> {
+        (0..n)
+            .map(|i| {
+                let len = 1000 + (i as u32 * 977) % 100_000;
+                let (slot, _) = sh
+                    .try_admit(SlotInfo {
+                        is_read: true,
+                        cookie: 1000 + i as u64,
+                        offset: 0,
+                        len,
+                        cost: len as usize,
+                        ..SlotInfo::default()
+                    })
+                    .unwrap();
+                assert!(sh.budget.try_take(&sh.held, len as usize));
+                sh.set_charged(slot, len as usize);
+                (slot, len)
+            })
+            .collect()
+    }
+
+    /// A socket pair whose server side sends through a small buffer, so
+    /// that replies are written in pieces.
+    fn small_pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &32768).unwrap();
+        (a, b)
+    }
+
+    /// Completes `reads` from 4 threads (the first `direct` of them
+    /// allowed to reply directly), payload byte = the read's index.
+    fn complete_from_threads(
+        tx: ReplySender,
+        reads: Vec<(u32, u32)>,
+        direct: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        let reads = Arc::new(reads);
+        (0..4)
+            .map(|t| {
+                let tx = tx.clone();
+                let reads = reads.clone();
+                std::thread::spawn(move || {
+                    crate::export::allow_direct_replies(t < direct);
+                    for (i, &(slot, len)) in reads.iter().enumerate().skip(t).step_by(4) {
+                        tx.answer(Completion {
+                            cookie: u64::from(slot),
+                            result: Ok(()),
+                            buf: IoBuf::from(vec![i as u8; len as usize]),
+                        });
+                        // Paced, so the writer is idle now and then.
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                })
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_replies_never_interleave_on_short_writes() {
+        // A short direct write is rare in a round (the writer then holds
+        // the socket until the client reads): several rounds.
+        for _ in 0..8 {
+            interleave_round().await;
+        }
+    }
+
+    /// 200 reads, up to 100 KiB each (bigger than the socket buffer),
+    /// completed from threads, three of four replying directly, to a
+    /// client that reads with pauses: every reply arrives once and whole.
+    async fn interleave_round() {
+        const N: usize = 200;
+        let sh = Arc::new(shared(256, 1 << 30));
+        let reads = admit_reads(&sh, N);
+        let (a, mut b) = small_pair();
+        let direct = Arc::new(Direct::new(a.as_raw_fd(), sh.clone(), false));
+        let (_r, w) = a.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = ReplySender::with_direct(tx, direct.clone());
+        let writer = tokio::spawn(writer_loop(
+            Sink {
+                w,
+                direct: Some(direct),
+            },
+            rx,
+            sh.clone(),
+            false,
+            Duration::from_secs(10),
+        ));
+        let threads = complete_from_threads(tx, reads.clone(), 3);
+        // Replies are bigger than the socket buffer: direct writes come
+        // short. Reading pauses now and then, so the writer is sometimes
+        // stuck on a full socket while threads complete.
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut reads_done = 0;
+        loop {
+            let n = b.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+            reads_done += 1;
+            if reads_done % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        writer.await.unwrap().unwrap();
+        let mut seen = [false; N];
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let r = SimpleReply::decode(&rest[..SIMPLE_REPLY_LEN]).unwrap();
+            assert_eq!(r.errno, 0);
+            let i = (r.cookie - 1000) as usize;
+            assert!(!seen[i], "reply {i} twice");
+            seen[i] = true;
+            let len = reads[i].1 as usize;
+            let data = &rest[SIMPLE_REPLY_LEN..SIMPLE_REPLY_LEN + len];
+            assert!(data.iter().all(|&x| x == i as u8), "reply {i} interleaved");
+            rest = &rest[SIMPLE_REPLY_LEN + len..];
+        }
+        assert!(seen.iter().all(|&x| x), "every reply arrived");
+        assert_eq!(sh.table.lock().bytes, 0, "every slot released");
+        assert_eq!(sh.budget.used(), 0, "the budget given back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_gone_mid_stream_gets_nothing_and_leaks_nothing() {
+        const N: usize = 200;
+        let sh = Arc::new(shared(256, 1 << 30));
+        let reads = admit_reads(&sh, N);
+        let (a, mut b) = small_pair();
+        let direct = Arc::new(Direct::new(a.as_raw_fd(), sh.clone(), true));
+        let (_r, w) = a.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = ReplySender::with_direct(tx, direct.clone());
+        let writer = tokio::spawn(writer_loop(
+            Sink {
+                w,
+                direct: Some(direct.clone()),
+            },
+            rx,
+            sh.clone(),
+            true,
+            Duration::from_secs(10),
+        ));
+        // The client reads a little, then goes away mid-reply.
+        let threads = complete_from_threads(tx, reads, 2);
+        let mut chunk = [0u8; 5000];
+        let _ = b.read(&mut chunk).await.unwrap();
+        drop(b);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(
+            writer.await.unwrap().is_err(),
+            "the writer saw the client go"
+        );
+        assert!(direct.state.lock().closed, "no direct reply after that");
+        assert!(direct.state.lock().rest.is_none());
+        assert_eq!(sh.table.lock().bytes, 0, "every slot released");
+        assert_eq!(sh.budget.used(), 0, "the budget given back");
     }
 }

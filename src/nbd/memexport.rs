@@ -316,7 +316,7 @@ mod tests {
         offset: u64,
         len: u32,
         buf: Vec<u8>,
-        tx: &crate::export::ReplySender,
+        tx: &tokio::sync::mpsc::UnboundedSender<Completion>,
         cookie: u64,
     ) -> Request {
         Request {
@@ -326,7 +326,7 @@ mod tests {
             fua: false,
             cookie,
             buf: buf.into(),
-            reply: tx.clone(),
+            reply: tx.clone().into(),
         }
     }
 

@@ -241,7 +241,7 @@ impl Unaligned {
             fua,
             cookie: 0,
             buf,
-            reply: tx,
+            reply: tx.into(),
         });
         match rx.recv().await {
             Some(c) => c.result.map(|()| c.buf),
@@ -303,7 +303,7 @@ mod tests {
             len: 600,
             fua: false,
         };
-        u.submit(w, 7, IoBuf::from(vec![0x11; 600]), tx.clone());
+        u.submit(w, 7, IoBuf::from(vec![0x11; 600]), tx.clone().into());
         let c = rx.recv().await.unwrap();
         assert_eq!((c.cookie, c.result), (7, Ok(())));
         let d = m.contents();
@@ -319,7 +319,7 @@ mod tests {
             },
             8,
             IoBuf::zeroed(4),
-            tx.clone(),
+            tx.clone().into(),
         );
         let c = rx.recv().await.unwrap();
         assert_eq!(&c.buf[..], &[0xaa, 0xaa, 0x11, 0x11]);
@@ -331,7 +331,7 @@ mod tests {
             no_hole: false,
             fast: false,
         };
-        u.submit(z, 9, IoBuf::new(), tx.clone());
+        u.submit(z, 9, IoBuf::new(), tx.clone().into());
         assert_eq!(rx.recv().await.unwrap().result, Ok(()));
         let d = m.contents();
         assert!(d[..10].iter().all(|&b| b == 0xaa));
@@ -345,7 +345,7 @@ mod tests {
             no_hole: false,
             fast: true,
         };
-        u.submit(fz, 10, IoBuf::new(), tx.clone());
+        u.submit(fz, 10, IoBuf::new(), tx.clone().into());
         assert_eq!(rx.recv().await.unwrap().result, Err(IoError::NotSup));
 
         m.fill(0, &[0xbb; 4096]);
@@ -354,7 +354,7 @@ mod tests {
             len: 1000,
             fua: false,
         };
-        u.submit(t, 11, IoBuf::new(), tx);
+        u.submit(t, 11, IoBuf::new(), tx.into());
         assert_eq!(rx.recv().await.unwrap().result, Ok(()));
         let d = m.contents();
         assert!(d[..512].iter().all(|&b| b == 0xbb));
