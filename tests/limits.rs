@@ -459,28 +459,35 @@ fn qemu_io_enospc(d: &Daemon) {
     assert!(text.contains("No space left on device"), "qemu-io: {text}");
 }
 
+/// A daemon with a LUN of `size` bytes on two file paths and an NBD
+/// request budget of `budget_mib` MiB, started with `env`.
+fn budget_daemon(size: u64, budget_mib: u32, env: Vec<(String, String)>) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    make_image(&img, size);
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
+    Daemon::start_with(
+        dir,
+        &cfg,
+        Launch {
+            args: vec!["--nbd-memory-budget".into(), budget_mib.to_string()],
+            env,
+            ..Launch::default()
+        },
+    )
+}
+
 /// 16 clients pipeline four 4 MiB writes each at once (256 MiB) against a
 /// 32 MiB request budget: requests wait for the budget, every one
 /// completes without error, the data reads back, and resident memory
 /// stays within the budget plus a margin.
 #[test]
 fn memory_pressure_large_writes_wait_and_never_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("lun0.img");
     let size = 256 * MIB;
-    make_image(&img, size);
-    let cfg = seed_config(
-        "    polling_interval 1",
-        &[file_path("p0", &img), file_path("p1", &img)],
-    );
-    let d = Daemon::start_with(
-        dir,
-        &cfg,
-        Launch {
-            args: vec!["--nbd-memory-budget".into(), "32".into()],
-            ..Launch::default()
-        },
-    );
+    let d = budget_daemon(size, 32, Vec::new());
     let pid = d.child.id();
     let idle = rss_kib(pid);
     const CLIENTS: u64 = 16;
@@ -564,22 +571,7 @@ fn memory_pressure_large_writes_wait_and_never_fail() {
 /// shows (a leak would make its requests wait for ever).
 #[test]
 fn clients_gone_mid_reply_give_the_whole_budget_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("lun0.img");
-    make_image(&img, SIZE);
-    let cfg = seed_config(
-        "    polling_interval 1",
-        &[file_path("p0", &img), file_path("p1", &img)],
-    );
-    let d = Daemon::start_with(
-        dir,
-        &cfg,
-        Launch {
-            args: vec!["--nbd-memory-budget".into(), "8".into()],
-            env: vec![("UMPATH_IO_ENGINE".into(), "threads".into())],
-            ..Launch::default()
-        },
-    );
+    let d = budget_daemon(SIZE, 8, vec![("UMPATH_IO_ENGINE".into(), "threads".into())]);
     for round in 0..12u64 {
         let mut c = Nbd::new(&d);
         let mut w = c.s.try_clone().unwrap();
