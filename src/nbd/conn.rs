@@ -1867,6 +1867,41 @@ mod tests {
         (a, b)
     }
 
+    /// A writer task with direct replies on the server end of a
+    /// [`small_pair`]; `b` is the client end.
+    struct DirectWriter {
+        b: UnixStream,
+        direct: Arc<Direct>,
+        tx: ReplySender,
+        writer: tokio::task::JoinHandle<io::Result<()>>,
+        _r: tokio::net::unix::OwnedReadHalf,
+    }
+
+    fn direct_writer(sh: &Arc<Shared>, structured: bool) -> DirectWriter {
+        let (a, b) = small_pair();
+        let direct = Arc::new(Direct::new(a.as_raw_fd(), sh.clone(), structured));
+        let (_r, w) = a.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = ReplySender::with_direct(tx, direct.clone());
+        let writer = tokio::spawn(writer_loop(
+            Sink {
+                w,
+                direct: Some(direct.clone()),
+            },
+            rx,
+            sh.clone(),
+            structured,
+            Duration::from_secs(10),
+        ));
+        DirectWriter {
+            b,
+            direct,
+            tx,
+            writer,
+            _r,
+        }
+    }
+
     /// Completes `reads` from 4 threads (the first `direct` of them
     /// allowed to reply directly), payload byte = the read's index.
     fn complete_from_threads(
@@ -1911,21 +1946,13 @@ mod tests {
         const N: usize = 200;
         let sh = Arc::new(shared(256, 1 << 30));
         let reads = admit_reads(&sh, N);
-        let (a, mut b) = small_pair();
-        let direct = Arc::new(Direct::new(a.as_raw_fd(), sh.clone(), false));
-        let (_r, w) = a.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let tx = ReplySender::with_direct(tx, direct.clone());
-        let writer = tokio::spawn(writer_loop(
-            Sink {
-                w,
-                direct: Some(direct),
-            },
-            rx,
-            sh.clone(),
-            false,
-            Duration::from_secs(10),
-        ));
+        let DirectWriter {
+            mut b,
+            direct: _direct,
+            tx,
+            writer,
+            _r,
+        } = direct_writer(&sh, false);
         let threads = complete_from_threads(tx, reads.clone(), 3);
         // Replies are bigger than the socket buffer: direct writes come
         // short. Reading pauses now and then, so the writer is sometimes
@@ -1971,21 +1998,13 @@ mod tests {
         const N: usize = 200;
         let sh = Arc::new(shared(256, 1 << 30));
         let reads = admit_reads(&sh, N);
-        let (a, mut b) = small_pair();
-        let direct = Arc::new(Direct::new(a.as_raw_fd(), sh.clone(), true));
-        let (_r, w) = a.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let tx = ReplySender::with_direct(tx, direct.clone());
-        let writer = tokio::spawn(writer_loop(
-            Sink {
-                w,
-                direct: Some(direct.clone()),
-            },
-            rx,
-            sh.clone(),
-            true,
-            Duration::from_secs(10),
-        ));
+        let DirectWriter {
+            mut b,
+            direct,
+            tx,
+            writer,
+            _r,
+        } = direct_writer(&sh, true);
         // The client reads a little, then goes away mid-reply.
         let threads = complete_from_threads(tx, reads, 2);
         let mut chunk = [0u8; 5000];
