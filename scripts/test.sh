@@ -27,7 +27,7 @@ done
 NEEDS=(
   nbdkit:nbdkit nbdinfo:libnbd-bin nbdfuse:libnbd-bin fio:fio
   qemu-io:qemu-utils qemu-img:qemu-utils multipath:multipath-tools
-  mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs losetup:util-linux
+  mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs mkfs.xfs:xfsprogs losetup:util-linux
   fusermount3:fuse3 ip:iproute2 pgrep:procps setpriv:util-linux python3:python3
   cpio:cpio gzip:gzip depmod:kmod strip:binutils promtool:prometheus openssl:openssl
   systemd-analyze:systemd man:man-db debootstrap:debootstrap

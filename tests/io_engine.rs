@@ -65,15 +65,91 @@ fn direct_paths_run_on_io_uring_without_io_threads() {
     assert!(d.log_text().contains("IO engine: io_uring"));
 }
 
-/// Buffered file paths: writes go to the path's IO threads (io_uring
-/// would punt each to an io-wq worker, slower), uncached reads to rings.
+/// Buffered file paths: writes the page cache cannot take without
+/// blocking (all of them on ext4 or tmpfs, which refuse RWF_NOWAIT
+/// writes) go to the path's IO threads (io_uring would punt each to an
+/// io-wq worker, slower), uncached reads to rings.
 #[test]
-fn buffered_writes_stay_on_io_threads() {
+fn buffered_writes_go_to_io_threads_or_the_page_cache() {
     let d = two_path_daemon(Launch::default());
     verify(&d);
     let e = engine(&d);
     assert_eq!(e["kind"], "io_uring", "{e}");
-    assert!(e["thread_requests"].as_u64().unwrap() >= 2048, "{e}");
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert!(n("thread_requests") + n("page_cache_writes") >= 2048, "{e}");
+}
+
+/// An xfs filesystem in a loop-mounted image; unmounted on drop.
+struct Xfs {
+    dir: tempfile::TempDir,
+}
+
+impl Xfs {
+    fn new() -> Xfs {
+        need("mkfs.xfs");
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("xfs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(320 << 20)
+            .unwrap();
+        let out = Command::new("mkfs.xfs")
+            .arg("-q")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkfs.xfs: {out:?}");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting an xfs image needs root and loop devices: {out:?}"
+        );
+        Xfs { dir }
+    }
+
+    fn mnt(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+    }
+}
+
+/// On a filesystem that takes buffered writes without blocking (xfs),
+/// they complete in the page cache on the connection's thread, with no
+/// hand-off to an IO thread, and read back right.
+#[test]
+fn buffered_writes_complete_in_the_page_cache_where_the_filesystem_allows() {
+    let xfs = Xfs::new();
+    let img = xfs.mnt().join("lun0.img");
+    make_image(&img, 64 << 20);
+    let cfg = seed_config(
+        "    polling_interval 1",
+        &[file_path("p0", &img), file_path("p1", &img)],
+    );
+    let d = Daemon::start_in(tempfile::tempdir().unwrap(), &cfg);
+    verify(&d);
+    let e = engine(&d);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    // fio's verify wrote 2048 blocks of 4 KiB.
+    assert!(
+        n("page_cache_writes") >= 1024,
+        "most writes should complete in the page cache: {e}"
+    );
+    let text = d.ctl_ok(&["show", "status"]);
+    assert!(text.contains("write(s) done in the page cache"), "{text}");
+    drop(d);
+    drop(xfs);
 }
 
 #[test]

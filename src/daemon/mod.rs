@@ -1341,8 +1341,10 @@ impl control::server::Handler for Daemon {
 fn engine_text() -> String {
     let (ring, threads) = crate::engine::uring::request_counts();
     let calls = crate::engine::uring::submit_calls();
+    let (reads, writes) = crate::engine::page_cache_counts();
     format!(
-        "{}; {ring} request(s) on rings in {calls} submission(s), {threads} on IO threads",
+        "{}; {ring} request(s) on rings in {calls} submission(s), {threads} on IO threads, \
+         {reads} read(s) and {writes} write(s) done in the page cache",
         crate::engine::uring::io_engine()
     )
 }
@@ -1351,6 +1353,7 @@ fn engine_text() -> String {
 fn engine_json() -> serde_json::Value {
     use crate::engine::uring::EngineKind;
     let (ring, threads) = crate::engine::uring::request_counts();
+    let (cache_reads, cache_writes) = crate::engine::page_cache_counts();
     match crate::engine::uring::io_engine() {
         EngineKind::Uring {
             rings,
@@ -1364,12 +1367,16 @@ fn engine_json() -> serde_json::Value {
             "ring_requests": ring,
             "ring_submit_calls": crate::engine::uring::submit_calls(),
             "thread_requests": threads,
+            "page_cache_reads": cache_reads,
+            "page_cache_writes": cache_writes,
         }),
         EngineKind::Threads { why } => json!({
             "kind": "threads",
             "why": why,
             "ring_requests": ring,
             "thread_requests": threads,
+            "page_cache_reads": cache_reads,
+            "page_cache_writes": cache_writes,
         }),
     }
 }

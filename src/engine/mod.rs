@@ -52,9 +52,24 @@ pub const WORKERS_PER_PATH: usize = 4;
 /// with the next request that needs it).
 pub const WORKER_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reads up to this size whose data is cached complete on the submitting
+/// Reads up to this size whose data is cached, and buffered writes up to
+/// this size the page cache takes at once, complete on the submitting
 /// thread (it must not be held up long: it is a connection's task).
-const INLINE_READ_MAX: u32 = 128 * 1024;
+const INLINE_MAX: u32 = 128 * 1024;
+
+/// Reads and writes completed in the page cache on the submitting thread
+/// since the process started (see [`page_cache_counts`]).
+static PAGE_CACHE_READS: AtomicU64 = AtomicU64::new(0);
+static PAGE_CACHE_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// How many reads and writes completed in the page cache, without going
+/// to a ring or an IO thread, for `show status`.
+pub fn page_cache_counts() -> (u64, u64) {
+    (
+        PAGE_CACHE_READS.load(Ordering::Relaxed),
+        PAGE_CACHE_WRITES.load(Ordering::Relaxed),
+    )
+}
 
 /// Default io_timeout: the usual SCSI command timeout.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -887,20 +902,30 @@ impl Inner {
                 return;
             }
         };
-        // Fast path: a read whose data is in the page cache completes here,
-        // without a hand-off to the path's IO threads (preadv2 RWF_NOWAIT
-        // never waits for the device).
+        // Fast path: a read whose data is in the page cache, or a write the
+        // page cache takes at once, completes here, without a hand-off to
+        // the path's IO threads (preadv2/pwritev2 RWF_NOWAIT never wait
+        // for the device). FUA writes need the device, so they never do.
         let started = Instant::now();
-        if req.op == Op::Read && req.len <= INLINE_READ_MAX {
+        if req.len <= INLINE_MAX {
             let len = req.len as usize;
-            let hit = req
-                .buf
-                .get_mut(..len)
-                .and_then(|buf| path.dev.read_cached(buf, req.offset));
-            if hit.is_some() {
+            let done = match req.op {
+                Op::Read => req
+                    .buf
+                    .get_mut(..len)
+                    .and_then(|buf| path.dev.read_cached(buf, req.offset))
+                    .map(|()| (&path.read_bytes, &PAGE_CACHE_READS)),
+                Op::Write if !req.fua => req
+                    .buf
+                    .get(..len)
+                    .and_then(|buf| path.dev.write_cached(buf, req.offset))
+                    .map(|()| (&path.written_bytes, &PAGE_CACHE_WRITES)),
+                _ => None,
+            };
+            if let Some((bytes, count)) = done {
+                count.fetch_add(1, Ordering::Relaxed);
                 path.ios.fetch_add(1, Ordering::Relaxed);
-                path.read_bytes
-                    .fetch_add(u64::from(req.len), Ordering::Relaxed);
+                bytes.fetch_add(u64::from(req.len), Ordering::Relaxed);
                 path.io_latency.record(started.elapsed());
                 req.complete(Ok(()));
                 return;

@@ -86,6 +86,10 @@ pub(crate) struct Opened {
     /// some network filesystems): cached reads are not tried again on
     /// this handle, where each try would cost a failed syscall.
     nowait_ok: AtomicBool,
+    /// The same for `pwritev2(RWF_NOWAIT)`: buffered writes without
+    /// blocking need the filesystem's support (ext4, xfs, btrfs and block
+    /// devices have it; others answer EOPNOTSUPP).
+    nowait_write_ok: AtomicBool,
     /// Opened with O_DIRECT.
     direct: bool,
     /// With `direct`: the alignment O_DIRECT needs for offsets and
@@ -269,6 +273,7 @@ fn open_io(path: &Path, direct: bool) -> io::Result<Opened> {
         failed: AtomicBool::new(false),
         trim_ok: AtomicBool::new(caps.trim),
         nowait_ok: AtomicBool::new(!direct),
+        nowait_write_ok: AtomicBool::new(!direct),
         direct,
         block_size,
         caps,
@@ -739,6 +744,42 @@ impl FileTransport {
         (usize::try_from(n).ok()? == buf.len()).then_some(())
     }
 
+    /// Writes `buf` into the page cache without blocking, if the kernel
+    /// can take all of it now: `Some(())` when done, `None` when the write
+    /// would have to wait (dirty-page throttling, a page to read first, a
+    /// lock) or anything else is off (not open, partial, an error), so the
+    /// caller writes the normal way, where errors are classified. A
+    /// partial write is harmless: the normal way writes the same bytes
+    /// again. Always `None` on a direct handle. Not stable storage: the
+    /// caller keeps FUA writes off this path.
+    pub fn write_cached(&self, buf: &[u8], offset: u64) -> Option<()> {
+        let o = self.io.load();
+        let o = o.as_ref()?;
+        if o.direct
+            || o.failed.load(Ordering::Relaxed)
+            || !o.nowait_write_ok.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let off = libc::off_t::try_from(offset).ok()?;
+        let iov = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `iov` describes `buf`, which is valid for reads of
+        // `buf.len()` bytes and outlives the call (the kernel only reads
+        // through it); the fd is open for as long as `o` lives.
+        let n = unsafe { libc::pwritev2(o.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let errno = io::Error::last_os_error().raw_os_error();
+            if matches!(errno, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+                o.nowait_write_ok.store(false, Ordering::Relaxed);
+            }
+            return None;
+        }
+        (usize::try_from(n).ok()? == buf.len()).then_some(())
+    }
+
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
         let len = buf.len() as u64;
 
@@ -996,6 +1037,48 @@ mod tests {
                 .as_ref()
                 .map(|o| o.nowait_ok.load(Ordering::Relaxed));
         assert_ne!(nowait, None);
+    }
+
+    /// A buffered write the page cache takes at once completes without
+    /// blocking where the filesystem supports RWF_NOWAIT writes (xfs,
+    /// btrfs); elsewhere (ext4, tmpfs) the first try answers "not
+    /// supported", which is remembered, and writes go the normal way.
+    #[test]
+    fn cached_writes_land_or_stop_trying() {
+        for dir in [
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir_in("/dev/shm").unwrap(),
+        ] {
+            let path = dir.path().join("lun0.img");
+            std::fs::write(&path, vec![0u8; 16384]).unwrap();
+            let t = FileTransport::open(&path).unwrap();
+            let flag = || {
+                t.io.load()
+                    .as_ref()
+                    .map(|o| o.nowait_write_ok.load(Ordering::Relaxed))
+            };
+            match t.write_cached(&[5u8; 4096], 4096) {
+                Some(()) => {
+                    assert_eq!(flag(), Some(true));
+                    let mut buf = vec![0u8; 4096];
+                    t.read_at(&mut buf, 4096).unwrap();
+                    assert_eq!(buf, vec![5u8; 4096], "a cached write reads back");
+                }
+                None => {
+                    assert_eq!(flag(), Some(false), "an unsupported NOWAIT is remembered");
+                    assert_eq!(t.write_cached(&[5u8; 4096], 4096), None);
+                }
+            }
+            t.write_at(&[6u8; 4096], 8192, false).unwrap();
+            let mut buf = vec![0u8; 4096];
+            t.read_at(&mut buf, 8192).unwrap();
+            assert_eq!(buf, vec![6u8; 4096]);
+        }
+        // Never on a direct handle.
+        let (_d, disk) = image(8192);
+        if let Ok(t) = FileTransport::open_with(&disk, true) {
+            assert_eq!(t.write_cached(&[1u8; 4096], 0), None);
+        }
     }
 
     #[test]

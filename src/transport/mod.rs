@@ -373,6 +373,18 @@ impl Transport {
         }
     }
 
+    /// Writes `buf` into a page cache without blocking if it can take all
+    /// of it now (see [`FileTransport::write_cached`]); `None` means "write
+    /// it the normal way".
+    pub fn write_cached(&self, buf: &[u8], offset: u64) -> Option<()> {
+        match self {
+            Transport::File(t) => t.write_cached(buf, offset),
+            Transport::Nbd(_) => None,
+            Transport::Scsi(t) => t.write_cached(buf, offset),
+            Transport::Memory(_) => None,
+        }
+    }
+
     /// Write all of `buf` at `offset`; with `fua` the data is stable when
     /// this returns.
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {
@@ -685,6 +697,13 @@ impl PathDev {
             return None;
         }
         self.transport.read_cached(buf, offset)
+    }
+
+    pub fn write_cached(&self, buf: &[u8], offset: u64) -> Option<()> {
+        if !matches!(self.faults.get(IoKindForFault::Write), Fault::None) {
+            return None;
+        }
+        self.transport.write_cached(buf, offset)
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), TransportError> {

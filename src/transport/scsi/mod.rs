@@ -407,6 +407,11 @@ impl ScsiTransport {
         None
     }
 
+    /// Direct writes never complete in a cache.
+    pub fn write_cached(&self, _buf: &[u8], _offset: u64) -> Option<()> {
+        None
+    }
+
     fn aligned(&self, buf_addr: usize, len: usize, offset: u64) -> bool {
         bounce::aligned(buf_addr, len, offset, self.block_size())
     }
