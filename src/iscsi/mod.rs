@@ -5,3 +5,4 @@
 
 pub mod digest;
 pub mod pdu;
+pub mod text;
