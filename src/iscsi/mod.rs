@@ -5,4 +5,5 @@
 
 pub mod digest;
 pub mod pdu;
+pub mod session;
 pub mod text;
