@@ -296,7 +296,7 @@ fn chap_decl(
         (Some(_), Some(_)) => {
             return Err((file, format!("give '{secret}' or '{file}', not both")));
         }
-        (Some(s), None) if s.is_empty() => {
+        (Some(""), None) => {
             return Err((secret, format!("'{secret}' is empty")));
         }
         (Some(s), None) => Some(SecretSource::Inline(s.to_string())),
