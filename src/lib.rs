@@ -31,6 +31,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod iobuf;
+pub mod iscsi;
 pub mod kernel;
 pub mod model;
 pub mod nbd;

@@ -745,7 +745,8 @@ fn paths_section_validation() {
             ),
             (
                 20,
-                "unknown transport 'fc' for path 'p3' (known transports: file, nbd, iscsi)".to_string()
+                "unknown transport 'fc' for path 'p3' (known transports: file, nbd, iscsi)"
+                    .to_string()
             ),
             (
                 33,
