@@ -42,7 +42,9 @@ use super::keywords::{
     Pattern, Section, Typed,
 };
 use super::parse::{Attr, Block, Document, Item};
-use super::paths::{transport_names, PathDecl, DEFAULT_TRANSPORT, TRANSPORTS};
+use super::paths::{
+    is_secret, transport_names, IscsiDecl, PathDecl, DEFAULT_TRANSPORT, MASKED, TRANSPORTS,
+};
 use crate::prio::{PrioConfigError, Prioritizer};
 
 use super::sections::{
@@ -595,6 +597,7 @@ impl Builder<'_> {
                     AttrCheck::Ok(_, asg) => self.store(&mut attrs, asg, Section::Path),
                     AttrCheck::Unknown => {
                         if let Some((prev, span)) = extra.get(&a.key) {
+                            let prev = if is_secret(&a.key) { MASKED } else { prev };
                             self.diags.warning(
                                 &a.span,
                                 format!(
@@ -632,7 +635,31 @@ impl Builder<'_> {
             );
             ok = false;
         }
-        let wwid = text("wwid");
+        let iscsi = transport == "iscsi";
+        let wwid = if iscsi {
+            for k in ["wwid", "vendor", "product", "revision", "serial"] {
+                if let Some(a) = attrs.get(k) {
+                    self.diags.warning(
+                        &a.span,
+                        format!(
+                            "path '{name}': '{k}' is ignored for an iscsi path (it comes from \
+                             the LUN's INQUIRY and VPD page 0x83)"
+                        ),
+                    );
+                }
+            }
+            match IscsiDecl::from_keys(&extra) {
+                Ok(_) => {}
+                Err((key, msg)) => {
+                    let span = extra.get(key).map_or(&b.span, |(_, s)| s);
+                    self.diags.error(span, format!("path '{name}' {msg}"));
+                    ok = false;
+                }
+            }
+            Some(String::new())
+        } else {
+            text("wwid")
+        };
         if wwid.is_none() && !b.items.iter().any(|i| is_attr(i, "wwid")) {
             self.diags
                 .error(&b.span, format!("path '{name}' has no 'wwid'"));
@@ -696,7 +723,7 @@ impl Builder<'_> {
             }
         }
         for k in ["vendor", "product"] {
-            if !attrs.contains_key(k) {
+            if !iscsi && !attrs.contains_key(k) {
                 self.diags.warning(
                     &b.span,
                     format!(
@@ -737,11 +764,11 @@ impl Builder<'_> {
             name,
             transport,
             file,
-            vendor: text("vendor").unwrap_or_default(),
-            product: text("product").unwrap_or_default(),
-            revision: text("revision").unwrap_or_default(),
+            vendor: text("vendor").filter(|_| !iscsi).unwrap_or_default(),
+            product: text("product").filter(|_| !iscsi).unwrap_or_default(),
+            revision: text("revision").filter(|_| !iscsi).unwrap_or_default(),
             wwid,
-            serial: text("serial").unwrap_or_default(),
+            serial: text("serial").filter(|_| !iscsi).unwrap_or_default(),
             extra,
             span: b.span.clone(),
         });

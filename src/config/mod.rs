@@ -49,7 +49,7 @@ pub use data::{AutoResize, Config, NbdDevice};
 pub use defaults::{DEFAULT_BINDINGS_FILE, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE};
 pub use diag::{Diagnostic, Severity, Span};
 pub use keywords::{Assignment, Pattern, Section, Typed};
-pub use paths::PathDecl;
+pub use paths::{ChapDecl, IscsiDecl, PathDecl, Portal, SecretSource};
 pub use propsel::{Origin, PathSettings, Setting};
 pub use sections::{
     AttrMap, Blacklist, BlacklistDevice, BlacklistEntry, DeviceEntry, MultipathEntry, PathIdentity,

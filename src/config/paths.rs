@@ -13,8 +13,21 @@
 //!         serial    "QS0001"
 //!         direct    no
 //!     }
+//!     path {
+//!         name          q0
+//!         transport     iscsi
+//!         portal        127.0.0.1:3260
+//!         target        iqn.2026-11.com.example:lun0
+//!         lun           1
+//!         chap_user     tecmint
+//!         chap_secret   "tecmint_chap12"   # or chap_secret_file /etc/umpath/q0.secret
+//!     }
 //! }
 //! ```
+//!
+//! An `iscsi` path declares where the LUN is, not what it is: vendor,
+//! product and WWID come from the LUN's INQUIRY and VPD page 0x83 once
+//! the path logs in ([`IscsiDecl`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,7 +45,278 @@ use super::sections::PathIdentity;
 pub const TRANSPORTS: &[(&str, &[&str])] = &[
     ("file", &["fault", "node_name", "tpg", "direct"]),
     ("nbd", &["uri", "fault", "node_name", "tpg"]),
+    (
+        "iscsi",
+        &[
+            "portal",
+            "target",
+            "lun",
+            "chap_user",
+            "chap_secret",
+            "chap_secret_file",
+            "mutual_user",
+            "mutual_secret",
+            "mutual_secret_file",
+            "initiator_name",
+            "fault",
+            "node_name",
+            "tpg",
+        ],
+    ),
 ];
+
+/// Path keywords whose values are secrets: never printed (`show config`
+/// masks them) and never quoted in a diagnostic.
+pub const SECRET_KEYS: &[&str] = &["chap_secret", "mutual_secret"];
+
+/// What `show config` prints instead of a secret.
+pub const MASKED: &str = "<hidden>";
+
+/// True for a keyword whose value is a secret ([`SECRET_KEYS`]).
+pub fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+}
+
+/// The iSCSI port when a portal names none (RFC 7143).
+pub const ISCSI_PORT: u16 = 3260;
+
+/// An iSCSI portal: host (a name, IPv4 or IPv6 address) and TCP port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Portal {
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port` (the port
+    /// defaults to 3260).
+    pub fn parse(s: &str) -> Result<Portal, String> {
+        let s = s.trim();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("portal {s:?}: '[' without ']'"))?;
+            match after {
+                "" => (host, None),
+                p => (
+                    host,
+                    Some(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| format!("portal {s:?}: expected ':port' after ']'"))?,
+                    ),
+                ),
+            }
+        } else if s.matches(':').count() > 1 {
+            return Err(format!(
+                "portal {s:?}: write an IPv6 address in brackets, e.g. [::1]:3260"
+            ));
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("portal {s:?} has no host"));
+        }
+        let port = match port {
+            None => ISCSI_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("portal {s:?}: port {p:?} is not 1 to 65535"))?,
+        };
+        Ok(Portal {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Portal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where a CHAP secret comes from. Debug never shows an inline secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Written in the configuration.
+    Inline(String),
+    /// A file readable by root only (checked when it is read).
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("Inline(<hidden>)"),
+            SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+/// A CHAP user name and where its secret is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChapDecl {
+    pub user: String,
+    pub secret: SecretSource,
+}
+
+/// An `iscsi` path's keywords, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiDecl {
+    pub portal: Portal,
+    /// The target's name (iqn., eui. or naa. form).
+    pub target: String,
+    /// The LUN (default 0).
+    pub lun: u64,
+    /// One-way CHAP: the target authenticates us.
+    pub chap: Option<ChapDecl>,
+    /// Mutual CHAP: we authenticate the target too.
+    pub mutual: Option<ChapDecl>,
+    /// Our initiator name; `None`: /etc/iscsi/initiatorname.iscsi, else
+    /// a generated one kept across restarts.
+    pub initiator_name: Option<String>,
+}
+
+/// The largest LUN (SAM's flat and peripheral forms go to 16383).
+pub const MAX_LUN: u64 = 16383;
+
+/// Checks an iSCSI name (RFC 7143 §4.2.7): `iqn.YYYY-MM.reversed.domain[:…]`,
+/// `eui.` + 16 hex digits, or `naa.` + 16 or 32 hex digits; at most 223
+/// bytes, no spaces.
+pub fn check_iscsi_name(name: &str) -> Result<(), String> {
+    if name.len() > 223 {
+        return Err(format!("{name:?} is longer than 223 bytes"));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{name:?} contains white space"));
+    }
+    let lower = name.to_ascii_lowercase();
+    let hex = |s: &str, lens: &[usize]| {
+        lens.contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
+    };
+    if let Some(rest) = lower.strip_prefix("iqn.") {
+        let date = rest.get(..7).unwrap_or("");
+        let ok = date.len() == 7
+            && date[..4].chars().all(|c| c.is_ascii_digit())
+            && date.as_bytes()[4] == b'-'
+            && date[5..].chars().all(|c| c.is_ascii_digit())
+            && rest[7..].starts_with('.')
+            && rest.len() > 8;
+        if ok {
+            return Ok(());
+        }
+        return Err(format!(
+            "{name:?} is not an iqn. name (iqn.YYYY-MM.reversed.domain[:identifier])"
+        ));
+    }
+    if let Some(rest) = lower.strip_prefix("eui.") {
+        if hex(rest, &[16]) {
+            return Ok(());
+        }
+        return Err(format!("{name:?}: eui. takes 16 hex digits"));
+    }
+    if let Some(rest) = lower.strip_prefix("naa.") {
+        if hex(rest, &[16, 32]) {
+            return Ok(());
+        }
+        return Err(format!("{name:?}: naa. takes 16 or 32 hex digits"));
+    }
+    Err(format!(
+        "{name:?} is not an iSCSI name (iqn., eui. or naa.)"
+    ))
+}
+
+impl IscsiDecl {
+    /// Reads and checks an `iscsi` path's keywords; the error names the
+    /// keyword at fault and what is wrong (never a secret's value).
+    pub fn from_keys(
+        keys: &BTreeMap<String, (String, Span)>,
+    ) -> Result<IscsiDecl, (&'static str, String)> {
+        let get = |k: &str| keys.get(k).map(|(v, _)| v.as_str());
+        let portal = Portal::parse(get("portal").ok_or(("portal", "has no 'portal'".to_string()))?)
+            .map_err(|e| ("portal", e))?;
+        let target = get("target")
+            .ok_or(("target", "has no 'target' (the target's IQN)".to_string()))?
+            .to_string();
+        check_iscsi_name(&target).map_err(|e| ("target", format!("target {e}")))?;
+        let lun = match get("lun") {
+            None => 0,
+            Some(l) => l
+                .parse::<u64>()
+                .ok()
+                .filter(|l| *l <= MAX_LUN)
+                .ok_or(("lun", format!("lun {l:?} is not 0 to {MAX_LUN}")))?,
+        };
+        let chap = chap_decl(keys, "chap_user", "chap_secret", "chap_secret_file")?;
+        let mutual = chap_decl(keys, "mutual_user", "mutual_secret", "mutual_secret_file")?;
+        if mutual.is_some() && chap.is_none() {
+            return Err((
+                "mutual_user",
+                "mutual CHAP needs one-way CHAP too (chap_user and chap_secret)".to_string(),
+            ));
+        }
+        let initiator_name = match get("initiator_name") {
+            None => None,
+            Some(n) => {
+                check_iscsi_name(n)
+                    .map_err(|e| ("initiator_name", format!("initiator_name {e}")))?;
+                Some(n.to_string())
+            }
+        };
+        Ok(IscsiDecl {
+            portal,
+            target,
+            lun,
+            chap,
+            mutual,
+            initiator_name,
+        })
+    }
+}
+
+/// A user and exactly one of an inline secret or a secret file, or none
+/// of the three.
+fn chap_decl(
+    keys: &BTreeMap<String, (String, Span)>,
+    user: &'static str,
+    secret: &'static str,
+    file: &'static str,
+) -> Result<Option<ChapDecl>, (&'static str, String)> {
+    let get = |k: &str| keys.get(k).map(|(v, _)| v.as_str());
+    let source = match (get(secret), get(file)) {
+        (Some(_), Some(_)) => {
+            return Err((file, format!("give '{secret}' or '{file}', not both")));
+        }
+        (Some(""), None) => {
+            return Err((secret, format!("'{secret}' is empty")));
+        }
+        (Some(s), None) => Some(SecretSource::Inline(s.to_string())),
+        (None, Some(f)) if !f.starts_with('/') => {
+            return Err((file, format!("'{file}' {f:?} is not an absolute path")));
+        }
+        (None, Some(f)) => Some(SecretSource::File(PathBuf::from(f))),
+        (None, None) => None,
+    };
+    match (get(user), source) {
+        (None, None) => Ok(None),
+        (Some(u), Some(secret)) if !u.is_empty() => Ok(Some(ChapDecl {
+            user: u.to_string(),
+            secret,
+        })),
+        (Some(_), Some(_)) => Err((user, format!("'{user}' is empty"))),
+        (Some(_), None) => Err((user, format!("'{user}' without '{secret}' or '{file}'"))),
+        (None, Some(_)) => Err((secret, format!("a secret without '{user}'"))),
+    }
+}
 
 /// The transport used when a path names none.
 pub const DEFAULT_TRANSPORT: &str = "file";
@@ -75,6 +359,15 @@ impl PathDecl {
     /// one with file:line).
     pub fn tpg(&self) -> Option<u16> {
         self.extra.get("tpg").and_then(|(v, _)| v.parse().ok())
+    }
+
+    /// An `iscsi` path's keywords (checked at load: `None` only for other
+    /// transports).
+    pub fn iscsi(&self) -> Option<IscsiDecl> {
+        if self.transport != "iscsi" {
+            return None;
+        }
+        IscsiDecl::from_keys(&self.extra).ok()
     }
 
     /// `direct yes`: the path's IO bypasses the page cache (O_DIRECT).

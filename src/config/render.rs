@@ -338,7 +338,8 @@ impl Config {
     /// The configuration in force in multipath.conf syntax, shaped like
     /// `multipath -t` (see the module documentation), so that the two can
     /// be compared line by line. Parsing the output gives the same
-    /// configuration.
+    /// configuration, except CHAP secrets, which are never printed (they
+    /// read `<hidden>`).
     pub fn render_multipath_t(&self) -> String {
         let mut out = String::new();
 
@@ -441,6 +442,11 @@ impl Config {
                     }
                 }
                 for (k, (v, _)) in &p.extra {
+                    let v = if super::paths::is_secret(k) {
+                        super::paths::MASKED
+                    } else {
+                        v
+                    };
                     line(&mut out, 2, k, &quote_value(v, true));
                 }
                 out.push_str("\t}\n");

@@ -713,7 +713,7 @@ fn paths_section_validation() {
     }
     path {
         name p3
-        transport iscsi
+        transport fc
         wwid w
         vendor V
         product P
@@ -745,7 +745,8 @@ fn paths_section_validation() {
             ),
             (
                 20,
-                "unknown transport 'iscsi' for path 'p3' (known transports: file, nbd)".to_string()
+                "unknown transport 'fc' for path 'p3' (known transports: file, nbd, iscsi)"
+                    .to_string()
             ),
             (
                 33,
@@ -2050,4 +2051,161 @@ fn a_scsi_prioritizer_on_a_declared_path_is_warned_about_with_its_origin() {
     );
     let c = ok("overrides {\n prio const\n}\npaths {\n path {\n  name p0\n  file /tmp/x\n  wwid w\n  vendor V\n  product P\n }\n}\n");
     assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+}
+
+const ISCSI_PATH: &str = "paths {\n path {\n  name q0\n  transport iscsi\n  portal 127.0.0.1:3260\n  target iqn.2026-11.com.example:lun0\n  lun 1\n  chap_user tecmint\n  chap_secret \"tecmint_chap12\"\n }\n}\n";
+
+#[test]
+fn iscsi_paths_take_the_issue_keys_and_need_no_identity() {
+    let c = ok(ISCSI_PATH);
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    let p = &c.paths()[0];
+    let i = p.iscsi().unwrap();
+    assert_eq!(
+        i.portal,
+        Portal {
+            host: "127.0.0.1".into(),
+            port: 3260
+        }
+    );
+    assert_eq!(i.target, "iqn.2026-11.com.example:lun0");
+    assert_eq!(i.lun, 1);
+    let chap = i.chap.unwrap();
+    assert_eq!(chap.user, "tecmint");
+    assert_eq!(chap.secret, SecretSource::Inline("tecmint_chap12".into()));
+    assert!(i.mutual.is_none() && i.initiator_name.is_none());
+    // The secret never shows in Debug or in `show config`.
+    assert!(
+        !format!("{p:?}").contains("tecmint_chap12")
+            || !format!("{:?}", p.iscsi()).contains("tecmint_chap12")
+    );
+    assert!(!format!("{:?}", p.iscsi()).contains("tecmint_chap12"));
+    let shown = c.render_multipath_t();
+    assert!(!shown.contains("tecmint_chap12"), "{shown}");
+    assert!(
+        shown.contains("chap_secret \"<hidden>\"") || shown.contains("chap_secret <hidden>"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn iscsi_path_mistakes_are_errors_naming_the_keyword() {
+    let with = |from: &str, to: &str| ISCSI_PATH.replace(from, to);
+    let cases = [
+        (with("  portal 127.0.0.1:3260\n", ""), "has no 'portal'"),
+        (with("127.0.0.1:3260", "127.0.0.1:0"), "is not 1 to 65535"),
+        (with("127.0.0.1:3260", "::1:3260"), "brackets"),
+        (
+            with("iqn.2026-11.com.example:lun0", "lun0"),
+            "not an iSCSI name",
+        ),
+        (with("  lun 1\n", "  lun 99999\n"), "is not 0 to 16383"),
+        (
+            with("  chap_user tecmint\n", ""),
+            "a secret without 'chap_user'",
+        ),
+        (
+            with(
+                "  chap_secret \"tecmint_chap12\"\n",
+                "  chap_secret \"tecmint_chap12\"\n  chap_secret_file /etc/umpath/q0.secret\n",
+            ),
+            "not both",
+        ),
+        (
+            with(
+                "  lun 1\n",
+                "  lun 1\n  mutual_user t\n  mutual_secret_file rel/path\n",
+            ),
+            "not an absolute path",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        let msgs = errors(&e);
+        assert!(
+            msgs.iter().any(|(_, m)| m.contains(want)),
+            "{want}: {msgs:?}"
+        );
+        assert!(!format!("{e}").contains("tecmint_chap12"), "{e}");
+    }
+    // Mutual CHAP needs one-way CHAP.
+    let text = with(
+        "  chap_user tecmint\n  chap_secret \"tecmint_chap12\"\n",
+        "  mutual_user t\n  mutual_secret s\n",
+    );
+    assert!(errors(&err(&text))
+        .iter()
+        .any(|(_, m)| m.contains("needs one-way CHAP")));
+}
+
+#[test]
+fn iscsi_identity_keys_are_ignored_with_a_warning_and_secrets_not_quoted() {
+    let text = ISCSI_PATH.replace(
+        "  lun 1\n",
+        "  lun 1\n  wwid 36000c29abcdef001\n  vendor OSNEXUS\n  chap_secret \"other\"\n",
+    );
+    let c = ok(&text);
+    let w = warnings(&c);
+    assert!(
+        w.iter()
+            .any(|(_, m)| m.contains("'wwid' is ignored for an iscsi path")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|(_, m)| m.contains("'vendor' is ignored")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .all(|(_, m)| !m.contains("other") && !m.contains("tecmint_chap12")),
+        "{w:?}"
+    );
+    assert_eq!(c.paths()[0].wwid, "");
+    assert_eq!(c.paths()[0].vendor, "");
+}
+
+#[test]
+fn portals_parse_like_iscsi_addresses() {
+    let p = |s: &str| Portal::parse(s);
+    assert_eq!(
+        p("host").unwrap(),
+        Portal {
+            host: "host".into(),
+            port: 3260
+        }
+    );
+    assert_eq!(
+        p("[::1]:3261").unwrap(),
+        Portal {
+            host: "::1".into(),
+            port: 3261
+        }
+    );
+    assert_eq!(p("[::1]").unwrap().to_string(), "[::1]:3260");
+    assert_eq!(p("10.0.0.1:3260").unwrap().to_string(), "10.0.0.1:3260");
+    for bad in ["", ":3260", "[::1", "[::1]x", "h:65536", "h:x"] {
+        assert!(p(bad).is_err(), "{bad}");
+    }
+    for good in [
+        "iqn.2026-11.com.example:lun0",
+        "eui.02004567A425678D",
+        "naa.52004567BA64678D",
+    ] {
+        assert!(
+            crate::config::paths::check_iscsi_name(good).is_ok(),
+            "{good}"
+        );
+    }
+    for bad in [
+        "iqn.26-11.com.x",
+        "iqn.2026-11",
+        "eui.123",
+        "naa.xyz",
+        "iqn.2026-11.com.x y",
+    ] {
+        assert!(
+            crate::config::paths::check_iscsi_name(bad).is_err(),
+            "{bad}"
+        );
+    }
 }

@@ -160,6 +160,17 @@ pub fn plan_with(
     }
     for (d, scsi) in declared.chain(discovered) {
         let d = &d;
+        if d.transport == "iscsi" {
+            // The identity comes from the LUN (INQUIRY, VPD 0x83) once the
+            // initiator logs in; that initiator is not built yet.
+            skipped.push(Skipped {
+                path: d.name.clone(),
+                reason: "iscsi paths are checked but not served by this build yet (issue 14 \
+                         in progress); `umpath check-config` accepts them"
+                    .to_string(),
+            });
+            continue;
+        }
         let id = PathIdentity {
             vendor: &d.vendor,
             product: &d.product,

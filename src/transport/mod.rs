@@ -20,6 +20,7 @@
 pub mod bounce;
 pub mod fault;
 pub mod file;
+pub mod iscsi;
 pub mod memory;
 pub mod nbd;
 pub mod scsi;

@@ -1,0 +1,3 @@
+//! `iscsi` paths: a userspace iSCSI initiator (issue 14, in progress).
+
+pub mod local;
