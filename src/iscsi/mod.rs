@@ -3,6 +3,7 @@
 //! random bytes are arguments, so everything here is tested without a
 //! network.
 
+pub mod chap;
 pub mod digest;
 pub mod pdu;
 pub mod text;
