@@ -215,8 +215,8 @@ pub fn lun_to_number(lun: u64) -> Option<u16> {
     }
 }
 
-/// A random-type ISID (RFC 7143 §11.12.5: T=01b... here T=10b "random",
-/// A=0, B and C from `random`, qualifier D=0).
+/// A random-type ISID (RFC 7143 §11.12.5: T=10b "random", A=0, B and C
+/// from `random`, qualifier D=0).
 pub fn random_isid(random: [u8; 3]) -> [u8; 6] {
     [0x80, random[0], random[1], random[2], 0, 0]
 }
