@@ -255,9 +255,10 @@ fn sn_le(a: u32, b: u32) -> bool {
 }
 
 impl Session {
-    /// The session after a successful login whose final response gave
-    /// `stat_sn`, `exp_cmd_sn` and `max_cmd_sn`.
-    pub fn new(params: SessionParams, stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) -> Session {
+    /// The session after a successful login: the CmdSN of the first
+    /// command (the target's ExpCmdSN), the ExpStatSN to send (its last
+    /// StatSN + 1) and its MaxCmdSN.
+    pub fn new(params: SessionParams, cmd_sn: u32, exp_stat_sn: u32, max_cmd_sn: u32) -> Session {
         Session {
             params: SessionParams {
                 max_send_segment: params.max_send_segment.max(512),
@@ -265,10 +266,10 @@ impl Session {
                 first_burst: params.first_burst.min(params.max_burst.max(512)),
                 ..params
             },
-            cmd_sn: exp_cmd_sn,
-            exp_cmd_sn,
+            cmd_sn,
+            exp_cmd_sn: cmd_sn,
             max_cmd_sn,
-            exp_stat_sn: stat_sn.wrapping_add(1),
+            exp_stat_sn,
             next_itt: 1,
             tasks: HashMap::new(),
             aborts: HashMap::new(),
@@ -767,7 +768,7 @@ mod tests {
     const LUN1: u64 = 1 << 48;
 
     fn session(p: SessionParams) -> Session {
-        Session::new(p, 100, 5, 20)
+        Session::new(p, 5, 101, 20)
     }
 
     fn read(len: u32) -> Command {
@@ -989,7 +990,7 @@ mod tests {
 
     #[test]
     fn the_command_window_closes_at_max_cmd_sn_and_reopens() {
-        let mut s = Session::new(SessionParams::default(), 0, 1, 2);
+        let mut s = Session::new(SessionParams::default(), 1, 1, 2);
         assert!(s.submit(read(512)).is_some());
         let (itt, _) = s.submit(read(512)).unwrap();
         assert!(!s.can_submit());
