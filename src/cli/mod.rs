@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod generate;
 pub mod probe;
+pub mod probe_iscsi;
 pub mod top;
 
 use std::path::PathBuf;

@@ -13,6 +13,27 @@ use crate::discovery::{self, DiscoverOptions, Discovery, ScsiDevice};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
+    /// An iSCSI portal or target to probe instead of the local SCSI
+    /// disks: `iscsi://[USER[%SECRET]@]HOST[:PORT][/IQN[/LUN]]` (libiscsi's
+    /// form). Without an IQN: the targets and portals (SendTargets); with
+    /// one: each LUN's identity, size, SCSIid, device rule and map.
+    #[arg(value_name = "ISCSI_URL")]
+    pub url: Option<String>,
+    /// The CHAP secret for the URL's user, read from this file (root
+    /// only, first line) rather than written in the URL.
+    #[arg(long, requires = "url")]
+    pub chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the name the target answers with.
+    #[arg(long, requires = "mutual_secret_file")]
+    pub mutual_user: Option<String>,
+    /// Mutual CHAP: the target's secret, read from this file.
+    #[arg(long, requires = "mutual_user")]
+    pub mutual_secret_file: Option<PathBuf>,
+    /// The initiator name to log in with (default: open-iscsi's
+    /// /etc/iscsi/initiatorname.iscsi, else one generated from the
+    /// machine id).
+    #[arg(long, requires = "url")]
+    pub initiator_name: Option<String>,
     /// sysfs root to read.
     #[arg(long, default_value = "/sys")]
     pub sysfs: PathBuf,
@@ -170,6 +191,17 @@ pub fn run(args: &ProbeArgs) -> ExitCode {
             }
         }
     };
+    if let Some(url) = &args.url {
+        let a = super::probe_iscsi::IscsiProbeArgs {
+            url: url.clone(),
+            chap_secret_file: args.chap_secret_file.clone(),
+            mutual_user: args.mutual_user.clone(),
+            mutual_secret_file: args.mutual_secret_file.clone(),
+            initiator_name: args.initiator_name.clone(),
+            json: args.json,
+        };
+        return super::probe_iscsi::run(&a, &cfg);
+    }
     let opts = DiscoverOptions {
         sysfs: args.sysfs.clone(),
         dev_dir: args.dev_dir.clone(),

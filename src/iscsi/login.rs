@@ -449,11 +449,13 @@ impl Login {
                 "the target did not finish the login in {MAX_EXCHANGES} exchanges"
             ));
         }
-        if resp.itt != self.config.itt || resp.isid != self.config.isid {
-            return proto("a Login Response for another login (ITT or ISID)".into());
-        }
+        // A refusal is final whatever else it says: tgtd, for one, does
+        // not echo the ITT and ISID in the responses that refuse a login.
         if resp.status_class != 0 {
             return Err(status_error(resp));
+        }
+        if resp.itt != self.config.itt || resp.isid != self.config.isid {
+            return proto("a Login Response for another login (ITT or ISID)".into());
         }
         if resp.version_active != 0 {
             return proto(format!("unsupported iSCSI version {}", resp.version_active));

@@ -250,7 +250,7 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// A target portal: where a target listens, and its portal group tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Portal {
     /// Host name or IP address (IPv6 without brackets).
     pub address: String,
@@ -307,7 +307,7 @@ pub fn parse_target_address(s: &str) -> Result<Portal, TextError> {
 }
 
 /// One target from SendTargets: its name and the portals it gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TargetRecord {
     /// The target's iSCSI name.
     pub name: String,
