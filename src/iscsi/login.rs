@@ -734,7 +734,8 @@ impl Login {
     }
 }
 
-const KNOWN_KEYS: [&str; 14] = [
+/// RFC 7143 session keys (markers, obsolete in RFC 7143, are not among them).
+const KNOWN_KEYS: [&str; 13] = [
     "HeaderDigest",
     "DataDigest",
     "MaxConnections",
@@ -748,7 +749,6 @@ const KNOWN_KEYS: [&str; 14] = [
     "DefaultTime2Wait",
     "DefaultTime2Retain",
     "ErrorRecoveryLevel",
-    "OFMarker",
 ];
 
 fn text_err(e: text::TextError) -> LoginError {

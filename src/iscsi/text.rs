@@ -296,7 +296,9 @@ pub fn parse_target_address(s: &str) -> Result<Portal, TextError> {
     } else {
         (hostport, DEFAULT_PORT)
     };
-    if address.is_empty() || address.contains(|c: char| c.is_whitespace() || c == '/') {
+    if address.is_empty()
+        || address.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '[' | ']'))
+    {
         return Err(bad());
     }
     Ok(Portal {
@@ -445,7 +447,9 @@ mod tests {
         assert_eq!(a("[::1],1"), portal("::1", 3260, 1));
         assert_eq!(a("fd00::5,1"), portal("fd00::5", 3260, 1));
         assert_eq!(a("[::1]:3260,1").to_string(), "[::1]:3260,1");
-        for bad in ["", "h:x,1", "h:1,x", "[::1", "[::1]x,1", "h:70000", ":3260"] {
+        for bad in [
+            "", "[[::1]", "a]:1", "h:x,1", "h:1,x", "[::1", "[::1]x,1", "h:70000", ":3260",
+        ] {
             assert!(parse_target_address(bad).is_err(), "{bad}");
         }
     }
