@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
                 cmd_sn: 1,
                 exp_stat_sn: 0,
                 chap: None,
+                chap_algorithms: Vec::new(),
                 params: OperationalParams::default(),
             };
             if let Ok((mut login, _)) = Login::start(config, [flags; LOGIN_RANDOM_LEN]) {

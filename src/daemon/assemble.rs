@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, PathDecl, PathIdentity, PathSettings, Span};
 use crate::discovery::ScsiDevice;
+use crate::transport::iscsi::IscsiTransport;
 use crate::model::{MapPolicy, PathInfo};
 use crate::prio::DetectFacts;
 
@@ -26,6 +27,8 @@ pub struct PathPlan {
     pub settings: PathSettings,
     /// Set for a discovered SCSI disk.
     pub scsi: Option<ScsiDevice>,
+    /// Set for an `iscsi` path: its transport, logged in at planning.
+    pub iscsi: Option<Arc<IscsiTransport>>,
     /// The configuration's io_timeout (`None`: no limit), which bounds an
     /// `nbd` path's socket timeout.
     pub io_timeout: Option<std::time::Duration>,
@@ -137,13 +140,55 @@ pub fn plan(cfg: &Config, friendly: &HashMap<String, String>) -> (Vec<MapPlan>, 
     plan_with(cfg, friendly, &[])
 }
 
-/// Groups the declared paths, then the discovered SCSI disks (in the
-/// order given), into maps by WWID. Blacklisted disks, disks without a
-/// WWID and disks named like a declared path are skipped.
+/// An `iscsi` path's login at planning time: what its LUN said (the
+/// identity it joins a map by, and the logged-in transport), or why
+/// there is none yet.
+#[derive(Debug, Clone)]
+pub struct IscsiLogin {
+    pub name: String,
+    /// The path's keywords when it logged in: a changed declaration
+    /// logs in again.
+    pub keys: std::collections::BTreeMap<String, String>,
+    pub lun: Result<IscsiLun, String>,
+}
+
+/// A logged-in iSCSI LUN.
+#[derive(Debug, Clone)]
+pub struct IscsiLun {
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    pub serial: String,
+    pub wwid: String,
+    pub transport: Arc<IscsiTransport>,
+}
+
+/// The keywords of a declared path, for [`IscsiLogin::keys`].
+pub fn decl_keys(d: &PathDecl) -> std::collections::BTreeMap<String, String> {
+    d.extra
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// [`plan_found`] without iSCSI logins (`iscsi` paths are skipped).
 pub fn plan_with(
     cfg: &Config,
     friendly: &HashMap<String, String>,
     scsi: &[ScsiDevice],
+) -> (Vec<MapPlan>, Vec<Skipped>) {
+    plan_found(cfg, friendly, scsi, &[])
+}
+
+/// Groups the declared paths, then the discovered SCSI disks (in the
+/// order given), into maps by WWID. Blacklisted disks, disks without a
+/// WWID and disks named like a declared path are skipped; so are `iscsi`
+/// paths without a successful login in `iscsi`.
+pub fn plan_found(
+    cfg: &Config,
+    friendly: &HashMap<String, String>,
+    scsi: &[ScsiDevice],
+    iscsi: &[IscsiLogin],
 ) -> (Vec<MapPlan>, Vec<Skipped>) {
     let mut maps: Vec<MapPlan> = Vec::new();
     let mut skipped = Vec::new();
@@ -158,19 +203,36 @@ pub fn plan_with(
             None => discovered.push((scsi_decl(s), Some(s.clone()))),
         }
     }
-    for (d, scsi) in declared.chain(discovered) {
-        let d = &d;
+    for (mut d, scsi) in declared.chain(discovered) {
+        let mut iscsi_t = None;
         if d.transport == "iscsi" {
-            // The identity comes from the LUN (INQUIRY, VPD 0x83) once the
-            // initiator logs in; that initiator is not built yet.
-            skipped.push(Skipped {
-                path: d.name.clone(),
-                reason: "iscsi paths are checked but not served by this build yet (issue 14 \
-                         in progress); `umpath check-config` accepts them"
-                    .to_string(),
-            });
-            continue;
+            // The identity comes from the LUN (INQUIRY, VPD 0x83).
+            match iscsi.iter().find(|l| l.name == d.name).map(|l| &l.lun) {
+                Some(Ok(lun)) => {
+                    d.vendor = lun.vendor.clone();
+                    d.product = lun.product.clone();
+                    d.revision = lun.revision.clone();
+                    d.serial = lun.serial.clone();
+                    d.wwid = lun.wwid.clone();
+                    iscsi_t = Some(lun.transport.clone());
+                }
+                Some(Err(why)) => {
+                    skipped.push(Skipped {
+                        path: d.name.clone(),
+                        reason: format!("not logged in: {why}"),
+                    });
+                    continue;
+                }
+                None => {
+                    skipped.push(Skipped {
+                        path: d.name.clone(),
+                        reason: "not logged in yet".to_string(),
+                    });
+                    continue;
+                }
+            }
         }
+        let d = &d;
         let id = PathIdentity {
             vendor: &d.vendor,
             product: &d.product,
@@ -197,11 +259,15 @@ pub fn plan_with(
             info.tpg = s.tpg;
             info.node_name = s.node_name.clone();
         }
+        if let Some(t) = &iscsi_t {
+            info.transport = t.describe();
+        }
         let path = PathPlan {
             decl: d.clone(),
             info,
             settings,
             scsi,
+            iscsi: iscsi_t,
             io_timeout: match cfg.io_timeout() {
                 0 => None,
                 secs => Some(std::time::Duration::from_secs(u64::from(secs))),

@@ -192,6 +192,10 @@ pub fn open_path(p: &PathPlan) -> PathDev {
             Some(Ok(uri)) => Transport::Nbd(NbdTransport::new(uri, nbd_timeout(p))),
             _ => Transport::file(PathBuf::new()),
         },
+        (None, "iscsi") => match &p.iscsi {
+            Some(t) => Transport::Iscsi(t.clone()),
+            None => Transport::file(PathBuf::new()),
+        },
         (None, _) if d.direct() => Transport::file_direct(d.file.clone().unwrap_or_default()),
         (None, _) => Transport::file(d.file.clone().unwrap_or_default()),
     };

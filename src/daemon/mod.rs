@@ -27,6 +27,7 @@ pub mod activation;
 pub mod assemble;
 pub mod bindings;
 pub mod hotplug;
+pub mod iscsi;
 pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;

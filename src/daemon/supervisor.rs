@@ -79,6 +79,8 @@ pub enum Msg {
     DetachAll(oneshot::Sender<Vec<String>>),
     /// A connection of a kernel NBD device ended unasked.
     KernelConnLost { map: String, gen: u64 },
+    /// An `iscsi` path that could not log in at planning has now.
+    IscsiUp(assemble::IscsiLogin),
 }
 
 /// How long the supervisor keeps answering pings while it handles one
@@ -177,6 +179,8 @@ pub struct Supervisor {
     kernel: Devices,
     /// [`BUSY_GRACE`]; shorter in tests.
     busy_grace: Duration,
+    /// Retries the logins of `iscsi` paths that could not log in yet.
+    iscsi_retry: Option<TaskGuard>,
 }
 
 /// Where to discover SCSI disks: `--scsi`'s options, else the real
@@ -232,6 +236,7 @@ impl Supervisor {
             exports,
             tx,
             busy_grace: BUSY_GRACE,
+            iscsi_retry: None,
         }
     }
 
@@ -371,7 +376,64 @@ impl Supervisor {
                 self.publish();
                 let _ = reply.send(errors);
             }
+            Msg::IscsiUp(login) => self.iscsi_up(login).await,
         }
+    }
+
+    /// The logins of the running `iscsi` paths, to keep at a re-plan.
+    fn known_iscsi(&self) -> Vec<assemble::IscsiLogin> {
+        self.maps
+            .iter()
+            .flat_map(|m| m.plan.paths.iter())
+            .filter_map(|p| {
+                let t = p.iscsi.clone()?;
+                Some(assemble::IscsiLogin {
+                    name: p.decl.name.clone(),
+                    keys: assemble::decl_keys(&p.decl),
+                    lun: Ok(assemble::IscsiLun {
+                        vendor: p.decl.vendor.clone(),
+                        product: p.decl.product.clone(),
+                        revision: p.decl.revision.clone(),
+                        serial: p.decl.serial.clone(),
+                        wwid: p.decl.wwid.clone(),
+                        transport: t,
+                    }),
+                })
+            })
+            .collect()
+    }
+
+    /// An `iscsi` path logged in late: it joins its map (a new one if its
+    /// WWID is new).
+    async fn iscsi_up(&mut self, login: assemble::IscsiLogin) {
+        let name = login.name.clone();
+        if self.maps.iter().any(|m| m.paths.contains_key(&name)) {
+            return;
+        }
+        let cfg = self.config.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let friendly = bindings::friendly_names(&cfg);
+            assemble::plan_found(&cfg, &friendly, &[], std::slice::from_ref(&login))
+        })
+        .await;
+        let Ok((plans, skipped)) = planned else {
+            return;
+        };
+        let found = plans.into_iter().find_map(|m| {
+            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
+            p.map(|p| (m, p))
+        });
+        let Some((mplan, pplan)) = found else {
+            let why = skipped
+                .iter()
+                .find(|s| s.path == name)
+                .map_or("not used".to_string(), |s| s.reason.clone());
+            info!(path = %name, "iSCSI path logged in but not used: {why}");
+            return;
+        };
+        let map = self.join_planned(mplan, pplan).await;
+        info!(path = %name, map = %map, "iSCSI path logged in: joined its map");
+        self.publish();
     }
 
     /// Running maps by name: (WWID, export).
@@ -463,7 +525,15 @@ impl Supervisor {
 
     /// Brings the running maps in line with `cfg`.
     pub async fn apply(&mut self, cfg: Arc<Config>) -> Summary {
-        let plans = self.plan(cfg.clone()).await;
+        let (plans, not_logged_in) = self.plan(cfg.clone()).await;
+        self.iscsi_retry = (!not_logged_in.is_empty()).then(|| {
+            TaskGuard(tokio::spawn(super::iscsi::retry(
+                not_logged_in,
+                cfg.clone(),
+                self.tx.clone(),
+                self.env.polling.clone(),
+            )))
+        });
         let running: Vec<Running<'_>> = self
             .maps
             .iter()
@@ -580,9 +650,12 @@ impl Supervisor {
         }
     }
 
-    /// Discovery, callouts and grouping (blocking work, on its own thread).
-    async fn plan(&self, cfg: Arc<Config>) -> Vec<MapPlan> {
+    /// Discovery, iSCSI logins, callouts and grouping (blocking work, on
+    /// its own thread); also the `iscsi` paths that did not log in.
+    async fn plan(&self, cfg: Arc<Config>) -> (Vec<MapPlan>, Vec<String>) {
         let scsi = scsi_options(&self.opts, &cfg);
+        let known = self.known_iscsi();
+        let rt = tokio::runtime::Handle::current();
         let r = tokio::task::spawn_blocking(move || {
             let mut devs: Vec<ScsiDevice> = match &scsi {
                 Some(opts) => {
@@ -596,17 +669,23 @@ impl Supervisor {
                 None => Vec::new(),
             };
             discovery::apply_callouts(&cfg, &mut devs);
+            let logins = super::iscsi::login_all(&cfg, &rt, &known);
+            let failed: Vec<String> = logins
+                .iter()
+                .filter(|l| l.lun.is_err())
+                .map(|l| l.name.clone())
+                .collect();
             let friendly = bindings::friendly_names(&cfg);
-            let (plans, skipped) = assemble::plan_with(&cfg, &friendly, &devs);
+            let (plans, skipped) = assemble::plan_found(&cfg, &friendly, &devs, &logins);
             for s in &skipped {
                 info!(path = %s.path, "not used: {}", s.reason);
             }
-            plans
+            (plans, failed)
         })
         .await;
         r.unwrap_or_else(|e| {
             error!("planning maps failed: {e}");
-            Vec::new()
+            (Vec::new(), Vec::new())
         })
     }
 

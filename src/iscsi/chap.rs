@@ -50,11 +50,24 @@ impl ChapAlgorithm {
 
     /// Our `CHAP_A` offer: `7,6,5`.
     pub fn offer() -> String {
-        Self::PREFERENCE
-            .iter()
+        Self::offer_of(&Self::PREFERENCE)
+    }
+
+    /// A `CHAP_A` list of these algorithms, in this order.
+    pub fn offer_of(algs: &[ChapAlgorithm]) -> String {
+        algs.iter()
             .map(|a| a.code().to_string())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The algorithms of [`Self::PREFERENCE`] weaker than `self`.
+    pub fn weaker(self) -> Vec<ChapAlgorithm> {
+        Self::PREFERENCE
+            .into_iter()
+            .skip_while(|a| *a != self)
+            .skip(1)
+            .collect()
     }
 
     /// The strongest of ours in a `CHAP_A` list (a target's offer, or its

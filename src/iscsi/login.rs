@@ -126,6 +126,9 @@ pub struct LoginConfig {
     pub exp_stat_sn: u32,
     /// CHAP credentials; `None` offers AuthMethod=None only.
     pub chap: Option<ChapCredentials>,
+    /// The CHAP algorithms to offer, strongest first; empty: all we
+    /// know ([`ChapAlgorithm::PREFERENCE`]).
+    pub chap_algorithms: Vec<ChapAlgorithm>,
     /// The operational parameters we ask for.
     pub params: OperationalParams,
 }
@@ -296,6 +299,8 @@ pub struct Login {
     offered: Vec<&'static str>,
     answers: Vec<(String, String)>,
     replied: Vec<String>,
+    /// The CHAP algorithm the target chose.
+    chap_alg: Option<ChapAlgorithm>,
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), LoginError> {
@@ -397,6 +402,7 @@ impl Login {
             offered: Vec::new(),
             answers: Vec::new(),
             replied: Vec::new(),
+            chap_alg: None,
         };
         let first = login.request(true, Stage::Security, Stage::Operational, &keys);
         Ok((login, first))
@@ -426,6 +432,22 @@ impl Login {
             cmd_sn: self.config.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
             data: text::encode(keys),
+        }
+    }
+
+    /// The CHAP algorithm the target chose, once it has (also after the
+    /// login failed: a target may choose an algorithm it then cannot
+    /// check, as tgtd 1.0.85 does with SHA-256, and the driver may try
+    /// again offering weaker ones).
+    pub fn chap_algorithm(&self) -> Option<ChapAlgorithm> {
+        self.chap_alg
+    }
+
+    fn algorithms(&self) -> Vec<ChapAlgorithm> {
+        if self.config.chap_algorithms.is_empty() {
+            ChapAlgorithm::PREFERENCE.to_vec()
+        } else {
+            self.config.chap_algorithms.clone()
         }
     }
 
@@ -515,7 +537,10 @@ impl Login {
                     ));
                 }
                 self.state = State::ChapAlgorithmSent;
-                let keys = [("CHAP_A".to_string(), ChapAlgorithm::offer())];
+                let keys = [(
+                    "CHAP_A".to_string(),
+                    ChapAlgorithm::offer_of(&self.algorithms()),
+                )];
                 Ok(Step::Send(self.request(
                     false,
                     Stage::Security,
@@ -553,12 +578,14 @@ impl Login {
             .parse::<u32>()
             .ok()
             .and_then(ChapAlgorithm::from_code)
+            .filter(|a| self.algorithms().contains(a))
             .ok_or_else(|| {
                 LoginError::Protocol(format!(
                     "the target chose CHAP_A={} we did not offer",
                     clip(a)
                 ))
             })?;
+        self.chap_alg = Some(alg);
         let id = text::get(pairs, "CHAP_I").ok_or_else(|| proto("no CHAP_I from the target"))?;
         let id = parse_num("CHAP_I", id, 0, 255)? as u8;
         let c = text::get(pairs, "CHAP_C").ok_or_else(|| proto("no CHAP_C from the target"))?;
@@ -993,6 +1020,7 @@ mod tests {
             cmd_sn: 1,
             exp_stat_sn: 0,
             chap,
+            chap_algorithms: Vec::new(),
             params: OperationalParams::default(),
         }
     }

@@ -326,6 +326,8 @@ pub enum Transport {
     Scsi(scsi::ScsiTransport),
     /// For tests: see [`memory`].
     Memory(memory::MemoryTransport),
+    /// An iSCSI LUN through umpath's own initiator (see [`iscsi`]).
+    Iscsi(std::sync::Arc<iscsi::IscsiTransport>),
 }
 
 impl Transport {
@@ -348,6 +350,7 @@ impl Transport {
             Transport::Nbd(t) => t.size(),
             Transport::Scsi(t) => t.size(),
             Transport::Memory(t) => t.size(),
+            Transport::Iscsi(t) => t.size(),
         }
     }
 
@@ -358,6 +361,7 @@ impl Transport {
             Transport::Nbd(t) => t.read_at(buf, offset),
             Transport::Scsi(t) => t.read_at(buf, offset),
             Transport::Memory(t) => t.read_at(buf, offset),
+            Transport::Iscsi(t) => t.read_at(buf, offset),
         }
     }
 
@@ -367,7 +371,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.read_cached(buf, offset),
             // No page cache of ours in front of a server.
-            Transport::Nbd(_) => None,
+            Transport::Nbd(_) | Transport::Iscsi(_) => None,
             Transport::Scsi(t) => t.read_cached(buf, offset),
             // Always on the IO threads, so scripted hangs and errors apply.
             Transport::Memory(_) => None,
@@ -380,7 +384,7 @@ impl Transport {
     pub fn write_cached(&self, buf: &[u8], offset: u64) -> Option<()> {
         match self {
             Transport::File(t) => t.write_cached(buf, offset),
-            Transport::Nbd(_) => None,
+            Transport::Nbd(_) | Transport::Iscsi(_) => None,
             Transport::Scsi(t) => t.write_cached(buf, offset),
             Transport::Memory(_) => None,
         }
@@ -394,6 +398,7 @@ impl Transport {
             Transport::Nbd(t) => t.write_at(buf, offset, fua),
             Transport::Scsi(t) => t.write_at(buf, offset, fua),
             Transport::Memory(t) => t.write_at(buf, offset, fua),
+            Transport::Iscsi(t) => t.write_at(buf, offset, fua),
         }
     }
 
@@ -404,6 +409,7 @@ impl Transport {
             Transport::Nbd(t) => t.flush(),
             Transport::Scsi(t) => t.flush(),
             Transport::Memory(t) => t.flush(),
+            Transport::Iscsi(t) => t.flush(),
         }
     }
 
@@ -414,6 +420,7 @@ impl Transport {
             Transport::Nbd(t) => t.trim(offset, len),
             Transport::Scsi(t) => t.trim(offset, len),
             Transport::Memory(t) => t.trim(offset, len),
+            Transport::Iscsi(t) => t.trim(offset, len),
         }
     }
 
@@ -432,6 +439,7 @@ impl Transport {
             Transport::Nbd(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
             Transport::Scsi(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
             Transport::Memory(t) => t.write_zeroes(offset, len),
+            Transport::Iscsi(t) => t.write_zeroes(offset, len, may_unmap, fast_only),
         }
     }
 
@@ -450,6 +458,7 @@ impl Transport {
             Transport::Nbd(_) => 1,
             Transport::Scsi(t) => u32::try_from(t.block_size()).unwrap_or(u32::MAX),
             Transport::Memory(t) => t.lun().block_size(),
+            Transport::Iscsi(t) => t.block_size(),
         }
     }
 
@@ -458,6 +467,7 @@ impl Transport {
     pub fn default_timeout(&self) -> Option<std::time::Duration> {
         match self {
             Transport::File(_) | Transport::Nbd(_) | Transport::Memory(_) => None,
+            Transport::Iscsi(_) => None,
             Transport::Scsi(t) => t.default_timeout(),
         }
     }
@@ -468,6 +478,7 @@ impl Transport {
         match self {
             Transport::File(_) | Transport::Nbd(_) | Transport::Memory(_) => None,
             Transport::Scsi(t) => Some(t.tur(timeout)),
+            Transport::Iscsi(t) => Some(t.tur(timeout)),
         }
     }
 
@@ -478,7 +489,7 @@ impl Transport {
         match self {
             Transport::File(t) => t.raw_io(),
             Transport::Scsi(t) => t.raw_io(write),
-            Transport::Nbd(_) | Transport::Memory(_) => None,
+            Transport::Nbd(_) | Transport::Memory(_) | Transport::Iscsi(_) => None,
         }
     }
 
@@ -507,6 +518,7 @@ impl Transport {
             Transport::Nbd(t) => t.describe(),
             Transport::Scsi(t) => t.describe(),
             Transport::Memory(t) => t.describe(),
+            Transport::Iscsi(t) => t.describe(),
         }
     }
 
@@ -517,6 +529,7 @@ impl Transport {
             Transport::Nbd(t) => t.target().to_string(),
             Transport::Scsi(t) => t.target(),
             Transport::Memory(t) => t.name().to_string(),
+            Transport::Iscsi(t) => t.target(),
         }
     }
 
@@ -528,6 +541,7 @@ impl Transport {
             Transport::Nbd(t) => t.caps(),
             Transport::Scsi(t) => t.caps(),
             Transport::Memory(t) => t.caps(),
+            Transport::Iscsi(t) => t.caps(),
         }
     }
 
@@ -538,6 +552,7 @@ impl Transport {
             Transport::Nbd(t) => t.is_open(),
             Transport::Scsi(t) => t.is_open(),
             Transport::Memory(t) => t.is_open(),
+            Transport::Iscsi(t) => t.is_open(),
         }
     }
 
@@ -550,6 +565,7 @@ impl Transport {
             Transport::Nbd(t) => t.revalidate().map(|_| ()),
             Transport::Scsi(t) => t.reopen(),
             Transport::Memory(t) => t.revalidate().map(|_| ()),
+            Transport::Iscsi(t) => t.revalidate().map(|_| ()),
         }
     }
 
@@ -562,6 +578,7 @@ impl Transport {
             Transport::Nbd(t) => t.revalidate(),
             Transport::Scsi(t) => t.revalidate(),
             Transport::Memory(t) => t.revalidate(),
+            Transport::Iscsi(t) => t.revalidate(),
         }
     }
 
@@ -573,6 +590,7 @@ impl Transport {
             Transport::Nbd(t) => t.probe(len),
             Transport::Scsi(t) => t.probe(len),
             Transport::Memory(t) => t.probe(len),
+            Transport::Iscsi(t) => t.probe(len),
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::config::Portal;
+use crate::iscsi::chap::ChapAlgorithm;
 use crate::iscsi::digest::Digests;
 use crate::iscsi::login::{
     ChapCredentials, Login, LoginConfig, LoginError, Negotiated, OperationalParams, Step,
@@ -280,80 +281,134 @@ fn tcp_connect(portal: &Portal, timeout: Duration) -> Result<TcpStream, ConnectE
 /// Logs in at `t.portal` (following redirections) within `timeout` per
 /// step; the logged-in socket and what was negotiated.
 fn login(t: &LoginTarget, timeout: Duration) -> Result<(TcpStream, Negotiated), ConnectError> {
-    let mut portal = t.portal.clone();
-    for _ in 0..=MAX_REDIRECTS {
-        let name = portal.to_string();
-        let io = |source| ConnectError::Io {
-            portal: name.clone(),
-            source,
-        };
-        let mut s = tcp_connect(&portal, timeout)?;
-        s.set_read_timeout(Some(timeout)).map_err(io)?;
-        s.set_write_timeout(Some(timeout)).map_err(io)?;
-        let isid = pdu::random_isid(random::<3>());
-        let cfg = LoginConfig {
-            initiator_name: t.initiator_name.clone(),
-            target_name: t.target.clone(),
-            isid,
-            tsih: 0,
-            cid: 0,
-            itt: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            chap: t.chap.clone(),
-            params: t.params.clone(),
-        };
-        let login_err = |source| ConnectError::Login {
-            portal: name.clone(),
-            source,
-        };
-        let (mut login, first) =
-            Login::start(cfg, random::<LOGIN_RANDOM_LEN>()).map_err(login_err)?;
-        let mut req = first;
-        let negotiated = loop {
-            let bytes = Pdu::LoginRequest(req).encode(Digests::default());
-            s.write_all(&bytes).map_err(io)?;
-            let resp = match read_pdu_blocking(&mut s, LOGIN_MAX_SEGMENT) {
-                Ok(Pdu::LoginResponse(r)) => r,
-                Ok(other) => {
-                    return Err(login_err(LoginError::Protocol(format!(
-                        "a {:?} PDU during login",
-                        other.opcode()
-                    ))))
-                }
-                Err(LoginIoError::Io(e)) => return Err(io(e)),
-                Err(LoginIoError::Pdu(e)) => {
-                    return Err(ConnectError::Pdu {
-                        portal: name.clone(),
-                        source: e,
-                    })
-                }
-            };
-            match login.on_response(&resp) {
-                Ok(Step::Send(next)) => req = next,
-                Ok(Step::Done(n)) => break Ok(n),
-                Err(LoginError::Redirect { portal: to, .. }) => break Err(to),
-                Err(e) => return Err(login_err(e)),
+    let mut algs = ChapAlgorithm::PREFERENCE.to_vec();
+    loop {
+        match login_with(t, timeout, &algs) {
+            // A target that chose a strong CHAP algorithm and then refused
+            // the answer may not compute it right (tgtd 1.0.85 offers
+            // SHA-256 and checks with a 20-byte buffer): the weaker ones
+            // are tried before the refusal stands. Offering them at first
+            // would let the target choose them anyway, so nothing is lost.
+            Err((e, Some(alg))) if refused(&e) && !alg.weaker().is_empty() => {
+                warn!(portal = %t.portal, "the target refused CHAP with {alg:?}; trying {:?}", alg.weaker());
+                algs = alg.weaker();
             }
-        };
-        match negotiated {
-            Ok(n) => {
-                s.set_read_timeout(None).map_err(io)?;
-                s.set_write_timeout(None).map_err(io)?;
-                return Ok((s, n));
-            }
-            Err(to) => {
-                debug!(from = %name, to = %format!("{}:{}", to.address, to.port), "iSCSI login redirected");
-                portal = Portal {
-                    host: to.address,
-                    port: to.port,
-                };
-            }
+            Err((e, _)) => return Err(e),
+            Ok(x) => return Ok(x),
         }
     }
-    Err(ConnectError::Redirects {
-        portal: t.portal.to_string(),
-    })
+}
+
+/// A refused login that a weaker CHAP algorithm may get through.
+fn refused(e: &ConnectError) -> bool {
+    matches!(
+        e,
+        ConnectError::Login {
+            source: LoginError::AuthFailed | LoginError::Rejected { status: 0x0200, .. },
+            ..
+        }
+    )
+}
+
+/// One login offering `algs`, redirections followed; on failure, also
+/// the CHAP algorithm the target had chosen.
+fn login_with(
+    t: &LoginTarget,
+    timeout: Duration,
+    algs: &[ChapAlgorithm],
+) -> Result<(TcpStream, Negotiated), (ConnectError, Option<ChapAlgorithm>)> {
+    let mut portal = t.portal.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut chosen = None;
+        match login_once(t, &portal, timeout, algs, &mut chosen) {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(to)) => {
+                debug!(from = %portal, to = %to, "iSCSI login redirected");
+                portal = to;
+            }
+            Err(e) => return Err((e, chosen)),
+        }
+    }
+    Err((
+        ConnectError::Redirects {
+            portal: t.portal.to_string(),
+        },
+        None,
+    ))
+}
+
+/// A login at `portal`: logged in, or redirected elsewhere.
+fn login_once(
+    t: &LoginTarget,
+    portal: &Portal,
+    timeout: Duration,
+    algs: &[ChapAlgorithm],
+    chosen: &mut Option<ChapAlgorithm>,
+) -> Result<Result<(TcpStream, Negotiated), Portal>, ConnectError> {
+    let name = portal.to_string();
+    let io = |source| ConnectError::Io {
+        portal: name.clone(),
+        source,
+    };
+    let login_err = |source| ConnectError::Login {
+        portal: name.clone(),
+        source,
+    };
+    let mut s = tcp_connect(portal, timeout)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    let cfg = LoginConfig {
+        initiator_name: t.initiator_name.clone(),
+        target_name: t.target.clone(),
+        isid: pdu::random_isid(random::<3>()),
+        tsih: 0,
+        cid: 0,
+        itt: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        chap: t.chap.clone(),
+        chap_algorithms: algs.to_vec(),
+        params: t.params.clone(),
+    };
+    let (mut login, mut req) =
+        Login::start(cfg, random::<LOGIN_RANDOM_LEN>()).map_err(login_err)?;
+    loop {
+        let bytes = Pdu::LoginRequest(req).encode(Digests::default());
+        s.write_all(&bytes).map_err(io)?;
+        let resp = match read_pdu_blocking(&mut s, LOGIN_MAX_SEGMENT) {
+            Ok(Pdu::LoginResponse(r)) => r,
+            Ok(other) => {
+                return Err(login_err(LoginError::Protocol(format!(
+                    "a {:?} PDU during login",
+                    other.opcode()
+                ))))
+            }
+            Err(LoginIoError::Io(e)) => return Err(io(e)),
+            Err(LoginIoError::Pdu(source)) => {
+                return Err(ConnectError::Pdu {
+                    portal: name.clone(),
+                    source,
+                })
+            }
+        };
+        let step = login.on_response(&resp);
+        *chosen = login.chap_algorithm();
+        match step {
+            Ok(Step::Send(next)) => req = next,
+            Ok(Step::Done(n)) => {
+                s.set_read_timeout(None).map_err(io)?;
+                s.set_write_timeout(None).map_err(io)?;
+                return Ok(Ok((s, n)));
+            }
+            Err(LoginError::Redirect { portal: to, .. }) => {
+                return Ok(Err(Portal {
+                    host: to.address,
+                    port: to.port,
+                }))
+            }
+            Err(e) => return Err(login_err(e)),
+        }
+    }
 }
 
 impl Conn {
