@@ -30,7 +30,9 @@ NEEDS=(
   mkfs.ext4:e2fsprogs fsck.ext4:e2fsprogs mkfs.xfs:xfsprogs losetup:util-linux
   fusermount3:fuse3 ip:iproute2 pgrep:procps setpriv:util-linux python3:python3
   cpio:cpio gzip:gzip depmod:kmod strip:binutils promtool:prometheus openssl:openssl
-  systemd-analyze:systemd man:man-db debootstrap:debootstrap
+  systemd-analyze:systemd man:man-db debootstrap:debootstrap kill:procps
+  tgtd:tgt tgtadm:tgt iscsi-ls:libiscsi-bin iscsi-inq:libiscsi-bin
+  iscsi-readcapacity16:libiscsi-bin
 )
 # Packages checked by name (no single command to look for).
 PKGS=()
@@ -62,12 +64,18 @@ fi
 # would remove a backported qemu-utils to install the release's QEMU, so
 # take qemu-system-x86 from backports then (a private apt state; the
 # system's sources and lists are not changed).
-if ! have qemu-system-x86_64; then
+# qemu's iSCSI driver (tests/iscsi_target.rs) is a module in
+# qemu-block-extra, which must match qemu-utils' version just the same.
+qemu_pkgs=()
+have qemu-system-x86_64 || qemu_pkgs+=(qemu-system-x86)
+dpkg-query -W -f='${Status}' qemu-block-extra 2>/dev/null | grep -q "install ok installed" \
+  || qemu_pkgs+=(qemu-block-extra)
+if [ ${#qemu_pkgs[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
   qver="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
-  echo "==> installing qemu-system-x86 (VM tests; qemu-utils ${qver:-not installed})"
+  echo "==> installing ${qemu_pkgs[*]} (VM and iSCSI tests; qemu-utils ${qver:-not installed})"
   case "$qver" in
     *bpo*)
       . /etc/os-release
@@ -78,11 +86,11 @@ if ! have qemu-system-x86_64; then
       apt_opts=(-o "Dir::Etc::sourcelist=$apt_tmp/sources.list" -o "Dir::State::lists=$apt_tmp/lists")
       $SUDO apt-get "${apt_opts[@]}" update -qq
       $SUDO apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends --no-remove \
-        -t "${VERSION_CODENAME}-backports" qemu-system-x86 >/dev/null
+        -t "${VERSION_CODENAME}-backports" "${qemu_pkgs[@]}" >/dev/null
       rm -rf "$apt_tmp"
       ;;
     *)
-      $SUDO apt-get install -y -qq --no-install-recommends --no-remove qemu-system-x86 >/dev/null
+      $SUDO apt-get install -y -qq --no-install-recommends --no-remove "${qemu_pkgs[@]}" >/dev/null
       ;;
   esac
 fi

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tgt;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_umpath");
 pub const WWID: &str = "36000c29abcdef001";
 
