@@ -310,19 +310,19 @@ fn probe(args: &IscsiProbeArgs, cfg: &Config) -> Result<String, String> {
         Some(lun) => {
             let lun = u16::try_from(lun).map_err(|_| format!("LUN {lun} is out of range"))?;
             let tr = IscsiTransport::new(t, lun, rt.handle().clone(), io_timeout);
-            let info = tr.identify().map_err(|e| e.to_string())?;
+            let info = tr.identify().map_err(|e| e.source.to_string())?;
             vec![lun_row(cfg, lun, Ok(info))]
         }
         None => {
             let tr = IscsiTransport::new(t, 0, rt.handle().clone(), io_timeout);
             tr.luns()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.source.to_string())?
                 .into_iter()
                 // LUN 0 of many targets is a controller, not a disk.
                 .filter(|(_, i)| {
                     !matches!(i, Err(e) if e.class == crate::transport::ErrorClass::Unsupported)
                 })
-                .map(|(l, i)| lun_row(cfg, l, i.map_err(|e| e.to_string())))
+                .map(|(l, i)| lun_row(cfg, l, i.map_err(|e| e.source.to_string())))
                 .collect()
         }
     };

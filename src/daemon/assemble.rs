@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, PathDecl, PathIdentity, PathSettings, Span};
 use crate::discovery::ScsiDevice;
-use crate::transport::iscsi::IscsiTransport;
 use crate::model::{MapPolicy, PathInfo};
 use crate::prio::DetectFacts;
+use crate::transport::iscsi::IscsiTransport;
 
 /// A path to be set up.
 #[derive(Debug, Clone)]

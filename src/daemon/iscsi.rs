@@ -69,7 +69,11 @@ pub fn transport_for(
 }
 
 /// Logs `d` in and asks its LUN what it is.
-pub fn login(d: &PathDecl, rt: &tokio::runtime::Handle, io_timeout: Option<Duration>) -> IscsiLogin {
+pub fn login(
+    d: &PathDecl,
+    rt: &tokio::runtime::Handle,
+    io_timeout: Option<Duration>,
+) -> IscsiLogin {
     let lun = transport_for(d, rt, io_timeout).and_then(|t| {
         let info = t.identify().map_err(|e| e.source.to_string())?;
         Ok(IscsiLun {
@@ -97,7 +101,11 @@ fn io_timeout(cfg: &Config) -> Option<Duration> {
 
 /// Logins for every `iscsi` path of `cfg`, in parallel: those in `known`
 /// (running paths, declared the same way) are kept as they are.
-pub fn login_all(cfg: &Config, rt: &tokio::runtime::Handle, known: &[IscsiLogin]) -> Vec<IscsiLogin> {
+pub fn login_all(
+    cfg: &Config,
+    rt: &tokio::runtime::Handle,
+    known: &[IscsiLogin],
+) -> Vec<IscsiLogin> {
     let timeout = io_timeout(cfg);
     std::thread::scope(|s| {
         let handles: Vec<_> = cfg

@@ -43,6 +43,9 @@ const MAX_TRANSFER: u32 = 4 << 20;
 /// UNIT ATTENTION (and BUSY) retries on the same path.
 const RETRIES: u32 = 3;
 
+/// A LUN number and what it is (or why that is not known).
+pub type LunProbe = (u16, Result<LunInfo, TransportError>);
+
 /// What a LUN is: its INQUIRY identity, WWID (scsi_id's rules) and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunInfo {
@@ -323,10 +326,9 @@ impl IscsiTransport {
                 ));
             }
         };
-        let info = self.identify_on(&c, self.lun).map_err(|e| {
-            c.close(&e.to_string());
-            e
-        })?;
+        let info = self
+            .identify_on(&c, self.lun)
+            .inspect_err(|e| c.close(&e.to_string()))?;
         *self.info.lock() = Some(info);
         *self.last_error.lock() = None;
         *self.conn.lock() = Some(c.clone());
@@ -523,7 +525,6 @@ impl IscsiTransport {
             trim: info.as_ref().is_some_and(|i| i.unmap),
             write_zeroes: true,
             fast_zero: info.as_ref().is_some_and(|i| i.write_same),
-            ..TransportCaps::BASIC
         }
     }
 
@@ -760,7 +761,7 @@ impl IscsiTransport {
 
     /// Every LUN the target reports (REPORT LUNS) and what each is, on a
     /// connection of its own (the probe; LUN 0 need not be a disk).
-    pub fn luns(&self) -> Result<Vec<(u16, Result<LunInfo, TransportError>)>, TransportError> {
+    pub fn luns(&self) -> Result<Vec<LunProbe>, TransportError> {
         let c = Conn::connect(&self.target, &self.rt, LOGIN_TIMEOUT).map_err(|e| {
             self.err(
                 IoOp::Check,
