@@ -15,7 +15,7 @@ use super::supervisor::Msg;
 use crate::config::{Config, PathDecl};
 use crate::iscsi::chap::Secret;
 use crate::iscsi::login::{ChapCredentials, MutualChap, OperationalParams};
-use crate::transport::iscsi::conn::LoginTarget;
+use crate::transport::iscsi::conn::{LoginTarget, PING_INTERVAL, PING_TIMEOUT};
 use crate::transport::iscsi::local::{self, MACHINE_ID_FILE, OPEN_ISCSI_NAME_FILE};
 use crate::transport::iscsi::IscsiTransport;
 
@@ -61,6 +61,7 @@ pub fn transport_for(
             initiator_name,
             chap,
             params: OperationalParams::default(),
+            ping: (PING_INTERVAL, PING_TIMEOUT),
         },
         lun,
         rt.clone(),

@@ -44,6 +44,12 @@ const LOGIN_MAX_SEGMENT: u32 = 65_536;
 const MAX_REDIRECTS: u32 = 4;
 /// How long an ABORT TASK may take before the connection is dropped.
 pub const ABORT_WAIT: Duration = Duration::from_secs(5);
+/// How often a connection is pinged (NOP-Out) ...
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// ... and how long the target may take to answer before the connection
+/// counts as dead (open-iscsi's noop_out_interval and a lenient
+/// noop_out_timeout).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to log in.
 #[derive(Debug, Clone)]
@@ -54,6 +60,9 @@ pub struct LoginTarget {
     pub initiator_name: String,
     pub chap: Option<ChapCredentials>,
     pub params: OperationalParams,
+    /// NOP-Out pings: how often, and how long an answer may take
+    /// ([`PING_INTERVAL`], [`PING_TIMEOUT`]).
+    pub ping: (Duration, Duration),
 }
 
 /// Why a connection could not be made.
@@ -463,11 +472,13 @@ impl Conn {
         let (tx, rx) = mpsc::unbounded_channel();
         let reader = rt.spawn(read_loop(shared.clone(), rd, tx.clone()));
         let writer = rt.spawn(write_loop(shared.clone(), wr, rx));
+        let (every, within) = t.ping;
+        let pinger = rt.spawn(ping_loop(shared.clone(), tx.clone(), every, within));
         Ok(Conn {
             shared,
             tx,
             negotiated,
-            tasks: vec![reader, writer],
+            tasks: vec![reader, writer, pinger],
         })
     }
 
@@ -740,6 +751,58 @@ fn close(shared: &Shared, why: &str) {
     }
     for (_, w) in waiters {
         let _ = w.tx.send(Reply::Closed(why.to_string()));
+    }
+}
+
+/// Pings the target every `interval`; a ping not answered within
+/// `timeout` closes the connection (a target that stopped answering, or a
+/// network that went away without a reset).
+async fn ping_loop(
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Vec<Out>>,
+    interval: Duration,
+    timeout: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let (ptx, prx) = std_mpsc::channel();
+        let send = {
+            let mut st = shared.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            let (itt, s) = st.session.ping();
+            st.waiters.insert(
+                itt,
+                Waiter {
+                    read: Vec::new(),
+                    write: None,
+                    tx: ptx,
+                },
+            );
+            s
+        };
+        if tx.send(outs(vec![send], None)).is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match prx.try_recv() {
+                Ok(Reply::Done(_)) => break,
+                Ok(_) | Err(std_mpsc::TryRecvError::Disconnected) => return,
+                Err(std_mpsc::TryRecvError::Empty) if tokio::time::Instant::now() >= deadline => {
+                    warn!(peer = %shared.peer, "no answer to a NOP-Out ping within {timeout:?}: closing the connection");
+                    close(
+                        &shared,
+                        &format!("no answer to a NOP-Out ping within {timeout:?}"),
+                    );
+                    return;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }
 
