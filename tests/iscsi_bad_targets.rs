@@ -367,3 +367,82 @@ fn chap_challenges_of_odd_lengths() {
         }
     }
 }
+
+/// Sends what a [`Conn::submit`] command ended with to a channel.
+struct ToChannel(std::sync::mpsc::Sender<Result<umpath::transport::iscsi::conn::Done, CmdError>>);
+
+impl umpath::transport::iscsi::conn::Completion for ToChannel {
+    fn done(self: Box<Self>, r: Result<umpath::transport::iscsi::conn::Done, CmdError>) {
+        let _ = self.0.send(r);
+    }
+}
+
+/// A target that holds a write but answers ABORT TASK: past the timeout
+/// the write is aborted, and its end is known (it will not land later),
+/// both for a waiting caller and for a started command.
+#[test]
+fn a_hung_write_is_aborted_and_its_end_is_known() {
+    let p = fake(|mut s| {
+        login(&mut s);
+        while let Some(p) = read_pdu(&mut s) {
+            // Commands are held; aborts are answered "function complete".
+            if let Pdu::TaskMgmtRequest(t) = p {
+                send(
+                    &mut s,
+                    Pdu::TaskMgmtResponse(pdu::TaskMgmtResponse {
+                        response: 0,
+                        itt: t.itt,
+                        stat_sn: 0,
+                        exp_cmd_sn: t.cmd_sn,
+                        max_cmd_sn: t.cmd_sn + 32,
+                    }),
+                );
+            }
+        }
+    });
+    let rt = runtime();
+    let c = Conn::connect(
+        &target(p, None, NO_PING),
+        rt.handle(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8a;
+    cdb[13] = 1;
+    let cmd = Command {
+        lun: pdu::lun_from_number(1),
+        cdb,
+        dir: Direction::Write,
+        len: 512,
+    };
+    let data = Some(std::sync::Arc::new(vec![7u8; 512]));
+    let t0 = Instant::now();
+    let e = c
+        .command(cmd, data.clone(), Duration::from_millis(500))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        CmdError::TimedOut {
+            timeout: Duration::from_millis(500),
+            aborted: true
+        }
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t0 = Instant::now();
+    assert!(c
+        .submit(cmd, data, Duration::from_millis(500), ToChannel(tx))
+        .is_ok());
+    let r = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        matches!(r, Err(CmdError::TimedOut { aborted: true, .. })),
+        "{r:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(
+        c.closed().is_none(),
+        "the connection stays up: {:?}",
+        c.closed()
+    );
+}

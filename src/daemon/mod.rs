@@ -1345,8 +1345,10 @@ fn engine_text() -> String {
     let (reads, writes) = crate::engine::page_cache_counts();
     format!(
         "{}; {ring} request(s) on rings in {calls} submission(s), {threads} on IO threads, \
-         {reads} read(s) and {writes} write(s) done in the page cache",
-        crate::engine::uring::io_engine()
+         {reads} read(s) and {writes} write(s) done in the page cache, {iscsi} on iSCSI \
+         connections",
+        crate::engine::uring::io_engine(),
+        iscsi = crate::engine::uring::async_requests(),
     )
 }
 
@@ -1370,6 +1372,7 @@ fn engine_json() -> serde_json::Value {
             "thread_requests": threads,
             "page_cache_reads": cache_reads,
             "page_cache_writes": cache_writes,
+            "iscsi_requests": crate::engine::uring::async_requests(),
         }),
         EngineKind::Threads { why } => json!({
             "kind": "threads",
@@ -1378,6 +1381,7 @@ fn engine_json() -> serde_json::Value {
             "thread_requests": threads,
             "page_cache_reads": cache_reads,
             "page_cache_writes": cache_writes,
+            "iscsi_requests": crate::engine::uring::async_requests(),
         }),
     }
 }

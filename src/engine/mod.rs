@@ -945,7 +945,53 @@ impl Inner {
             started,
         };
         if let Some(job) = self.try_ring(job) {
-            self.to_workers(job);
+            if let Some(job) = self.try_iscsi(job) {
+                self.to_workers(job);
+            }
+        }
+    }
+
+    /// Starts a read or write on an `iscsi` path's live connection
+    /// without a thread (its end comes back on the connection's task);
+    /// gives the job back when that cannot be done now (no live
+    /// connection, a fault set on the path, another operation).
+    fn try_iscsi(&self, job: Job) -> Option<Job> {
+        let crate::transport::Transport::Iscsi(t) = &job.path.dev.transport else {
+            return Some(job);
+        };
+        let kind = match job.req.op {
+            Op::Read => crate::transport::IoKindForFault::Read,
+            Op::Write => crate::transport::IoKindForFault::Write,
+            _ => return Some(job),
+        };
+        if !job.path.dev.fault_free(kind) {
+            return Some(job);
+        }
+        let t = t.clone();
+        let (offset, len) = (job.req.offset, job.req.len);
+        let c = IscsiJob {
+            map: job.path.workers.map.clone(),
+            t: t.clone(),
+            job,
+        };
+        let started = if c.job.req.op == Op::Write {
+            let data = c.job.req.buf.get(..len as usize).map(<[u8]>::to_vec);
+            match data {
+                Some(d) => {
+                    let fua = c.job.req.fua;
+                    t.start(offset, len, Some((d, fua)), c)
+                }
+                None => Err(c),
+            }
+        } else {
+            t.start(offset, len, None, c)
+        };
+        match started {
+            Ok(()) => {
+                uring::count_async_request();
+                None
+            }
+            Err(c) => Some(c.job),
         }
     }
 
@@ -1363,6 +1409,55 @@ fn worker(map: Weak<Inner>, dev: Arc<PathDev>, rx: Receiver<Job>, running: Arc<A
                 running.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
+        }
+    }
+}
+
+/// A job running on an `iscsi` path's connection: its end comes back
+/// on the connection's task, and goes where an IO thread's would.
+struct IscsiJob {
+    job: Job,
+    map: Weak<Inner>,
+    t: Arc<crate::transport::iscsi::IscsiTransport>,
+}
+
+impl crate::transport::iscsi::conn::Completion for IscsiJob {
+    fn done(
+        self: Box<Self>,
+        r: Result<crate::transport::iscsi::conn::Done, crate::transport::iscsi::conn::CmdError>,
+    ) {
+        use crate::transport::iscsi::Outcome;
+        let IscsiJob { mut job, map, t } = *self;
+        let op = io_op(job.req.op);
+        let len = job.req.len as usize;
+        let result = match t.outcome(op, job.req.offset, len as u64, r) {
+            Outcome::Done(data) => {
+                if op == IoOp::Read {
+                    match (job.req.buf.get_mut(..len), data.get(..len)) {
+                        (Some(dst), Some(src)) => {
+                            dst.copy_from_slice(src);
+                            Ok(())
+                        }
+                        _ => Err(short_buffer(op, &job.req)),
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+            // The command did not run (UNIT ATTENTION, BUSY): the IO
+            // threads run it again, with their retries.
+            Outcome::Retry => {
+                match map.upgrade() {
+                    Some(inner) => inner.to_workers(job),
+                    None => job.req.complete(Err(IoError::Shutdown)),
+                }
+                return;
+            }
+            Outcome::Failed(e) => Err(e),
+        };
+        match map.upgrade() {
+            Some(inner) => inner.finished(job, result),
+            None => job.req.complete(Err(IoError::Shutdown)),
         }
     }
 }

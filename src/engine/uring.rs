@@ -221,6 +221,19 @@ pub(super) fn count_thread_request() {
     THREAD_REQUESTS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Requests started on an `iscsi` path's connection without a thread.
+static ASYNC_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(super) fn count_async_request() {
+    ASYNC_REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many requests went to iSCSI connections without a thread, for
+/// `show status`.
+pub fn async_requests() -> u64 {
+    ASYNC_REQUESTS.load(Ordering::Relaxed)
+}
+
 /// The runtime whose tasks handle completions, if the process set one
 /// ([`reap_on`]) before the engine was made.
 static REAPER: OnceLock<tokio::runtime::Handle> = OnceLock::new();

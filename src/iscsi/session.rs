@@ -520,60 +520,75 @@ impl Session {
         }
     }
 
+    /// A Data-In whose data segment is `len` bytes: `d.data` holds them,
+    /// or is empty when the driver puts them in place itself (then the
+    /// events carry no [`Event::Data`]; the checks are the same, and the
+    /// driver may read the data to `d.buffer_offset` of the command's
+    /// buffer once this returns `Ok`).
+    pub fn data_in(
+        &mut self,
+        d: super::pdu::DataIn,
+        len: usize,
+    ) -> Result<Vec<Event>, ProtocolError> {
+        let mut events = Vec::new();
+        self.window(d.exp_cmd_sn, d.max_cmd_sn);
+        let itt = d.itt;
+        let task = self.tasks.get_mut(&itt).ok_or(ProtocolError::UnknownTask {
+            pdu: "Data-In",
+            itt,
+        })?;
+        if task.dir != Direction::Read && len != 0 {
+            return Err(ProtocolError::DataInForWrite { itt });
+        }
+        let fits = u32::try_from(len)
+            .ok()
+            .and_then(|l| d.buffer_offset.checked_add(l))
+            .is_some_and(|end| end <= task.len);
+        if d.buffer_offset != task.received || !fits {
+            return Err(ProtocolError::DataInOutOfPlace {
+                itt,
+                offset: d.buffer_offset,
+                len,
+                expected: task.received,
+                total: task.len,
+            });
+        }
+        task.received += len as u32;
+        task.next_data_sn = d.data_sn.wrapping_add(1);
+        let received = task.received;
+        if !d.data.is_empty() {
+            events.push(Event::Data {
+                itt,
+                offset: d.buffer_offset,
+                data: d.data,
+            });
+        }
+        if let Some(status) = d.status {
+            self.status_sn(d.stat_sn);
+            self.tasks.remove(&itt);
+            events.push(Event::Done {
+                itt,
+                status: Status {
+                    response: 0,
+                    status,
+                    sense: Vec::new(),
+                    residual_under: if d.underflow { d.residual } else { 0 },
+                    residual_over: if d.overflow { d.residual } else { 0 },
+                    received,
+                },
+            });
+        }
+        Ok(events)
+    }
+
     /// What a PDU from the target means. An error means the connection
     /// is broken (see the module documentation).
     pub fn receive(&mut self, pdu: Pdu) -> Result<Vec<Event>, ProtocolError> {
         let mut events = Vec::new();
         match pdu {
             Pdu::DataIn(d) => {
-                self.window(d.exp_cmd_sn, d.max_cmd_sn);
-                let itt = d.itt;
-                let task = self.tasks.get_mut(&itt).ok_or(ProtocolError::UnknownTask {
-                    pdu: "Data-In",
-                    itt,
-                })?;
-                if task.dir != Direction::Read && !d.data.is_empty() {
-                    return Err(ProtocolError::DataInForWrite { itt });
-                }
                 let len = d.data.len();
-                let fits = u32::try_from(len)
-                    .ok()
-                    .and_then(|l| d.buffer_offset.checked_add(l))
-                    .is_some_and(|end| end <= task.len);
-                if d.buffer_offset != task.received || !fits {
-                    return Err(ProtocolError::DataInOutOfPlace {
-                        itt,
-                        offset: d.buffer_offset,
-                        len,
-                        expected: task.received,
-                        total: task.len,
-                    });
-                }
-                task.received += len as u32;
-                task.next_data_sn = d.data_sn.wrapping_add(1);
-                let received = task.received;
-                if !d.data.is_empty() {
-                    events.push(Event::Data {
-                        itt,
-                        offset: d.buffer_offset,
-                        data: d.data,
-                    });
-                }
-                if let Some(status) = d.status {
-                    self.status_sn(d.stat_sn);
-                    self.tasks.remove(&itt);
-                    events.push(Event::Done {
-                        itt,
-                        status: Status {
-                            response: 0,
-                            status,
-                            sense: Vec::new(),
-                            residual_under: if d.underflow { d.residual } else { 0 },
-                            residual_over: if d.overflow { d.residual } else { 0 },
-                            received,
-                        },
-                    });
-                }
+                return self.data_in(d, len);
             }
             Pdu::ScsiResponse(r) => {
                 self.window(r.exp_cmd_sn, r.max_cmd_sn);

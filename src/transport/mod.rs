@@ -718,6 +718,12 @@ impl PathDev {
         self.transport.read_cached(buf, offset)
     }
 
+    /// True when no fault is set for `kind` (IO may then bypass
+    /// [`PathDev`]'s blocking calls, which is where faults apply).
+    pub fn fault_free(&self, kind: IoKindForFault) -> bool {
+        matches!(self.faults.get(kind), Fault::None)
+    }
+
     pub fn write_cached(&self, buf: &[u8], offset: u64) -> Option<()> {
         if !matches!(self.faults.get(IoKindForFault::Write), Fault::None) {
             return None;

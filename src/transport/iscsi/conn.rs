@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::config::Portal;
 use crate::iscsi::chap::ChapAlgorithm;
-use crate::iscsi::digest::Digests;
+use crate::iscsi::digest::{self, Digests, DIGEST_LEN};
 use crate::iscsi::login::{
     ChapCredentials, Login, LoginConfig, LoginError, Negotiated, OperationalParams, Step,
     LOGIN_RANDOM_LEN,
@@ -176,12 +176,60 @@ enum Reply {
     Closed(String),
 }
 
+/// What runs when a command started with [`Conn::submit`] ends: on the
+/// connection's reader task (or the task that closes the connection),
+/// never under the connection's lock. It must not block.
+pub trait Completion: std::marker::Send + 'static {
+    fn done(self: Box<Self>, r: Result<Done, CmdError>);
+}
+
+/// Where a command's end goes.
+enum ReplyTo {
+    /// A caller blocked in [`Conn::command`] (or a ping, a text request).
+    Caller(std_mpsc::Sender<Reply>),
+    /// A [`Completion`]: past `deadline` the command is aborted, and if
+    /// the abort is not answered within [`ABORT_WAIT`] the connection is
+    /// closed.
+    Callback {
+        c: Box<dyn Completion>,
+        deadline: Instant,
+        timeout: Duration,
+        abort_sent: Option<Instant>,
+    },
+}
+
 struct Waiter {
     /// Read data lands here.
     read: Vec<u8>,
     /// Write data comes from here.
     write: Option<Arc<Vec<u8>>>,
-    tx: std_mpsc::Sender<Reply>,
+    to: ReplyTo,
+}
+
+impl Waiter {
+    fn caller(tx: std_mpsc::Sender<Reply>) -> Waiter {
+        Waiter {
+            read: Vec::new(),
+            write: None,
+            to: ReplyTo::Caller(tx),
+        }
+    }
+
+    /// Tells a blocked caller (callbacks are told by [`finish`]).
+    fn tell(&self, r: Reply) {
+        if let ReplyTo::Caller(tx) = &self.to {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// Callbacks to run once the lock is released.
+type Finished = Vec<(Box<dyn Completion>, Result<Done, CmdError>)>;
+
+fn finish(finished: Finished) {
+    for (c, r) in finished {
+        c.done(r);
+    }
 }
 
 struct State {
@@ -474,11 +522,12 @@ impl Conn {
         let writer = rt.spawn(write_loop(shared.clone(), wr, rx));
         let (every, within) = t.ping;
         let pinger = rt.spawn(ping_loop(shared.clone(), tx.clone(), every, within));
+        let watcher = rt.spawn(watch_loop(shared.clone(), tx.clone()));
         Ok(Conn {
             shared,
             tx,
             negotiated,
-            tasks: vec![reader, writer, pinger],
+            tasks: vec![reader, writer, pinger, watcher],
         })
     }
 
@@ -530,7 +579,7 @@ impl Conn {
                     Waiter {
                         read,
                         write: write.clone(),
-                        tx,
+                        to: ReplyTo::Caller(tx),
                     },
                 );
                 drop(st);
@@ -551,6 +600,49 @@ impl Conn {
             }
             Err(std_mpsc::RecvTimeoutError::Timeout) => self.abort(itt, &rx, timeout),
         }
+    }
+
+    /// Starts a SCSI command without waiting: `c` gets its end (see
+    /// [`Completion`]). Past `timeout` the command is aborted, and if the
+    /// abort is not answered within [`ABORT_WAIT`] the connection is
+    /// closed. Gives `c` back when the command cannot start now (the
+    /// connection is closed, or the target's command window is full).
+    pub fn submit<C: Completion>(
+        &self,
+        cmd: Command,
+        write: Option<Arc<Vec<u8>>>,
+        timeout: Duration,
+        c: C,
+    ) -> Result<(), C> {
+        let mut st = self.shared.state.lock();
+        if st.closed.is_some() {
+            return Err(c);
+        }
+        let Some((itt, sends)) = st.session.submit(cmd) else {
+            return Err(c);
+        };
+        let read = if cmd.dir == session::Direction::Read {
+            vec![0u8; cmd.len as usize]
+        } else {
+            Vec::new()
+        };
+        let outs = outs(sends, write.as_ref());
+        st.waiters.insert(
+            itt,
+            Waiter {
+                read,
+                write,
+                to: ReplyTo::Callback {
+                    c: Box::new(c),
+                    deadline: Instant::now() + timeout,
+                    timeout,
+                    abort_sent: None,
+                },
+            },
+        );
+        drop(st);
+        self.send(outs);
+        Ok(())
     }
 
     fn finish(&self, itt: u32, r: Reply) -> Result<Done, CmdError> {
@@ -638,14 +730,7 @@ impl Conn {
                 return false;
             }
             let (itt, s) = st.session.ping();
-            st.waiters.insert(
-                itt,
-                Waiter {
-                    read: Vec::new(),
-                    write: None,
-                    tx,
-                },
-            );
+            st.waiters.insert(itt, Waiter::caller(tx));
             s
         };
         self.send(outs(vec![s], None));
@@ -668,14 +753,7 @@ impl Conn {
                 let Some((i, s)) = st.session.text(std::mem::take(&mut data), ttt, itt) else {
                     return Err("the target's command window is closed".to_string());
                 };
-                st.waiters.insert(
-                    i,
-                    Waiter {
-                        read: Vec::new(),
-                        write: None,
-                        tx: tx.clone(),
-                    },
-                );
+                st.waiters.insert(i, Waiter::caller(tx.clone()));
                 itt = Some(i);
                 s
             };
@@ -749,8 +827,76 @@ fn close(shared: &Shared, why: &str) {
     if !waiters.is_empty() {
         debug!(peer = %shared.peer, why, commands = waiters.len(), "iSCSI connection closed");
     }
+    let mut finished: Finished = Vec::new();
     for (_, w) in waiters {
-        let _ = w.tx.send(Reply::Closed(why.to_string()));
+        match w.to {
+            ReplyTo::Caller(tx) => {
+                let _ = tx.send(Reply::Closed(why.to_string()));
+            }
+            ReplyTo::Callback { c, .. } => {
+                finished.push((c, Err(CmdError::Closed(why.to_string()))))
+            }
+        }
+    }
+    finish(finished);
+}
+
+/// How often [`watch_loop`] looks for commands past their timeout.
+const WATCH_TICK: Duration = Duration::from_millis(200);
+
+/// Aborts [`Conn::submit`] commands past their timeout (ABORT TASK), and
+/// closes the connection when an abort is not answered in time.
+async fn watch_loop(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Vec<Out>>) {
+    loop {
+        tokio::time::sleep(WATCH_TICK).await;
+        let now = Instant::now();
+        let mut sends = Vec::new();
+        let mut unanswered = None;
+        {
+            let mut st = shared.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            let State {
+                session, waiters, ..
+            } = &mut *st;
+            for (itt, w) in waiters.iter_mut() {
+                let ReplyTo::Callback {
+                    deadline,
+                    abort_sent,
+                    timeout,
+                    ..
+                } = &mut w.to
+                else {
+                    continue;
+                };
+                match abort_sent {
+                    None if now >= *deadline => {
+                        if let Some(s) = session.abort(*itt) {
+                            warn!(peer = %shared.peer, itt, "iSCSI command unanswered after {timeout:?}: ABORT TASK");
+                            sends.push(s);
+                        }
+                        *abort_sent = Some(now);
+                    }
+                    Some(t) if now.duration_since(*t) >= ABORT_WAIT => {
+                        unanswered = Some((*itt, *timeout));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some((itt, timeout)) = unanswered {
+            close(
+                &shared,
+                &format!(
+                    "command {itt:#x} unanswered after {timeout:?} and its abort within {ABORT_WAIT:?}"
+                ),
+            );
+            return;
+        }
+        if !sends.is_empty() && tx.send(outs(sends, None)).is_err() {
+            return;
+        }
     }
 }
 
@@ -772,14 +918,7 @@ async fn ping_loop(
                 return;
             }
             let (itt, s) = st.session.ping();
-            st.waiters.insert(
-                itt,
-                Waiter {
-                    read: Vec::new(),
-                    write: None,
-                    tx: ptx,
-                },
-            );
+            st.waiters.insert(itt, Waiter::caller(ptx));
             s
         };
         if tx.send(outs(vec![send], None)).is_err() {
@@ -816,6 +955,18 @@ async fn read_loop(
         if let Err(e) = rd.read_exact(&mut bhs).await {
             break format!("reading from {}: {e}", shared.peer);
         }
+        if pdu::opcode(&bhs) == Ok(pdu::Opcode::DataIn) && pdu::ahs_length(&bhs) == 0 {
+            // Read data goes straight to its command's buffer.
+            match data_in(&shared, &mut rd, bhs).await {
+                Ok(outs) => {
+                    if !outs.is_empty() && tx.send(outs).is_err() {
+                        break "the writer stopped".to_string();
+                    }
+                    continue;
+                }
+                Err(why) => break why,
+            }
+        }
         let len = match pdu::frame_len(&bhs, shared.digests, shared.max_recv) {
             Ok(l) => l,
             Err(e) => break format!("{} sent a bad PDU: {e}", shared.peer),
@@ -841,11 +992,115 @@ async fn read_loop(
     close(&shared, &why);
 }
 
+/// A Data-In PDU whose BHS is read: its data segment is read into the
+/// command's own buffer (no copy), after the session checked where it
+/// goes; the PDUs to send in answer, or why the connection must close.
+async fn data_in(
+    shared: &Shared,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    bhs: [u8; BHS_LEN],
+) -> Result<Vec<Out>, String> {
+    let peer = &shared.peer;
+    let io = |e: io::Error| format!("reading from {peer}: {e}");
+    let bad = |e: &dyn std::fmt::Display| format!("{peer} sent a bad PDU: {e}");
+    let dsl = pdu::data_segment_length(&bhs);
+    if dsl > shared.max_recv {
+        return Err(bad(&PduError::DataSegmentTooLong {
+            len: dsl,
+            max: shared.max_recv,
+        }));
+    }
+    let dsl = dsl as usize;
+    if shared.digests.header {
+        let mut d = [0u8; DIGEST_LEN];
+        rd.read_exact(&mut d).await.map_err(io)?;
+        if d != digest::header_digest(&bhs, &[]) {
+            return Err(bad(&"header digest mismatch"));
+        }
+    }
+    let mut header = bhs;
+    header[5..8].copy_from_slice(&[0, 0, 0]);
+    let hdr = match Pdu::decode(&header, Digests::default()) {
+        Ok(Pdu::DataIn(h)) => h,
+        Ok(_) => return Err(bad(&"not a Data-In")),
+        Err(e) => return Err(bad(&e)),
+    };
+    let itt = hdr.itt;
+    let off = hdr.buffer_offset as usize;
+    // Checked (and counted) first; the buffer is taken out meanwhile.
+    let (events, mut buf) = {
+        let mut st = shared.state.lock();
+        let events = st
+            .session
+            .data_in(hdr, dsl)
+            .map_err(|e| format!("{peer} broke the iSCSI protocol: {e}"))?;
+        let buf = st
+            .waiters
+            .get_mut(&itt)
+            .map(|w| std::mem::take(&mut w.read));
+        (events, buf)
+    };
+    let tail = digest::pad_len(dsl)
+        + if shared.digests.data && dsl > 0 {
+            DIGEST_LEN
+        } else {
+            0
+        };
+    let mut rest = [0u8; 3 + DIGEST_LEN];
+    match buf.as_mut().and_then(|b| b.get_mut(off..off + dsl)) {
+        Some(dst) => {
+            rd.read_exact(dst).await.map_err(io)?;
+            rd.read_exact(&mut rest[..tail]).await.map_err(io)?;
+            if shared.digests.data
+                && dsl > 0
+                && rest[tail - DIGEST_LEN..tail] != digest::data_digest(dst)
+            {
+                return Err(bad(&"data digest mismatch"));
+            }
+        }
+        None => {
+            // The command is gone (its caller gave up): read and drop.
+            let mut sink = vec![0u8; dsl + tail];
+            rd.read_exact(&mut sink).await.map_err(io)?;
+        }
+    }
+    let mut st = shared.state.lock();
+    if let (Some(b), Some(w)) = (buf, st.waiters.get_mut(&itt)) {
+        w.read = b;
+    }
+    let mut finished: Finished = Vec::new();
+    let r = apply(shared, st, events, &mut finished);
+    finish(finished);
+    r.map_err(|e| format!("{peer} broke the iSCSI protocol: {e}"))
+}
+
 /// Feeds one PDU to the session and acts on what it means; the PDUs to
-/// send in answer.
+/// send in answer. Callbacks of commands that ended run after the lock
+/// is released.
 fn deliver(shared: &Shared, pdu: Pdu) -> Result<Vec<Out>, session::ProtocolError> {
+    let mut finished: Finished = Vec::new();
+    let r = deliver_locked(shared, pdu, &mut finished);
+    finish(finished);
+    r
+}
+
+fn deliver_locked(
+    shared: &Shared,
+    pdu: Pdu,
+    finished: &mut Finished,
+) -> Result<Vec<Out>, session::ProtocolError> {
     let mut st = shared.state.lock();
     let events = st.session.receive(pdu)?;
+    apply(shared, st, events, finished)
+}
+
+/// Acts on what the session made of a PDU, under the lock (`st`).
+fn apply(
+    shared: &Shared,
+    mut st: parking_lot::MutexGuard<'_, State>,
+    events: Vec<Event>,
+    finished: &mut Finished,
+) -> Result<Vec<Out>, session::ProtocolError> {
     let mut out = Vec::new();
     for ev in events {
         match ev {
@@ -868,24 +1123,70 @@ fn deliver(shared: &Shared, pdu: Pdu) -> Result<Vec<Out>, session::ProtocolError
                     dst.copy_from_slice(&data);
                 }
             }
-            Event::Done { itt, status } => {
-                if let Some(w) = st.waiters.get(&itt) {
-                    let _ = w.tx.send(Reply::Done(status));
+            Event::Done { itt, status } => match st.waiters.get(&itt).map(|w| &w.to) {
+                Some(ReplyTo::Caller(tx)) => {
+                    let _ = tx.send(Reply::Done(status));
                 }
-            }
+                Some(ReplyTo::Callback { .. }) => {
+                    if let Some(Waiter {
+                        read,
+                        to: ReplyTo::Callback { c, .. },
+                        ..
+                    }) = st.waiters.remove(&itt)
+                    {
+                        finished.push((c, Ok(Done { status, data: read })));
+                    }
+                }
+                None => {}
+            },
             Event::Rejected { itt, reason } => {
                 if let Some(w) = st.waiters.remove(&itt) {
-                    let _ = w.tx.send(Reply::Rejected(reason));
+                    match w.to {
+                        ReplyTo::Caller(tx) => {
+                            let _ = tx.send(Reply::Rejected(reason));
+                        }
+                        ReplyTo::Callback { c, .. } => {
+                            finished.push((c, Err(CmdError::Rejected(reason))))
+                        }
+                    }
                 }
             }
-            Event::Aborted { itt, response } => {
-                if let Some(w) = st.waiters.get(&itt) {
-                    let _ = w.tx.send(Reply::Aborted(response));
+            Event::Aborted { itt, response } => match st.waiters.get(&itt).map(|w| &w.to) {
+                Some(ReplyTo::Caller(tx)) => {
+                    let _ = tx.send(Reply::Aborted(response));
                 }
-            }
+                Some(ReplyTo::Callback { timeout, .. }) if response <= 1 => {
+                    let timeout = *timeout;
+                    if let Some(Waiter {
+                        to: ReplyTo::Callback { c, .. },
+                        ..
+                    }) = st.waiters.remove(&itt)
+                    {
+                        warn!(peer = %shared.peer, itt, "iSCSI command aborted after {timeout:?}");
+                        finished.push((
+                            c,
+                            Err(CmdError::TimedOut {
+                                timeout,
+                                aborted: true,
+                            }),
+                        ));
+                    }
+                }
+                // The abort failed: the command may still run. Only a
+                // closed connection (a lost session) ends it now.
+                Some(ReplyTo::Callback { .. }) => {
+                    drop(st);
+                    close(
+                        shared,
+                        &format!("ABORT TASK of command {itt:#x} refused ({response})"),
+                    );
+                    return Ok(Vec::new());
+                }
+                None => {}
+            },
             Event::Pong { itt } => {
                 if let Some(w) = st.waiters.remove(&itt) {
-                    let _ = w.tx.send(Reply::Done(Status {
+                    w.tell(Reply::Done(Status {
                         response: 0,
                         status: 0,
                         sense: Vec::new(),
@@ -903,7 +1204,7 @@ fn deliver(shared: &Shared, pdu: Pdu) -> Result<Vec<Out>, session::ProtocolError
                 data,
             } => {
                 if let Some(w) = st.waiters.remove(&itt) {
-                    let _ = w.tx.send(Reply::Text {
+                    w.tell(Reply::Text {
                         ttt,
                         final_flag,
                         continue_flag,

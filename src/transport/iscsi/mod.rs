@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use self::conn::{CmdError, Conn, ConnectError, Done, LoginTarget};
 use super::{ErrorClass, IoOp, Probe, Revalidated, TransportCaps, TransportError};
 use crate::iscsi::pdu::lun_from_number;
-use crate::iscsi::session::{Command, Direction, Status};
+use crate::iscsi::session::{Command, Direction};
 use crate::scsi::inquiry::StdInquiry;
 use crate::scsi::sense::Sense;
 use crate::scsi::tur::{TurOutcome, TurResult};
@@ -42,6 +42,17 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TRANSFER: u32 = 4 << 20;
 /// UNIT ATTENTION (and BUSY) retries on the same path.
 const RETRIES: u32 = 3;
+
+/// How a command started with [`IscsiTransport::start`] ended, judged
+/// as the blocking calls judge it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done; for a read, its data.
+    Done(Vec<u8>),
+    /// The command did not run (UNIT ATTENTION, BUSY): do it again.
+    Retry,
+    Failed(TransportError),
+}
 
 /// A LUN number and what it is (or why that is not known).
 pub type LunProbe = (u16, Result<LunInfo, TransportError>);
@@ -162,7 +173,7 @@ fn judge(op: IoOp, r: Result<Done, CmdError>) -> Verdict {
     match s.status {
         0 => Verdict::Ok(d),
         // CHECK CONDITION.
-        0x02 => sense_verdict(op, &d.status),
+        0x02 => sense_verdict(op, d),
         // BUSY, TASK SET FULL: the target is overloaded.
         0x08 | 0x28 => Verdict::Retry(format!("SCSI status {:#04x} (busy)", s.status)),
         // RESERVATION CONFLICT: another initiator holds the LUN.
@@ -181,8 +192,8 @@ fn r_text(r: &Result<Done, CmdError>) -> String {
     }
 }
 
-fn sense_verdict(op: IoOp, s: &Status) -> Verdict {
-    let Ok(sense) = Sense::parse(&s.sense) else {
+fn sense_verdict(op: IoOp, d: Done) -> Verdict {
+    let Ok(sense) = Sense::parse(&d.status.sense) else {
         return Verdict::Fail(
             ErrorClass::Path,
             io::Error::other("CHECK CONDITION without usable sense data"),
@@ -199,11 +210,8 @@ fn sense_verdict(op: IoOp, s: &Status) -> Verdict {
             .unwrap_or_default()
     );
     match sense.key.0 {
-        // NO SENSE, RECOVERED ERROR: done.
-        0x0 | 0x1 => Verdict::Ok(Done {
-            status: s.clone(),
-            data: Vec::new(),
-        }),
+        // NO SENSE, RECOVERED ERROR: done (read data included).
+        0x0 | 0x1 => Verdict::Ok(d),
         // UNIT ATTENTION: the command did not run; again.
         0x6 => Verdict::Retry(text),
         // MEDIUM ERROR, BLANK CHECK, MISCOMPARE: the LUN's data.
@@ -333,6 +341,68 @@ impl IscsiTransport {
         *self.last_error.lock() = None;
         *self.conn.lock() = Some(c.clone());
         Ok(c)
+    }
+
+    /// Starts a READ(16) of `len` bytes, or a WRITE(16) of `write`, at
+    /// `offset` without waiting, on the live connection: `c` gets the end
+    /// on the connection's task; [`IscsiTransport::outcome`] judges it.
+    /// Gives `c` back when the command cannot start here and now (no live
+    /// connection: connecting blocks; the command window is full; not
+    /// aligned; larger than one command): do it the blocking way.
+    pub fn start<C: conn::Completion>(
+        &self,
+        offset: u64,
+        len: u32,
+        write: Option<(Vec<u8>, bool)>,
+        c: C,
+    ) -> Result<(), C> {
+        let Some(conn) = self.conn.lock().clone() else {
+            return Err(c);
+        };
+        let bs = self.block_size();
+        if len == 0
+            || len > MAX_TRANSFER
+            || offset % u64::from(bs) != 0
+            || len % bs != 0
+            || conn.closed().is_some()
+        {
+            return Err(c);
+        }
+        let blocks = len / bs;
+        let lba = offset / u64::from(bs);
+        let (cmd, data) = match write {
+            None => (
+                self.cmd(rw16(false, false, lba, blocks), Direction::Read, len),
+                None,
+            ),
+            Some((buf, _)) if buf.len() != len as usize => return Err(c),
+            Some((buf, fua)) => (
+                self.cmd(rw16(true, fua, lba, blocks), Direction::Write, len),
+                Some(Arc::new(buf)),
+            ),
+        };
+        conn.submit(cmd, data, self.io_timeout, c)
+    }
+
+    /// Judges the end of a command started with [`IscsiTransport::start`].
+    pub fn outcome(&self, op: IoOp, offset: u64, len: u64, r: Result<Done, CmdError>) -> Outcome {
+        match judge(op, r) {
+            Verdict::Retry(_) => Outcome::Retry,
+            Verdict::Fail(class, e) => Outcome::Failed(self.err(op, offset, len, class, e)),
+            Verdict::Ok(d) if op == IoOp::Read && (d.status.received as u64) < len => {
+                Outcome::Failed(self.err(
+                    op,
+                    offset,
+                    len,
+                    ErrorClass::Path,
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("short read: {} of {len} bytes", d.status.received),
+                    ),
+                ))
+            }
+            Verdict::Ok(d) => Outcome::Done(d.data),
+        }
     }
 
     /// One command with UNIT ATTENTION and BUSY retried.
@@ -810,6 +880,7 @@ fn report_luns(data: &[u8]) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iscsi::session::Status;
 
     fn status(status: u8, sense: &[u8]) -> Result<Done, CmdError> {
         Ok(Done {
