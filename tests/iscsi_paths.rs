@@ -351,3 +351,116 @@ fn a_target_that_answers_garbage_fails_its_path_cleanly() {
     let fio = fio_verify(&d.uri("qs0"), "4M", "0", 4, &[]);
     fio_ok(fio, &d);
 }
+
+/// A portal whose network is cut (packets lost, nothing reset): its
+/// commands time out and the pings find the connection dead, the path
+/// fails, fio verify goes on with no error through the other portal; when
+/// the network returns, the path logs in again.
+#[test]
+fn a_portal_whose_network_is_cut_fails_and_comes_back() {
+    let t = Tgt::start_with(TgtConfig {
+        portals: 2,
+        chap: Some(Chap::new(USER, SECRET)),
+        netns: true,
+        ..TgtConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = iscsi_path("q0", &t.portal(0), "") + &iscsi_path("q1", &t.portal(1), "");
+    let conf = seed_conf(
+        dir.path(),
+        "    polling_interval 1\n    io_timeout 3",
+        &paths,
+    );
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let d = Daemon::start_in(dir, &text);
+    for q in ["q0", "q1"] {
+        d.wait_path(q, "ready", Duration::from_secs(20), |p| {
+            p["state"] == "ready"
+        });
+    }
+    let fio = fio_verify(
+        &d.uri("qs0"),
+        "16M",
+        "400",
+        8,
+        &["--time_based".into(), "--runtime=22".into()],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    t.cut(0);
+    d.wait_path("q0", "failed", Duration::from_secs(20), |p| {
+        p["state"] != "ready"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    t.restore(0);
+    d.wait_path(
+        "q0",
+        "back after the network returned",
+        Duration::from_secs(20),
+        |p| p["state"] == "ready",
+    );
+    fio_ok(fio, &d);
+    assert!(d.ios("q1") > 0);
+}
+
+/// A thin-provisioned LUN (tgtd's `thin_provisioning=1`: VPD 0xB2 LBPU
+/// and LBPWS): NBD trim becomes UNMAP and write-zeroes WRITE SAME(16);
+/// the ranges read back as zeroes and the target's image loses their
+/// blocks.
+#[test]
+fn trim_and_zeroing_reach_a_thin_lun_as_unmap_and_write_same() {
+    let t = chap_target(1);
+    t.tgtadm(
+        0,
+        &[
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            &LUN.to_string(),
+            "--params",
+            "thin_provisioning=1",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = seed_conf(
+        dir.path(),
+        "    polling_interval 1",
+        &iscsi_path("q0", &t.portal(0), ""),
+    );
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let d = Daemon::start_in(dir, &text);
+    d.wait_path("q0", "ready", Duration::from_secs(20), |p| {
+        p["state"] == "ready"
+    });
+    let uri = d.uri("qs0");
+    let io = |cmds: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw"]);
+        for x in cmds {
+            c.args(["-c", x]);
+        }
+        run_ok(c.arg(&uri))
+    };
+    io(&["write -P 0x5a 0 4M"]);
+    let used = || {
+        std::fs::metadata(t.image()).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        })
+    };
+    let before = used().unwrap();
+    io(&["discard 0 2M", "write -z 2M 1M"]);
+    let out = io(&["read -P 0 0 3M", "read -P 0x5a 3M 1M"]);
+    assert!(
+        out.contains("read 3145728/3145728") && out.contains("read 1048576/1048576"),
+        "{out}"
+    );
+    let after = used().unwrap();
+    assert!(
+        after + (2 << 20) <= before,
+        "the image kept its blocks: {before} then {after} bytes allocated"
+    );
+}

@@ -88,6 +88,11 @@ pub struct TgtConfig {
     /// Outgoing (mutual) CHAP: the target answers the initiator's
     /// challenge as this account.
     pub mutual: Option<Chap>,
+    /// Each tgtd in a network namespace of its own, reached through a
+    /// veth pair (198.18.0.0/15, the benchmarking range: host side .1,
+    /// tgtd's side .2 of a /30), so [`Tgt::cut`] can take its network
+    /// away without a reset.
+    pub netns: bool,
 }
 
 impl Default for TgtConfig {
@@ -97,6 +102,7 @@ impl Default for TgtConfig {
             size: 64 << 20,
             chap: None,
             mutual: None,
+            netns: false,
         }
     }
 }
@@ -106,6 +112,48 @@ struct Portal {
     ctl: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// The namespace and the host's end of the veth pair.
+    netns: Option<(String, String)>,
+}
+
+/// `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A namespace with a veth pair to it: (namespace, host's veth, portal).
+fn make_netns() -> (String, String, SocketAddrV4) {
+    super::need("ip");
+    let r = random();
+    let tag = format!("{:08x}", r as u32);
+    let ns = format!("umt{tag}");
+    let (host, inner) = (format!("uh{tag}"), format!("un{tag}"));
+    let (b, c) = (18 + ((r >> 32) & 1) as u8, (r >> 40) as u8);
+    let d = 4 * (1 + ((r >> 48) % 63) as u8);
+    let host_ip = format!("198.{b}.{c}.{}/30", d + 1);
+    let ns_ip = Ipv4Addr::new(198, b, c, d + 2);
+    ip(&["netns", "add", &ns]);
+    ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
+    ip(&["link", "set", &inner, "netns", &ns]);
+    ip(&["addr", "add", &host_ip, "dev", &host]);
+    ip(&["link", "set", &host, "up"]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{ns_ip}/30"),
+        "dev",
+        &inner,
+    ]);
+    ip(&["-n", &ns, "link", "set", &inner, "up"]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    (ns, host, SocketAddrV4::new(ns_ip, 3260))
 }
 
 /// Running tgtd daemons, one per portal, killed on drop.
@@ -215,11 +263,18 @@ impl Tgt {
         };
         for i in 0..t.config.portals {
             let log = t.dir.path().join(format!("tgtd-{i}.log"));
+            let (addr, netns) = if t.config.netns {
+                let (ns, host, addr) = make_netns();
+                (addr, Some((ns, host)))
+            } else {
+                (free_portal(), None)
+            };
             t.portals.push(Portal {
-                addr: free_portal(),
+                addr,
                 ctl: 0,
                 child: None,
                 log,
+                netns,
             });
             t.launch(i, true);
         }
@@ -239,7 +294,15 @@ impl Tgt {
             let p = &self.portals[i];
             let log = std::fs::File::create(&p.log).expect("tgtd log");
             let err = log.try_clone().expect("tgtd log");
-            let mut child = Command::new("setpriv")
+            let mut cmd = match &p.netns {
+                Some((ns, _)) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "setpriv"]);
+                    c
+                }
+                None => Command::new("setpriv"),
+            };
+            let mut child = cmd
                 .args(["--pdeathsig", "KILL", "--"])
                 .arg(which("tgtd").expect("tgtd"))
                 .args(["-f", "-C", &p.ctl.to_string(), "--iscsi"])
@@ -534,6 +597,19 @@ impl Tgt {
         self.launch(i, false);
     }
 
+    /// Takes portal `i`'s network away (its host-side link goes down):
+    /// packets are lost, nothing is reset. Needs [`TgtConfig::netns`].
+    pub fn cut(&self, i: usize) {
+        let (_, host) = self.portals[i].netns.as_ref().expect("a netns portal");
+        ip(&["link", "set", host, "down"]);
+    }
+
+    /// Gives portal `i` its network back.
+    pub fn restore(&self, i: usize) {
+        let (_, host) = self.portals[i].netns.as_ref().expect("a netns portal");
+        ip(&["link", "set", host, "up"]);
+    }
+
     /// Portal `i`'s tgtd output (this run's).
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.portals[i].log).unwrap_or_default()
@@ -548,6 +624,10 @@ impl Drop for Tgt {
             let sock = format!("/var/run/tgtd/socket.{}", self.portals[i].ctl);
             let _ = std::fs::remove_file(&sock);
             let _ = std::fs::remove_file(format!("{sock}.lock"));
+            if let Some((ns, host)) = &self.portals[i].netns {
+                let _ = Command::new("ip").args(["link", "del", host]).status();
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
         }
     }
 }
