@@ -58,6 +58,7 @@ pub const TRANSPORTS: &[(&str, &[&str])] = &[
             "mutual_secret",
             "mutual_secret_file",
             "initiator_name",
+            "digest",
             "fault",
             "node_name",
             "tpg",
@@ -184,6 +185,9 @@ pub struct IscsiDecl {
     /// Our initiator name; `None`: /etc/iscsi/initiatorname.iscsi, else
     /// a generated one kept across restarts.
     pub initiator_name: Option<String>,
+    /// `digest crc32c`: offer CRC32C header and data digests (the target
+    /// may still refuse them); `digest none` (the default): none.
+    pub digests: bool,
 }
 
 /// The largest LUN (SAM's flat and peripheral forms go to 16383).
@@ -272,6 +276,16 @@ impl IscsiDecl {
                 Some(n.to_string())
             }
         };
+        let digests = match get("digest") {
+            None | Some("none") => false,
+            Some("crc32c") => true,
+            Some(other) => {
+                return Err((
+                    "digest",
+                    format!("digest {other:?} is not 'none' or 'crc32c'"),
+                ))
+            }
+        };
         Ok(IscsiDecl {
             portal,
             target,
@@ -279,6 +293,7 @@ impl IscsiDecl {
             chap,
             mutual,
             initiator_name,
+            digests,
         })
     }
 }

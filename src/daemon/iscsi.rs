@@ -60,7 +60,11 @@ pub fn transport_for(
             target: Some(i.target),
             initiator_name,
             chap,
-            params: OperationalParams::default(),
+            params: OperationalParams {
+                header_digest: i.digests,
+                data_digest: i.digests,
+                ..OperationalParams::default()
+            },
             ping: (PING_INTERVAL, PING_TIMEOUT),
         },
         lun,
@@ -125,7 +129,12 @@ pub fn login_all(
             .into_iter()
             .filter_map(|h| h.join().ok())
             .inspect(|l| match &l.lun {
-                Ok(lun) => info!(path = %l.name, wwid = %lun.wwid, "iSCSI path logged in"),
+                Ok(lun) => info!(
+                    path = %l.name,
+                    wwid = %lun.wwid,
+                    session = %lun.transport.session_text(),
+                    "iSCSI path logged in"
+                ),
                 Err(e) => warn!(path = %l.name, "iSCSI path not logged in: {e}"),
             })
             .collect()

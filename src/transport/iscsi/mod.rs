@@ -269,6 +269,30 @@ impl IscsiTransport {
         format!("iscsi {}", self.target())
     }
 
+    /// What the live session negotiated, for logs: digests, burst and
+    /// segment sizes, CHAP.
+    pub fn session_text(&self) -> String {
+        let Some(c) = self.conn.lock().clone() else {
+            return "not connected".to_string();
+        };
+        let n = c.negotiated();
+        let p = &n.params;
+        let digest = |on: bool| if on { "CRC32C" } else { "None" };
+        format!(
+            "HeaderDigest={} DataDigest={} MaxRecvDataSegmentLength={}/{} MaxBurstLength={} \
+             FirstBurstLength={} ImmediateData={} InitialR2T={} auth={:?}",
+            digest(p.header_digest),
+            digest(p.data_digest),
+            p.max_send_data_segment_length,
+            p.max_recv_data_segment_length,
+            p.max_burst_length,
+            p.first_burst_length,
+            p.immediate_data,
+            p.initial_r2t,
+            n.auth
+        )
+    }
+
     /// What the LUN said at the last connection.
     pub fn info(&self) -> Option<LunInfo> {
         self.info.lock().clone()
