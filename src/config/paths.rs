@@ -341,8 +341,8 @@ pub fn transport_names() -> Vec<&'static str> {
     TRANSPORTS.iter().map(|(n, _)| *n).collect()
 }
 
-/// One declared path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One declared path. Debug masks secrets ([`SECRET_KEYS`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PathDecl {
     /// Unique among the declared paths.
     pub name: String,
@@ -362,6 +362,28 @@ pub struct PathDecl {
     pub extra: BTreeMap<String, (String, Span)>,
     /// The `path {` line.
     pub span: Span,
+}
+
+impl std::fmt::Debug for PathDecl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let extra: BTreeMap<&str, &str> = self
+            .extra
+            .iter()
+            .map(|(k, (v, _))| (k.as_str(), if is_secret(k) { MASKED } else { v.as_str() }))
+            .collect();
+        f.debug_struct("PathDecl")
+            .field("name", &self.name)
+            .field("transport", &self.transport)
+            .field("file", &self.file)
+            .field("vendor", &self.vendor)
+            .field("product", &self.product)
+            .field("revision", &self.revision)
+            .field("wwid", &self.wwid)
+            .field("serial", &self.serial)
+            .field("extra", &extra)
+            .field("span", &self.span)
+            .finish()
+    }
 }
 
 impl PathDecl {

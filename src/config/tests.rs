@@ -2075,10 +2075,7 @@ fn iscsi_paths_take_the_issue_keys_and_need_no_identity() {
     assert_eq!(chap.secret, SecretSource::Inline("tecmint_chap12".into()));
     assert!(i.mutual.is_none() && i.initiator_name.is_none());
     // The secret never shows in Debug or in `show config`.
-    assert!(
-        !format!("{p:?}").contains("tecmint_chap12")
-            || !format!("{:?}", p.iscsi()).contains("tecmint_chap12")
-    );
+    assert!(!format!("{p:?}").contains("tecmint_chap12"), "{p:?}");
     assert!(!format!("{:?}", p.iscsi()).contains("tecmint_chap12"));
     let shown = c.render_multipath_t();
     assert!(!shown.contains("tecmint_chap12"), "{shown}");
