@@ -186,6 +186,7 @@ fn service_ext4_failures_restart_fstab() {
     let mut g = Guest::boot(GuestOptions {
         name: "debian-service".into(),
         lun_size: LUN_SIZE,
+        ..GuestOptions::default()
     });
     let enable = install(&g);
     put(&g, "/etc/multipath.conf", &conf(""));
@@ -476,6 +477,7 @@ fn beside_dm(name: &str, extra_defaults: &str) -> (Guest, String) {
     let g = Guest::boot(GuestOptions {
         name: name.into(),
         lun_size: LUN_SIZE,
+        ..GuestOptions::default()
     });
     let enable = install(&g);
     let conf = format!(
@@ -827,6 +829,7 @@ fn alua_states_shown_like_multipathd() {
     let g = Guest::boot(GuestOptions {
         name: "debian-alua".into(),
         lun_size: LUN_SIZE,
+        ..GuestOptions::default()
     });
     let enable = install(&g);
     g.sh_ok("modprobe target_core_iblock && modprobe tcm_loop && modprobe dm-multipath");

@@ -45,8 +45,9 @@ pub const SERIAL: &str = "QS0001";
 /// 32 hex digits starting with 6 make that designator these very digits,
 /// so scsi_id's rules (NAA type 6 first, prefix "3") give [`SCSI_ID_WWID`].
 pub const SCSI_ID: &str = "6000c29abcdef0010000000000000001";
-/// The SCSIid (WWID) a kernel initiator's scsi_id should report (from
-/// tgt's source; the VM test with a kernel initiator is to confirm it).
+/// The SCSIid (WWID) a kernel initiator's scsi_id reports: the guest's
+/// open-iscsi login in tests/vm_iscsi.rs confirms it (`scsi_id -g -u` and
+/// /dev/disk/by-id/scsi-<WWID>).
 pub const SCSI_ID_WWID: &str = "36000c29abcdef0010000000000000001";
 /// The LUN the image is served as (LUN 0 is tgtd's controller).
 pub const LUN: u32 = 1;

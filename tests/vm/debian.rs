@@ -73,12 +73,34 @@ pub fn setup() -> DebianAssets {
 }
 
 /// How to boot.
+#[derive(Default)]
 pub struct GuestOptions {
     /// Names the run directory TARGET/vm-runs/NAME.
     pub name: String,
     /// Size of the LUN's raw image.
     pub lun_size: u64,
+    /// Host services the guest may reach (none by default: the guest then
+    /// has no NIC at all). With any, the guest gets a QEMU user-mode NIC
+    /// with `restrict=on` (no route to the host or beyond) whose only way
+    /// out is one `guestfwd` per entry; the test configures the guest's
+    /// interface itself (see [`Guest::net_up`]).
+    pub guestfwd: Vec<GuestFwd>,
 }
+
+/// A QEMU `guestfwd`: TCP connections the guest opens to `guest` are
+/// relayed to `host` (one relay process per connection, so the guest can
+/// connect any number of times, one after another or at once).
+#[derive(Clone, Debug)]
+pub struct GuestFwd {
+    /// The address the guest connects to, in QEMU's user network
+    /// 10.0.2.0/24 (e.g. 10.0.2.100:3260; not .2, .3 or .15).
+    pub guest: std::net::SocketAddrV4,
+    /// Where QEMU connects on the host.
+    pub host: std::net::SocketAddrV4,
+}
+
+/// The guest's address on the user-mode network.
+pub const GUEST_IP: &str = "10.0.2.15";
 
 /// A running Debian guest; QEMU is killed on drop.
 pub struct Guest {
@@ -94,6 +116,7 @@ pub struct Guest {
     pub boot_time: Duration,
     qga: Mutex<Qga>,
     qmp: Mutex<Qmp>,
+    guestfwd: Vec<GuestFwd>,
 }
 
 impl Guest {
@@ -118,7 +141,7 @@ impl Guest {
         fs::File::create(&lun)
             .and_then(|f| f.set_len(opts.lun_size))
             .expect("create the LUN image");
-        let (child, console_log) = start_qemu(&dir, &assets, 1);
+        let (child, console_log) = start_qemu(&dir, &assets, 1, &opts.guestfwd);
         let mut g = Guest {
             child,
             dir,
@@ -128,6 +151,7 @@ impl Guest {
             boot_time: Duration::ZERO,
             qga: Mutex::new(Qga::default()),
             qmp: Mutex::new(Qmp::default()),
+            guestfwd: opts.guestfwd,
         };
         g.connect(&opts.name);
         g
@@ -189,7 +213,7 @@ impl Guest {
     pub fn reboot(&mut self) -> String {
         let old = self.shutdown("reboot");
         self.boots += 1;
-        let (child, console_log) = start_qemu(&self.dir, &self.assets, self.boots);
+        let (child, console_log) = start_qemu(&self.dir, &self.assets, self.boots, &self.guestfwd);
         self.child = child;
         self.console_log = console_log;
         let name = self
@@ -328,6 +352,29 @@ impl Guest {
             .unwrap_or_else(|e| panic!("QMP event {name}: {e}\n{}", self.console_tail(30)))
     }
 
+    /// Brings up the guest's user-mode NIC (booted with
+    /// [`GuestOptions::guestfwd`]): [`GUEST_IP`]/24 on the one interface
+    /// that is not `lo`, set statically (no DHCP client in the image).
+    /// Returns the interface's name.
+    pub fn net_up(&self) -> String {
+        assert!(
+            !self.guestfwd.is_empty(),
+            "Guest::net_up: the guest was booted without a NIC (GuestOptions::guestfwd is empty)"
+        );
+        let ifname = self
+            .sh_ok("ls /sys/class/net | grep -vx lo")
+            .trim()
+            .to_string();
+        assert!(
+            !ifname.is_empty() && !ifname.contains(char::is_whitespace),
+            "expected one network interface besides lo in the guest, found {ifname:?}"
+        );
+        self.sh_ok(&format!(
+            "ip addr add {GUEST_IP}/24 dev {ifname} && ip link set {ifname} up"
+        ));
+        ifname
+    }
+
     /// The QEMU ids (device, HBA, drive) behind guest disk `sdX`.
     pub fn qdev_of(&self, disk: &str) -> (String, String, String) {
         super::qdev_of_sysfs(disk, &self.sh_ok(&format!("readlink -f /sys/block/{disk}")))
@@ -427,7 +474,12 @@ fn make_stage(dir: &Path) {
     );
 }
 
-fn start_qemu(dir: &Path, assets: &DebianAssets, boot: u32) -> (Child, PathBuf) {
+fn start_qemu(
+    dir: &Path,
+    assets: &DebianAssets,
+    boot: u32,
+    guestfwd: &[GuestFwd],
+) -> (Child, PathBuf) {
     let console_log = dir.join(format!("console-{boot}.log"));
     for s in ["qga.sock", "qmp.sock"] {
         let _ = fs::remove_file(dir.join(s));
@@ -450,12 +502,13 @@ fn start_qemu(dir: &Path, assets: &DebianAssets, boot: u32) -> (Child, PathBuf) 
         "-no-reboot",
         "-monitor",
         "none",
-        "-nic",
-        "none",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if guestfwd.is_empty() {
+        args.extend(["-nic".into(), "none".into()]);
+    }
     // The LUN's HBAs first, at the PCI slots qdev_of knows (the virtio
     // disks below take the next free ones).
     args.extend(super::lun_args(&d("lun.img")));
@@ -491,6 +544,10 @@ fn start_qemu(dir: &Path, assets: &DebianAssets, boot: u32) -> (Child, PathBuf) 
         "-device".into(),
         "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0".into(),
     ]);
+    if !guestfwd.is_empty() {
+        // Last, so the other devices keep their PCI slots.
+        args.extend(user_net_args(dir, guestfwd));
+    }
     fs::write(
         dir.join(format!("qemu-{boot}.cmdline")),
         format!("qemu-system-x86_64 '{}'\n", args.join("' '")),
@@ -500,6 +557,52 @@ fn start_qemu(dir: &Path, assets: &DebianAssets, boot: u32) -> (Child, PathBuf) 
     let child = super::spawn_qemu(&args, &log)
         .unwrap_or_else(|e| panic!("cannot start qemu-system-x86_64: {e}"));
     (child, console_log)
+}
+
+/// The relay QEMU runs for each guest connection of a `guestfwd`
+/// (`cmd:` form): stdin and stdout are the guest's connection, the
+/// arguments the host address and port. bash's /dev/tcp, so it needs
+/// nothing that a Debian host lacks. Ends (closing both sides) as soon as
+/// either side closes.
+const RELAY: &str = r#"#!/bin/bash
+# QEMU guestfwd relay (tests/vm/debian.rs): guest connection <-> $1:$2.
+exec 3<>"/dev/tcp/$1/$2" || exit 1
+exec 4<&0
+cat <&3 & a=$!
+cat <&4 >&3 & b=$!
+wait -n
+kill "$a" "$b" 2>/dev/null
+"#;
+
+/// `-netdev user,restrict=on,guestfwd=...` and its virtio NIC.
+///
+/// QEMU's chardev form (`guestfwd=tcp:G:P-tcp:H:P`) connects to the host
+/// once, when QEMU starts, and carries a single stream: an iSCSI
+/// discovery session followed by a login (two TCP connections) cannot go
+/// through it. The `cmd:` form runs a program per guest connection.
+fn user_net_args(dir: &Path, guestfwd: &[GuestFwd]) -> Vec<String> {
+    let relay = dir.join("guestfwd-relay.sh");
+    fs::write(&relay, RELAY).expect("write the guestfwd relay");
+    let relay = relay.display().to_string();
+    assert!(
+        !relay.contains([',', ' ', '\'', '"']),
+        "the run directory's path {relay} has a comma, space or quote: QEMU's -netdev option cannot carry it"
+    );
+    let mut netdev = "user,id=net0,restrict=on,net=10.0.2.0/24".to_string();
+    for f in guestfwd {
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{}-cmd:/bin/bash {relay} {} {}",
+            f.guest,
+            f.host.ip(),
+            f.host.port()
+        ));
+    }
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,romfile=".into(),
+    ]
 }
 
 /// A client of QEMU's guest agent (one JSON object per line each way;
