@@ -840,9 +840,18 @@ impl Supervisor {
             };
         }
         let cfg = self.config.clone();
+        let rt = tokio::runtime::Handle::current();
+        let path = name.to_string();
         let planned = tokio::task::spawn_blocking(move || {
             let friendly = bindings::friendly_names(&cfg);
-            assemble::plan_with(&cfg, &friendly, &[])
+            // An `iscsi` path logs in first: its map is its LUN's.
+            let logins: Vec<assemble::IscsiLogin> = cfg
+                .path(&path)
+                .filter(|d| d.transport == "iscsi")
+                .map(|d| super::iscsi::login(d, &rt, io_timeout(&cfg)))
+                .into_iter()
+                .collect();
+            assemble::plan_found(&cfg, &friendly, &[], &logins)
         })
         .await
         .map_err(|e| format!("planning failed: {e}"))?;
