@@ -116,7 +116,7 @@ echo "==> Debian test guest (debootstrap once, about 90 s; cached in ~/.cache/um
 status=0
 # Fuzz smoke: every cargo-fuzz target for a few seconds (no ASAN, the build
 # cached outside the work tree). UMPATH_FUZZ_SECONDS=0 skips it.
-secs="${UMPATH_FUZZ_SECONDS:-7}"
+secs="${UMPATH_FUZZ_SECONDS:-5}"
 if [ "$secs" != 0 ]; then
   fuzz_log=target/fuzz-smoke.log
   mkdir -p target

@@ -276,7 +276,7 @@ fn two_portals_one_map_through_a_stopped_killed_and_restarted_portal() {
         "16M",
         "400",
         8,
-        &["--time_based".into(), "--runtime=24".into()],
+        &["--time_based".into(), "--runtime=18".into()],
     );
     std::thread::sleep(Duration::from_secs(3));
     // Stopped: its commands time out, the path fails, IO goes on.
@@ -384,7 +384,7 @@ fn a_portal_whose_network_is_cut_fails_and_comes_back() {
         "16M",
         "400",
         8,
-        &["--time_based".into(), "--runtime=22".into()],
+        &["--time_based".into(), "--runtime=16".into()],
     );
     std::thread::sleep(Duration::from_secs(3));
     t.cut(0);

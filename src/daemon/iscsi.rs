@@ -122,22 +122,24 @@ pub fn login_all(
                     .iter()
                     .find(|k| k.name == d.name && k.keys == decl_keys(d) && k.lun.is_ok())
                     .cloned();
-                s.spawn(move || kept.unwrap_or_else(|| login(d, rt, timeout)))
+                s.spawn(move || {
+                    kept.unwrap_or_else(|| {
+                        let l = login(d, rt, timeout);
+                        match &l.lun {
+                            Ok(lun) => info!(
+                                path = %l.name,
+                                wwid = %lun.wwid,
+                                session = %lun.transport.session_text(),
+                                "iSCSI path logged in"
+                            ),
+                            Err(e) => warn!(path = %l.name, "iSCSI path not logged in: {e}"),
+                        }
+                        l
+                    })
+                })
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .inspect(|l| match &l.lun {
-                Ok(lun) => info!(
-                    path = %l.name,
-                    wwid = %lun.wwid,
-                    session = %lun.transport.session_text(),
-                    "iSCSI path logged in"
-                ),
-                Err(e) => warn!(path = %l.name, "iSCSI path not logged in: {e}"),
-            })
-            .collect()
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
     })
 }
 
