@@ -129,6 +129,7 @@ fn target(
         chap,
         params: OperationalParams::default(),
         ping,
+        abort_wait: Duration::from_millis(400),
     }
 }
 
@@ -445,4 +446,72 @@ fn a_hung_write_is_aborted_and_its_end_is_known() {
         "the connection stays up: {:?}",
         c.closed()
     );
+}
+
+/// A target that refuses ABORT TASK but does LOGICAL UNIT RESET: the
+/// hung write ends by the reset and is known ended; a target that answers
+/// no task management at all has its connection closed after both waits.
+#[test]
+fn a_refused_abort_escalates_to_a_lun_reset() {
+    for answers in [true, false] {
+        let p = fake(move |mut s| {
+            login(&mut s);
+            while let Some(p) = read_pdu(&mut s) {
+                let Pdu::TaskMgmtRequest(t) = p else { continue };
+                if !answers {
+                    continue;
+                }
+                // ABORT TASK: "function not supported"; LUN RESET: done.
+                let response = if t.function == pdu::TMF_ABORT_TASK {
+                    5
+                } else {
+                    0
+                };
+                send(
+                    &mut s,
+                    Pdu::TaskMgmtResponse(pdu::TaskMgmtResponse {
+                        response,
+                        itt: t.itt,
+                        stat_sn: 0,
+                        exp_cmd_sn: t.cmd_sn,
+                        max_cmd_sn: t.cmd_sn + 32,
+                    }),
+                );
+            }
+        });
+        let rt = runtime();
+        let c = Conn::connect(
+            &target(p, None, NO_PING),
+            rt.handle(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x8a;
+        cdb[13] = 1;
+        let cmd = Command {
+            lun: pdu::lun_from_number(1),
+            cdb,
+            dir: Direction::Write,
+            len: 512,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let data = Some(std::sync::Arc::new(vec![7u8; 512]));
+        assert!(c
+            .submit(cmd, data, Duration::from_millis(300), ToChannel(tx))
+            .is_ok());
+        let r = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        if answers {
+            assert!(
+                matches!(r, Err(CmdError::TimedOut { aborted: true, .. })),
+                "{r:?}"
+            );
+            assert!(c.closed().is_none(), "{:?}", c.closed());
+        } else {
+            let Err(CmdError::Closed(why)) = r else {
+                panic!("{r:?}")
+            };
+            assert!(why.contains("LUN reset"), "{why}");
+        }
+    }
 }

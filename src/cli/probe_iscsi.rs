@@ -17,7 +17,7 @@ use crate::iscsi::chap::Secret;
 use crate::iscsi::login::{ChapCredentials, MutualChap, OperationalParams};
 use crate::iscsi::text::TargetRecord;
 use crate::iscsi::url::IscsiUrl;
-use crate::transport::iscsi::conn::{Conn, LoginTarget, PING_INTERVAL, PING_TIMEOUT};
+use crate::transport::iscsi::conn::{Conn, LoginTarget, ABORT_WAIT, PING_INTERVAL, PING_TIMEOUT};
 use crate::transport::iscsi::local::{self, MACHINE_ID_FILE, OPEN_ISCSI_NAME_FILE};
 use crate::transport::iscsi::{IscsiTransport, LunInfo, LOGIN_TIMEOUT};
 
@@ -264,6 +264,7 @@ pub fn login_target(args: &IscsiProbeArgs, url: &IscsiUrl) -> Result<LoginTarget
         chap,
         params: OperationalParams::default(),
         ping: (PING_INTERVAL, PING_TIMEOUT),
+        abort_wait: ABORT_WAIT,
     })
 }
 

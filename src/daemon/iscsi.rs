@@ -15,7 +15,7 @@ use super::supervisor::Msg;
 use crate::config::{Config, PathDecl};
 use crate::iscsi::chap::Secret;
 use crate::iscsi::login::{ChapCredentials, MutualChap, OperationalParams};
-use crate::transport::iscsi::conn::{LoginTarget, PING_INTERVAL, PING_TIMEOUT};
+use crate::transport::iscsi::conn::{LoginTarget, ABORT_WAIT, PING_INTERVAL, PING_TIMEOUT};
 use crate::transport::iscsi::local::{self, MACHINE_ID_FILE, OPEN_ISCSI_NAME_FILE};
 use crate::transport::iscsi::IscsiTransport;
 
@@ -66,6 +66,7 @@ pub fn transport_for(
                 ..OperationalParams::default()
             },
             ping: (PING_INTERVAL, PING_TIMEOUT),
+            abort_wait: ABORT_WAIT,
         },
         lun,
         rt.clone(),

@@ -161,6 +161,14 @@ pub enum Event {
     /// The task is gone from the session; other responses mean it may
     /// still run.
     Aborted { itt: u32, response: u8 },
+    /// Our LOGICAL UNIT RESET of `lun` was answered: with `response` 0
+    /// the tasks `ended` (every one of the LUN's) are gone; otherwise
+    /// nothing ended.
+    LunReset {
+        lun: u64,
+        response: u8,
+        ended: Vec<u32>,
+    },
     /// Our ping `itt` came back.
     Pong { itt: u32 },
     /// Text response for request `itt`.
@@ -210,6 +218,15 @@ pub enum ProtocolError {
     OutOfPhase(&'static str),
 }
 
+/// A task management request of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tmf {
+    /// ABORT TASK of this ITT.
+    Abort(u32),
+    /// LOGICAL UNIT RESET of this LUN.
+    LunReset(u64),
+}
+
 /// A command the session waits for.
 #[derive(Debug, Clone)]
 struct Task {
@@ -236,8 +253,8 @@ pub struct Session {
     exp_stat_sn: u32,
     next_itt: u32,
     tasks: HashMap<u32, Task>,
-    /// Our ABORT TASK requests: TMF ITT → the aborted task's ITT.
-    aborts: HashMap<u32, u32>,
+    /// Our task management requests by their ITT.
+    aborts: HashMap<u32, Tmf>,
     /// Our pings in flight.
     pings: Vec<u32>,
     /// Our text requests in flight.
@@ -414,7 +431,7 @@ impl Session {
     pub fn abort(&mut self, itt: u32) -> Option<Send> {
         let task = self.tasks.get(&itt)?.clone();
         let tmf = self.itt();
-        self.aborts.insert(tmf, itt);
+        self.aborts.insert(tmf, Tmf::Abort(itt));
         Some(Send::Pdu(Pdu::TaskMgmtRequest(TaskMgmtRequest {
             immediate: true,
             function: TMF_ABORT_TASK,
@@ -426,6 +443,24 @@ impl Session {
             ref_cmd_sn: task.cmd_sn,
             exp_data_sn: task.next_data_sn,
         })))
+    }
+
+    /// LOGICAL UNIT RESET of `lun` (immediate): every task of the LUN
+    /// ends; [`Event::LunReset`] says which, once the target confirms.
+    pub fn lun_reset(&mut self, lun: u64) -> Send {
+        let tmf = self.itt();
+        self.aborts.insert(tmf, Tmf::LunReset(lun));
+        Send::Pdu(Pdu::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: super::pdu::TMF_LOGICAL_UNIT_RESET,
+            lun,
+            itt: tmf,
+            referenced_task_tag: RESERVED_TAG,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            ref_cmd_sn: 0,
+            exp_data_sn: 0,
+        }))
     }
 
     /// Forgets command `itt` without telling the target (the driver gave
@@ -678,21 +713,47 @@ impl Session {
             Pdu::TaskMgmtResponse(t) => {
                 self.window(t.exp_cmd_sn, t.max_cmd_sn);
                 self.status_sn(t.stat_sn);
-                let aborted = self
+                let tmf = self
                     .aborts
                     .remove(&t.itt)
                     .ok_or(ProtocolError::UnknownTask {
                         pdu: "Task Management Response",
                         itt: t.itt,
                     })?;
-                // 0: aborted; 1: the task does not exist (it ended).
-                if t.response <= 1 {
-                    self.tasks.remove(&aborted);
+                match tmf {
+                    Tmf::Abort(aborted) => {
+                        // 0: aborted; 1: the task does not exist (it ended).
+                        if t.response <= 1 {
+                            self.tasks.remove(&aborted);
+                        }
+                        events.push(Event::Aborted {
+                            itt: aborted,
+                            response: t.response,
+                        });
+                    }
+                    Tmf::LunReset(lun) => {
+                        let ended = if t.response == 0 {
+                            let mut ended: Vec<u32> = self
+                                .tasks
+                                .iter()
+                                .filter(|(_, task)| task.lun == lun)
+                                .map(|(itt, _)| *itt)
+                                .collect();
+                            ended.sort_unstable();
+                            for itt in &ended {
+                                self.tasks.remove(itt);
+                            }
+                            ended
+                        } else {
+                            Vec::new()
+                        };
+                        events.push(Event::LunReset {
+                            lun,
+                            response: t.response,
+                            ended,
+                        });
+                    }
                 }
-                events.push(Event::Aborted {
-                    itt: aborted,
-                    response: t.response,
-                });
             }
             Pdu::TextResponse(t) => {
                 self.window(t.exp_cmd_sn, t.max_cmd_sn);
@@ -731,11 +792,17 @@ impl Session {
                 } else if let Some(itt) = itt {
                     self.pings.retain(|p| *p != itt);
                     self.texts.retain(|p| *p != itt);
-                    if let Some(aborted) = self.aborts.remove(&itt) {
-                        events.push(Event::Aborted {
+                    match self.aborts.remove(&itt) {
+                        Some(Tmf::Abort(aborted)) => events.push(Event::Aborted {
                             itt: aborted,
                             response: 255,
-                        });
+                        }),
+                        Some(Tmf::LunReset(lun)) => events.push(Event::LunReset {
+                            lun,
+                            response: 255,
+                            ended: Vec::new(),
+                        }),
+                        None => {}
                     }
                 }
             }
@@ -1093,6 +1160,54 @@ mod tests {
                 ..NopIn::default()
             }))
             .is_err());
+    }
+
+    #[test]
+    fn a_lun_reset_ends_every_task_of_the_lun() {
+        let mut s = session(SessionParams::default());
+        let (a, _) = s.submit(read(512)).unwrap();
+        let (b, _) = s.submit(write(512)).unwrap();
+        let mut other = read(512);
+        other.lun = 2 << 48;
+        let (c, _) = s.submit(other).unwrap();
+        let Send::Pdu(Pdu::TaskMgmtRequest(t)) = s.lun_reset(LUN1) else {
+            panic!()
+        };
+        assert_eq!(
+            (t.function, t.lun, t.referenced_task_tag),
+            (5, LUN1, RESERVED_TAG)
+        );
+        let ev = s
+            .receive(Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                response: 0,
+                itt: t.itt,
+                ..TaskMgmtResponse::default()
+            }))
+            .unwrap();
+        let mut ended = vec![a, b];
+        ended.sort_unstable();
+        assert_eq!(
+            ev,
+            vec![Event::LunReset {
+                lun: LUN1,
+                response: 0,
+                ended
+            }]
+        );
+        assert_eq!(s.tasks(), vec![c], "another LUN's task stays");
+        // A refused reset ends nothing.
+        let Send::Pdu(Pdu::TaskMgmtRequest(t)) = s.lun_reset(2 << 48) else {
+            panic!()
+        };
+        let ev = s
+            .receive(Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                response: 5,
+                itt: t.itt,
+                ..TaskMgmtResponse::default()
+            }))
+            .unwrap();
+        assert!(matches!(&ev[0], Event::LunReset { response: 5, ended, .. } if ended.is_empty()));
+        assert_eq!(s.in_flight(), 1);
     }
 
     #[test]

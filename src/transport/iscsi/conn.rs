@@ -63,6 +63,9 @@ pub struct LoginTarget {
     /// NOP-Out pings: how often, and how long an answer may take
     /// ([`PING_INTERVAL`], [`PING_TIMEOUT`]).
     pub ping: (Duration, Duration),
+    /// How long an ABORT TASK, then a LOGICAL UNIT RESET, may take
+    /// ([`ABORT_WAIT`]).
+    pub abort_wait: Duration,
 }
 
 /// Why a connection could not be made.
@@ -187,18 +190,32 @@ pub trait Completion: std::marker::Send + 'static {
 enum ReplyTo {
     /// A caller blocked in [`Conn::command`] (or a ping, a text request).
     Caller(std_mpsc::Sender<Reply>),
-    /// A [`Completion`]: past `deadline` the command is aborted, and if
-    /// the abort is not answered within [`ABORT_WAIT`] the connection is
-    /// closed.
+    /// A [`Completion`]: past `deadline` the command is aborted (ABORT
+    /// TASK); an abort refused or unanswered within the abort wait
+    /// escalates to a LOGICAL UNIT RESET, and a reset refused or
+    /// unanswered closes the connection.
     Callback {
         c: Box<dyn Completion>,
         deadline: Instant,
         timeout: Duration,
-        abort_sent: Option<Instant>,
+        recovery: Recovery,
     },
 }
 
+/// Where a command past its timeout is in being ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Within its timeout.
+    None,
+    /// ABORT TASK sent at this instant.
+    Aborting(Instant),
+    /// LOGICAL UNIT RESET sent at this instant.
+    Resetting(Instant),
+}
+
 struct Waiter {
+    /// The command's LUN (SAM form; 0 for pings and text).
+    lun: u64,
     /// Read data lands here.
     read: Vec<u8>,
     /// Write data comes from here.
@@ -209,6 +226,7 @@ struct Waiter {
 impl Waiter {
     fn caller(tx: std_mpsc::Sender<Reply>) -> Waiter {
         Waiter {
+            lun: 0,
             read: Vec::new(),
             write: None,
             to: ReplyTo::Caller(tx),
@@ -241,6 +259,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// How long an ABORT TASK, then a LOGICAL UNIT RESET, may take.
+    abort_wait: Duration,
     digests: Digests,
     /// The largest data segment the target may send us.
     max_recv: u32,
@@ -513,6 +533,7 @@ impl Conn {
                 waiters: HashMap::new(),
                 closed: None,
             }),
+            abort_wait: t.abort_wait,
             digests,
             max_recv: p.max_recv_data_segment_length,
             peer,
@@ -577,6 +598,7 @@ impl Conn {
                 st.waiters.insert(
                     itt,
                     Waiter {
+                        lun: cmd.lun,
                         read,
                         write: write.clone(),
                         to: ReplyTo::Caller(tx),
@@ -630,13 +652,14 @@ impl Conn {
         st.waiters.insert(
             itt,
             Waiter {
+                lun: cmd.lun,
                 read,
                 write,
                 to: ReplyTo::Callback {
                     c: Box::new(c),
                     deadline: Instant::now() + timeout,
                     timeout,
-                    abort_sent: None,
+                    recovery: Recovery::None,
                 },
             },
         );
@@ -844,9 +867,11 @@ fn close(shared: &Shared, why: &str) {
 /// How often [`watch_loop`] looks for commands past their timeout.
 const WATCH_TICK: Duration = Duration::from_millis(200);
 
-/// Aborts [`Conn::submit`] commands past their timeout (ABORT TASK), and
-/// closes the connection when an abort is not answered in time.
+/// Ends [`Conn::submit`] commands past their timeout: ABORT TASK, then
+/// (unanswered within the abort wait) LOGICAL UNIT RESET, then (still
+/// unanswered) the connection is closed.
 async fn watch_loop(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Vec<Out>>) {
+    let wait = shared.abort_wait;
     loop {
         tokio::time::sleep(WATCH_TICK).await;
         let now = Instant::now();
@@ -860,25 +885,34 @@ async fn watch_loop(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Vec<Out>>) {
             let State {
                 session, waiters, ..
             } = &mut *st;
+            let mut reset_luns = Vec::new();
             for (itt, w) in waiters.iter_mut() {
                 let ReplyTo::Callback {
                     deadline,
-                    abort_sent,
+                    recovery,
                     timeout,
                     ..
                 } = &mut w.to
                 else {
                     continue;
                 };
-                match abort_sent {
-                    None if now >= *deadline => {
+                match *recovery {
+                    Recovery::None if now >= *deadline => {
                         if let Some(s) = session.abort(*itt) {
                             warn!(peer = %shared.peer, itt, "iSCSI command unanswered after {timeout:?}: ABORT TASK");
                             sends.push(s);
                         }
-                        *abort_sent = Some(now);
+                        *recovery = Recovery::Aborting(now);
                     }
-                    Some(t) if now.duration_since(*t) >= ABORT_WAIT => {
+                    Recovery::Aborting(t) if now.duration_since(t) >= wait => {
+                        if !reset_luns.contains(&w.lun) {
+                            warn!(peer = %shared.peer, itt, "ABORT TASK unanswered within {wait:?}: LOGICAL UNIT RESET");
+                            sends.push(session.lun_reset(w.lun));
+                            reset_luns.push(w.lun);
+                        }
+                        *recovery = Recovery::Resetting(now);
+                    }
+                    Recovery::Resetting(t) if now.duration_since(t) >= wait => {
                         unanswered = Some((*itt, *timeout));
                     }
                     _ => {}
@@ -889,7 +923,7 @@ async fn watch_loop(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Vec<Out>>) {
             close(
                 &shared,
                 &format!(
-                    "command {itt:#x} unanswered after {timeout:?} and its abort within {ABORT_WAIT:?}"
+                    "command {itt:#x} unanswered after {timeout:?}, and neither its abort nor a LUN reset within {wait:?} each"
                 ),
             );
             return;
@@ -1172,18 +1206,65 @@ fn apply(
                         ));
                     }
                 }
-                // The abort failed: the command may still run. Only a
-                // closed connection (a lost session) ends it now.
+                // The abort failed: the command may still run. A LOGICAL
+                // UNIT RESET ends it (and every task of its LUN).
                 Some(ReplyTo::Callback { .. }) => {
-                    drop(st);
-                    close(
-                        shared,
-                        &format!("ABORT TASK of command {itt:#x} refused ({response})"),
-                    );
-                    return Ok(Vec::new());
+                    let lun = st.waiters.get(&itt).map_or(0, |w| w.lun);
+                    warn!(peer = %shared.peer, itt, response, "ABORT TASK refused: LOGICAL UNIT RESET");
+                    let reset = st.session.lun_reset(lun);
+                    out.extend(outs(vec![reset], None));
+                    if let Some(Waiter {
+                        to: ReplyTo::Callback { recovery, .. },
+                        ..
+                    }) = st.waiters.get_mut(&itt)
+                    {
+                        *recovery = Recovery::Resetting(Instant::now());
+                    }
                 }
                 None => {}
             },
+            Event::LunReset {
+                lun,
+                response,
+                ended,
+            } => {
+                if response != 0 {
+                    drop(st);
+                    close(
+                        shared,
+                        &format!("LOGICAL UNIT RESET of LUN {lun:#x} refused ({response})"),
+                    );
+                    return Ok(Vec::new());
+                }
+                let why = "ended by a LOGICAL UNIT RESET".to_string();
+                for itt in ended {
+                    let Some(w) = st.waiters.remove(&itt) else {
+                        continue;
+                    };
+                    match w.to {
+                        ReplyTo::Caller(tx) => {
+                            let _ = tx.send(Reply::Closed(why.clone()));
+                        }
+                        // The command past its timeout: it is known ended.
+                        ReplyTo::Callback {
+                            c,
+                            timeout,
+                            recovery,
+                            ..
+                        } if recovery != Recovery::None => finished.push((
+                            c,
+                            Err(CmdError::TimedOut {
+                                timeout,
+                                aborted: true,
+                            }),
+                        )),
+                        ReplyTo::Callback { c, .. } => {
+                            finished.push((c, Err(CmdError::Closed(why.clone()))))
+                        }
+                    }
+                }
+            }
+
             Event::Pong { itt } => {
                 if let Some(w) = st.waiters.remove(&itt) {
                     w.tell(Reply::Done(Status {
