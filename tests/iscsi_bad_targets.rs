@@ -143,6 +143,53 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A logged-in connection to `p` (no pings), with its runtime.
+fn connected(p: Portal) -> (tokio::runtime::Runtime, Conn) {
+    let rt = runtime();
+    let c = Conn::connect(
+        &target(p, None, NO_PING),
+        rt.handle(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    (rt, c)
+}
+
+/// Why a 512-byte read closed the connection (it must).
+fn closed_by_read(c: &Conn) -> String {
+    match c.command(read_cmd(512), None, Duration::from_secs(5)) {
+        Err(CmdError::Closed(why)) => why,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A WRITE(16) of one 512-byte block to LUN 1.
+fn write_cmd() -> Command {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8a;
+    cdb[13] = 1;
+    Command {
+        lun: pdu::lun_from_number(1),
+        cdb,
+        dir: Direction::Write,
+        len: 512,
+    }
+}
+
+/// Answers task management request `t` with `response`.
+fn tmf_answer(s: &mut TcpStream, t: &pdu::TaskMgmtRequest, response: u8) {
+    send(
+        s,
+        Pdu::TaskMgmtResponse(pdu::TaskMgmtResponse {
+            response,
+            itt: t.itt,
+            stat_sn: 0,
+            exp_cmd_sn: t.cmd_sn,
+            max_cmd_sn: t.cmd_sn + 32,
+        }),
+    );
+}
+
 fn read_cmd(len: u32) -> Command {
     let mut cdb = [0u8; 16];
     cdb[0] = 0x88;
@@ -219,19 +266,8 @@ fn an_r2t_for_data_never_asked_for_fails_the_connection() {
         );
         std::thread::sleep(Duration::from_secs(2));
     });
-    let rt = runtime();
-    let c = Conn::connect(
-        &target(p, None, NO_PING),
-        rt.handle(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let e = c
-        .command(read_cmd(512), None, Duration::from_secs(5))
-        .unwrap_err();
-    let CmdError::Closed(why) = e else {
-        panic!("{e:?}")
-    };
+    let (_rt, c) = connected(p);
+    let why = closed_by_read(&c);
     assert!(why.contains("R2T") && why.contains("not a write"), "{why}");
 }
 
@@ -257,13 +293,7 @@ fn a_reset_in_the_middle_of_data_in_fails_the_command() {
         );
         let _ = s.shutdown(Shutdown::Both);
     });
-    let rt = runtime();
-    let c = Conn::connect(
-        &target(p, None, NO_PING),
-        rt.handle(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let (_rt, c) = connected(p);
     let e = c
         .command(read_cmd(8192), None, Duration::from_secs(5))
         .unwrap_err();
@@ -288,19 +318,8 @@ fn an_oversized_pdu_fails_the_connection() {
         let _ = s.write_all(&bhs);
         std::thread::sleep(Duration::from_secs(2));
     });
-    let rt = runtime();
-    let c = Conn::connect(
-        &target(p, None, NO_PING),
-        rt.handle(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let e = c
-        .command(read_cmd(512), None, Duration::from_secs(5))
-        .unwrap_err();
-    let CmdError::Closed(why) = e else {
-        panic!("{e:?}")
-    };
+    let (_rt, c) = connected(p);
+    let why = closed_by_read(&c);
     assert!(why.contains("bad PDU"), "{why}");
 }
 
@@ -388,35 +407,12 @@ fn a_hung_write_is_aborted_and_its_end_is_known() {
         while let Some(p) = read_pdu(&mut s) {
             // Commands are held; aborts are answered "function complete".
             if let Pdu::TaskMgmtRequest(t) = p {
-                send(
-                    &mut s,
-                    Pdu::TaskMgmtResponse(pdu::TaskMgmtResponse {
-                        response: 0,
-                        itt: t.itt,
-                        stat_sn: 0,
-                        exp_cmd_sn: t.cmd_sn,
-                        max_cmd_sn: t.cmd_sn + 32,
-                    }),
-                );
+                tmf_answer(&mut s, &t, 0);
             }
         }
     });
-    let rt = runtime();
-    let c = Conn::connect(
-        &target(p, None, NO_PING),
-        rt.handle(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x8a;
-    cdb[13] = 1;
-    let cmd = Command {
-        lun: pdu::lun_from_number(1),
-        cdb,
-        dir: Direction::Write,
-        len: 512,
-    };
+    let (_rt, c) = connected(p);
+    let cmd = write_cmd();
     let data = Some(std::sync::Arc::new(vec![7u8; 512]));
     let t0 = Instant::now();
     let e = c
@@ -467,16 +463,7 @@ fn a_refused_abort_escalates_to_a_lun_reset() {
                 } else {
                     0
                 };
-                send(
-                    &mut s,
-                    Pdu::TaskMgmtResponse(pdu::TaskMgmtResponse {
-                        response,
-                        itt: t.itt,
-                        stat_sn: 0,
-                        exp_cmd_sn: t.cmd_sn,
-                        max_cmd_sn: t.cmd_sn + 32,
-                    }),
-                );
+                tmf_answer(&mut s, &t, response);
             }
         });
         let rt = runtime();
@@ -486,15 +473,7 @@ fn a_refused_abort_escalates_to_a_lun_reset() {
             Duration::from_secs(5),
         )
         .unwrap();
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x8a;
-        cdb[13] = 1;
-        let cmd = Command {
-            lun: pdu::lun_from_number(1),
-            cdb,
-            dir: Direction::Write,
-            len: 512,
-        };
+        let cmd = write_cmd();
         let (tx, rx) = std::sync::mpsc::channel();
         let data = Some(std::sync::Arc::new(vec![7u8; 512]));
         assert!(c

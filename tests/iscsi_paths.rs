@@ -35,6 +35,21 @@ fn seed_conf(dir: &std::path::Path, defaults: &str, paths: &str) -> std::path::P
     p
 }
 
+/// A daemon with the seed's stanza, `defaults` and `paths`, once the
+/// paths named in `ready` are ready.
+fn daemon(defaults: &str, paths: &str, ready: &[&str]) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = seed_conf(dir.path(), defaults, paths);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let d = Daemon::start_in(dir, &text);
+    for q in ready {
+        d.wait_path(q, "ready", Duration::from_secs(20), |p| {
+            p["state"] == "ready"
+        });
+    }
+    d
+}
+
 fn iscsi_path(name: &str, portal: &str, extra: &str) -> String {
     format!(
         "    path {{\n        name {name}\n        transport iscsi\n        portal {portal}\n        target {IQN}\n        lun {LUN}\n        chap_user {USER}\n        chap_secret \"{SECRET}\"\n{extra}    }}\n"
@@ -254,20 +269,12 @@ fn mutual_chap_both_ways() {
 #[test]
 fn two_portals_one_map_through_a_stopped_killed_and_restarted_portal() {
     let mut t = chap_target(2);
-    let dir = tempfile::tempdir().unwrap();
     let paths = iscsi_path("q0", &t.portal(0), "") + &iscsi_path("q1", &t.portal(1), "");
-    let conf = seed_conf(
-        dir.path(),
+    let d = daemon(
         "    polling_interval 1\n    io_timeout 3",
         &paths,
+        &["q0", "q1"],
     );
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let d = Daemon::start_in(dir, &text);
-    for q in ["q0", "q1"] {
-        d.wait_path(q, "ready", Duration::from_secs(20), |p| {
-            p["state"] == "ready"
-        });
-    }
     let topo = d.ctl_ok(&["show", "topology"]);
     assert!(topo.starts_with(&format!("qs0 ({SCSI_ID_WWID})")), "{topo}");
     assert!(topo.contains("OSNEXUS,QUANTASTOR"), "{topo}");
@@ -339,13 +346,7 @@ fn a_target_that_answers_garbage_fails_its_path_cleanly() {
     assert!(out.contains("opcode") || out.contains("PDU"), "{out}");
 
     let paths = iscsi_path("q0", &bad_addr, "") + &iscsi_path("q1", &t.portal(0), "");
-    let dir = tempfile::tempdir().unwrap();
-    let conf = seed_conf(dir.path(), "    polling_interval 1", &paths);
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let d = Daemon::start_in(dir, &text);
-    d.wait_path("q1", "ready", Duration::from_secs(20), |p| {
-        p["state"] == "ready"
-    });
+    let d = daemon("    polling_interval 1", &paths, &["q1"]);
     let log = d.log_text();
     assert!(log.contains("q0") && log.contains("not logged in"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
@@ -365,20 +366,12 @@ fn a_portal_whose_network_is_cut_fails_and_comes_back() {
         netns: true,
         ..TgtConfig::default()
     });
-    let dir = tempfile::tempdir().unwrap();
     let paths = iscsi_path("q0", &t.portal(0), "") + &iscsi_path("q1", &t.portal(1), "");
-    let conf = seed_conf(
-        dir.path(),
+    let d = daemon(
         "    polling_interval 1\n    io_timeout 3",
         &paths,
+        &["q0", "q1"],
     );
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let d = Daemon::start_in(dir, &text);
-    for q in ["q0", "q1"] {
-        d.wait_path(q, "ready", Duration::from_secs(20), |p| {
-            p["state"] == "ready"
-        });
-    }
     let fio = fio_verify(
         &d.uri("qs0"),
         "16M",
@@ -410,32 +403,12 @@ fn a_portal_whose_network_is_cut_fails_and_comes_back() {
 #[test]
 fn trim_and_zeroing_reach_a_thin_lun_as_unmap_and_write_same() {
     let t = chap_target(1);
-    t.tgtadm(
-        0,
-        &[
-            "--op",
-            "update",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            &LUN.to_string(),
-            "--params",
-            "thin_provisioning=1",
-        ],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let conf = seed_conf(
-        dir.path(),
+    t.update_lun(0, "thin_provisioning=1");
+    let d = daemon(
         "    polling_interval 1",
         &iscsi_path("q0", &t.portal(0), ""),
+        &["q0"],
     );
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let d = Daemon::start_in(dir, &text);
-    d.wait_path("q0", "ready", Duration::from_secs(20), |p| {
-        p["state"] == "ready"
-    });
     let uri = d.uri("qs0");
     let io = |cmds: &[&str]| {
         let mut c = Command::new("qemu-io");
@@ -473,33 +446,13 @@ fn crc32c_digests_when_asked() {
     let t = chap_target(1);
     // tgtd answers None unless the target allows CRC32C.
     for key in ["HeaderDigest", "DataDigest"] {
-        t.tgtadm(
-            0,
-            &[
-                "--op",
-                "update",
-                "--mode",
-                "target",
-                "--tid",
-                "1",
-                "--name",
-                key,
-                "--value",
-                "CRC32C,None",
-            ],
-        );
+        t.update_target(0, key, "CRC32C,None");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let conf = seed_conf(
-        dir.path(),
+    let d = daemon(
         "    polling_interval 1",
         &iscsi_path("q0", &t.portal(0), "        digest crc32c\n"),
+        &["q0"],
     );
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let d = Daemon::start_in(dir, &text);
-    d.wait_path("q0", "ready", Duration::from_secs(20), |p| {
-        p["state"] == "ready"
-    });
     let log = d.log_text();
     assert!(
         log.contains("HeaderDigest=CRC32C DataDigest=CRC32C"),
@@ -515,16 +468,8 @@ fn crc32c_digests_when_asked() {
 #[test]
 fn del_add_and_reconfigure_keep_iscsi_paths() {
     let t = chap_target(2);
-    let dir = tempfile::tempdir().unwrap();
     let paths = iscsi_path("q0", &t.portal(0), "") + &iscsi_path("q1", &t.portal(1), "");
-    let conf = seed_conf(dir.path(), "    polling_interval 1", &paths);
-    let text = std::fs::read_to_string(&conf).unwrap();
-    let d = Daemon::start_in(dir, &text);
-    for q in ["q0", "q1"] {
-        d.wait_path(q, "ready", Duration::from_secs(20), |p| {
-            p["state"] == "ready"
-        });
-    }
+    let d = daemon("    polling_interval 1", &paths, &["q0", "q1"]);
     d.ctl_ok(&["del", "path", "q0"]);
     let out = d.ctl_ok(&["add", "path", "q0"]);
     assert!(out.contains("added to map qs0"), "{out}");

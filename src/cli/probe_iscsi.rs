@@ -106,29 +106,7 @@ fn lun_row(cfg: &Config, lun: u16, info: Result<LunInfo, String>) -> LunRow {
 fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut lines: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     lines.extend(rows);
-    let widths: Vec<usize> = (0..head.len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let mut line = String::new();
-        for (c, cell) in l.iter().enumerate() {
-            if c + 1 == l.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    super::probe::columns(&lines)
 }
 
 /// The targets table.

@@ -183,6 +183,27 @@ pub struct Supervisor {
     iscsi_retry: Option<TaskGuard>,
 }
 
+/// The map plan and path plan of path `name` among `plans`, or why it is
+/// not used (its `skipped` reason, else "not used").
+fn planned_path(
+    plans: Vec<MapPlan>,
+    skipped: &[assemble::Skipped],
+    name: &str,
+) -> Result<(MapPlan, PathPlan), String> {
+    plans
+        .into_iter()
+        .find_map(|m| {
+            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
+            p.map(|p| (m, p))
+        })
+        .ok_or_else(|| {
+            skipped
+                .iter()
+                .find(|s| s.path == name)
+                .map_or("not used".to_string(), |s| s.reason.clone())
+        })
+}
+
 /// Where to discover SCSI disks: `--scsi`'s options, else the real
 /// sysfs when the configuration says `umpath_scsi_discovery yes`; `None`:
 /// declared paths only.
@@ -419,17 +440,12 @@ impl Supervisor {
         let Ok((plans, skipped)) = planned else {
             return;
         };
-        let found = plans.into_iter().find_map(|m| {
-            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
-            p.map(|p| (m, p))
-        });
-        let Some((mplan, pplan)) = found else {
-            let why = skipped
-                .iter()
-                .find(|s| s.path == name)
-                .map_or("not used".to_string(), |s| s.reason.clone());
-            info!(path = %name, "iSCSI path logged in but not used: {why}");
-            return;
+        let (mplan, pplan) = match planned_path(plans, &skipped, &name) {
+            Ok(x) => x,
+            Err(why) => {
+                info!(path = %name, "iSCSI path logged in but not used: {why}");
+                return;
+            }
         };
         let map = self.join_planned(mplan, pplan).await;
         info!(path = %name, map = %map, "iSCSI path logged in: joined its map");
@@ -746,18 +762,13 @@ impl Supervisor {
             // Same name, another LUN: the old path goes first.
             self.remove_path(name);
         }
-        let found = plans.into_iter().find_map(|m| {
-            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
-            p.map(|p| (m, p))
-        });
-        let Some((mplan, pplan)) = found else {
-            let why = skipped
-                .iter()
-                .find(|s| s.path == name)
-                .map_or("not used".to_string(), |s| s.reason.clone());
-            info!(path = %name, "hotplug: not used: {why}");
-            self.publish();
-            return;
+        let (mplan, pplan) = match planned_path(plans, &skipped, name) {
+            Ok(x) => x,
+            Err(why) => {
+                info!(path = %name, "hotplug: not used: {why}");
+                self.publish();
+                return;
+            }
         };
         self.join_planned(mplan, pplan).await;
         self.publish();
@@ -856,16 +867,9 @@ impl Supervisor {
         .await
         .map_err(|e| format!("planning failed: {e}"))?;
         let (plans, skipped) = planned;
-        let found = plans.into_iter().find_map(|m| {
-            let p = m.paths.iter().find(|p| p.decl.name == name).cloned();
-            p.map(|p| (m, p))
-        });
-        let Some((mplan, pplan)) = found else {
-            let why = skipped
-                .iter()
-                .find(|s| s.path == name)
-                .map_or("not used".to_string(), |s| s.reason.clone());
-            return Err(format!("path {name} not added: {why}"));
+        let (mplan, pplan) = match planned_path(plans, &skipped, name) {
+            Ok(x) => x,
+            Err(why) => return Err(format!("path {name} not added: {why}")),
         };
         let map = self.join_planned(mplan, pplan).await;
         self.publish();

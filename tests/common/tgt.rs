@@ -388,22 +388,9 @@ impl Tgt {
                 &image,
             ],
         );
-        let params =
-            format!("vendor_id={VENDOR},product_id={PRODUCT},scsi_sn={SERIAL},scsi_id={SCSI_ID}");
-        self.tgtadm(
+        self.update_lun(
             i,
-            &[
-                "--op",
-                "update",
-                "--mode",
-                "logicalunit",
-                "--tid",
-                "1",
-                "--lun",
-                &LUN.to_string(),
-                "--params",
-                &params,
-            ],
+            &format!("vendor_id={VENDOR},product_id={PRODUCT},scsi_sn={SERIAL},scsi_id={SCSI_ID}"),
         );
         let accounts = [(&self.config.chap, false), (&self.config.mutual, true)];
         for (chap, outgoing) in accounts {
@@ -415,6 +402,39 @@ impl Tgt {
             i,
             &[
                 "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+            ],
+        );
+    }
+
+    /// Sets LUN parameters on portal `i`'s tgtd (`tgtadm --params`, e.g.
+    /// `thin_provisioning=1`).
+    pub fn update_lun(&self, i: usize, params: &str) {
+        let lun = LUN.to_string();
+        self.tgtadm(
+            i,
+            &[
+                "--op",
+                "update",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "1",
+                "--lun",
+                &lun,
+                "--params",
+                params,
+            ],
+        );
+    }
+
+    /// Sets a target parameter on portal `i`'s tgtd (e.g. `HeaderDigest`
+    /// to `CRC32C,None`).
+    pub fn update_target(&self, i: usize, name: &str, value: &str) {
+        self.tgtadm(
+            i,
+            &[
+                "--op", "update", "--mode", "target", "--tid", "1", "--name", name, "--value",
+                value,
             ],
         );
     }
