@@ -482,3 +482,21 @@ fn del_add_and_reconfigure_keep_iscsi_paths() {
     fio_ok(fio, &d);
     assert!(d.ios("q0") > 0 && d.ios("q1") > 0);
 }
+
+/// One `iscsi_target` entry for the target's two portals: two paths, one
+/// map, IO on both.
+#[test]
+fn an_iscsi_target_entry_makes_a_path_per_portal() {
+    let t = chap_target(2);
+    let entry = format!(
+        "    iscsi_target {{\n        name qs\n        portals \"{} {}\"\n        target {IQN}\n        luns {LUN}\n        chap_user {USER}\n        chap_secret \"{SECRET}\"\n    }}\n",
+        t.portal(0),
+        t.portal(1)
+    );
+    let d = daemon("    polling_interval 1", &entry, &["qs-p0-l1", "qs-p1-l1"]);
+    let topo = d.ctl_ok(&["show", "topology"]);
+    assert!(topo.starts_with(&format!("qs0 ({SCSI_ID_WWID})")), "{topo}");
+    let fio = fio_verify(&d.uri("qs0"), "4M", "0", 4, &[]);
+    fio_ok(fio, &d);
+    assert!(d.ios("qs-p0-l1") > 0 && d.ios("qs-p1-l1") > 0);
+}

@@ -333,7 +333,22 @@ impl Builder<'_> {
                 self.container(b, section, "multipath", |me, sub| me.multipath(sub));
             }
             Section::Paths => {
-                self.container(b, section, "path", |me, sub| me.path(sub));
+                // `iscsi_target { }` stands for a `path { }` per portal and
+                // LUN; everything else is as in any container.
+                let mut items = Vec::new();
+                for item in &b.items {
+                    match item {
+                        Item::Block(sub) if sub.name == "iscsi_target" => {
+                            match super::paths::expand_iscsi_target(sub) {
+                                Ok(paths) => items.extend(paths.into_iter().map(Item::Block)),
+                                Err((span, msg)) => self.diags.error(&span, msg),
+                            }
+                        }
+                        other => items.push(other.clone()),
+                    }
+                }
+                let b = Block { items, ..b.clone() };
+                self.container(&b, section, "path", |me, sub| me.path(sub));
             }
             Section::Blacklist | Section::BlacklistExceptions => {
                 let mut list = std::mem::take(if section == Section::Blacklist {

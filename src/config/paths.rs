@@ -423,3 +423,134 @@ impl PathDecl {
         }
     }
 }
+
+/// The keywords an `iscsi_target { }` entry takes: `name` (the prefix of
+/// its paths' names), `portal` (repeated) or `portals` (a quoted list),
+/// `target`, `luns` (a quoted list of LUN numbers, e.g. `luns "1 2"`),
+/// and what every one of its paths takes alike.
+pub const ISCSI_TARGET_KEYS: &[&str] = &[
+    "name",
+    "portal",
+    "portals",
+    "target",
+    "luns",
+    "chap_user",
+    "chap_secret",
+    "chap_secret_file",
+    "mutual_user",
+    "mutual_secret",
+    "mutual_secret_file",
+    "initiator_name",
+    "digest",
+];
+
+/// An `iscsi_target { }` entry as the `path { }` entries it stands for:
+/// one per portal and LUN, named `NAME-pI-lL` (I the portal's index in
+/// the order written, L the LUN), each with the entry's shared keywords
+/// (their lines are the entry's, so a mistake is reported where it was
+/// written). The error names the line and what is wrong.
+pub fn expand_iscsi_target(
+    b: &super::parse::Block,
+) -> Result<Vec<super::parse::Block>, (Span, String)> {
+    use super::parse::{Attr, Block, Item, Value};
+    let mut name: Option<&Attr> = None;
+    let mut portals: Vec<(String, Span)> = Vec::new();
+    let mut luns: Option<&Attr> = None;
+    let mut shared: Vec<&Attr> = Vec::new();
+    for item in &b.items {
+        let a = match item {
+            Item::Attr(a) => a,
+            Item::Block(sub) => {
+                return Err((
+                    sub.span.clone(),
+                    format!(
+                        "section '{}' is not allowed in an iscsi_target entry",
+                        sub.name
+                    ),
+                ))
+            }
+        };
+        match a.key.as_str() {
+            "name" => name = Some(a),
+            "portal" => portals.push((a.value.text.clone(), a.span.clone())),
+            "portals" => portals.extend(
+                a.value
+                    .text
+                    .split_whitespace()
+                    .map(|p| (p.to_string(), a.span.clone())),
+            ),
+            "luns" => luns = Some(a),
+            k if ISCSI_TARGET_KEYS.contains(&k) => shared.push(a),
+            k => {
+                return Err((
+                    a.span.clone(),
+                    format!(
+                        "unknown keyword '{k}' in an iscsi_target entry (it takes: {})",
+                        ISCSI_TARGET_KEYS.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+    let Some(name) = name else {
+        return Err((
+            b.span.clone(),
+            "iscsi_target entry has no 'name'".to_string(),
+        ));
+    };
+    if portals.is_empty() {
+        return Err((
+            b.span.clone(),
+            format!(
+                "iscsi_target '{}' has no 'portal' or 'portals'",
+                name.value.text
+            ),
+        ));
+    }
+    let Some(luns) = luns else {
+        return Err((
+            b.span.clone(),
+            format!(
+                "iscsi_target '{}' has no 'luns' (the LUN numbers to use, e.g. `luns \"1 2\"`)",
+                name.value.text
+            ),
+        ));
+    };
+    let numbers: Vec<&str> = luns.value.text.split_whitespace().collect();
+    if numbers.is_empty() {
+        return Err((luns.span.clone(), "'luns' is empty".to_string()));
+    }
+    let attr = |key: &str, text: String, span: &Span| {
+        Item::Attr(Attr {
+            key: key.to_string(),
+            value: Value {
+                text,
+                quoted: false,
+            },
+            span: span.clone(),
+        })
+    };
+    let mut out = Vec::new();
+    for (i, (portal, pspan)) in portals.iter().enumerate() {
+        for lun in &numbers {
+            let mut items = vec![
+                attr(
+                    "name",
+                    format!("{}-p{i}-l{lun}", name.value.text),
+                    &name.span,
+                ),
+                attr("transport", "iscsi".to_string(), &b.span),
+                attr("portal", portal.clone(), pspan),
+                attr("lun", (*lun).to_string(), &luns.span),
+            ];
+            items.extend(shared.iter().map(|a| Item::Attr((*a).clone())));
+            out.push(Block {
+                name: "path".to_string(),
+                items,
+                span: b.span.clone(),
+                end_line: b.end_line,
+            });
+        }
+    }
+    Ok(out)
+}

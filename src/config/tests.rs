@@ -2206,3 +2206,39 @@ fn portals_parse_like_iscsi_addresses() {
         );
     }
 }
+
+#[test]
+fn an_iscsi_target_entry_stands_for_a_path_per_portal_and_lun() {
+    let c = ok("paths {\n iscsi_target {\n  name qs\n  portals \"10.0.0.1 10.0.0.2:3261\"\n  portal [::1]\n  target iqn.2026-11.com.example:lun0\n  luns \"1 2\"\n  chap_user tecmint\n  chap_secret \"tecmint_chap12\"\n  digest crc32c\n }\n}\n");
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    let names: Vec<&str> = c.paths().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["qs-p0-l1", "qs-p0-l2", "qs-p1-l1", "qs-p1-l2", "qs-p2-l1", "qs-p2-l2"]
+    );
+    let p = c.path("qs-p1-l2").unwrap().iscsi().unwrap();
+    assert_eq!(p.portal.to_string(), "10.0.0.2:3261");
+    assert_eq!(p.lun, 2);
+    assert!(p.digests && p.chap.is_some());
+    assert_eq!(
+        c.path("qs-p2-l1")
+            .unwrap()
+            .iscsi()
+            .unwrap()
+            .portal
+            .to_string(),
+        "[::1]:3260"
+    );
+    // Mistakes name the entry's line.
+    for (text, want) in [
+        ("paths {\n iscsi_target {\n  portal h\n  target iqn.2026-11.com.example:x\n  luns 1\n }\n}\n", "no 'name'"),
+        ("paths {\n iscsi_target {\n  name t\n  target iqn.2026-11.com.example:x\n  luns 1\n }\n}\n", "no 'portal'"),
+        ("paths {\n iscsi_target {\n  name t\n  portal h\n  target iqn.2026-11.com.example:x\n }\n}\n", "no 'luns'"),
+        ("paths {\n iscsi_target {\n  name t\n  portal h\n  target iqn.2026-11.com.example:x\n  luns 1\n  file /x\n }\n}\n", "unknown keyword 'file'"),
+        ("paths {\n iscsi_target {\n  name t\n  portal h:0\n  target iqn.2026-11.com.example:x\n  luns 1\n }\n}\n", "is not 1 to 65535"),
+        ("paths {\n iscsi_target {\n  name t\n  portal h\n  target iqn.2026-11.com.example:x\n  luns x\n }\n}\n", "lun \"x\""),
+    ] {
+        let e = err(text);
+        assert!(errors(&e).iter().any(|(l, m)| *l >= 2 && m.contains(want)), "{want}: {:?}", errors(&e));
+    }
+}
