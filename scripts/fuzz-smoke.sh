@@ -28,6 +28,11 @@ fi
 # command uses for its smoke run). FUZZ_TARGET_DIR keeps the fuzz build
 # outside the work tree (cached across clones).
 sanitizer=(-s "${FUZZ_SANITIZER:-address}")
+# FUZZ_DEV=1 builds without optimisations (a smoke run wants the build
+# fast, not the fuzzing).
+if [ -n "${FUZZ_DEV:-}" ]; then
+  sanitizer+=(--dev)
+fi
 if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR="$FUZZ_TARGET_DIR"
 fi

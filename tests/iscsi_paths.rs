@@ -98,6 +98,12 @@ fn probe_finds_the_target_and_the_lun_like_libiscsi() {
         out.contains(IQN) && out.contains(&format!("{portal},1")),
         "{out}"
     );
+    // The oracle: iscsi-ls lists the same target and portal group.
+    let ls = libiscsi("iscsi-ls", &[], &t.discovery_url(0));
+    assert!(
+        ls.contains(&format!("Target:{IQN} Portal:{portal},1")),
+        "{ls}"
+    );
 
     let o = probe(
         &[&format!("iscsi://{USER}%{SECRET}@{portal}/{IQN}"), "--json"],
