@@ -424,25 +424,27 @@ impl PathDecl {
     }
 }
 
+/// The keywords of an `iscsi_target { }` entry besides those its paths
+/// share (every `iscsi` path keyword but these four).
+const ISCSI_TARGET_OWN: &[&str] = &["name", "portal", "portals", "luns"];
+const ISCSI_PATH_ONLY: &[&str] = &["lun", "fault", "node_name", "tpg"];
+
 /// The keywords an `iscsi_target { }` entry takes: `name` (the prefix of
 /// its paths' names), `portal` (repeated) or `portals` (a quoted list),
-/// `target`, `luns` (a quoted list of LUN numbers, e.g. `luns "1 2"`),
-/// and what every one of its paths takes alike.
-pub const ISCSI_TARGET_KEYS: &[&str] = &[
-    "name",
-    "portal",
-    "portals",
-    "target",
-    "luns",
-    "chap_user",
-    "chap_secret",
-    "chap_secret_file",
-    "mutual_user",
-    "mutual_secret",
-    "mutual_secret_file",
-    "initiator_name",
-    "digest",
-];
+/// `luns` (a quoted list of LUN numbers, e.g. `luns "1 2"`), and the
+/// `iscsi` path keywords every one of its paths takes alike (`target`,
+/// CHAP, `initiator_name`, `digest`).
+pub fn iscsi_target_keys() -> Vec<&'static str> {
+    let path_keys = TRANSPORTS
+        .iter()
+        .find(|(t, _)| *t == "iscsi")
+        .map_or(&[][..], |(_, keys)| *keys);
+    ISCSI_TARGET_OWN
+        .iter()
+        .chain(path_keys.iter().filter(|k| !ISCSI_PATH_ONLY.contains(k)))
+        .copied()
+        .collect()
+}
 
 /// An `iscsi_target { }` entry as the `path { }` entries it stands for:
 /// one per portal and LUN, named `NAME-pI-lL` (I the portal's index in
@@ -480,13 +482,13 @@ pub fn expand_iscsi_target(
                     .map(|p| (p.to_string(), a.span.clone())),
             ),
             "luns" => luns = Some(a),
-            k if ISCSI_TARGET_KEYS.contains(&k) => shared.push(a),
+            k if iscsi_target_keys().contains(&k) => shared.push(a),
             k => {
                 return Err((
                     a.span.clone(),
                     format!(
                         "unknown keyword '{k}' in an iscsi_target entry (it takes: {})",
-                        ISCSI_TARGET_KEYS.join(", ")
+                        iscsi_target_keys().join(", ")
                     ),
                 ))
             }

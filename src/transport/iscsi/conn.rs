@@ -241,6 +241,36 @@ impl Waiter {
     }
 }
 
+/// Queues `cmd` on the session and its waiter, under the lock: its ITT
+/// and the PDUs to write; `to` back when the session's command window is
+/// full.
+fn place(
+    st: &mut State,
+    cmd: Command,
+    write: Option<Arc<Vec<u8>>>,
+    to: ReplyTo,
+) -> Result<(u32, Vec<Out>), ReplyTo> {
+    let Some((itt, sends)) = st.session.submit(cmd) else {
+        return Err(to);
+    };
+    let read = if cmd.dir == session::Direction::Read {
+        vec![0u8; cmd.len as usize]
+    } else {
+        Vec::new()
+    };
+    let outs = outs(sends, write.as_ref());
+    st.waiters.insert(
+        itt,
+        Waiter {
+            lun: cmd.lun,
+            read,
+            write,
+            to,
+        },
+    );
+    Ok((itt, outs))
+}
+
 /// Callbacks to run once the lock is released.
 type Finished = Vec<(Box<dyn Completion>, Result<Done, CmdError>)>;
 
@@ -582,31 +612,19 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Done, CmdError> {
         let start = Instant::now();
-        let (rx, itt) = loop {
+        let (tx, rx) = std_mpsc::channel();
+        let itt = loop {
             let mut st = self.shared.state.lock();
             if let Some(why) = &st.closed {
                 return Err(CmdError::Closed(why.clone()));
             }
-            if let Some((itt, sends)) = st.session.submit(cmd) {
-                let (tx, rx) = std_mpsc::channel();
-                let read = if cmd.dir == session::Direction::Read {
-                    vec![0u8; cmd.len as usize]
-                } else {
-                    Vec::new()
-                };
-                let outs = outs(sends, write.as_ref());
-                st.waiters.insert(
-                    itt,
-                    Waiter {
-                        lun: cmd.lun,
-                        read,
-                        write: write.clone(),
-                        to: ReplyTo::Caller(tx),
-                    },
-                );
-                drop(st);
-                self.send(outs);
-                break (rx, itt);
+            if st.session.can_submit() {
+                if let Ok((itt, outs)) = place(&mut st, cmd, write.clone(), ReplyTo::Caller(tx)) {
+                    drop(st);
+                    self.send(outs);
+                    break itt;
+                }
+                return Err(CmdError::WindowClosed(timeout));
             }
             drop(st);
             if start.elapsed() >= timeout {
@@ -637,34 +655,28 @@ impl Conn {
         c: C,
     ) -> Result<(), C> {
         let mut st = self.shared.state.lock();
-        if st.closed.is_some() {
+        if st.closed.is_some() || !st.session.can_submit() {
             return Err(c);
         }
-        let Some((itt, sends)) = st.session.submit(cmd) else {
-            return Err(c);
+        let to = ReplyTo::Callback {
+            c: Box::new(c),
+            deadline: Instant::now() + timeout,
+            timeout,
+            recovery: Recovery::None,
         };
-        let read = if cmd.dir == session::Direction::Read {
-            vec![0u8; cmd.len as usize]
-        } else {
-            Vec::new()
-        };
-        let outs = outs(sends, write.as_ref());
-        st.waiters.insert(
-            itt,
-            Waiter {
-                lun: cmd.lun,
-                read,
-                write,
-                to: ReplyTo::Callback {
-                    c: Box::new(c),
-                    deadline: Instant::now() + timeout,
-                    timeout,
-                    recovery: Recovery::None,
-                },
-            },
-        );
-        drop(st);
-        self.send(outs);
+        match place(&mut st, cmd, write, to) {
+            Ok((_, outs)) => {
+                drop(st);
+                self.send(outs);
+            }
+            // Not reached (the window had room); the command still ends.
+            Err(to) => {
+                drop(st);
+                if let ReplyTo::Callback { c, .. } = to {
+                    c.done(Err(CmdError::WindowClosed(timeout)));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -384,12 +384,7 @@ impl IscsiTransport {
             return Err(c);
         };
         let bs = self.block_size();
-        if len == 0
-            || len > MAX_TRANSFER
-            || offset % u64::from(bs) != 0
-            || len % bs != 0
-            || conn.closed().is_some()
-        {
+        if len == 0 || len > MAX_TRANSFER || offset % u64::from(bs) != 0 || len % bs != 0 {
             return Err(c);
         }
         let blocks = len / bs;
@@ -597,19 +592,19 @@ impl IscsiTransport {
     }
 
     pub fn size(&self) -> Result<u64, TransportError> {
-        if let Some(i) = self.info() {
-            return Ok(i.size());
+        if let Some(size) = self.info.lock().as_ref().map(LunInfo::size) {
+            return Ok(size);
         }
         self.identify().map(|i| i.size())
     }
 
     /// The logical block size (512 until the LUN has said).
     pub fn block_size(&self) -> u32 {
-        self.info().map_or(512, |i| i.block_size)
+        self.info.lock().as_ref().map_or(512, |i| i.block_size)
     }
 
     pub fn caps(&self) -> TransportCaps {
-        let info = self.info();
+        let info = self.info.lock();
         TransportCaps {
             scsi_target: true,
             read_only: false,
