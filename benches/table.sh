@@ -25,6 +25,11 @@
 # Environment:
 #   RUNTIME=5          seconds per cell (after RAMP)
 #   RAMP=1             fio ramp_time per cell
+#   ROUNDS=3           each cell is run this many times; a round starts at
+#                      another column (servers and local engines rotate)
+#                      and `sync` runs before every cell, so no column always
+#                      inherits the previous one's writeback; the table
+#                      shows the median and the per-round ratio's range
 #   BENCH_DIR=/tmp     where the scratch directory (image, sockets) goes;
 #                      it needs 1 GiB free
 #   ONLY=a,b           run only these job ids (e.g. 4k-randread-qd1)
@@ -79,6 +84,7 @@ RAMP = float(os.environ.get("RAMP", "1"))
 ONLY = [j for j in os.environ.get("ONLY", "").split(",") if j]
 DIRECT_LINE = os.environ.get("UMPATH_DIRECT_LINE", "direct yes")
 KEEP = os.environ.get("KEEP") == "1"
+ROUNDS = max(1, int(os.environ.get("ROUNDS", "3")))
 TICK = os.sysconf("SC_CLK_TCK")
 SIZE = 1 << 30
 
@@ -340,6 +346,31 @@ def run_fio(args, pid=None):
     return r
 
 
+def median_cell(cells):
+    """The round whose IOPS is the median (an error if any round failed),
+    with every round's IOPS beside it."""
+    if any(c is None for c in cells):
+        return None
+    bad = [c for c in cells if "error" in c]
+    if bad:
+        return bad[0]
+    ordered = sorted(cells, key=lambda c: c["iops"])
+    mid = dict(ordered[(len(ordered) - 1) // 2])
+    mid["rounds_iops"] = [c["iops"] for c in cells]
+    return mid
+
+
+def round_ratios(runs):
+    """umpath / best NBD server in each round (same round, same state)."""
+    out = []
+    for i, u in enumerate(runs.get("umpath", [])):
+        peers = [runs[p][i]["iops"] for p in PEERS
+                 if runs.get(p) and runs[p][i] and "iops" in runs[p][i]]
+        if u and "iops" in u and peers and max(peers) > 0:
+            out.append(u["iops"] / max(peers))
+    return out
+
+
 def fmt_int(v):
     return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
 
@@ -365,30 +396,37 @@ def main():
             while f.read(1 << 24):
                 pass
         results = {}
+        rounds = {}
+        cols = [c for c in SERVERS] + LOCAL
         for jid, label, rw, bs, qd, nj, extra in JOBS:
             base = [f"--name={jid}", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
                     f"--numjobs={nj}"] + extra
-            row = results.setdefault(jid, {})
-            for s in SERVERS:
-                if s not in servers:
-                    row[s] = None
-                    continue
-                srv = servers[s]
-                try:
-                    row[s] = run_fio(base + ["--ioengine=nbd", f"--uri={srv.uri}"], srv.pid)
-                except Exception as e:  # report the cell and go on
-                    log(f"{jid} {s}: {e}")
-                    row[s] = {"error": str(e)}
-                log(f"{jid} {s}: {row[s]}")
-            for eng in LOCAL:
-                try:
-                    row[eng] = run_fio(base + [f"--ioengine={eng}", f"--filename={img}",
-                                               "--invalidate=0"])
-                except Exception as e:
-                    log(f"{jid} {eng}: {e}")
-                    row[eng] = {"error": str(e)}
-                log(f"{jid} {eng}: {row[eng]}")
-        return results, notes, servers
+            runs = {c: [] for c in cols}
+            for r in range(ROUNDS):
+                # Each round starts at another column, so no server always
+                # runs right after the same one; writeback of the previous
+                # cell's dirty pages is finished (sync) before each cell.
+                order = cols[r % len(cols):] + cols[:r % len(cols)]
+                for c in order:
+                    if c in SERVERS and c not in servers:
+                        runs[c].append(None)
+                        continue
+                    os.sync()
+                    try:
+                        if c in SERVERS:
+                            srv = servers[c]
+                            cell = run_fio(base + ["--ioengine=nbd", f"--uri={srv.uri}"], srv.pid)
+                        else:
+                            cell = run_fio(base + [f"--ioengine={c}", f"--filename={img}",
+                                                   "--invalidate=0"])
+                    except Exception as e:  # report the cell and go on
+                        log(f"{jid} {c}: {e}")
+                        cell = {"error": str(e)}
+                    runs[c].append(cell)
+                    log(f"{jid} round {r + 1} {c}: {cell}")
+            results[jid] = {c: median_cell(v) for c, v in runs.items()}
+            rounds[jid] = runs
+        return results, rounds, notes, servers
     finally:
         for s in servers.values():
             try:
@@ -409,7 +447,7 @@ def main():
                 shutil.rmtree(direct_dir, ignore_errors=True)
 
 
-results, notes, servers = main()
+results, rounds, notes, servers = main()
 
 
 def iops(row, k):
@@ -424,7 +462,8 @@ cols = ["umpath", "umpath-threads"] + (["umpath-direct"] if have_direct else [])
 NAMES = {"umpath": "umpath (io_uring)", "umpath-threads": "umpath (threads)",
          "umpath-direct": "umpath O_DIRECT"}
 head = (["job"] + [(NAMES[c] if c in NAMES else f"local {c}" if c in LOCAL else c)
-                   for c in cols] + ["umpath / best NBD server", "umpath / local limit"])
+                   for c in cols] + ["umpath / best NBD server", "same, per round (min-max)",
+                                     "umpath / local limit"])
 if have_direct:
     head += ["umpath O_DIRECT / best NBD server"]
 lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
@@ -437,11 +476,14 @@ for jid, label, *_ in JOBS:
     local = [vals[l] for l in LOCAL if isinstance(vals[l], float)]
     limit = max(local) if local else None
     r_peer, r_local = ratio(vals["umpath"], best), ratio(vals["umpath"], limit)
-    cells = [label] + [fmt_int(vals[c]) for c in cols] + [r_peer, r_local]
+    rr = round_ratios(rounds[jid])
+    spread = f"{min(rr):.2f}-{max(rr):.2f}x" if rr else "n/a"
+    cells = [label] + [fmt_int(vals[c]) for c in cols] + [r_peer, spread, r_local]
     if have_direct:
         cells.append(ratio(vals["umpath-direct"], best))
     lines.append("| " + " | ".join(cells) + " |")
-    summary[jid] = {"umpath_vs_best_server": r_peer, "umpath_vs_local_limit": r_local}
+    summary[jid] = {"umpath_vs_best_server": r_peer, "umpath_vs_local_limit": r_local,
+                    "umpath_vs_best_server_per_round": [round(x, 3) for x in rr]}
 
 cpu_cols = [c for c in ["umpath", "umpath-threads"] + (["umpath-direct"] if have_direct else []) + PEERS if c in servers]
 instr = any("instructions_per_io" in (results[j[0]].get(c) or {}) for j in JOBS for c in cpu_cols)
@@ -459,7 +501,8 @@ for jid, label, *_ in JOBS:
     cpu_lines.append("| " + " | ".join(cells) + " |")
 
 md = ["IOPS (fio; servers through its nbd engine over a Unix socket; "
-      f"{RUNTIME:g} s per cell after a {RAMP:g} s ramp; 1 GiB image in the page cache):", ""]
+      f"{RUNTIME:g} s per cell after a {RAMP:g} s ramp; 1 GiB image in the page cache; "
+      f"the median of {ROUNDS} round(s), each starting at another column, sync before each cell):", ""]
 md += lines
 md += ["", "Server CPU time per IO (utime+stime from /proc after the ramp, children included; "
        "lower is better; umpath / nbdkit below 1 means umpath is cheaper):", ""]
