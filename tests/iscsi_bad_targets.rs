@@ -466,13 +466,7 @@ fn a_refused_abort_escalates_to_a_lun_reset() {
                 tmf_answer(&mut s, &t, response);
             }
         });
-        let rt = runtime();
-        let c = Conn::connect(
-            &target(p, None, NO_PING),
-            rt.handle(),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let (_rt, c) = connected(p);
         let cmd = write_cmd();
         let (tx, rx) = std::sync::mpsc::channel();
         let data = Some(std::sync::Arc::new(vec![7u8; 512]));

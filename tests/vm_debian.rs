@@ -494,9 +494,6 @@ fn beside_dm(name: &str, extra_defaults: &str) -> (Guest, String) {
     (g, enable)
 }
 
-/// Runs the three stall measurements (no fault, path `disk` offline,
-/// `disk` hot-unplugged) against `dev`; `both_active` says when the two
-/// paths are back.
 /// fio's runtime for the stall runs: a benchmark run (`UMPATH_VM_BIN`
 /// set, benches/failover_stall.sh) takes `bench` seconds, the suite
 /// `suite` (the same fault, a shorter run around it: the suite checks
@@ -509,6 +506,9 @@ fn stall_secs(bench: u32, suite: u32) -> u32 {
     }
 }
 
+/// Runs the three stall measurements (no fault, path `disk` offline,
+/// `disk` hot-unplugged) against `dev`; `both_active` says when the two
+/// paths are back.
 fn stall_runs(g: &Guest, dev: &str, disk: &str, both_active: &dyn Fn() -> bool) -> Value {
     let baseline = fio_stall(g, dev, stall_secs(8, 3), || {});
     let offline = fio_stall(g, dev, stall_secs(11, 8), || {

@@ -94,38 +94,6 @@ pub fn rows(cfg: &Config, found: &Discovery) -> Vec<ProbeRow> {
         .collect()
 }
 
-/// Lines of cells as aligned columns (the first line is the header; the
-/// last column is not padded).
-pub fn columns(lines: &[Vec<String>]) -> String {
-    let n = lines.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..n)
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l.get(c).map_or(0, |x| x.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for l in lines {
-        let mut line = String::new();
-        for (c, cell) in l.iter().enumerate() {
-            if c + 1 == l.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!(
-                    "{cell:<w$}  ",
-                    w = widths.get(c).copied().unwrap_or(0)
-                ));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 /// A table with one line per device (and the errors after it).
 pub fn table(rows: &[ProbeRow], errors: &[discovery::DiscoveryError]) -> String {
     let head = [
@@ -166,7 +134,7 @@ pub fn table(rows: &[ProbeRow], errors: &[discovery::DiscoveryError]) -> String 
             r.device_rule.clone().unwrap_or_else(|| "defaults".into()),
         ]);
     }
-    let mut out = columns(&lines);
+    let mut out = crate::daemon::show::columns(&lines, 2);
     for r in rows {
         if let Some(why) = &r.blacklisted {
             out.push_str(&format!("{}: not used: {why}\n", r.device.name));

@@ -106,7 +106,7 @@ fn lun_row(cfg: &Config, lun: u16, info: Result<LunInfo, String>) -> LunRow {
 fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut lines: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     lines.extend(rows);
-    super::probe::columns(&lines)
+    crate::daemon::show::columns(&lines, 2)
 }
 
 /// The targets table.

@@ -459,6 +459,7 @@ pub fn expand_iscsi_target(
     let mut portals: Vec<(String, Span)> = Vec::new();
     let mut luns: Option<&Attr> = None;
     let mut shared: Vec<&Attr> = Vec::new();
+    let keys = iscsi_target_keys();
     for item in &b.items {
         let a = match item {
             Item::Attr(a) => a,
@@ -482,13 +483,13 @@ pub fn expand_iscsi_target(
                     .map(|p| (p.to_string(), a.span.clone())),
             ),
             "luns" => luns = Some(a),
-            k if iscsi_target_keys().contains(&k) => shared.push(a),
+            k if keys.contains(&k) => shared.push(a),
             k => {
                 return Err((
                     a.span.clone(),
                     format!(
                         "unknown keyword '{k}' in an iscsi_target entry (it takes: {})",
-                        iscsi_target_keys().join(", ")
+                        keys.join(", ")
                     ),
                 ))
             }

@@ -277,23 +277,34 @@ fn queueing_word(s: NoPathState) -> &'static str {
 }
 
 fn table(rows: Vec<Vec<String>>) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
+    columns(&rows, 1)
+}
+
+/// Lines of cells as aligned columns `gap` spaces apart (the first line
+/// is usually the header); trailing spaces are trimmed.
+pub fn columns(lines: &[Vec<String>], gap: usize) -> String {
+    let n = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
         .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+            lines
+                .iter()
+                .map(|l| l.get(c).map_or(0, |x| x.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
-            .collect();
-        out.push_str(line.join(" ").trim_end());
+    for l in lines {
+        let mut line = String::new();
+        for (c, cell) in l.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < l.len() {
+                let w = widths.get(c).copied().unwrap_or(0);
+                let pad = w.saturating_sub(cell.chars().count()) + gap;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out

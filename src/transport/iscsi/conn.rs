@@ -241,18 +241,15 @@ impl Waiter {
     }
 }
 
-/// Queues `cmd` on the session and its waiter, under the lock: its ITT
-/// and the PDUs to write; `to` back when the session's command window is
-/// full.
+/// Records the waiter of command `cmd`, which the session just took as
+/// `itt` with the PDUs `sends` (under the lock): the PDUs to write.
 fn place(
     st: &mut State,
+    (itt, sends): (u32, Vec<Send>),
     cmd: Command,
     write: Option<Arc<Vec<u8>>>,
     to: ReplyTo,
-) -> Result<(u32, Vec<Out>), ReplyTo> {
-    let Some((itt, sends)) = st.session.submit(cmd) else {
-        return Err(to);
-    };
+) -> Vec<Out> {
     let read = if cmd.dir == session::Direction::Read {
         vec![0u8; cmd.len as usize]
     } else {
@@ -268,7 +265,7 @@ fn place(
             to,
         },
     );
-    Ok((itt, outs))
+    outs
 }
 
 /// Callbacks to run once the lock is released.
@@ -618,13 +615,12 @@ impl Conn {
             if let Some(why) = &st.closed {
                 return Err(CmdError::Closed(why.clone()));
             }
-            if st.session.can_submit() {
-                if let Ok((itt, outs)) = place(&mut st, cmd, write.clone(), ReplyTo::Caller(tx)) {
-                    drop(st);
-                    self.send(outs);
-                    break itt;
-                }
-                return Err(CmdError::WindowClosed(timeout));
+            if let Some(taken) = st.session.submit(cmd) {
+                let itt = taken.0;
+                let outs = place(&mut st, taken, cmd, write, ReplyTo::Caller(tx));
+                drop(st);
+                self.send(outs);
+                break itt;
             }
             drop(st);
             if start.elapsed() >= timeout {
@@ -655,28 +651,21 @@ impl Conn {
         c: C,
     ) -> Result<(), C> {
         let mut st = self.shared.state.lock();
-        if st.closed.is_some() || !st.session.can_submit() {
+        if st.closed.is_some() {
             return Err(c);
         }
+        let Some(taken) = st.session.submit(cmd) else {
+            return Err(c);
+        };
         let to = ReplyTo::Callback {
             c: Box::new(c),
             deadline: Instant::now() + timeout,
             timeout,
             recovery: Recovery::None,
         };
-        match place(&mut st, cmd, write, to) {
-            Ok((_, outs)) => {
-                drop(st);
-                self.send(outs);
-            }
-            // Not reached (the window had room); the command still ends.
-            Err(to) => {
-                drop(st);
-                if let ReplyTo::Callback { c, .. } = to {
-                    c.done(Err(CmdError::WindowClosed(timeout)));
-                }
-            }
-        }
+        let outs = place(&mut st, taken, cmd, write, to);
+        drop(st);
+        self.send(outs);
         Ok(())
     }
 
@@ -1221,17 +1210,15 @@ fn apply(
                 // The abort failed: the command may still run. A LOGICAL
                 // UNIT RESET ends it (and every task of its LUN).
                 Some(ReplyTo::Callback { .. }) => {
-                    let lun = st.waiters.get(&itt).map_or(0, |w| w.lun);
+                    let lun = st.waiters.get_mut(&itt).map_or(0, |w| {
+                        if let ReplyTo::Callback { recovery, .. } = &mut w.to {
+                            *recovery = Recovery::Resetting(Instant::now());
+                        }
+                        w.lun
+                    });
                     warn!(peer = %shared.peer, itt, response, "ABORT TASK refused: LOGICAL UNIT RESET");
                     let reset = st.session.lun_reset(lun);
                     out.extend(outs(vec![reset], None));
-                    if let Some(Waiter {
-                        to: ReplyTo::Callback { recovery, .. },
-                        ..
-                    }) = st.waiters.get_mut(&itt)
-                    {
-                        *recovery = Recovery::Resetting(Instant::now());
-                    }
                 }
                 None => {}
             },
